@@ -1,0 +1,1 @@
+"""The ``probmcl-med`` command-line interface (installed as ``probmcl_med.cli``)."""

@@ -1,0 +1,209 @@
+"""Named registries: the plugin surface of probmcl-med.
+
+A :class:`Registry` maps names to objects (functions, classes, factories). Built-in parts and plugins register
+themselves with a decorator::
+
+    from probmcl_med import SIMILARITIES
+
+    @SIMILARITIES.register("my_sim")
+    def my_sim(a, b):
+        '''One line that `probmcl-med plugins` shows.'''
+        ...
+
+and the rest of the package looks them up by the name written in a config: ``SIMILARITIES.get("my_sim")``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+PLUGIN_HINT = (
+    "plugins are loaded from ./plugins, from folders given with --plugins-dir or PROBMCL_MED_PLUGINS, "
+    "and from installed packages (entry-point group 'probmcl_med.plugins'); `probmcl-med plugins` lists what is loaded"
+)
+
+
+class RegistryError(KeyError):
+    """A name that is not registered, or a name registered twice for different objects."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered object with where it came from."""
+
+    name: str
+    obj: Any
+    source: str
+    summary: str
+
+
+def _summary(obj: Any) -> str:
+    """First line of the object's docstring, or an empty string."""
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+
+
+def _source(obj: Any) -> str:
+    """Module name, or the plugin file it was loaded from."""
+    module = inspect.getmodule(obj)
+    if module is None:
+        return getattr(obj, "__module__", "?") or "?"
+    origin = getattr(module, "__probmcl_plugin_source__", None)
+    if origin:
+        return str(origin)
+    return module.__name__
+
+
+def _same_object(a: Any, b: Any) -> bool:
+    """True when two objects are the same definition (also across a re-import of the same file).
+
+    A plugin file imported a second time (a DataLoader worker, a DDP rank, a test that loads the folder again)
+    creates new function objects with the same qualified name from the same source file; that is harmless.
+    """
+    if a is b:
+        return True
+    qa, qb = getattr(a, "__qualname__", None), getattr(b, "__qualname__", None)
+    if qa is None or qa != qb:
+        return False
+    try:
+        return inspect.getsourcefile(a) == inspect.getsourcefile(b) and inspect.getsourcefile(a) is not None
+    except TypeError:
+        return False
+
+
+class Registry:
+    """A mapping from names to objects, with did-you-mean look-ups and provenance.
+
+    Args:
+        kind: what the registry holds, in words ("similarity", "dataset", ...), used in error messages.
+    """
+
+    def __init__(self, kind: str, builtins: tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+        self._builtins = builtins
+        self._builtins_loaded = not builtins
+
+    def _load_builtins(self) -> None:
+        """Import the modules that register the built-in entries (lazily: timm and MONAI are slow to import)."""
+        if self._builtins_loaded:
+            return
+        self._builtins_loaded = True
+        for module in self._builtins:
+            importlib.import_module(module)
+
+    def register(self, name: str, obj: Any = None, *, source: str | None = None) -> Any:
+        """Register ``obj`` under ``name``; used as ``@REG.register("name")`` or ``REG.register("name", obj)``.
+
+        Registering the same object again is a no-op. A different object under a taken name raises
+        :class:`RegistryError` naming both sources.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+
+        self._load_builtins()
+
+        def decorator(target: T) -> T:
+            src = source or _source(target)
+            existing = self._entries.get(name)
+            if existing is not None:
+                if _same_object(existing.obj, target):
+                    self._entries[name] = Entry(name, target, existing.source, _summary(target))
+                    return target
+                raise RegistryError(
+                    f"{self.kind} {name!r} is already registered by {existing.source}; {src} tries to register a "
+                    f"different object under the same name: rename one of them"
+                )
+            self._entries[name] = Entry(name, target, src, _summary(target))
+            return target
+
+        if obj is not None:
+            return decorator(obj)
+        return decorator
+
+    def get(self, name: str) -> Any:
+        """The object registered under ``name``; an unknown name raises with the close matches."""
+        self._load_builtins()
+        try:
+            return self._entries[name].obj
+        except KeyError:
+            raise RegistryError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        """One line: the unknown name, close matches, what is registered and how plugins are loaded."""
+        self._load_builtins()
+        close = difflib.get_close_matches(str(name), list(self._entries), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        known = ", ".join(sorted(self._entries)) or "none"
+        return f"unknown {self.kind} {name!r}: {hint}registered: {known} ({PLUGIN_HINT})"
+
+    def entry(self, name: str) -> Entry:
+        """The full :class:`Entry` for ``name`` (object, source, summary)."""
+        self.get(name)
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        self._load_builtins()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        """All entries, sorted by name."""
+        return [self._entries[n] for n in self.names()]
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests and interactive sessions)."""
+        self._entries.pop(name, None)
+
+    def __contains__(self, name: object) -> bool:
+        self._load_builtins()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.names()})"
+
+
+def build(registry: Registry, name: str, *args: Any, **kwargs: Any) -> Any:
+    """Look up ``name`` in ``registry`` and call it with the given arguments."""
+    factory: Callable[..., Any] = registry.get(name)
+    return factory(*args, **kwargs)
+
+
+ENCODERS = Registry("encoder", builtins=("probmcl_med.encoders",))
+"""Encoder factories: ``f(**options) -> nn.Module`` with ``num_features`` and ``normalization`` (mean, std)."""
+
+OVERLAPS = Registry("overlap", builtins=("probmcl_med.overlaps",))
+"""Label overlaps: ``f(ya (B, C), yb (M, C)) -> (B, M)`` in [0, 1]."""
+
+SIMILARITIES = Registry("similarity", builtins=("probmcl_med.similarities",))
+"""Mixture similarities: ``f(a: GaussianMixture, b: GaussianMixture) -> (len(a), len(b))`` in [0, 1]."""
+
+LIKELIHOODS = Registry("likelihood", builtins=("probmcl_med.likelihoods",))
+"""NLL terms: ``f(mixture: GaussianMixture, z (B, n), labels (B, C)) -> scalar`` (mean negative log-likelihood)."""
+
+DATASETS = Registry("dataset", builtins=("probmcl_med.data.datasets",))
+"""Dataset factories: ``f(root, split, **options) -> MultiLabelDataset`` (items ``{"image", "label"}``)."""
+
+ALL_REGISTRIES: dict[str, Registry] = {
+    "encoders": ENCODERS,
+    "overlaps": OVERLAPS,
+    "similarities": SIMILARITIES,
+    "likelihoods": LIKELIHOODS,
+    "datasets": DATASETS,
+}
