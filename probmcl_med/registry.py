@@ -65,20 +65,23 @@ def _source(obj: Any) -> str:
 
 
 def _same_object(a: Any, b: Any) -> bool:
-    """True when two objects are the same definition (also across a re-import of the same file).
+    """True when two objects are the same definition, also across a re-import of the same module.
 
-    A plugin file imported a second time (a DataLoader worker, a DDP rank, a test that loads the folder again)
-    creates new function objects with the same qualified name from the same source file; that is harmless.
+    A plugin file imported again (a DataLoader worker, a DDP rank, a test that loads the folder again) creates new
+    objects with the same module, qualified name and first line; that is harmless. Anything else is a conflict.
     """
     if a is b:
         return True
-    qa, qb = getattr(a, "__qualname__", None), getattr(b, "__qualname__", None)
-    if qa is None or qa != qb:
-        return False
-    try:
-        return inspect.getsourcefile(a) == inspect.getsourcefile(b) and inspect.getsourcefile(a) is not None
-    except TypeError:
-        return False
+
+    def identity(obj: Any) -> tuple[Any, ...]:
+        code = getattr(obj, "__code__", None)
+        return (
+            getattr(obj, "__module__", None),
+            getattr(obj, "__qualname__", None),
+            code.co_firstlineno if code is not None else None,
+        )
+
+    return identity(a)[1] is not None and identity(a) == identity(b)
 
 
 class Registry:
