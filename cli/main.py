@@ -14,13 +14,21 @@ import traceback
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from probmcl_med import __version__
 from probmcl_med.errors import UserError
+
+try:  # Typer >= 0.20 vendors click as typer._click; older releases use click itself.
+    from typer._click import exceptions as _click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed Typer
+    from click import exceptions as _click_exceptions
+
+_EXIT = tuple({typer.Exit, getattr(_click_exceptions, "Exit", typer.Exit)})
+_ABORT = tuple({typer.Abort, getattr(_click_exceptions, "Abort", typer.Abort)})
+_NO_ARGS_HELP = getattr(_click_exceptions, "NoArgsIsHelpError", ())
 
 app = typer.Typer(
     name="probmcl-med",
@@ -112,17 +120,20 @@ def main(argv: list[str] | None = None) -> int:
         _register_commands()
         result = app(args=args, prog_name="probmcl-med", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except _ABORT:
         stderr.print("aborted")
         return 130
-    except click.UsageError as exc:
-        if exc.ctx is not None:
-            stderr.print(exc.ctx.get_usage(), markup=False, highlight=False)
+    except _NO_ARGS_HELP:  # `probmcl-med` alone printed the help: not an error
+        return 0
+    except _click_exceptions.UsageError as exc:
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            stderr.print(ctx.get_usage(), markup=False, highlight=False)
         stderr.print(f"error: {exc.format_message()}", markup=False, highlight=False)
         return 2
-    except click.ClickException as exc:
+    except _click_exceptions.ClickException as exc:
         stderr.print(f"error: {exc.format_message()}", markup=False, highlight=False)
         return exc.exit_code
     except UserError as exc:

@@ -1,0 +1,89 @@
+"""The CLI entry point: version, plugins listing, one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from probmcl_med import __version__
+from probmcl_med.cli.main import main
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_plugins_lists_builtins_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    names = {(r["registry"], r["name"]) for r in rows}
+    for expected in [
+        ("similarities", "correlation"),
+        ("similarities", "bhattacharyya"),
+        ("overlaps", "jaccard"),
+        ("overlaps", "cosine"),
+        ("likelihoods", "density"),
+        ("likelihoods", "responsibility"),
+    ]:
+        assert expected in names
+    assert all(r["summary"] for r in rows if r["registry"] in ("similarities", "overlaps"))
+
+
+def test_a_dropped_plugin_file_appears_with_its_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "my_plugins"
+    folder.mkdir()
+    (folder / "dropped.py").write_text(
+        textwrap.dedent(
+            '''
+            from probmcl_med import OVERLAPS
+
+            @OVERLAPS.register("dropped_overlap")
+            def dropped_overlap(ya, yb):
+                """Dropped into a folder by a test."""
+                return (ya @ yb.T).clamp(0, 1)
+            '''
+        )
+    )
+    try:
+        assert main(["--plugins-dir", str(folder), "plugins", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        row = next(r for r in rows if r["name"] == "dropped_overlap")
+        assert row["registry"] == "overlaps" and row["source"] == str((folder / "dropped.py").resolve())
+        assert row["summary"] == "Dropped into a folder by a test."
+    finally:
+        from probmcl_med import OVERLAPS
+
+        OVERLAPS.unregister("dropped_overlap")
+
+
+def test_broken_plugin_is_a_one_line_error_with_exit_code_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
+    assert main(["--plugins-dir", str(tmp_path), "plugins"]) == 1
+    err = capsys.readouterr().err
+    first = err.strip().splitlines()[0]
+    assert first.startswith("error: plugin") and "broken.py" in first and "RuntimeError: boom" in first
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "broken2.py").write_text("raise RuntimeError('boom2')\n")
+    assert main(["--debug", "--plugins-dir", str(tmp_path), "plugins"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins", "--no-such-option"]) == 2
+    assert "no-such-option" in capsys.readouterr().err
+
+
+def test_console_script_runs_as_a_module() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "probmcl_med.cli", "--version"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and __version__ in result.stdout
