@@ -1,0 +1,78 @@
+"""Model cost: parameter counts and FLOPs/GMAC against closed forms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from probmcl_med.evaluation.complexity import count_flops, count_parameters, model_cost
+
+
+def _conv_flops(conv: nn.Conv2d, out: torch.Tensor) -> int:
+    """2 * B * C_out * H_out * W_out * (C_in / groups) * k_h * k_w (bias not counted)."""
+    b, c_out, h, w = out.shape
+    kh, kw = conv.kernel_size
+    return 2 * b * c_out * h * w * (conv.in_channels // conv.groups) * kh * kw
+
+
+def test_linear_flops_closed_form() -> None:
+    layer = nn.Linear(13, 7)
+    assert count_flops(layer, torch.zeros(5, 13)) == 2 * 5 * 13 * 7
+
+
+@pytest.mark.parametrize(("groups", "stride", "padding"), [(1, 1, 1), (1, 2, 0), (4, 1, 2)])
+def test_conv_flops_closed_form(groups: int, stride: int, padding: int) -> None:
+    conv = nn.Conv2d(8, 12, kernel_size=3, stride=stride, padding=padding, groups=groups)
+    x = torch.zeros(2, 8, 17, 15)
+    out = conv(x)
+    assert count_flops(conv, x) == _conv_flops(conv, out)
+
+
+def test_params_and_gmac_of_a_small_network() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 5), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)
+    )
+    cost = model_cost(net, 32)
+    expected_params = 3 * 6 * 25 + 6 + 6 + 6 + 6 * 4 + 4  # conv w+b, bn w+b, linear w+b (buffers excluded)
+    assert cost.params == expected_params
+    conv_flops = 2 * 1 * 6 * 28 * 28 * 3 * 25
+    linear_flops = 2 * 1 * 6 * 4
+    assert cost.flops == conv_flops + linear_flops
+    assert cost.macs == (conv_flops + linear_flops) / 2
+    assert cost.gmac == pytest.approx((conv_flops + linear_flops) / 2 / 1e9)
+    assert cost.input_shape == (1, 3, 32, 32)
+
+
+def test_shared_parameters_count_once() -> None:
+    a = nn.Linear(4, 4)
+    net = nn.Sequential(a, nn.ReLU(), a)
+    assert count_parameters(net) == 4 * 4 + 4
+
+
+def test_timm_model_matches_per_layer_closed_forms() -> None:
+    """Sum of the closed forms of every Conv2d and Linear (read with forward hooks) equals the counted FLOPs."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=5).eval()
+    expected = 0
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal expected
+        if isinstance(module, nn.Conv2d):
+            expected += _conv_flops(module, out)
+        else:
+            expected += 2 * inputs[0].shape[0] * module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    cost = model_cost(model, 48)
+    for h in handles:
+        h.remove()
+    assert cost.flops == expected > 0
+    manual = 0
+    seen: set[int] = set()
+    for _, p in model.named_parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            manual += p.numel()
+    assert cost.params == manual
+    assert model.training is False
