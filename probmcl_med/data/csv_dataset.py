@@ -1,0 +1,238 @@
+"""Your own data: a folder of images and a CSV of labels (the path most users take first).
+
+Layout (``root`` is the folder; every option below goes under ``dataset.options``)::
+
+    my_data/
+      labels.csv          image,labels,split            or   image,tumour,stroma,necrosis,split
+                          a.png,tumour|stroma,train          a.png,1,1,0,train
+                          b.png,,valid                       b.png,0,0,0,valid
+      images/a.png ...    (paths in the CSV are relative to root, or to images_dir when given, or absolute)
+
+- Image column: ``image_column`` (default: the first of image, path, filename, file, patch names; any case).
+- Labels, either style:
+  one ``labels`` column (``labels_column``) of ``|``-separated class names (an empty cell is "no label"), or one
+  0/1 column per class (every column that is not the image, labels or split column; ``classes`` may pick some).
+- Class order: ``classes`` when given, else the header order (0/1 style) or the sorted names seen (names style).
+- Split: a ``split`` column (``split_column``; train/valid/test, val accepted); without one, a seeded random split
+  with ``valid_fraction`` = ``test_fraction`` = 0.1 and ``seed`` = 0 (``base.seeded_split``).
+
+Every bad value is a one-line DataError naming the CSV, the row (and its line in the file) and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from probmcl_med.data.base import MultiLabelDataset, normalize_split, seeded_split
+from probmcl_med.errors import DataError
+
+IMAGE_COLUMN_CANDIDATES = ("image", "path", "filename", "file", "image_path", "patch names", "patch_name")
+LABEL_SEPARATOR = "|"
+
+
+def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a CSV file (comma, semicolon or tab separated; UTF-8, a BOM is fine).
+
+    Raises:
+        DataError: missing file, or a file without a header row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"CSV file {path} does not exist")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        text = handle.read()
+    if not text.strip():
+        raise DataError(f"{path}: the CSV file is empty; it needs a header row and one row per image")
+    try:
+        dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.DictReader(text.splitlines(), dialect=dialect)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    reader.fieldnames = header
+    rows = [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    return header, rows
+
+
+def find_column(header: Sequence[str], wanted: str | None, candidates: Sequence[str], path: Path, what: str) -> str:
+    """The column named ``wanted``, or the first of ``candidates`` present (case-insensitive).
+
+    Raises:
+        DataError: naming the file, what was looked for and the columns found.
+    """
+    lower = {h.lower(): h for h in header}
+    names = [wanted] if wanted else list(candidates)
+    for name in names:
+        if name.lower() in lower:
+            return lower[name.lower()]
+    looked = f"'{wanted}'" if wanted else " or ".join(f"'{c}'" for c in candidates)
+    option = f" (set dataset.options.{what}_column)" if not wanted else ""
+    raise DataError(f"{path}: no {what} column {looked}{option}; columns found: {', '.join(header)}")
+
+
+def parse_binary(value: str, path: Path, row: int, column: str) -> float:
+    """A 0/1 cell as 0.0 / 1.0 (``1.0``, ``true``, ``false`` accepted); anything else is a DataError."""
+    text = value.strip().lower()
+    if text in {"1", "1.0", "true", "yes"}:
+        return 1.0
+    if text in {"0", "0.0", "false", "no", ""}:
+        return 0.0
+    raise DataError(f"{path}, row {row} (line {row + 2}), column '{column}': label value {value!r} is not 0 or 1")
+
+
+def parse_name_list(value: str, known: dict[str, int] | None, path: Path, row: int, column: str) -> list[str]:
+    """``a|b|c`` -> names; with ``known`` (explicit classes), an unknown name is a DataError."""
+    names = [n.strip() for n in value.split(LABEL_SEPARATOR) if n.strip()]
+    if known is not None:
+        for name in names:
+            if name not in known:
+                raise DataError(
+                    f"{path}, row {row} (line {row + 2}), column '{column}': unknown class name {name!r}; "
+                    f"known classes: {', '.join(known)}"
+                )
+    return names
+
+
+def labels_from_rows(
+    header: Sequence[str],
+    rows: Sequence[dict[str, str]],
+    path: Path,
+    *,
+    exclude: Sequence[str],
+    labels_column: str | None = None,
+    classes: Sequence[str] | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """Class names and a (N, C) float32 multi-hot matrix from a table, in either label style.
+
+    Args:
+        header, rows: from :func:`read_table`.
+        path: the file (for messages).
+        exclude: columns that are not class columns (image, split, slide coordinates, ...).
+        labels_column: name of a ``|``-separated names column; None: use ``labels`` when present, else 0/1 columns.
+        classes: explicit class list (order kept); names outside it are errors.
+    """
+    lower = {h.lower(): h for h in header}
+    names_col = lower.get((labels_column or "labels").lower())
+    if labels_column and names_col is None:
+        raise DataError(f"{path}: no labels column '{labels_column}'; columns found: {', '.join(header)}")
+    if names_col is not None:
+        known = {c: i for i, c in enumerate(classes)} if classes is not None else None
+        per_row = [parse_name_list(r.get(names_col, ""), known, path, i, names_col) for i, r in enumerate(rows)]
+        class_names = list(classes) if classes is not None else sorted({n for names in per_row for n in names})
+        if not class_names:
+            raise DataError(f"{path}: column '{names_col}' names no class in any row; write e.g. tumour|stroma")
+        index = {c: i for i, c in enumerate(class_names)}
+        labels = np.zeros((len(rows), len(class_names)), dtype=np.float32)
+        for i, names in enumerate(per_row):
+            for name in names:
+                labels[i, index[name]] = 1.0
+        return class_names, labels
+    excluded = {e.lower() for e in exclude}
+    class_columns = [h for h in header if h.lower() not in excluded]
+    if classes is not None:
+        missing = [c for c in classes if c not in class_columns]
+        if missing:
+            raise DataError(
+                f"{path}: class column(s) {', '.join(repr(c) for c in missing)} not found; columns found: "
+                f"{', '.join(header)}"
+            )
+        class_columns = list(classes)
+    if not class_columns:
+        raise DataError(
+            f"{path}: no label columns: add a 'labels' column of |-separated names or one 0/1 column per class; "
+            f"columns found: {', '.join(header)}"
+        )
+    labels = np.zeros((len(rows), len(class_columns)), dtype=np.float32)
+    for i, r in enumerate(rows):
+        for j, column in enumerate(class_columns):
+            labels[i, j] = parse_binary(r.get(column, ""), path, i, column)
+    return class_columns, labels
+
+
+def resolve_image_path(value: str, base: Path) -> str:
+    """An image cell as a path: absolute paths kept, relative ones joined to ``base``."""
+    p = Path(value)
+    return str(p if p.is_absolute() else base / p)
+
+
+def find_csv(root: Path, csv_name: str | None) -> Path:
+    """``root/csv_name``, or the only CSV in ``root`` (``labels.csv`` preferred)."""
+    if csv_name:
+        p = Path(csv_name)
+        return p if p.is_absolute() else root / p
+    if (root / "labels.csv").is_file():
+        return root / "labels.csv"
+    found = sorted(root.glob("*.csv"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DataError(f"{root}: no CSV file of labels found; add labels.csv or set dataset.options.csv")
+    names = ", ".join(f.name for f in found)
+    raise DataError(f"{root}: several CSV files ({names}); pick one with dataset.options.csv=NAME")
+
+
+def check_root(root: str | Path | None, dataset: str) -> Path:
+    """The dataset folder as a Path; a missing folder is a DataError saying how to set it."""
+    if root is None:
+        raise DataError(f"dataset '{dataset}' needs a folder: set dataset.root (or --root PATH)")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(
+            f"dataset folder {path} does not exist; set dataset.root (or --root PATH) to the {dataset} folder"
+        )
+    return path
+
+
+def load_csv_dataset(
+    root: str | Path | None,
+    split: str = "train",
+    *,
+    csv: str | None = None,
+    image_column: str | None = None,
+    labels_column: str | None = None,
+    classes: Sequence[str] | None = None,
+    split_column: str | None = None,
+    images_dir: str | None = None,
+    seed: int = 0,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    skip_bad: bool = False,
+    name: str = "csv",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> MultiLabelDataset:
+    """Read a labels CSV into a :class:`MultiLabelDataset` (see the module docstring for the layout and options)."""
+    folder = check_root(root, name)
+    table = find_csv(folder, csv)
+    header, rows = read_table(table)
+    split = normalize_split(split, str(table))
+    image_col = find_column(header, image_column, IMAGE_COLUMN_CANDIDATES, table, "image")
+    lower = {h.lower(): h for h in header}
+    split_col = lower.get((split_column or "split").lower())
+    if split_column and split_col is None:
+        raise DataError(f"{table}: no split column '{split_column}'; columns found: {', '.join(header)}")
+    exclude = [image_col] + ([split_col] if split_col else [])
+    class_names, labels = labels_from_rows(
+        header, rows, table, exclude=exclude, labels_column=labels_column, classes=classes
+    )
+    if split_col is not None:
+        chosen = [
+            i for i, r in enumerate(rows) if normalize_split(r[split_col], f"{table}, row {i} (line {i + 2})") == split
+        ]
+    else:
+        chosen = seeded_split(len(rows), split, seed, valid_fraction, test_fraction).tolist()
+    base = folder / images_dir if images_dir else folder
+    items: list[dict[str, Any]] = []
+    for i in chosen:
+        value = rows[i][image_col]
+        if not value:
+            raise DataError(f"{table}, row {i} (line {i + 2}), column '{image_col}': empty image path")
+        items.append({"image": resolve_image_path(value, base), "label": labels[i], "row": i})
+    if not items:
+        raise DataError(f"{table}: the split '{split}' has no rows ({len(rows)} rows in the file)")
+    return MultiLabelDataset(items, class_names, mean=mean, std=std, name=name, source=table, skip_bad=skip_bad)

@@ -1,0 +1,96 @@
+"""The built-in dataset factories, registered in DATASETS (imported lazily by the registry on first use).
+
+Every factory has the same shape::
+
+    factory(root: str | None, split: str = "train", **options) -> MultiLabelDataset
+
+with ``split`` one of train, valid, test and ``options`` the config's ``dataset.options`` (plus ``skip_bad``, the
+config's ``dataset.skip_bad``). The heavy readers (pycocotools, OpenSlide) are imported only when their dataset is
+built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from probmcl_med.data.base import MultiLabelDataset
+from probmcl_med.registry import DATASETS
+
+
+@DATASETS.register("demo")
+def demo(root: str | None = None, split: str = "train", **options: Any) -> MultiLabelDataset:
+    """Embedded demo: 2x2 mosaics of scikit-learn's handwritten digits, 11 structured labels, no download.
+
+    Options: seed, n_train, n_valid, n_test, tile (see probmcl_med.data.demo). ``root``: cache folder (default
+    $PROBMCL_MED_CACHE/demo or ~/.cache/probmcl-med/demo).
+    """
+    from probmcl_med.data.demo import load_demo
+
+    return load_demo(root, split, **options)
+
+
+@DATASETS.register("csv")
+def csv(root: str | None, split: str = "train", **options: Any) -> MultiLabelDataset:
+    """Your own images + a labels CSV (0/1 columns or a |-separated labels column; optional split column).
+
+    Options: csv, image_column, labels_column, classes, split_column, images_dir, seed, valid_fraction,
+    test_fraction, skip_bad (see probmcl_med.data.csv_dataset).
+    """
+    from probmcl_med.data.csv_dataset import load_csv_dataset
+
+    return load_csv_dataset(root, split, **_known(options, load_csv_dataset, "csv"))
+
+
+@DATASETS.register("adp")
+def adp(root: str | None, split: str = "train", **options: Any) -> MultiLabelDataset:
+    """Atlas of Digital Pathology (ADP V1.0 release): hierarchical tissue types at level L1, L2 or L3.
+
+    Options: level (L3), drop_unlabeled (False), csv, images_dir, classes, seed, valid_fraction, test_fraction,
+    skip_bad (see probmcl_med.data.adp).
+    """
+    from probmcl_med.data.adp import load_adp
+
+    return load_adp(root, split, **_known(options, load_adp, "adp"))
+
+
+@DATASETS.register("coco")
+def coco(root: str | None, split: str = "train", **options: Any) -> MultiLabelDataset:
+    """MS-COCO 2014/2017 multi-label: 80 categories from instances_*.json via pycocotools (valid/test: val json).
+
+    Options: year (auto), annotations, images_dir, keep_empty (False), skip_bad (see probmcl_med.data.coco).
+    """
+    from probmcl_med.data.coco import load_coco
+
+    return load_coco(root, split, **_known(options, load_coco, "coco"))
+
+
+@DATASETS.register("slides")
+def slides(root: str | None, split: str = "train", **options: Any) -> MultiLabelDataset:
+    """Patches read lazily from whole-slide images (OpenSlide) listed in a manifest of slide, x, y, level, size, labels.
+
+    Options: manifest, classes, labels_column, size, level, split_column, seed, valid_fraction, test_fraction,
+    skip_bad (see probmcl_med.data.slides).
+    """
+    from probmcl_med.data.slides import load_slides
+
+    return load_slides(root, split, **_known(options, load_slides, "slides"))
+
+
+def _known(options: dict[str, Any], loader: Any, name: str) -> dict[str, Any]:
+    """``options`` after checking every key is a keyword of ``loader`` (one-line error with close matches)."""
+    import difflib
+    import inspect
+
+    from probmcl_med.errors import DataError
+
+    params = [
+        p.name
+        for p in inspect.signature(loader).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in {"name", "mean", "std"}
+    ]
+    for key in options:
+        if key not in params:
+            close = difflib.get_close_matches(key, params, n=2, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise DataError(f"dataset '{name}': unknown option dataset.options.{key}; {hint}known: {', '.join(params)}")
+    return options

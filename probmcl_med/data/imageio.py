@@ -1,0 +1,211 @@
+"""Reading pixels: image files through PIL and whole-slide regions through OpenSlide, with one-line errors.
+
+Every reader returns an RGB ``uint8`` array of shape (H, W, 3). A missing, truncated or corrupt file raises
+:class:`~probmcl_med.errors.DataError` naming the file; the dataset adds the CSV row (see ``base.MultiLabelDataset``).
+
+Slides are opened once per process and kept in a small cache keyed by the process id, so a DataLoader worker that
+was forked from a parent holding open slides never shares the parent's file handles (OpenSlide handles are not
+fork-safe) and a slide is not re-opened for every patch.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from probmcl_med.errors import DataError
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm")
+"""File endings that OpenSlide reads (used to tell a slide path from an image path in a manifest)."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to RGB.
+
+    Args:
+        path: PNG, JPEG, TIFF, BMP, ... anything PIL decodes. Grey, palette and RGBA images are converted to RGB.
+
+    Returns:
+        (H, W, 3) uint8 array.
+
+    Raises:
+        DataError: the file does not exist, or it is truncated or not an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image {path} does not exist; check dataset.root and the image paths in the CSV")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decodes fully: a truncated file fails here, not later in a worker
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"image {path} is truncated or corrupt ({detail}); replace it, or set dataset.skip_bad=true to skip it"
+        ) from None
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Whole slides
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class SlideCache:
+    """Open OpenSlide handles of this process, least recently used closed first.
+
+    The cache remembers the process id that filled it; in a forked child (a DataLoader worker) it starts empty, so
+    each worker opens each slide once for itself.
+
+    Args:
+        max_open: slides kept open at once per process.
+    """
+
+    def __init__(self, max_open: int = 32) -> None:
+        self.max_open = max_open
+        self._pid = os.getpid()
+        self._slides: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.opened = 0  # how many times a slide was opened in this process (tests check it stays small)
+
+    def get(self, path: str | Path) -> Any:
+        """The open ``openslide.OpenSlide`` for ``path`` (opened on first use in this process)."""
+        key = str(path)
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's handles are not ours to use
+                self._slides = OrderedDict()
+                self._pid = os.getpid()
+                self.opened = 0
+            slide = self._slides.get(key)
+            if slide is not None:
+                self._slides.move_to_end(key)
+                return slide
+            slide = open_slide(key)
+            self.opened += 1
+            self._slides[key] = slide
+            while len(self._slides) > self.max_open:
+                _, old = self._slides.popitem(last=False)
+                old.close()
+            return slide
+
+    def clear(self) -> None:
+        """Close every slide this process holds."""
+        with self._lock:
+            if self._pid == os.getpid():
+                for slide in self._slides.values():
+                    slide.close()
+            self._slides = OrderedDict()
+            self._pid = os.getpid()
+
+
+SLIDES = SlideCache()
+"""The per-process slide cache used by :func:`read_slide_region`."""
+
+
+def open_slide(path: str | Path) -> Any:
+    """Open a whole-slide image with OpenSlide (uncached; most code should go through :data:`SLIDES`).
+
+    Raises:
+        DataError: the file is missing, or OpenSlide cannot read it (unsupported format, corrupt file).
+    """
+    import openslide
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"slide {path} does not exist; check dataset.root and the slide paths in the manifest")
+    try:
+        return openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError:
+        raise DataError(
+            f"slide {path} is not a format OpenSlide reads (SVS, tiled pyramidal TIFF, NDPI, MRXS, ...); "
+            "convert it, e.g. to a tiled pyramidal TIFF"
+        ) from None
+    except openslide.OpenSlideError as exc:
+        raise DataError(f"slide {path} cannot be read by OpenSlide ({exc}); the file may be corrupt") from None
+
+
+def slide_location_check(slide: Any, path: str | Path, x: int, y: int, level: int, width: int, height: int) -> None:
+    """Raise DataError unless the patch lies inside the slide at ``level``.
+
+    Args:
+        slide: an open OpenSlide.
+        x, y: top-left corner in level-0 pixels (OpenSlide's convention).
+        level: pyramid level the patch is read at.
+        width, height: patch size in pixels of ``level``.
+    """
+    if not 0 <= level < slide.level_count:
+        raise DataError(f"slide {path}: level {level} does not exist (the slide has levels 0..{slide.level_count - 1})")
+    if width <= 0 or height <= 0:
+        raise DataError(f"slide {path}: patch size {width}x{height} must be positive")
+    w0, h0 = slide.dimensions
+    ds = float(slide.level_downsamples[level])
+    right, bottom = x + width * ds, y + height * ds
+    if x < 0 or y < 0 or right > w0 + 0.5 * ds or bottom > h0 + 0.5 * ds:
+        raise DataError(
+            f"slide {path}: patch x={x}, y={y}, {width}x{height} at level {level} (downsample {ds:g}) lies outside "
+            f"the slide ({w0}x{h0} at level 0)"
+        )
+
+
+def patch_size(size: Any) -> tuple[int, int]:
+    """``size`` as (width, height): an int is a square side; a pair is (width, height)."""
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    width, height = size
+    return int(width), int(height)
+
+
+def read_slide_region(location: dict[str, Any], cache: SlideCache | None = None) -> np.ndarray:
+    """Read one patch of a whole slide through OpenSlide.
+
+    Args:
+        location: ``{"path", "x", "y", "level", "size"}``: x, y in level-0 pixels; ``size`` an int or (w, h) in
+            pixels of ``level`` (default level 0).
+        cache: slide cache (default: the process-wide :data:`SLIDES`).
+
+    Returns:
+        (h, w, 3) uint8 RGB; transparent slide background (alpha 0 outside scanned areas) becomes white.
+
+    Raises:
+        DataError: unreadable slide, or a location outside the slide.
+    """
+    path = location["path"]
+    level = int(location.get("level", 0))
+    width, height = patch_size(location["size"])
+    x, y = int(location["x"]), int(location["y"])
+    slide = (cache or SLIDES).get(path)
+    slide_location_check(slide, path, x, y, level, width, height)
+    try:
+        region = slide.read_region((x, y), level, (width, height))
+    except Exception as exc:  # openslide.OpenSlideError: a corrupt tile deep inside the file
+        raise DataError(f"slide {path}: reading x={x}, y={y} at level {level} failed ({exc})") from None
+    return rgba_to_rgb(np.asarray(region))
+
+
+def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA (not premultiplied, as OpenSlide returns) composited onto white -> (H, W, 3) uint8."""
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    a = alpha[..., None].astype(np.float32) / 255.0
+    rgb = rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def read_any(image: Any) -> np.ndarray:
+    """Pixels of a dataset item's ``image``: a path, a slide-location dict, or an (H, W, 3) uint8 array already."""
+    if isinstance(image, dict):
+        return read_slide_region(image)
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise DataError(f"in-memory image of shape {image.shape} and dtype {image.dtype}: expected (H, W, 3) uint8")
+        return image
+    return read_image(image)

@@ -1,0 +1,259 @@
+"""MONAI dictionary transforms: load, resize, augment (RandAugment + flips), normalise; two views for stage 1.
+
+Training (paper: RandAugment on every view)::
+
+    t = build_train_transform(224, mean, std, num_ops=2, magnitude=9)
+    views = TwoViews(t)(item)      # {"image": (2, 3, 224, 224) float32, "label": (C,) float32}
+
+Evaluation is deterministic: load, resize, normalise.
+
+RandAugment: neither MONAI nor albumentations 2.x has it. The policy used is torchvision's
+``transforms.v2.RandAugment`` (Cubuk et al. 2020: 14 operations, magnitude on a 0-30 scale with 31 bins), because it
+is the reference implementation of the standard op list and works directly on uint8 CHW tensors, with no PIL or
+albumentations round trip. It draws from torch's global RNG, so :class:`RandAugmentd` wraps it as a MONAI
+``Randomizable``: each call draws a seed from the transform's own ``self.R`` and runs the policy inside
+``torch.random.fork_rng`` seeded with it. The augmentations are therefore seeded like every MONAI transform
+(``Compose`` seeds its members from ``monai.utils.set_determinism``'s seed; ``set_random_state`` reseeds; DataLoader
+workers are reseeded by :func:`probmcl_med.data.base.seed_worker`) and never disturb torch's global stream.
+
+Images are resized to a square ``image_size`` x ``image_size`` (patches are square; a non-square image is stretched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import Compose, MapTransform, Randomizable
+from monai.utils import MAX_SEED
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as tvf
+
+from probmcl_med.data.imageio import read_any
+
+KeysType = str | Sequence[Hashable]
+
+
+class LoadImaged(MapTransform):
+    """Read ``data[key]`` (a path, a slide location dict or an array) into an (H, W, 3) uint8 RGB array.
+
+    Raises:
+        DataError: missing, truncated or corrupt image; unreadable slide; location outside the slide.
+    """
+
+    def __init__(self, keys: KeysType = "image") -> None:
+        super().__init__(keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = read_any(d[key])
+        return d
+
+
+class ToTensorImaged(MapTransform):
+    """(H, W, 3) uint8 array -> (3, H, W) uint8 tensor."""
+
+    def __init__(self, keys: KeysType = "image") -> None:
+        super().__init__(keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = torch.from_numpy(np.ascontiguousarray(np.asarray(d[key]).transpose(2, 0, 1)))
+        return d
+
+
+class ResizeImaged(MapTransform):
+    """Resize a (3, H, W) uint8 tensor to (3, size, size), bilinear with antialiasing (skipped when already so)."""
+
+    def __init__(self, size: int, keys: KeysType = "image") -> None:
+        super().__init__(keys)
+        self.size = int(size)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if tuple(img.shape[-2:]) != (self.size, self.size):
+                d[key] = tvf.resize(img, [self.size, self.size], antialias=True)
+        return d
+
+
+class RandFlipd(Randomizable, MapTransform):
+    """Random horizontal and/or vertical flips of a (..., H, W) tensor, each with probability ``prob``."""
+
+    def __init__(self, hflip: bool = True, vflip: bool = True, prob: float = 0.5, keys: KeysType = "image") -> None:
+        MapTransform.__init__(self, keys)
+        self.hflip, self.vflip, self.prob = hflip, vflip, prob
+        self._flip_h = self._flip_v = False
+
+    def randomize(self, data: Any = None) -> None:
+        self._flip_h = bool(self.hflip and self.R.rand() < self.prob)
+        self._flip_v = bool(self.vflip and self.R.rand() < self.prob)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        dims = [dim for dim, on in ((-1, self._flip_h), (-2, self._flip_v)) if on]
+        if dims:
+            for key in self.key_iterator(d):
+                d[key] = torch.flip(d[key], dims=dims)
+        return d
+
+
+class RandAugmentd(Randomizable, MapTransform):
+    """RandAugment (torchvision's policy) on a (3, H, W) uint8 tensor, seeded through MONAI's ``self.R``.
+
+    Args:
+        num_ops: operations per image (N in the paper).
+        magnitude: strength on the 0-30 scale (M).
+        fill: pixel value for areas uncovered by rotations, shears and translations (None: black, torchvision's
+            default).
+    """
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 9, fill: Any = None, keys: KeysType = "image") -> None:
+        MapTransform.__init__(self, keys)
+        self.num_ops, self.magnitude = int(num_ops), int(magnitude)
+        self.policy = v2.RandAugment(num_ops=self.num_ops, magnitude=self.magnitude, num_magnitude_bins=31, fill=fill)
+        self._seed = 0
+
+    def randomize(self, data: Any = None) -> None:
+        self._seed = int(self.R.randint(MAX_SEED, dtype="uint32"))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.num_ops == 0:
+            return d
+        for key in self.key_iterator(d):
+            self.randomize()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self._seed)
+                d[key] = self.policy(d[key])
+        return d
+
+
+class NormalizeImaged(MapTransform):
+    """(3, H, W) uint8 -> float32 ``(x / 255 - mean) / std`` per channel (``mean``/``std`` None: only ``x / 255``)."""
+
+    def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None, keys: KeysType = "image") -> None:
+        super().__init__(keys)
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) if mean is not None else None
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) if std is not None else None
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key].to(torch.float32).div_(255.0)
+            if self.mean is not None:
+                img = img.sub_(self.mean).div_(self.std)
+            d[key] = img
+        return d
+
+
+class LabelToTensord(MapTransform):
+    """``label`` -> (C,) float32 tensor (items without a label, e.g. slide tiles to predict, pass through)."""
+
+    def __init__(self, keys: KeysType = "label") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = torch.as_tensor(np.asarray(d[key], dtype=np.float32))
+        return d
+
+
+def _compose(transforms: list[Callable], seed: int | None) -> Compose:
+    pipeline = Compose(transforms, log_stats=False)
+    if seed is not None:
+        pipeline.set_random_state(seed=seed)
+    return pipeline
+
+
+def build_train_transform(
+    image_size: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    num_ops: int = 2,
+    magnitude: int = 9,
+    hflip: bool = True,
+    vflip: bool = True,
+    *,
+    fill: Any = None,
+    seed: int | None = None,
+) -> Compose:
+    """Training pipeline: load -> (3, H, W) uint8 -> resize -> flips -> RandAugment(N, M) -> normalise -> label.
+
+    Args:
+        image_size: side of the square output, pixels.
+        mean, std: per-channel normalisation on the 0-1 scale (None: 0-1 pixels only).
+        num_ops, magnitude: RandAugment's N and M (AugmentConfig).
+        hflip, vflip: random flips, probability 0.5 each.
+        fill: fill value of RandAugment's geometric ops.
+        seed: seed of the random parts (None: MONAI's ``set_determinism`` seed, as every MONAI Compose).
+
+    Returns:
+        A MONAI Compose: item dict -> ``{"image": (3, S, S) float32, "label": (C,) float32, ...}``.
+    """
+    return _compose(
+        [
+            LoadImaged(),
+            ToTensorImaged(),
+            ResizeImaged(image_size),
+            RandFlipd(hflip=hflip, vflip=vflip),
+            RandAugmentd(num_ops=num_ops, magnitude=magnitude, fill=fill),
+            NormalizeImaged(mean, std),
+            LabelToTensord(),
+        ],
+        seed,
+    )
+
+
+def build_eval_transform(image_size: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> Compose:
+    """Deterministic pipeline: load -> resize to (3, S, S) -> normalise -> label tensor."""
+    return _compose(
+        [LoadImaged(), ToTensorImaged(), ResizeImaged(image_size), NormalizeImaged(mean, std), LabelToTensord()], None
+    )
+
+
+class TwoViews(Randomizable):
+    """Two independent augmentations of one image, for the contrastive stage.
+
+    The image is read once: when ``transform`` is a Compose starting with :class:`LoadImaged`, the load runs once and
+    the rest of the pipeline twice; any other callable is simply called twice on a copy of the item.
+
+    Returns (from ``__call__``):
+        the first view's dict with ``"image"``: (2, 3, H, W) float32 (the two views stacked) and ``"label"`` (C,).
+    """
+
+    def __init__(self, transform: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.transform = transform
+        self.load: Callable | None = None
+        self.rest: Callable = transform
+        if isinstance(transform, Compose) and transform.transforms and isinstance(transform.transforms[0], LoadImaged):
+            self.load = transform.transforms[0]
+            self.rest = Compose(list(transform.transforms[1:]), log_stats=False)
+            self.rest.set_random_state(state=transform.R)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> TwoViews:
+        super().set_random_state(seed=seed, state=state)
+        target = self.rest if self.load is not None else self.transform
+        if isinstance(target, Randomizable):
+            target.set_random_state(seed=int(self.R.randint(MAX_SEED, dtype="uint32")))
+        return self
+
+    def randomize(self, data: Any = None) -> None:  # the wrapped transforms draw their own randomness
+        return None
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        base = self.load(dict(data)) if self.load is not None else dict(data)
+        first = self.rest(dict(base))
+        second = self.rest(dict(base))
+        out = dict(first)
+        out["image"] = torch.stack([first["image"], second["image"]])
+        return out
