@@ -1,0 +1,166 @@
+"""Report figures as PNG bytes: per-class recall/precision bars, precision-recall curves, label co-occurrence.
+
+Figures are built on :class:`matplotlib.figure.Figure` and rendered by the Agg backend directly, without pyplot:
+nothing here touches matplotlib's global backend or figure registry, so the functions are safe in notebooks,
+threads and headless servers alike.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from probmcl_med.evaluation.metrics import precision_recall_points, sorted_by_recall
+
+FLOOR_COLOR = "#c62828"  # classes under the recall floor
+OK_COLOR = "#1565c0"
+PRECISION_COLOR = "#607d8b"
+MAX_CURVE_POINTS = 400  # points kept per precision-recall curve; the curve's shape is unchanged at plot size
+
+
+def _png(fig: Figure, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _label_size(num_classes: int) -> float:
+    return float(np.clip(260 / max(num_classes, 1), 4.5, 10))
+
+
+def recall_precision_bars(metrics: dict[str, Any], recall_floor: float) -> bytes:
+    """Horizontal bars of per-class recall and precision, sorted by recall (worst on top), the floor marked.
+
+    Args:
+        metrics: the dict from :func:`.metrics.multilabel_metrics` (percentages).
+        recall_floor: a fraction in [0, 1]; classes whose recall is under it are drawn red.
+
+    Returns:
+        PNG bytes.
+    """
+    rows = [r for r in sorted_by_recall(metrics) if r["recall"] is not None][::-1]  # barh draws bottom-up
+    names = [r["name"] for r in rows]
+    recall = np.array([r["recall"] for r in rows])
+    precision = np.array([r["precision"] for r in rows])
+    floor = 100.0 * recall_floor
+    height = max(2.5, 0.22 * len(rows) + 1.2)
+    fig = Figure(figsize=(10, height))
+    ax_r, ax_p = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(rows))
+    ax_r.barh(y, recall, color=np.where(recall < floor, FLOOR_COLOR, OK_COLOR))
+    ax_r.axvline(floor, color=FLOOR_COLOR, linestyle="--", linewidth=1)
+    ax_r.set_title(f"Recall per class (red: under the {floor:g} % floor, dashed)")
+    ax_p.barh(y, precision, color=PRECISION_COLOR)
+    ax_p.set_title("Precision per class")
+    ax_r.set_yticks(y, names, fontsize=_label_size(len(rows)))
+    for label, r in zip(ax_r.get_yticklabels(), recall, strict=True):
+        if r < floor:
+            label.set_color(FLOOR_COLOR)
+    for ax in (ax_r, ax_p):
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("%")
+        ax.grid(axis="x", alpha=0.3)
+    ax_r.set_ylim(-0.6, len(rows) - 0.4)
+    return _png(fig)
+
+
+def _thin(recall: np.ndarray, precision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep at most MAX_CURVE_POINTS points, evenly spaced along the curve, always the first and last."""
+    if recall.size <= MAX_CURVE_POINTS:
+        return recall, precision
+    keep = np.unique(np.linspace(0, recall.size - 1, MAX_CURVE_POINTS).round().astype(int))
+    return recall[keep], precision[keep]
+
+
+def precision_recall_grid(
+    scores: np.ndarray, targets: np.ndarray, class_names: Sequence[str], metrics: dict[str, Any] | None = None
+) -> bytes:
+    """One small precision-recall panel per class (a readable grid for tens of classes), AP in each title.
+
+    Args:
+        scores: (N, C) probabilities.
+        targets: (N, C) 0/1 labels.
+        class_names: C names.
+        metrics: optional metrics dict; when given, each panel's title shows the class AP and a dot marks the
+            operating point at the class threshold.
+
+    Returns:
+        PNG bytes. A class without positives gets an empty panel saying so.
+    """
+    curves = precision_recall_points(np.asarray(scores, np.float64), np.asarray(targets, np.float64))
+    c = len(curves)
+    cols = min(c, 8)
+    rows = math.ceil(c / cols)
+    fig = Figure(figsize=(2.1 * cols, 2.1 * rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)).ravel()
+    per_class = metrics["per_class"] if metrics is not None else [None] * c
+    for ax, name, (recall, precision), row in zip(axes, class_names, curves, per_class, strict=False):
+        if recall.size == 0:
+            ax.text(0.5, 0.5, "no positives", ha="center", va="center", fontsize=7, color="gray")
+            ax.set_title(str(name), fontsize=7)
+            continue
+        r, p = _thin(recall, precision)
+        ax.step(r, p, where="post", color=OK_COLOR, linewidth=1)
+        title = str(name) if row is None else f"{name}\nAP {row['ap']:.1f}"
+        if row is not None:
+            ax.plot(row["recall"] / 100, row["precision"] / 100, "o", color=FLOOR_COLOR, markersize=3)
+        ax.set_title(title, fontsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[c:]:
+        ax.set_visible(False)
+    for ax in axes:
+        ax.tick_params(labelsize=6)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+    fig.supxlabel("recall")
+    fig.supylabel("precision")
+    fig.suptitle("Precision-recall per class (dot: operating point at the threshold)", fontsize=10)
+    return _png(fig, dpi=90)
+
+
+def cooccurrence(matrix: np.ndarray) -> np.ndarray:
+    """Row-normalised label co-occurrence: entry (i, j) = P(label j | label i) = count(i and j) / count(i).
+
+    Args:
+        matrix: (N, C) 0/1 labels or predictions.
+
+    Returns:
+        (C, C) values in [0, 1]; a row whose label never occurs is all zeros.
+    """
+    m = np.asarray(matrix, np.float64)
+    counts = m.T @ m
+    diag = np.diag(counts)[:, None]
+    return np.divide(counts, diag, out=np.zeros_like(counts), where=diag > 0)
+
+
+def cooccurrence_heatmaps(targets: np.ndarray, predictions: np.ndarray, class_names: Sequence[str]) -> bytes:
+    """Ground-truth and predicted label co-occurrence side by side, P(column label | row label), same colour scale.
+
+    Args:
+        targets: (N, C) 0/1 labels.
+        predictions: (N, C) 0/1 thresholded predictions.
+        class_names: C names.
+
+    Returns:
+        PNG bytes.
+    """
+    c = len(class_names)
+    side = float(np.clip(0.16 * c + 2.5, 4.5, 14))
+    fig = Figure(figsize=(2 * side + 1.2, side + 0.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    size = _label_size(c)
+    image = None
+    for ax, data, title in zip(
+        axes, (targets, predictions), ("Ground truth", "Predicted (at the threshold)"), strict=True
+    ):
+        image = ax.imshow(cooccurrence(data), vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+        ax.set_title(f"{title}: P(column | row)", fontsize=10)
+        ax.set_xticks(range(c), class_names, rotation=90, fontsize=size)
+        ax.set_yticks(range(c), class_names, fontsize=size)
+    fig.colorbar(image, ax=axes, shrink=0.8)
+    return _png(fig, dpi=90)
