@@ -1,0 +1,104 @@
+"""The mixture density network (MDN) that turns an encoder feature into a Gaussian mixture (docs/math.md s.1).
+
+Paper Section 2.1 and Fig. 1(c): a perceptron with two hidden layers (2048 and 128 units) and an output layer of 3C
+numbers, split into mixture logits, means and variance pre-activations. It exists only for the contrastive stage.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from probmcl_med.mixture import GaussianMixture
+
+
+class MixtureDensityNetwork(nn.Module):
+    """``h (B, H) -> GaussianMixture`` with ``C`` isotropic components (paper Eq. 1, docs/math.md s.1).
+
+    ``h -> Linear(H, 2048) -> ReLU -> Linear(2048, 128) -> ReLU -> Linear(128, 3C) -> (a_pi, a_mu, a_var)`` and
+
+    * ``pi = softmax(a_pi)`` (the mixture also keeps ``log_softmax(a_pi)`` exactly),
+    * ``mu = a_mu`` (component k's mean vector is ``mu_k * 1``),
+    * ``var = ELU(a_var) + 2 >= 1``: the paper's "modified ELU ... minimum value of one" (ELU > -1).
+
+    Initialisation of the output layer (paper Section 3.1: "uniformly initialized for mixture coefficients and mean
+    vector weights, while covariance weights were set constant"):
+
+    * rows of ``a_pi`` and ``a_mu``: weights ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (fan_in = last hidden width),
+      biases 0;
+    * rows of ``a_var``: every weight equal to ``var_weight_init``, bias 0. The paper says 1. With 128 ReLU inputs a
+      weight of 1 makes ``a_var`` the SUM of the hidden activations, so the initial variances depend on the hidden
+      width and the input scale (tens for typical activations). The default ``None`` uses ``1 / fan_in`` instead,
+      which makes ``a_var`` their MEAN (initial variances near 2); pass ``var_weight_init=1.0`` for the paper's letter.
+
+    The hidden layers keep PyTorch's default initialisation. The whole head runs in float32 with autocast disabled,
+    whatever the encoder's precision (docs/math.md: mixture math never in fp16/bf16).
+
+    Args:
+        in_features: ``H``, the width of the encoder feature.
+        num_classes: ``C``, one component per class.
+        latent_dim: ``n``, the dimension of the space ``z`` lives in; default ``H`` (``z = h(x)``, the KMCL reading).
+        hidden: hidden layer widths, the paper's ``(2048, 128)``.
+        var_weight_init: constant for the variance output weights; ``None`` means ``1 / hidden[-1]``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        latent_dim: int | None = None,
+        hidden: tuple[int, ...] = (2048, 128),
+        var_weight_init: float | None = None,
+    ) -> None:
+        super().__init__()
+        if in_features < 1 or num_classes < 1 or not hidden or min(hidden) < 1:
+            raise ValueError(
+                f"MixtureDensityNetwork needs positive sizes, got in_features={in_features}, "
+                f"num_classes={num_classes}, hidden={hidden}"
+            )
+        if latent_dim is not None and latent_dim < 1:
+            raise ValueError(f"latent_dim must be positive, got {latent_dim}")
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.latent_dim = latent_dim or in_features
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        self.hidden = nn.Sequential(*layers)
+        self.out = nn.Linear(width, 3 * num_classes)
+        self.var_weight_init = 1.0 / width if var_weight_init is None else float(var_weight_init)
+        self.reset_output()
+
+    def reset_output(self) -> None:
+        """Re-initialise the output layer as described in the class docstring."""
+        c, fan_in = self.num_classes, self.out.in_features
+        bound = 1.0 / math.sqrt(fan_in)
+        with torch.no_grad():
+            nn.init.uniform_(self.out.weight[: 2 * c], -bound, bound)
+            self.out.weight[2 * c :].fill_(self.var_weight_init)
+            self.out.bias.zero_()
+
+    def forward(self, h: Tensor) -> GaussianMixture:
+        """Mixture parameters for a batch of features.
+
+        Args:
+            h: ``(B, H)`` encoder features (L2-normalised in ProbMCL), any floating dtype.
+
+        Returns:
+            A :class:`GaussianMixture` with float32 ``(B, C)`` weights, means, variances and ``dim = latent_dim``.
+        """
+        if h.ndim != 2 or h.shape[1] != self.in_features:
+            raise ValueError(f"MixtureDensityNetwork expects (B, {self.in_features}) features, got {tuple(h.shape)}")
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            params = self.out(self.hidden(h.float())).float()
+        a_pi, a_mu, a_var = params.split(self.num_classes, dim=1)
+        log_pi = F.log_softmax(a_pi, dim=1)
+        return GaussianMixture(log_pi.exp(), a_mu, F.elu(a_var) + 2.0, self.latent_dim, log_pi)
+
+
+__all__ = ["MixtureDensityNetwork"]

@@ -1,0 +1,166 @@
+"""A batch of isotropic Gaussian mixtures, the object the MDN produces and the similarities compare.
+
+Sample ``i`` of a batch holds the mixture (paper Eq. 1, docs/math.md section 2)
+
+    p_i(z) = sum_k pi_ik N(z; mu_ik 1, var_ik I_n),      z in R^n,
+
+one scalar mean and one scalar variance per component, the component mean sitting on the diagonal ``mu_ik * 1``.
+Every integral of such mixtures reduces to scalars, so the batch is four things: weights, means, variances (each
+``(B, C)``) and the dimension ``n``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+IndexLike = int | slice | Tensor | Sequence[int]
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype mixture math runs in: float64 if any input is float64, else float32 (half inputs are cast up).
+
+    docs/math.md: every mixture quantity is computed in float32 or float64, never in fp16/bf16.
+    """
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+@dataclass(frozen=True)
+class GaussianMixture:
+    """A batch of ``B`` isotropic ``C``-component Gaussian mixtures in ``R^dim``.
+
+    Attributes:
+        weights: ``(B, C)`` mixture weights ``pi_ik``, non-negative, each row sums to 1.
+        means: ``(B, C)`` component means ``mu_ik``; the mean vector of component k is ``mu_ik * 1`` in ``R^n``.
+        variances: ``(B, C)`` component variances ``var_ik > 0`` (the MDN guarantees ``var >= 1``); the covariance
+            of component k is ``var_ik * I_n``.
+        dim: ``n``, the dimension of the space the mixture lives in.
+        logw: optional ``(B, C)`` log-weights, kept when the producer has them exactly (``log_softmax``), so that a
+            weight that underflows to 0 in ``weights`` keeps a finite log. Use :attr:`log_weights` to read them.
+
+    Example:
+        >>> m = GaussianMixture(torch.full((2, 3), 1 / 3), torch.zeros(2, 3), torch.ones(2, 3), dim=16)
+        >>> len(m), m[0:1].weights.shape
+        (2, torch.Size([1, 3]))
+    """
+
+    weights: Tensor
+    means: Tensor
+    variances: Tensor
+    dim: int
+    logw: Tensor | None = field(default=None, repr=False, compare=False)
+
+    # ------------------------------------------------------------------ basic protocol
+    def __len__(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def num_components(self) -> int:
+        """``C``, the number of components (one per class in ProbMCL)."""
+        return int(self.weights.shape[1])
+
+    @property
+    def log_weights(self) -> Tensor:
+        """``(B, C)`` log mixture weights; ``log(0)`` is clamped to ``log(tiny)`` so gradients stay finite."""
+        if self.logw is not None:
+            return self.logw
+        tiny = torch.finfo(self.weights.dtype).tiny
+        return self.weights.clamp_min(tiny).log()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the parameter tensors."""
+        return self.weights.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """device of the parameter tensors."""
+        return self.weights.device
+
+    def _map(self, fn: Any) -> GaussianMixture:
+        """A new mixture with ``fn`` applied to every parameter tensor."""
+        return GaussianMixture(
+            fn(self.weights),
+            fn(self.means),
+            fn(self.variances),
+            self.dim,
+            None if self.logw is None else fn(self.logw),
+        )
+
+    def __getitem__(self, index: IndexLike) -> GaussianMixture:
+        """Select samples along the batch: an int (kept as a batch of one), slice, bool mask or index tensor."""
+        if isinstance(index, int):
+            index = slice(index, index + 1) if index != -1 else slice(-1, None)
+        elif not isinstance(index, (slice, Tensor)):
+            index = torch.as_tensor(index, dtype=torch.long, device=self.device)
+        return self._map(lambda t: t[index])
+
+    @staticmethod
+    def cat(mixtures: Sequence[GaussianMixture]) -> GaussianMixture:
+        """Concatenate mixtures along the batch; all must share ``dim`` and the number of components."""
+        if not mixtures:
+            raise ValueError("GaussianMixture.cat needs at least one mixture")
+        dims = {m.dim for m in mixtures}
+        comps = {m.num_components for m in mixtures}
+        if len(dims) != 1 or len(comps) != 1:
+            raise ValueError(f"cannot concatenate mixtures with dims {sorted(dims)} and components {sorted(comps)}")
+        keep_log = all(m.logw is not None for m in mixtures)
+        return GaussianMixture(
+            torch.cat([m.weights for m in mixtures]),
+            torch.cat([m.means for m in mixtures]),
+            torch.cat([m.variances for m in mixtures]),
+            mixtures[0].dim,
+            torch.cat([m.log_weights for m in mixtures]) if keep_log else None,
+        )
+
+    def to(self, *args: Any, **kwargs: Any) -> GaussianMixture:
+        """``Tensor.to`` applied to every parameter (dtype and/or device)."""
+        return self._map(lambda t: t.to(*args, **kwargs))
+
+    def float(self) -> GaussianMixture:
+        """The mixture in float32."""
+        return self.to(torch.float32)
+
+    def double(self) -> GaussianMixture:
+        """The mixture in float64."""
+        return self.to(torch.float64)
+
+    def detach(self) -> GaussianMixture:
+        """The mixture with every parameter detached from the autograd graph."""
+        return self._map(lambda t: t.detach())
+
+    def upcast(self) -> GaussianMixture:
+        """The mixture in its compute dtype (float64 stays, everything else becomes float32)."""
+        dtype = compute_dtype(self.weights, self.means, self.variances)
+        return self if self.dtype == dtype and self.means.dtype == dtype else self.to(dtype)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, *, atol: float = 1e-4) -> GaussianMixture:
+        """Check shapes and constraints; returns ``self`` so it chains.
+
+        Raises:
+            ValueError: on a shape mismatch, ``dim < 1``, weights that are negative or do not sum to 1 (within
+                ``atol``), non-positive variances, or non-finite values.
+        """
+        w, m, v = self.weights, self.means, self.variances
+        if w.ndim != 2:
+            raise ValueError(f"GaussianMixture.weights must be (B, C), got shape {tuple(w.shape)}")
+        for name, t in (("means", m), ("variances", v)) + ((("logw", self.logw),) if self.logw is not None else ()):
+            if t.shape != w.shape:
+                raise ValueError(f"GaussianMixture.{name} has shape {tuple(t.shape)}, weights {tuple(w.shape)}")
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"GaussianMixture.dim must be a positive int, got {self.dim!r}")
+        with torch.no_grad():
+            if not (torch.isfinite(w).all() and torch.isfinite(m).all() and torch.isfinite(v).all()):
+                raise ValueError("GaussianMixture has non-finite weights, means or variances")
+            if (w < 0).any():
+                raise ValueError("GaussianMixture.weights has negative entries")
+            if w.shape[0] and (w.double().sum(1) - 1).abs().max() > atol:
+                raise ValueError("GaussianMixture.weights rows must sum to 1")
+            if (v <= 0).any():
+                raise ValueError("GaussianMixture.variances must be positive")
+        return self

@@ -1,0 +1,349 @@
+"""Similarities between batches of isotropic Gaussian mixtures (the ``Sim`` of the paper's Eq. 3).
+
+Each registered entry is ``f(a: GaussianMixture, b: GaussianMixture) -> Tensor (len(a), len(b))`` with values in
+[0, 1], computed in float32 (float64 if the inputs are float64; half inputs are cast up) and in the log domain.
+
+* ``correlation`` (docs/math.md section 4, the paper's default): the exact closed form
+  ``K(p, q) / sqrt(K(p, p) K(q, q))`` with ``K(p, q) = integral p q``. It runs a blockwise kernel that never holds
+  the ``(B, M, C, C)`` tensor of component pairs: tiles of rows x columns are evaluated, reduced and dropped, and
+  recomputed in backward, so peak memory is ``O(B M + block^2 C^2)``. When ``a is b`` only the upper triangle of
+  tiles is evaluated.
+* ``bhattacharyya`` (docs/math.md section 5): the matched-component LOWER BOUND
+  ``sum_k sqrt(pi_k rho_k) BC(N_k, M_k)`` of the Bhattacharyya coefficient (there is no closed form between
+  mixtures). It is exact for single-component mixtures and never exceeds the true coefficient.
+
+Accuracy. For two components with variances ``s, t`` the variance factor of both quantities is
+``(n/2) log((s + t) / (2 sqrt(s t)))``; it is computed as ``(n/2) log1p((sqrt(s) - sqrt(t))^2 / (2 sqrt(s t)))`` so
+that it is exact to relative precision when ``s ~ t`` even for ``n = 4096``, and the large per-component terms
+``-(n/4) log(2 s)`` are folded, in float64, into per-row log-weights shifted by their row maximum (a shift that cancels
+exactly in the normalised correlation). A plain float32 evaluation of ``log K`` carries an absolute error of about
+``(n/2) |log(2 s)| * 6e-8`` (1e-3 at n = 4096, var = 1e4); this one an error proportional to ``|log Sim|``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from probmcl_med.mixture import GaussianMixture, compute_dtype
+from probmcl_med.registry import SIMILARITIES
+
+DEFAULT_TILE_ELEMENTS = 1 << 21
+"""Component pairs held per tile by default: ``block^2 C^2 <= DEFAULT_TILE_ELEMENTS`` (8 MiB per float32 buffer).
+
+The kernel keeps about six tile-sized buffers alive in backward, so the default peak is about 50 MiB above the
+``(B, M)`` outputs, whatever the batch size. Measured on 2 CPU cores, tiles of 2^20 to 2^22 pairs are equally fast.
+"""
+
+
+_EXP_FLOOR = -60.0
+"""Log-terms more than 60 below the largest of their sum are raised to -60 before ``exp``.
+
+It changes a sum of at most C^2 = 10^4 such terms by a relative 1e-22 (below float64 rounding) and keeps ``exp`` and
+the products after it out of subnormal numbers, which run about 15x slower on x86 CPUs.
+"""
+
+
+def default_block_size(num_components: int, tile_elements: int = DEFAULT_TILE_ELEMENTS) -> int:
+    """Rows (and columns) per tile so that ``block^2 * C^2 <= tile_elements`` (at least 1)."""
+    return max(1, math.isqrt(max(1, tile_elements // max(1, num_components) ** 2)))
+
+
+# ---------------------------------------------------------------------------------------------------- shared pieces
+def log_variance_ratio(sd_a: Tensor, sd_b: Tensor) -> Tensor:
+    """``log((s + t) / (2 sqrt(s t)))`` for standard deviations ``sqrt(s), sqrt(t)`` (broadcasting), >= 0.
+
+    Computed as ``log1p((sd_a - sd_b)^2 / (2 sd_a sd_b))``: exact to relative precision when ``s ~ t``.
+    """
+    diff = sd_a - sd_b
+    return torch.log1p(diff * diff / (2 * sd_a * sd_b))
+
+
+def _row_terms(m: GaussianMixture, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row inputs of the correlation kernel: shifted log-weights ``w``, means, variances, all ``(B, C)``.
+
+    ``w_ik = log pi_ik - (n/4) log(2 var_ik) - max_k(...)``, formed in float64 (the terms reach 1e4 at n = 4096) and
+    then cast to ``dtype``. The row shift is detached; it cancels exactly in ``log K_ij - (log K_ii + log K_jj) / 2``.
+    """
+    n = m.dim
+    logw = m.log_weights.to(torch.float64)
+    var = m.variances.to(torch.float64)
+    c = logw - (n / 4) * torch.log(2 * var)
+    shift = c.amax(dim=1, keepdim=True).detach()
+    return (c - shift).to(dtype), m.means.to(dtype), m.variances.to(dtype)
+
+
+def _log1p_(q: Tensor) -> Tensor:
+    """``log1p(q)`` for ``q >= 0`` (consumes ``q``), accurate to a few ulp, about 7x faster than ``torch.log1p`` on CPU.
+
+    The classic correction: with ``u = fl(1 + q)``, ``log1p(q) = log(u) - ((u - 1) - q) / u`` (D. Goldberg, "What
+    every computer scientist should know about floating-point arithmetic", 1991, Theorem 4). torch's CPU ``log1p``
+    is not vectorised and dominated the kernel's time.
+    """
+    u = q + 1
+    out = u.log()
+    u1 = u - 1
+    u1.sub_(q).div_(u)
+    return out.sub_(u1)
+
+
+def _tile_logits(wa: Tensor, ma: Tensor, va: Tensor, wb: Tensor, mb: Tensor, vb: Tensor, n: int) -> Tensor:
+    """Log-integrand of ``K`` for every component pair, up to the per-row shifts (docs/math.md sections 2 and 4).
+
+    ``T = w_a + w_b - (n/2) log1p((sd_a - sd_b)^2 / (2 sd_a sd_b)) - (n/2) (mu_a - mu_b)^2 / (var_a + var_b)``
+
+    which equals ``log pi_a + log rho_b + log N(mu_a 1; mu_b 1, (var_a + var_b) I_n) + (n/2) log(4 pi)`` minus the
+    row shifts. Inputs broadcast against each other (``(b, 1, C, 1)`` against ``(1, m, 1, C)`` for a tile of pairs of
+    samples, ``(B, C, 1)`` against ``(B, 1, C)`` for the self terms). Returns a fresh tensor; written with in-place
+    operations on fresh buffers so that a tile costs few passes over memory. No autograd.
+    """
+    half_n = 0.5 * n
+    sd_a, sd_b = va.sqrt(), vb.sqrt()
+    q = sd_a - sd_b  # (tile)
+    q.square_()
+    q.mul_(0.5 / sd_a).mul_(1.0 / sd_b)
+    q = _log1p_(q)
+    d2 = ma - mb
+    d2.square_()
+    d2.div_(va + vb)
+    q.add_(d2)
+    del d2
+    t = wa + wb
+    t.add_(q, alpha=-half_n)
+    return t
+
+
+def _logsumexp_pairs(t: Tensor, dims: tuple[int, int]) -> Tensor:
+    """``logsumexp`` over two dims of a fresh tile ``t`` (consumed in place)."""
+    mx = t.amax(dim=dims, keepdim=True)
+    mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+    t.sub_(mx).clamp_(min=_EXP_FLOOR).exp_()
+    return t.sum(dim=dims).log_() + mx.squeeze(dims[1]).squeeze(dims[0])
+
+
+def _tile_grad_terms(
+    wa: Tensor, ma: Tensor, va: Tensor, wb: Tensor, mb: Tensor, vb: Tensor, n: int, logk: Tensor, g: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The three tile tensors whose partial sums are the gradients of ``sum g * logK``.
+
+    With ``P = softmax over the component pair of T`` (``exp(T - logK)``), ``Q = g P``, ``s = var_a + var_b``,
+    ``u = (mu_a - mu_b) / s``:
+
+    * ``dT/dw_a = dT/dw_b = 1``                                  -> ``Q``
+    * ``dT/dmu_a = -n u``, ``dT/dmu_b = +n u``                    -> ``Q u``
+    * ``dT/dvar_a = (n/2)(u^2 - 1/s) + n / (4 var_a)`` (same for b) -> ``Q (u^2 - 1/s)``
+
+    ``logk`` and ``g`` are shaped to broadcast against the tile (unit dims where the pair is).
+    """
+    t = _tile_logits(wa, ma, va, wb, mb, vb, n)
+    t.sub_(logk).clamp_(min=_EXP_FLOOR).exp_().mul_(g)  # Q
+    inv_s = va + vb
+    inv_s.reciprocal_()
+    u = ma - mb
+    u.mul_(inv_s)
+    qu = u * t
+    u.square_().sub_(inv_s).mul_(t)  # Q (u^2 - 1/s)
+    return t, qu, u
+
+
+def _side_grads(sq: Tensor, squ: Tensor, squv: Tensor, v: Tensor, n: int, sign: float) -> tuple[Tensor, ...]:
+    """Gradients (w, mu, var) of one side from the reduced sums of Q, Qu, Q(u^2 - 1/s); ``sign`` -1 for side a."""
+    return sq, (sign * n) * squ, (0.5 * n) * squv + (0.25 * n) * sq / v
+
+
+# ---------------------------------------------------------------------------------------------------- kernels
+class _SelfLogK(torch.autograd.Function):
+    """``log K(p_i, p_i)`` up to the row shift, ``(B,)``: a ``(B, C, C)`` evaluation (small), analytic backward.
+
+    The diagonal pair ``k == l`` uses ``var_k + var_k = 2 var_k`` (docs/math.md section 4).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, w: Tensor, m: Tensor, v: Tensor, n: int) -> Tensor:
+        a = (w[:, :, None], m[:, :, None], v[:, :, None])
+        b = (w[:, None, :], m[:, None, :], v[:, None, :])
+        out = _logsumexp_pairs(_tile_logits(*a, *b, n), (1, 2))
+        ctx.save_for_backward(w, m, v, out)
+        ctx.n = n
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        w, m, v, out = ctx.saved_tensors
+        n = ctx.n
+        a = (w[:, :, None], m[:, :, None], v[:, :, None])
+        b = (w[:, None, :], m[:, None, :], v[:, None, :])
+        q, qu, quv = _tile_grad_terms(*a, *b, n, out[:, None, None], grad[:, None, None])
+        ga = _side_grads(q.sum(2), qu.sum(2), quv.sum(2), v, n, -1.0)
+        gb = _side_grads(q.sum(1), qu.sum(1), quv.sum(1), v, n, +1.0)
+        return ga[0] + gb[0], ga[1] + gb[1], ga[2] + gb[2], None
+
+
+def _blocks(total: int, block: int) -> list[tuple[int, int]]:
+    return [(s, min(s + block, total)) for s in range(0, total, block)]
+
+
+class _CrossLogK(torch.autograd.Function):
+    """``log K(p_i, q_j)`` up to the row shifts, ``(B, M)``, tile by tile; recomputed tile by tile in backward.
+
+    With ``symmetric`` (``a is b``) only tiles on or above the diagonal are evaluated and mirrored.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        wa: Tensor,
+        ma: Tensor,
+        va: Tensor,
+        wb: Tensor,
+        mb: Tensor,
+        vb: Tensor,
+        n: int,
+        block: int,
+        symmetric: bool,
+    ) -> Tensor:
+        rows, cols = _blocks(wa.shape[0], block), _blocks(wb.shape[0], block)
+        out = wa.new_empty(wa.shape[0], wb.shape[0])
+        for bi, (r0, r1) in enumerate(rows):
+            a = (wa[r0:r1, None, :, None], ma[r0:r1, None, :, None], va[r0:r1, None, :, None])
+            for bj, (c0, c1) in enumerate(cols):
+                if symmetric and bj < bi:
+                    continue
+                b = (wb[None, c0:c1, None, :], mb[None, c0:c1, None, :], vb[None, c0:c1, None, :])
+                tile = _logsumexp_pairs(_tile_logits(*a, *b, n), (2, 3))
+                out[r0:r1, c0:c1] = tile
+                if symmetric and bj > bi:
+                    out[c0:c1, r0:r1] = tile.T
+        ctx.save_for_backward(wa, ma, va, wb, mb, vb, out)
+        ctx.n, ctx.block, ctx.symmetric = n, block, symmetric
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        wa, ma, va, wb, mb, vb, out = ctx.saved_tensors
+        n, block, symmetric = ctx.n, ctx.block, ctx.symmetric
+        grad = grad.to(out.dtype)
+        if symmetric:
+            # logK_ij = f(theta_i, theta_j) with f symmetric: pair (i, j), i < j, carries G_ij + G_ji to both of its
+            # samples; the diagonal pair carries G_ii to both of its (identical) sides.
+            grad = torch.triu(grad + grad.T, diagonal=1) + torch.diag_embed(grad.diagonal())
+        ga = [torch.zeros_like(wa), torch.zeros_like(ma), torch.zeros_like(va)]
+        gb = [torch.zeros_like(wb), torch.zeros_like(mb), torch.zeros_like(vb)]
+        rows, cols = _blocks(wa.shape[0], block), _blocks(wb.shape[0], block)
+        for bi, (r0, r1) in enumerate(rows):
+            a = (wa[r0:r1, None, :, None], ma[r0:r1, None, :, None], va[r0:r1, None, :, None])
+            for bj, (c0, c1) in enumerate(cols):
+                if symmetric and bj < bi:
+                    continue
+                g = grad[r0:r1, c0:c1]
+                if not bool(g.any()):
+                    continue
+                b = (wb[None, c0:c1, None, :], mb[None, c0:c1, None, :], vb[None, c0:c1, None, :])
+                logk = out[r0:r1, c0:c1, None, None]
+                q, qu, quv = _tile_grad_terms(*a, *b, n, logk, g[:, :, None, None])
+                side_a = _side_grads(q.sum((1, 3)), qu.sum((1, 3)), quv.sum((1, 3)), va[r0:r1], n, -1.0)
+                side_b = _side_grads(q.sum((0, 2)), qu.sum((0, 2)), quv.sum((0, 2)), vb[c0:c1], n, 1.0)
+                for k in range(3):
+                    ga[k][r0:r1] += side_a[k]
+                    gb[k][c0:c1] += side_b[k]
+        # with ``a is b`` the same tensors were passed as both sides: autograd adds the two sides' gradients
+        return (*ga, *gb, None, None, None)
+
+
+# ---------------------------------------------------------------------------------------------------- similarities
+def log_correlation_similarity(a: GaussianMixture, b: GaussianMixture, block_size: int | None = None) -> Tensor:
+    """``log Sim(p_i, q_j)`` of the correlation coefficient, ``(len(a), len(b))``, <= 0; see
+    :func:`correlation_similarity`."""
+    _check_pair(a, b)
+    dtype = compute_dtype(a.weights, a.means, a.variances, b.weights, b.means, b.variances)
+    n = a.dim
+    block = block_size or default_block_size(a.num_components)
+    if block < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    symmetric = a is b
+    wa, ma, va = _row_terms(a, dtype)
+    self_a = _SelfLogK.apply(wa, ma, va, n)
+    if symmetric:
+        cross = _CrossLogK.apply(wa, ma, va, wa, ma, va, n, block, True)
+        self_b = self_a
+    else:
+        wb, mb, vb = _row_terms(b, dtype)
+        cross = _CrossLogK.apply(wa, ma, va, wb, mb, vb, n, block, False)
+        self_b = _SelfLogK.apply(wb, mb, vb, n)
+    log_sim = (cross - 0.5 * self_a[:, None] - 0.5 * self_b[None, :]).clamp(max=0.0)
+    if symmetric:  # Sim(p, p) = 1 exactly, a constant
+        log_sim = log_sim.masked_fill(torch.eye(len(a), dtype=torch.bool, device=log_sim.device), 0.0)
+    return log_sim
+
+
+def correlation_similarity(a: GaussianMixture, b: GaussianMixture, block_size: int | None = None) -> Tensor:
+    """Correlation coefficient ``K(p, q) / sqrt(K(p, p) K(q, q))`` between mixtures, exact (docs/math.md s.4).
+
+    ``K(p, q) = integral p q = sum_k sum_l pi_k rho_l N(mu_k 1; nu_l 1, (var_k + s_l) I_n)``, evaluated as a
+    log-sum-exp over the ``C x C`` component pairs; the self term uses ``var_k + var_l`` for every pair, ``2 var_k`` on
+    the diagonal (published Cauchy-Schwarz code used ``var_k`` there: a ``2^(n/2)`` error, not repeated here).
+
+    The ``(len(a), len(b), C, C)`` tensor is never held: tiles of ``block_size`` rows x ``block_size`` columns are
+    evaluated and recomputed in backward (custom autograd Function with an analytic gradient). With ``a is b`` (the
+    contrastive loss) only the upper triangle of tiles is computed and the diagonal is exactly 1.
+
+    Args:
+        a: ``B`` mixtures; b: ``M`` mixtures with the same ``dim`` and number of components.
+        block_size: rows/columns per tile; default :func:`default_block_size` (tiles of about
+            ``DEFAULT_TILE_ELEMENTS`` pairs). Peak extra memory is about 6 buffers of ``block^2 C^2`` floats.
+
+    Returns:
+        ``(B, M)`` similarities in [0, 1], float32 (float64 for float64 inputs); 1 iff the mixtures are equal.
+    """
+    return log_correlation_similarity(a, b, block_size).exp()
+
+
+def bhattacharyya_similarity(a: GaussianMixture, b: GaussianMixture) -> Tensor:
+    """Matched-component lower bound of the Bhattacharyya coefficient (docs/math.md section 5).
+
+    ``BC(p, q) = integral sqrt(p q) >= sum_k sqrt(pi_k rho_k) BC(N(mu_k 1, var_k I), N(nu_k 1, s_k I))``, pointwise
+    by Cauchy-Schwarz (``sqrt(sum_k x_k)(sum_k y_k) >= sum_k sqrt(x_k y_k)``); component k belongs to class k in both
+    mixtures, so matching k with k is the natural pairing. With
+    ``log BC(N_k, M_k) = -n (mu_k - nu_k)^2 / (4 (var_k + s_k)) - (n/2) log((var_k + s_k) / (2 sqrt(var_k s_k)))``.
+    This is a LOWER bound: it equals the coefficient for single-component mixtures and when ``p == q`` (then 1),
+    and is below it otherwise. (The all-pairs sum is an upper bound that can exceed 1; it is not offered.)
+    Cost O(B M C), memory a few ``(B, M, C)`` tensors.
+
+    Returns:
+        ``(len(a), len(b))`` values in [0, 1], float32 (float64 for float64 inputs).
+    """
+    _check_pair(a, b)
+    dtype = compute_dtype(a.weights, a.means, a.variances, b.weights, b.means, b.variances)
+    n = a.dim
+    la, lb = a.log_weights.to(dtype), b.log_weights.to(dtype)
+    va, vb = a.variances.to(dtype), b.variances.to(dtype)
+    d = a.means.to(dtype)[:, None, :] - b.means.to(dtype)[None, :, :]
+    terms = (
+        0.5 * (la[:, None, :] + lb[None, :, :])
+        - (n / 4) * d.square() / (va[:, None, :] + vb[None, :, :])
+        - (n / 2) * log_variance_ratio(va.sqrt()[:, None, :], vb.sqrt()[None, :, :])
+    )
+    return torch.logsumexp(terms, dim=2).clamp(max=0.0).exp()
+
+
+def _check_pair(a: GaussianMixture, b: GaussianMixture) -> None:
+    if a.dim != b.dim:
+        raise ValueError(f"cannot compare mixtures in R^{a.dim} and R^{b.dim}")
+    if a.num_components != b.num_components:
+        raise ValueError(f"cannot compare mixtures with {a.num_components} and {b.num_components} components")
+
+
+SIMILARITIES.register("correlation", correlation_similarity)
+SIMILARITIES.register("bhattacharyya", bhattacharyya_similarity)
+
+__all__ = [
+    "DEFAULT_TILE_ELEMENTS",
+    "bhattacharyya_similarity",
+    "correlation_similarity",
+    "default_block_size",
+    "log_correlation_similarity",
+    "log_variance_ratio",
+]
