@@ -410,3 +410,32 @@ def test_evaluate_files_json_and_report(tmp_path, capsys, fast_plots):
     assert "mAP" in text and "epithelium" in text
     with pytest.raises(DataError, match=r"t\.csv"):
         evaluate_files(s, tmp_path / "t.csv.missing", None, 0.5, 0.8, False)
+
+
+def test_cooccurrence_against_explicit_loop():
+    rng = np.random.default_rng(29)
+    labels = (rng.random((40, 5)) < 0.4).astype(int)
+    labels[:, 2] = 0
+    got = plots_module.cooccurrence(labels)
+    for i in range(5):
+        for j in range(5):
+            both = sum(1 for row in labels if row[i] and row[j])
+            alone = sum(1 for row in labels if row[i])
+            assert got[i, j] == pytest.approx(both / alone if alone else 0.0)
+
+
+@pytest.mark.parametrize("case", ["one_class", "no_positives_at_all", "one_sample"])
+def test_report_edge_cases_with_real_plots(tmp_path, case):
+    rng = np.random.default_rng(31)
+    if case == "one_class":
+        scores, targets = rng.random((20, 1)), (rng.random((20, 1)) < 0.5).astype(float)
+    elif case == "no_positives_at_all":
+        scores, targets = rng.random((20, 3)), np.zeros((20, 3))
+    else:
+        scores, targets = np.array([[0.3, 0.7]]), np.array([[1.0, 0.0]])
+    names = [f"k{i}" for i in range(scores.shape[1])]
+    metrics = multilabel_metrics(scores, targets, class_names=names)
+    out = write_report(tmp_path / "rep", metrics, scores, targets, names, {})
+    for name in FILES:
+        assert (out / name).is_file(), name
+    json.loads((out / "metrics.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN or Infinity

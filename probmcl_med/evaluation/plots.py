@@ -20,6 +20,7 @@ from probmcl_med.evaluation.metrics import precision_recall_points, sorted_by_re
 FLOOR_COLOR = "#c62828"  # classes under the recall floor
 OK_COLOR = "#1565c0"
 PRECISION_COLOR = "#607d8b"
+BAR_INCHES = 0.22  # height per class in the bar chart
 MAX_CURVE_POINTS = 400  # points kept per precision-recall curve; the curve's shape is unchanged at plot size
 
 
@@ -29,8 +30,9 @@ def _png(fig: Figure, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def _label_size(num_classes: int) -> float:
-    return float(np.clip(260 / max(num_classes, 1), 4.5, 10))
+def _label_size(inches_per_label: float) -> float:
+    """A tick-label font size (points) that fits the space each label gets."""
+    return float(np.clip(0.55 * 72 * inches_per_label, 4.0, 10.0))
 
 
 def recall_precision_bars(metrics: dict[str, Any], recall_floor: float) -> bytes:
@@ -48,7 +50,7 @@ def recall_precision_bars(metrics: dict[str, Any], recall_floor: float) -> bytes
     recall = np.array([r["recall"] for r in rows])
     precision = np.array([r["precision"] for r in rows])
     floor = 100.0 * recall_floor
-    height = max(2.5, 0.22 * len(rows) + 1.2)
+    height = max(2.5, BAR_INCHES * len(rows) + 1.2)
     fig = Figure(figsize=(10, height))
     ax_r, ax_p = fig.subplots(1, 2, sharey=True)
     y = np.arange(len(rows))
@@ -57,7 +59,7 @@ def recall_precision_bars(metrics: dict[str, Any], recall_floor: float) -> bytes
     ax_r.set_title(f"Recall per class (red: under the {floor:g} % floor, dashed)")
     ax_p.barh(y, precision, color=PRECISION_COLOR)
     ax_p.set_title("Precision per class")
-    ax_r.set_yticks(y, names, fontsize=_label_size(len(rows)))
+    ax_r.set_yticks(y, names, fontsize=_label_size(BAR_INCHES))
     for label, r in zip(ax_r.get_yticklabels(), recall, strict=True):
         if r < floor:
             label.set_color(FLOOR_COLOR)
@@ -96,8 +98,14 @@ def precision_recall_grid(
     c = len(curves)
     cols = min(c, 8)
     rows = math.ceil(c / cols)
-    fig = Figure(figsize=(2.1 * cols, 2.1 * rows + 0.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)).ravel()
+    width, height = 2.1 * cols + 0.6, 2.1 * rows + 1.2
+    fig = Figure(figsize=(width, height))
+    # margins in inches, so that titles and labels sit the same whatever the number of rows
+    fig.subplots_adjust(
+        left=0.6 / width, right=1 - 0.1 / width, top=1 - 0.9 / height, bottom=0.6 / height, hspace=0.55, wspace=0.12
+    )
+    # no sharex/sharey: sharing costs time quadratic in the number of axes (tens of seconds at 80 classes)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
     per_class = metrics["per_class"] if metrics is not None else [None] * c
     for ax, name, (recall, precision), row in zip(axes, class_names, curves, per_class, strict=False):
         if recall.size == 0:
@@ -113,13 +121,15 @@ def precision_recall_grid(
         ax.grid(alpha=0.3)
     for ax in axes[c:]:
         ax.set_visible(False)
-    for ax in axes:
-        ax.tick_params(labelsize=6)
+    for i, ax in enumerate(axes):
         ax.set_xlim(0, 1.02)
         ax.set_ylim(0, 1.02)
-    fig.supxlabel("recall")
-    fig.supylabel("precision")
-    fig.suptitle("Precision-recall per class (dot: operating point at the threshold)", fontsize=10)
+        ax.set_xticks((0, 0.5, 1))
+        ax.set_yticks((0, 0.5, 1))
+        ax.tick_params(labelsize=6, labelleft=i % cols == 0, labelbottom=i + cols >= c)
+    fig.supxlabel("recall", y=0.1 / height)
+    fig.supylabel("precision", x=0.1 / width)
+    fig.suptitle("Precision-recall per class (dot: operating point at the threshold)", fontsize=10, y=1 - 0.2 / height)
     return _png(fig, dpi=90)
 
 
@@ -139,7 +149,10 @@ def cooccurrence(matrix: np.ndarray) -> np.ndarray:
 
 
 def cooccurrence_heatmaps(targets: np.ndarray, predictions: np.ndarray, class_names: Sequence[str]) -> bytes:
-    """Ground-truth and predicted label co-occurrence side by side, P(column label | row label), same colour scale.
+    """Ground-truth and predicted label co-occurrence side by side, P(column label | row label), one colour scale.
+
+    The diagonal (always 1) is left blank so that the colour scale spans the off-diagonal values, where the
+    structure is.
 
     Args:
         targets: (N, C) 0/1 labels.
@@ -150,16 +163,18 @@ def cooccurrence_heatmaps(targets: np.ndarray, predictions: np.ndarray, class_na
         PNG bytes.
     """
     c = len(class_names)
+    panels = [cooccurrence(targets), cooccurrence(predictions)]
+    off_diagonal = ~np.eye(c, dtype=bool)
+    vmax = max(1e-6, *(float(p[off_diagonal].max()) if c > 1 else 0.0 for p in panels))
     side = float(np.clip(0.16 * c + 2.5, 4.5, 14))
     fig = Figure(figsize=(2 * side + 1.2, side + 0.6), layout="constrained")
     axes = fig.subplots(1, 2)
-    size = _label_size(c)
+    size = _label_size(0.85 * side / c)
     image = None
-    for ax, data, title in zip(
-        axes, (targets, predictions), ("Ground truth", "Predicted (at the threshold)"), strict=True
-    ):
-        image = ax.imshow(cooccurrence(data), vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
-        ax.set_title(f"{title}: P(column | row)", fontsize=10)
+    for ax, data, title in zip(axes, panels, ("Ground truth", "Predicted (at the threshold)"), strict=True):
+        shown = np.where(off_diagonal, data, np.nan)
+        image = ax.imshow(shown, vmin=0, vmax=vmax, cmap="viridis", interpolation="nearest")
+        ax.set_title(f"{title}: P(column | row), diagonal blank", fontsize=10)
         ax.set_xticks(range(c), class_names, rotation=90, fontsize=size)
         ax.set_yticks(range(c), class_names, fontsize=size)
     fig.colorbar(image, ax=axes, shrink=0.8)

@@ -204,7 +204,9 @@ def write_report(
         "below_recall_floor": below_recall_floor(metrics, recall_floor),
     }
     with atomic_directory(out_dir) as tmp:
-        (tmp / "metrics.json").write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+        (tmp / "metrics.json").write_text(
+            json.dumps(document, indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8"
+        )
         (tmp / "per_class.csv").write_text(_per_class_csv(metrics, recall_floor), encoding="utf-8")
         np.savez_compressed(tmp / "scores.npz", scores=s, targets=t, class_names=np.array(names, dtype=str))
         for filename, data in images.items():
