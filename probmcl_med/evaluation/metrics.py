@@ -27,6 +27,7 @@ import numpy as np
 from probmcl_med.errors import DataError
 
 THRESHOLD_RULE = "score >= threshold"
+SUMMARY_KEYS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
 NO_POSITIVE_REASON = "no positive sample in the evaluated set (AP and recall are undefined)"
 
 
@@ -231,7 +232,7 @@ def multilabel_metrics(
             "OF1": 100.0 * float(harmonic_mean(op, or_)),
         }
     else:
-        summary = dict.fromkeys(("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"))
+        summary = dict.fromkeys(SUMMARY_KEYS)
 
     per_class = []
     for i, name in enumerate(names):

@@ -8,9 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from probmcl_med.evaluation.metrics import below_recall_floor, sorted_by_recall
+from probmcl_med.evaluation.metrics import SUMMARY_KEYS, below_recall_floor, sorted_by_recall
 
-SUMMARY_KEYS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
 PER_CLASS_COLUMNS = ("", "class", "recall %", "precision %", "F1 %", "AP %", "support", "predicted", "TP", "threshold")
 UNDER_FLOOR = "UNDER FLOOR"
 

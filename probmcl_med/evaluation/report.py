@@ -34,8 +34,8 @@ import numpy as np
 
 from probmcl_med.errors import DataError
 from probmcl_med.evaluation import plots
-from probmcl_med.evaluation.metrics import as_numpy, below_recall_floor, check_recall_floor
-from probmcl_med.evaluation.render import PER_CLASS_COLUMNS, SUMMARY_KEYS, fmt, per_class_rows, threshold_text
+from probmcl_med.evaluation.metrics import SUMMARY_KEYS, as_numpy, below_recall_floor, check_recall_floor
+from probmcl_med.evaluation.render import PER_CLASS_COLUMNS, fmt, per_class_rows, threshold_text
 from probmcl_med.fileio import atomic_directory
 
 MARKER = ".probmcl-med-report"
