@@ -94,3 +94,22 @@ def _known(options: dict[str, Any], loader: Any, name: str) -> dict[str, Any]:
             hint = f"did you mean {', '.join(close)}? " if close else ""
             raise DataError(f"dataset '{name}': unknown option dataset.options.{key}; {hint}known: {', '.join(params)}")
     return options
+
+
+def build_dataset(
+    name: str, root: str | None, split: str, options: dict[str, Any] | None = None, skip_bad: bool = False
+) -> MultiLabelDataset:
+    """Build a registered dataset the way a run does: ``DATASETS.get(name)(root, split, skip_bad=..., **options)``.
+
+    ``skip_bad`` is passed only to factories that accept it (a plugin factory may not); ``options`` is the config's
+    ``dataset.options``. Typical use: ``build_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.train_split,
+    cfg.dataset.options, cfg.dataset.skip_bad)``.
+    """
+    import inspect
+
+    factory = DATASETS.get(name)
+    kwargs = dict(options or {})
+    params = inspect.signature(factory).parameters
+    if "skip_bad" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs.setdefault("skip_bad", skip_bad)
+    return factory(root, split, **kwargs)

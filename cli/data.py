@@ -1,0 +1,141 @@
+"""``probmcl-med data check``: validate a dataset before a long run (labels, statistics, every image read)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+CHECK_EPILOG = (
+    "Examples: probmcl-med data check --dataset csv --root ~/my_patches;  "
+    "probmcl-med data check --dataset adp --root '/data/ADP V1.0 Release' --split train "
+    "--set dataset.options.level=L2 --sample 500 --json"
+)
+
+
+def run_check(
+    config: Path | None,
+    dataset: str | None,
+    root: str | None,
+    split: str,
+    overrides: list[str],
+    sample: int | None,
+    workers: int,
+) -> list[dict[str, Any]]:
+    """Build the configured dataset for each requested split and check it (skip_bad on, so all bad files are listed)."""
+    from probmcl_med.config import load_config
+    from probmcl_med.data.checks import check_dataset
+    from probmcl_med.data.datasets import build_dataset
+    from probmcl_med.errors import ConfigError
+
+    sets = list(overrides)
+    if dataset is not None:
+        sets.append(f"dataset.name={dataset}")
+    if root is not None:
+        sets.append(f"dataset.root={root}")
+    cfg = load_config(config, sets).dataset
+    splits = ["train", "valid", "test"] if split == "all" else [split]
+    if split not in ("all", "train", "valid", "test"):
+        raise ConfigError(f"--split {split!r}: use train, valid, test or all")
+    results = []
+    for name in splits:
+        ds = build_dataset(cfg.name, cfg.root, name, cfg.options, skip_bad=True)
+        result = check_dataset(ds, sample=sample, workers=workers)
+        result["split"] = name
+        results.append(result)
+    return results
+
+
+def _print(results: list[dict[str, Any]], console: Console) -> None:
+    for r in results:
+        summary = Table(title=f"{r['name']} / {r['split']}  ({r['source']})", show_header=False)
+        summary.add_column("what")
+        summary.add_column("value", overflow="fold")
+        sizes = r["image_sizes"]
+        rows = [
+            ("images", str(r["images"])),
+            ("classes", str(r["classes"])),
+            ("labels per image (mean)", f"{r['label_cardinality']:.3f}"),
+            ("images with no label", str(r["images_without_label"])),
+            ("images read", f"{r['checked']}" + (" (sample)" if r["sampled"] else " (all)")),
+            ("unreadable", str(len(r["unreadable"]) + len(r["skipped_at_load"]))),
+        ]
+        if sizes:
+            rows.append(
+                (
+                    "image sizes (h x w)",
+                    f"{sizes['min_height']}x{sizes['min_width']} .. {sizes['max_height']}x{sizes['max_width']}",
+                )
+            )
+        if r["classes_without_positives"]:
+            rows.append(("classes with no positive", ", ".join(r["classes_without_positives"])))
+        for what, value in rows:
+            summary.add_row(what, value)
+        console.print(summary)
+        classes = Table(title="positives per class")
+        classes.add_column("class")
+        classes.add_column("positives", justify="right")
+        classes.add_column("share", justify="right")
+        for name, count in r["positives"].items():
+            style = "red" if count == 0 else None
+            classes.add_row(name, str(count), f"{count / max(r['images'], 1):.1%}", style=style)
+        console.print(classes)
+        if r["top_pairs"]:
+            pairs = Table(title="most frequent co-occurring pairs")
+            for column in ("class a", "class b", "images"):
+                pairs.add_column(column)
+            for p in r["top_pairs"]:
+                pairs.add_row(p["a"], p["b"], str(p["count"]))
+            console.print(pairs)
+        bad = [(u["where"], u["error"]) for u in r["unreadable"]] + [
+            (m.split(": ", 1)[0], m) for m in r["skipped_at_load"]
+        ]
+        if bad:
+            table = Table(title=f"unreadable files ({len(bad)})", style="red")
+            table.add_column("where", overflow="fold")
+            table.add_column("problem", overflow="fold")
+            for where, error in bad[:50]:
+                table.add_row(where, error)
+            if len(bad) > 50:
+                table.add_row("...", f"{len(bad) - 50} more (use --json for the full list)")
+            console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``data`` command group (``data check``) to the CLI."""
+    data_app = typer.Typer(help="Inspect and validate datasets.", no_args_is_help=True)
+
+    @data_app.command("check", epilog=CHECK_EPILOG)
+    def check(
+        dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="A registered dataset name.")] = None,
+        root: Annotated[str | None, typer.Option("--root", "-r", help="The dataset folder.")] = None,
+        split: Annotated[str, typer.Option("--split", help="train, valid, test or all.")] = "all",
+        config: Annotated[
+            Path | None, typer.Option("--config", "-c", help="A run config to take dataset.* from.")
+        ] = None,
+        overrides: Annotated[
+            list[str] | None, typer.Option("--set", help="Config override, e.g. dataset.options.level=L2 (repeatable).")
+        ] = None,
+        sample: Annotated[
+            int | None, typer.Option("--sample", min=1, help="Read only N random images per split (default: all).")
+        ] = None,
+        workers: Annotated[int, typer.Option("--workers", min=1, help="Threads reading images.")] = 4,
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    ) -> None:
+        """Check a dataset: classes, positives per class, label cardinality, co-occurring pairs, unreadable files.
+
+        Every image (or a --sample) is read; the exit code is 1 when a file cannot be read.
+        """
+        results = run_check(config, dataset, root, split, list(overrides or []), sample, workers)
+        if as_json:
+            typer.echo(json.dumps(results, indent=2))
+        else:
+            _print(results, Console())
+        if not all(r["ok"] for r in results):
+            raise typer.Exit(1)
+
+    app.add_typer(data_app, name="data")

@@ -1,0 +1,124 @@
+"""Checking a dataset before a long run: label statistics and every image actually read.
+
+:func:`check_dataset` is pure (it returns a dict; ``probmcl-med data check`` prints it): images, classes, positives
+per class, label cardinality, images without a label, the most frequent co-occurring class pairs, image sizes, and
+the files that cannot be read (missing, truncated, corrupt, outside their slide), each with its row.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from probmcl_med.data.base import MultiLabelDataset, image_path_of
+from probmcl_med.data.imageio import read_any
+from probmcl_med.errors import DataError
+
+
+def label_statistics(labels: np.ndarray, class_names: list[str], top_pairs: int = 10) -> dict[str, Any]:
+    """Positives per class, cardinality and the most frequent co-occurring pairs of a (N, C) 0/1 matrix.
+
+    Co-occurrence counts are the off-diagonal entries of Y^T Y (images holding both classes), largest first, ties
+    broken by class order.
+    """
+    y = (np.asarray(labels) > 0.5).astype(np.int64)
+    positives = y.sum(axis=0)
+    per_image = y.sum(axis=1)
+    co = y.T @ y
+    rows, cols = np.triu_indices(len(class_names), k=1)
+    counts = co[rows, cols]
+    order = sorted(range(len(counts)), key=lambda k: (-counts[k], rows[k], cols[k]))
+    pairs = [
+        {"a": class_names[rows[k]], "b": class_names[cols[k]], "count": int(counts[k])}
+        for k in order[:top_pairs]
+        if counts[k] > 0
+    ]
+    return {
+        "positives": {c: int(p) for c, p in zip(class_names, positives, strict=True)},
+        "label_cardinality": float(per_image.mean()) if len(per_image) else 0.0,
+        "images_without_label": int((per_image == 0).sum()),
+        "max_labels_per_image": int(per_image.max()) if len(per_image) else 0,
+        "top_pairs": pairs,
+        "classes_without_positives": [c for c, p in zip(class_names, positives, strict=True) if p == 0],
+    }
+
+
+def _try_read(dataset: MultiLabelDataset, index: int) -> tuple[int, tuple[int, int] | None, str | None]:
+    item = dataset.items[index]
+    try:
+        pixels = read_any(item["image"])
+    except DataError as err:
+        return index, None, str(err)
+    return index, (int(pixels.shape[0]), int(pixels.shape[1])), None
+
+
+def check_dataset(
+    dataset: MultiLabelDataset,
+    sample: int | None = None,
+    seed: int = 0,
+    workers: int = 4,
+    top_pairs: int = 10,
+) -> dict[str, Any]:
+    """Statistics of a dataset and the result of reading its images.
+
+    Args:
+        dataset: the dataset to check (its raw items are read; its transform is not used).
+        sample: read only this many images, drawn without replacement with ``numpy.random.default_rng(seed)``;
+            None reads every image.
+        workers: threads reading images (decoding releases the GIL).
+        top_pairs: how many co-occurring pairs to list.
+
+    Returns:
+        A JSON-ready dict: name, source, images, classes, class_names, positives, label_cardinality,
+        images_without_label, top_pairs, classes_without_positives, checked, unreadable (each ``{"index", "row",
+        "file", "error"}``), image_sizes (min and max height/width seen), skipped_at_load (files a skip_bad dataset
+        already dropped), ok.
+    """
+    n = len(dataset)
+    if sample is not None and sample < n:
+        indices = np.sort(np.random.default_rng(seed).choice(n, size=max(int(sample), 0), replace=False)).tolist()
+    else:
+        indices = list(range(n))
+    unreadable: list[dict[str, Any]] = []
+    heights: list[int] = []
+    widths: list[int] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for index, shape, error in pool.map(lambda i: _try_read(dataset, i), indices):
+            if error is not None:
+                item = dataset.items[index]
+                unreadable.append(
+                    {
+                        "index": index,
+                        "row": item.get("row"),
+                        "where": dataset.where(item),
+                        "file": image_path_of(item["image"]),
+                        "error": error,
+                    }
+                )
+            elif shape is not None:
+                heights.append(shape[0])
+                widths.append(shape[1])
+    stats = label_statistics(dataset.labels, dataset.class_names, top_pairs)
+    sizes = (
+        {"min_height": min(heights), "max_height": max(heights), "min_width": min(widths), "max_width": max(widths)}
+        if heights
+        else None
+    )
+    return {
+        "name": dataset.name,
+        "source": dataset.source,
+        "images": n,
+        "classes": dataset.num_classes,
+        "class_names": list(dataset.class_names),
+        **stats,
+        "checked": len(indices),
+        "sampled": len(indices) < n,
+        "unreadable": unreadable,
+        "image_sizes": sizes,
+        "skipped_at_load": list(dataset.skipped),
+        "mean": list(dataset.mean) if dataset.mean is not None else None,
+        "std": list(dataset.std) if dataset.std is not None else None,
+        "ok": not unreadable and not dataset.skipped,
+    }

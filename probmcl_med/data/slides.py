@@ -1,0 +1,393 @@
+"""Whole slides: labelled patches from a manifest, and a tissue-masked grid of patch locations for prediction.
+
+Manifest (``root/manifest.csv`` or ``.json``, option ``manifest``), one row per patch::
+
+    slide,x,y,level,size,labels,split              or one 0/1 column per class instead of ``labels``
+    slides/a.svs,10240,4096,0,224,tumour|stroma,train
+
+- ``slide`` (also ``path``, ``slide_path``, ``file``): the slide file, relative to ``root`` or absolute.
+- ``x``, ``y``: top-left corner in level-0 pixels (OpenSlide's convention); ``level``: pyramid level (default option
+  ``level``, 0); ``size``: patch side in pixels of that level (default option ``size``, 224).
+- labels as in the csv dataset (``labels`` column of ``|``-separated names, or 0/1 class columns); split column
+  optional, else a seeded split.
+A JSON manifest is a list of such objects (``labels`` may be a list of names), or ``{"patches": [...]}``.
+
+Patches are read lazily through ``openslide.OpenSlide.read_region``; each slide is opened once per process (see
+``imageio.SlideCache``). Every slide is opened and every location checked when the dataset is built, so a location
+outside its slide fails at once with the manifest row, not hours into training.
+
+The grid tiler :func:`tile_slide` lists the patch locations of one slide for prediction, keeping those whose tissue
+fraction (Otsu threshold on the saturation of a low-resolution thumbnail) reaches ``tissue_threshold``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from probmcl_med.data.base import MultiLabelDataset, logger, normalize_split, seeded_split
+from probmcl_med.data.csv_dataset import check_root, find_column, labels_from_rows, read_table, resolve_image_path
+from probmcl_med.data.imageio import SLIDES, slide_location_check
+from probmcl_med.errors import DataError
+
+SLIDE_COLUMNS = ("slide", "path", "slide_path", "file", "filename")
+MIN_SATURATION = 0.05
+"""Lower bound of the tissue threshold: on a slide that is all background Otsu would split the noise."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Manifest dataset
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def read_manifest(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and string rows of a CSV or JSON manifest."""
+    if path.suffix.lower() != ".json":
+        return read_table(path)
+    if not path.is_file():
+        raise DataError(f"manifest {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    records = data.get("patches") if isinstance(data, dict) else data
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise DataError(f'{path}: a JSON manifest must be a list of patch objects or {{"patches": [...]}}')
+    header: list[str] = []
+    rows: list[dict[str, str]] = []
+    for record in records:
+        row = {}
+        for key, value in record.items():
+            if key not in header:
+                header.append(key)
+            row[key] = "|".join(map(str, value)) if isinstance(value, list) else ("" if value is None else str(value))
+        rows.append(row)
+    return header, rows
+
+
+def _find_manifest(root: Path, name: str | None) -> Path:
+    if name:
+        p = Path(name)
+        return p if p.is_absolute() else root / p
+    for candidate in ("manifest.csv", "manifest.json"):
+        if (root / candidate).is_file():
+            return root / candidate
+    raise DataError(f"{root}: no manifest.csv or manifest.json; set dataset.options.manifest=FILE")
+
+
+def _int_cell(row: dict[str, str], column: str | None, default: int | None, path: Path, i: int) -> int:
+    text = row.get(column, "") if column else ""
+    if text == "":
+        if default is None:
+            raise DataError(f"{path}, row {i} (line {i + 2}): column '{column}' is empty")
+        return int(default)
+    try:
+        return int(float(text))
+    except ValueError:
+        raise DataError(f"{path}, row {i} (line {i + 2}), column '{column}': {text!r} is not a number") from None
+
+
+def load_slides(
+    root: str | Path | None,
+    split: str = "train",
+    *,
+    manifest: str | None = None,
+    classes: Sequence[str] | None = None,
+    labels_column: str | None = None,
+    slide_column: str | None = None,
+    size: int = 224,
+    level: int = 0,
+    split_column: str | None = None,
+    seed: int = 0,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    skip_bad: bool = False,
+) -> MultiLabelDataset:
+    """Labelled slide patches from a manifest (layout in the module docstring)."""
+    folder = check_root(root, "slides")
+    path = _find_manifest(folder, manifest)
+    header, rows = read_manifest(path)
+    split = normalize_split(split, str(path))
+    slide_col = find_column(header, slide_column, SLIDE_COLUMNS, path, "slide")
+    lower = {h.lower(): h for h in header}
+    for needed in ("x", "y"):
+        if needed not in lower:
+            raise DataError(f"{path}: no '{needed}' column (level-0 pixels); columns found: {', '.join(header)}")
+    level_col, size_col = lower.get("level"), lower.get("size")
+    split_col = lower.get((split_column or "split").lower())
+    if split_column and split_col is None:
+        raise DataError(f"{path}: no split column '{split_column}'; columns found: {', '.join(header)}")
+    exclude = [slide_col, lower["x"], lower["y"], *(c for c in (level_col, size_col, split_col) if c)]
+    class_names, labels = labels_from_rows(
+        header, rows, path, exclude=exclude, labels_column=labels_column, classes=classes
+    )
+    if split_col is not None:
+        chosen = [i for i, r in enumerate(rows) if normalize_split(r[split_col], f"{path}, row {i}") == split]
+    else:
+        chosen = seeded_split(len(rows), split, seed, valid_fraction, test_fraction).tolist()
+    items: list[dict[str, Any]] = []
+    bad: list[str] = []
+    for i in chosen:
+        row = rows[i]
+        location = {
+            "path": resolve_image_path(row[slide_col], folder),
+            "x": _int_cell(row, lower["x"], None, path, i),
+            "y": _int_cell(row, lower["y"], None, path, i),
+            "level": _int_cell(row, level_col, level, path, i),
+            "size": _int_cell(row, size_col, size, path, i),
+        }
+        try:
+            slide = SLIDES.get(location["path"])
+            slide_location_check(
+                slide,
+                location["path"],
+                location["x"],
+                location["y"],
+                location["level"],
+                location["size"],
+                location["size"],
+            )
+        except DataError as err:
+            message = f"{path}, row {i} (line {i + 2}): {err}"
+            if not skip_bad:
+                raise DataError(message) from None
+            bad.append(message)
+            continue
+        items.append({"image": location, "label": labels[i], "row": i})
+    if not items:
+        raise DataError(f"{path}: the split '{split}' has no usable patches ({len(bad)} bad, {len(rows)} rows)")
+    dataset = MultiLabelDataset(items, class_names, name="slides", source=path, skip_bad=skip_bad, check_files=False)
+    for message in bad:
+        logger.warning("skipping %s", message)
+    dataset.num_skipped += len(bad)
+    dataset.skipped.extend(bad)
+    return dataset
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tissue mask and grid tiler
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` in [0, 1]: the cut maximising the between-class variance (Otsu 1979).
+
+    Computed from a ``bins``-bin histogram: for each cut t, w0(t) mu0(t) and w1(t) mu1(t) from cumulative sums, and
+    sigma_b^2(t) = w0 w1 (mu0 - mu1)^2. Returns the upper edge of the best bin.
+    """
+    hist, edges = np.histogram(np.clip(values, 0.0, 1.0), bins=bins, range=(0.0, 1.0))
+    hist = hist.astype(np.float64)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
+    mu1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation (max - min) / max of an (H, W, 3) uint8 image, in [0, 1] (0 where max is 0)."""
+    rgb = rgb.astype(np.float32)
+    hi, lo = rgb.max(axis=2), rgb.min(axis=2)
+    return np.divide(hi - lo, hi, out=np.zeros_like(hi), where=hi > 0)
+
+
+def tissue_mask(rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """Tissue (True) vs background of a thumbnail: saturation above max(Otsu threshold, MIN_SATURATION).
+
+    H&E-stained tissue is coloured (pink/purple) and glass is white or grey, so saturation separates them better than
+    brightness does (pale fat and white glass have the same brightness).
+    """
+    sat = saturation(rgb)
+    threshold = max(otsu_threshold(sat), MIN_SATURATION)
+    return sat > threshold, threshold
+
+
+@dataclass
+class SlideGrid:
+    """The patch grid of one slide for prediction, with the tissue mask for heat maps.
+
+    Attributes:
+        path: the slide file.
+        level: pyramid level the patches are read at; ``patch_size``/``stride`` are in pixels of that level.
+        patch_size, stride: patch side and step, pixels of ``level``.
+        locations: kept patches, each ``{"x", "y", "level", "size", "tissue_fraction"}`` (x, y in level-0 pixels).
+        mask: (h, w) bool tissue mask at thumbnail resolution.
+        thumbnail: (h, w, 3) uint8 RGB thumbnail the mask was computed on.
+        downsample: (sx, sy): level-0 pixels per thumbnail pixel along x and y.
+        dimensions: (W, H) of level 0.
+        level_downsample: level-0 pixels per pixel of ``level``.
+        threshold: the saturation threshold used.
+    """
+
+    path: str
+    level: int
+    patch_size: int
+    stride: int
+    locations: list[dict[str, Any]]
+    mask: np.ndarray
+    thumbnail: np.ndarray
+    downsample: tuple[float, float]
+    dimensions: tuple[int, int]
+    level_downsample: float
+    threshold: float
+    candidates: int = field(default=0)
+
+    def items(self) -> list[dict[str, Any]]:
+        """Dataset items ``{"image": {"path", "x", "y", "level", "size"}, "location": index}`` of the kept patches."""
+        return [
+            {"image": {"path": self.path, "x": loc["x"], "y": loc["y"], "level": loc["level"], "size": loc["size"]},
+             "location": i}
+            for i, loc in enumerate(self.locations)
+        ]  # fmt: skip
+
+    def to_thumbnail(self, x: float, y: float) -> tuple[float, float]:
+        """Level-0 coordinates -> thumbnail pixel coordinates (for drawing heat maps)."""
+        return x / self.downsample[0], y / self.downsample[1]
+
+
+def tile_slide(
+    path: str | Path,
+    patch_size: int,
+    level: int = 0,
+    stride: int | None = None,
+    tissue_threshold: float = 0.5,
+    thumbnail_size: int = 1024,
+) -> SlideGrid:
+    """List the patch locations of a slide on a regular grid, keeping the patches that are mostly tissue.
+
+    Args:
+        path: slide file (anything OpenSlide reads).
+        patch_size: patch side in pixels of ``level``.
+        level: pyramid level the patches will be read at.
+        stride: grid step in pixels of ``level`` (default ``patch_size``: no overlap).
+        tissue_threshold: minimum fraction of tissue pixels (by the thumbnail mask) under a patch; 0 keeps all.
+        thumbnail_size: the longer side of the thumbnail the mask is computed on, pixels.
+
+    Raises:
+        DataError: unreadable slide, a level it lacks, a patch larger than the slide.
+    """
+    path = str(path)
+    slide = SLIDES.get(path)
+    if not 0 <= level < slide.level_count:
+        raise DataError(f"slide {path}: level {level} does not exist (the slide has levels 0..{slide.level_count - 1})")
+    stride = int(stride or patch_size)
+    if patch_size <= 0 or stride <= 0:
+        raise DataError(f"slide {path}: patch size {patch_size} and stride {stride} must be positive")
+    width, height = slide.dimensions
+    ds = float(slide.level_downsamples[level])
+    extent, step = patch_size * ds, stride * ds
+    if extent > width + 0.5 * ds or extent > height + 0.5 * ds:
+        raise DataError(f"slide {path}: a {patch_size}-pixel patch at level {level} is larger than the slide")
+    thumb = np.asarray(slide.get_thumbnail((thumbnail_size, thumbnail_size)).convert("RGB"))
+    mask, threshold = tissue_mask(thumb)
+    th, tw = mask.shape
+    sx, sy = width / tw, height / th
+    integral = np.pad(mask.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    xs = np.arange(0, width - extent + 0.5 * ds, step)
+    ys = np.arange(0, height - extent + 0.5 * ds, step)
+    locations = []
+    for y in ys:
+        for x in xs:
+            x0, x1 = int(np.floor(x / sx)), max(int(np.ceil((x + extent) / sx)), int(np.floor(x / sx)) + 1)
+            y0, y1 = int(np.floor(y / sy)), max(int(np.ceil((y + extent) / sy)), int(np.floor(y / sy)) + 1)
+            x1, y1 = min(x1, tw), min(y1, th)
+            area = (x1 - x0) * (y1 - y0)
+            tissue = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+            fraction = float(tissue / area) if area > 0 else 0.0
+            if fraction >= tissue_threshold:
+                locations.append(
+                    {
+                        "x": round(float(x)),
+                        "y": round(float(y)),
+                        "level": level,
+                        "size": patch_size,
+                        "tissue_fraction": fraction,
+                    }
+                )
+    return SlideGrid(
+        path=path,
+        level=level,
+        patch_size=patch_size,
+        stride=stride,
+        locations=locations,
+        mask=mask,
+        thumbnail=thumb,
+        downsample=(sx, sy),
+        dimensions=(width, height),
+        level_downsample=ds,
+        threshold=threshold,
+        candidates=len(xs) * len(ys),
+    )
+
+
+class SlidePatches(Dataset):
+    """The patches of a :class:`SlideGrid` as a Dataset for prediction: ``transform({"image": location, ...})``.
+
+    Items carry no label; use a transform from ``build_eval_transform`` (it passes items without labels through).
+    """
+
+    def __init__(self, grid: SlideGrid, transform: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        self.grid = grid
+        self.items = grid.items()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        item = dict(self.items[index])
+        return self.transform(item) if self.transform is not None else item
+
+
+def write_pyramidal_tiff(
+    path: str | Path,
+    image: np.ndarray,
+    levels: int = 3,
+    tile: int = 256,
+    compression: str | None = None,
+    mpp: float | None = 0.5,
+) -> Path:
+    """Write an RGB image as a tiled pyramidal TIFF that OpenSlide opens (its "generic-tiff" format).
+
+    What OpenSlide needs, checked against openslide-bin 4.0: tiled pages (an untiled TIFF is rejected as
+    unsupported), one page per level, the reduced levels marked ``subfiletype=1`` (without it only level 0 is seen);
+    the resolution tags are optional (they give ``openslide.mpp-x``). Uncompressed, deflate and JPEG tiles all read
+    (JPEG needs imagecodecs to write). Level ``k`` is ``image[::2**k, ::2**k]`` (a plain decimation, so tests can
+    compare pixels exactly).
+
+    Args:
+        path: output file (written atomically).
+        image: (H, W, 3) uint8.
+        levels: number of pyramid levels.
+        tile: tile side, pixels (a multiple of 16).
+        compression: None, "zlib" or "jpeg".
+        mpp: microns per pixel of level 0 (None: no resolution tags).
+    """
+    import tifffile
+
+    from probmcl_med.fileio import atomic_write
+
+    def write(handle: Any) -> None:
+        buffer = io.BytesIO()  # tifffile wants a named file or a seekable buffer; the fd of atomic_write has no name
+        with tifffile.TiffWriter(buffer) as tw:
+            for k in range(levels):
+                extra: dict[str, Any] = {"subfiletype": 1 if k else 0}
+                if mpp is not None:
+                    extra.update(resolution=(1e4 / (mpp * 2**k),) * 2, resolutionunit="CENTIMETER")
+                level_image = np.ascontiguousarray(image[:: 2**k, :: 2**k])
+                tw.write(
+                    level_image, tile=(tile, tile), photometric="rgb", compression=compression, metadata=None, **extra
+                )
+        handle.write(buffer.getbuffer())
+
+    return atomic_write(path, write)

@@ -1,0 +1,104 @@
+"""`data check`: statistics against explicit loops, unreadable files listed with rows, the CLI (tables and --json)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import typer
+from PIL import Image
+from probmcl_med.cli.data import register
+from typer.testing import CliRunner
+
+from probmcl_med import DATASETS
+from probmcl_med.data.checks import check_dataset, label_statistics
+
+
+def _root(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (30, 4))
+    lines = ["image,a,b,c,d,split"]
+    for i in range(30):
+        path = tmp_path / "img" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(path)
+        lines.append(f"img/{i}.png," + ",".join(map(str, labels[i])) + ",train")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path, labels.astype(np.float32)
+
+
+def test_label_statistics_against_loops():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, (50, 5))
+    names = list("abcde")
+    stats = label_statistics(y, names, top_pairs=20)
+    assert stats["positives"] == {n: int(sum(row[j] for row in y)) for j, n in enumerate(names)}
+    assert stats["label_cardinality"] == sum(sum(row) for row in y) / 50
+    assert stats["images_without_label"] == sum(1 for row in y if not any(row))
+    counts = {
+        (names[i], names[j]): sum(1 for row in y if row[i] and row[j]) for i, j in itertools.combinations(range(5), 2)
+    }
+    listed = {(p["a"], p["b"]): p["count"] for p in stats["top_pairs"]}
+    assert listed == {k: v for k, v in counts.items() if v > 0}
+    assert [p["count"] for p in stats["top_pairs"]] == sorted(listed.values(), reverse=True)
+
+
+def test_check_lists_every_unreadable_file_with_its_row(tmp_path):
+    root, labels = _root(tmp_path)
+    (root / "img" / "4.png").write_bytes(b"garbage")
+    (root / "img" / "9.png").unlink()
+    ds = DATASETS.get("csv")(str(root), "train", skip_bad=True)
+    result = check_dataset(ds, workers=2)
+    assert result["images"] == 29 and result["checked"] == 29 and not result["ok"]
+    assert [u["row"] for u in result["unreadable"]] == [4]
+    assert "4.png" in result["unreadable"][0]["error"] and "line 6" in result["unreadable"][0]["where"]
+    assert len(result["skipped_at_load"]) == 1 and "9.png" in result["skipped_at_load"][0]
+    assert result["image_sizes"] == {"min_height": 12, "max_height": 12, "min_width": 10, "max_width": 10}
+    kept = np.delete(labels, 9, axis=0)
+    assert result["positives"] == {c: int(kept[:, j].sum()) for j, c in enumerate("abcd")}
+    sampled = check_dataset(ds, sample=5)
+    assert sampled["checked"] == 5 and sampled["sampled"]
+
+
+def _app():
+    app = typer.Typer()
+
+    @app.callback()
+    def _root_cb() -> None:
+        """test app"""
+
+    register(app)
+    return app
+
+
+def test_cli_json_and_exit_codes(tmp_path):
+    root, _ = _root(tmp_path)
+    runner = CliRunner()
+    ok = runner.invoke(_app(), ["data", "check", "--dataset", "csv", "--root", str(root), "--split", "train", "--json"])
+    assert ok.exit_code == 0, ok.output
+    doc = json.loads(ok.output)
+    assert doc[0]["images"] == 30 and doc[0]["split"] == "train" and doc[0]["unreadable"] == []
+    (root / "img" / "2.png").write_bytes(b"garbage")
+    bad = runner.invoke(_app(), ["data", "check", "-d", "csv", "-r", str(root), "--split", "train"])
+    assert bad.exit_code == 1
+    assert "unreadable files (1)" in bad.output and "positives per class" in bad.output
+    opts = runner.invoke(
+        _app(),
+        [
+            "data",
+            "check",
+            "-d",
+            "csv",
+            "-r",
+            str(root),
+            "--split",
+            "train",
+            "--set",
+            "dataset.options.classes=[a, b]",
+            "--json",
+        ],
+    )
+    assert json.loads(opts.output)[0]["class_names"] == ["a", "b"]
+    helptext = runner.invoke(_app(), ["data", "check", "--help"])
+    assert "Examples: probmcl-med data check" in helptext.output
