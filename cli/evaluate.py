@@ -1,0 +1,195 @@
+"""``probmcl-med evaluate``: a checkpoint on a split of its dataset, or saved scores against saved targets.
+
+Thin: parse, call :mod:`probmcl_med.evaluation.run_eval` (or ``evaluate_files`` for ``--scores/--targets``), print.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+EXAMPLE = (
+    "Examples: probmcl-med evaluate --checkpoint runs/adp --split test --report reports/adp-test; "
+    "probmcl-med evaluate --checkpoint runs/adp --tune-thresholds recall=0.95 --report reports/adp-r95; "
+    "probmcl-med evaluate --scores scores.csv --targets targets.csv"
+)
+
+
+class RichProgress:
+    """A :class:`~probmcl_med.inference.ProgressHook` drawing a rich progress bar on stderr (hidden when done)."""
+
+    def __init__(self, console: Console | None = None, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console or Console(stderr=True),
+            transient=True,
+            disable=not enabled,
+        )
+        self.task: Any = None
+
+    def __enter__(self) -> RichProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def start(self, description: str, total: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(description, total=total)
+
+    def advance(self, count: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, count)
+
+
+def render_tradeoff(tradeoff: dict[str, Any], console: Console) -> None:
+    """Per class: tuned threshold, precision and recall at it and at the baseline, and the precision paid."""
+    b = tradeoff["baseline_threshold"]
+    table = Table(title=f"What the recall target costs: tuned thresholds vs {b:g} (percent)")
+    for col in ("class", "threshold", f"recall @{b:g}", "recall tuned", f"precision @{b:g}", "precision tuned", "cost"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.1f}"
+
+    for r in tradeoff["per_class"]:
+        table.add_row(
+            r["name"],
+            f"{r['threshold']:.4g}",
+            fmt(r["recall_baseline"]),
+            fmt(r["recall_tuned"]),
+            fmt(r["precision_baseline"]),
+            fmt(r["precision_tuned"]),
+            f"{r['precision_cost']:+.1f}",
+        )
+    console.print(table)
+
+
+def evaluate_command(
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", "-c", help="Run folder (or its model.pt) to evaluate.")
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="Split of the checkpoint's dataset: train, valid, test.")
+    ] = "test",
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write a report folder here (metrics.json, CSV, plots, HTML).")
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold", help="Decision threshold for every class (default: the checkpoint's tuned ones, else 0.5)."
+        ),
+    ] = None,
+    recall_floor: Annotated[
+        float, typer.Option("--recall-floor", help="Highlight classes whose recall is under this fraction.")
+    ] = 0.8,
+    tune_thresholds: Annotated[
+        str | None,
+        typer.Option(
+            "--tune-thresholds",
+            help="recall=R: per class, the highest threshold keeping recall >= R on the valid split; saved into the "
+            "checkpoint and used here.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (no tables).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
+    device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="DataLoader workers (default: the run config's).")
+    ] = None,
+    data_root: Annotated[
+        str | None, typer.Option("--data-root", help="Dataset folder, if it moved since training.")
+    ] = None,
+    scores: Annotated[
+        Path | None, typer.Option("--scores", help="Saved probabilities (CSV with class-name header, or .npy).")
+    ] = None,
+    targets: Annotated[Path | None, typer.Option("--targets", help="Saved 0/1 labels for --scores.")] = None,
+) -> None:
+    """Evaluate a checkpoint on its dataset (metrics, per-class recall first, model cost), or saved scores."""
+    from probmcl_med.evaluation.metrics import below_recall_floor, check_recall_floor
+    from probmcl_med.evaluation.run_eval import parse_recall_target
+
+    if scores is not None or targets is not None:
+        if scores is None or targets is None:
+            raise typer.BadParameter("--scores and --targets go together")
+        if checkpoint is not None or tune_thresholds is not None:
+            raise typer.BadParameter(
+                "--scores/--targets evaluate saved predictions: drop --checkpoint/--tune-thresholds"
+            )
+        from probmcl_med.cli.evaluate_files import evaluate_files
+
+        evaluate_files(scores, targets, report, 0.5 if threshold is None else threshold, recall_floor, as_json)
+        return
+    if checkpoint is None:
+        raise typer.BadParameter("give --checkpoint RUN (or --scores S --targets T)")
+    check_recall_floor(recall_floor)
+    recall_target = parse_recall_target(tune_thresholds) if tune_thresholds is not None else None
+
+    from probmcl_med.evaluation.render import render_per_class_table, render_summary
+    from probmcl_med.evaluation.report import write_report
+    from probmcl_med.evaluation.run_eval import evaluate_checkpoint
+
+    err = Console(stderr=True)
+    with RichProgress(err, enabled=not as_json) as progress:
+        result = evaluate_checkpoint(
+            checkpoint,
+            split,
+            threshold=threshold,
+            tune_recall=recall_target,
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+            root=data_root,
+            progress=progress,
+        )
+    if report is not None:
+        write_report(
+            report,
+            result.metrics,
+            result.test.scores,
+            result.test.targets,
+            [r["name"] for r in result.metrics["per_class"]],
+            result.meta,
+            recall_floor=recall_floor,
+        )
+    if as_json:
+        document = {
+            **result.metrics,
+            "meta": result.meta,
+            "model_cost": result.cost.to_dict(),
+            "recall_floor": recall_floor,
+            "below_recall_floor": below_recall_floor(result.metrics, recall_floor),
+            "report": None if report is None else str(report),
+        }
+        sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+        return
+    out = Console()
+    out.print(f"[bold]{result.meta['checkpoint']}[/bold] on {result.meta['dataset']}, split {result.meta['split']}")
+    render_summary(result.metrics, recall_floor, out)
+    render_per_class_table(result.metrics, recall_floor, out)
+    if result.tradeoff is not None:
+        render_tradeoff(result.tradeoff, out)
+        out.print(f"thresholds saved into {result.meta['checkpoint']} ({result.threshold_source})")
+    out.print(f"model cost: {result.meta['model cost']}")
+    if report is not None:
+        out.print(f"report written to {report}/report.html")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``evaluate`` to the app."""
+    app.command("evaluate", epilog=EXAMPLE)(evaluate_command)

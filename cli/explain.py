@@ -1,0 +1,48 @@
+"""``probmcl-med explain``: Grad-CAM overlay PNGs of an image, per predicted class or per named class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+EXAMPLE = "Example: probmcl-med explain patch.png --checkpoint runs/adp --class stroma --class necrosis --out cams/"
+
+
+def explain_command(
+    image: Annotated[Path, typer.Argument(help="The image to explain.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Run folder (or its model.pt).")],
+    classes: Annotated[
+        list[str] | None,
+        typer.Option("--class", help="Class to explain (repeatable); default: the predicted classes."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: gradcam-IMAGE_STEM).")
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Threshold deciding the predicted classes (default: checkpoint's, else 0.5)."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
+) -> None:
+    """Grad-CAM of the encoder's last stage for each class, blended over the image (the paper's Figure 3)."""
+    from probmcl_med.engine.checkpoint import load_model_bundle, resolve_bundle_path
+    from probmcl_med.errors import DataError
+    from probmcl_med.evaluation.gradcam import explain_image
+
+    if not image.is_file():
+        raise DataError(f"image {image} does not exist")
+    path = resolve_bundle_path(checkpoint)
+    bundle = load_model_bundle(path)
+    folder = out if out is not None else Path(f"gradcam-{image.stem}")
+    results = explain_image(bundle, image, folder, classes or None, threshold=threshold, device=device, checkpoint=path)
+    console = Console()
+    for r in results:
+        console.print(f"{r.name}: p = {r.probability:.3f} -> {r.path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``explain`` to the app."""
+    app.command("explain", epilog=EXAMPLE)(explain_command)

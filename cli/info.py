@@ -1,0 +1,138 @@
+"""``probmcl-med info``: what a checkpoint holds and what its inference model costs (the paper's Table 3)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+EXAMPLE = "Example: probmcl-med info --checkpoint runs/adp --json"
+
+BEST_MAP_KEYS = ("best_val_map", "best_val_mAP", "best_map")
+"""Where a bundle may record its best validation mAP (top level, or under ``metrics``)."""
+
+
+def best_validation_map(raw: dict[str, Any]) -> float | None:
+    """The best validation mAP stored in a raw bundle dict, if the training stage recorded one."""
+    for source in (raw, raw.get("metrics") or {}):
+        if isinstance(source, dict):
+            for key in BEST_MAP_KEYS:
+                if source.get(key) is not None:
+                    return float(source[key])
+    return None
+
+
+def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
+    """A JSON-ready description of a bundle: encoder, classes, normalisation, config summary, model cost.
+
+    Raises:
+        CheckpointError: missing or unreadable checkpoint.
+    """
+    from probmcl_med.engine.checkpoint import BUNDLE_FORMAT, load_model_bundle, read_checkpoint, resolve_bundle_path
+    from probmcl_med.evaluation.complexity import model_cost
+
+    path = resolve_bundle_path(checkpoint)
+    raw = read_checkpoint(path, expected_format=BUNDLE_FORMAT)
+    bundle = load_model_bundle(path)
+    cost = model_cost(bundle.classifier(), bundle.image_size)
+    cfg = bundle.config
+    return {
+        "checkpoint": str(path),
+        "encoder": bundle.encoder_name,
+        "encoder_options": dict(cfg.encoder.options),
+        "feature_width": int(bundle.head.in_features),
+        "head_reads": "unit-norm features" if bundle.normalize_features else "raw pooled features",
+        "mdn": None
+        if bundle.mdn is None
+        else {"components": bundle.mdn.num_classes, "latent_dim": bundle.mdn.latent_dim},
+        "classes": list(bundle.class_names),
+        "num_classes": len(bundle.class_names),
+        "image_size": bundle.image_size,
+        "normalization": {"mean": list(bundle.mean), "std": list(bundle.std), "mode": cfg.dataset.normalization},
+        "thresholds": bundle.thresholds,
+        "training": {
+            "mode": cfg.mode,
+            "dataset": cfg.dataset.name,
+            "dataset_root": cfg.dataset.root,
+            "dataset_options": dict(cfg.dataset.options),
+            "seed": cfg.seed,
+            "contrastive": {
+                k: getattr(cfg.contrastive, k)
+                for k in (
+                    "epochs",
+                    "batch_size",
+                    "lr",
+                    "tau",
+                    "lambda_",
+                    "alpha",
+                    "similarity",
+                    "overlap",
+                    "likelihood",
+                )
+            },
+            "classifier": {
+                k: getattr(cfg.classifier, k)
+                for k in ("epochs", "batch_size", "lr", "gamma_neg", "gamma_pos", "clip", "encoder_lr")
+            },
+        },
+        "model_cost": {**cost.to_dict(), "model": "encoder + linear head (the MDN is training-only)"},
+        "best_val_map": best_validation_map(raw),
+    }
+
+
+def info_command(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Run folder (or its model.pt).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show a checkpoint: encoder, classes, normalisation, training settings, parameters (M) and GMAC."""
+    info = checkpoint_info(checkpoint)
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+        return
+    console = Console()
+    table = Table(title=f"Checkpoint {info['checkpoint']}", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    cost = info["model_cost"]
+    shape = "x".join(str(s) for s in cost["input_shape"])
+    t = info["training"]
+    c, k = t["contrastive"], t["classifier"]
+    thresholds = info["thresholds"]
+    rows = [
+        ("encoder", f"{info['encoder']} ({info['feature_width']} features, head reads {info['head_reads']})"),
+        ("classes", f"{info['num_classes']}: {', '.join(info['classes'])}"),
+        ("input", f"{info['image_size']} x {info['image_size']} px"),
+        ("normalisation", f"mean {info['normalization']['mean']}, std {info['normalization']['std']}"),
+        ("thresholds", "0.5 (none tuned)" if thresholds is None else ", ".join(f"{x:.3g}" for x in thresholds)),
+        (
+            "training",
+            f"mode {t['mode']}, dataset {t['dataset']} ({t['dataset_root'] or 'default root'}), seed {t['seed']}",
+        ),
+        (
+            "stage 1",
+            f"{c['epochs']} epochs, batch {c['batch_size']}, lr {c['lr']:g}, tau {c['tau']:g}, lambda {c['lambda_']:g}, "
+            f"alpha {c['alpha']:g}, {c['similarity']} / {c['overlap']}",
+        ),
+        (
+            "stage 2",
+            f"{k['epochs']} epochs, batch {k['batch_size']}, lr {k['lr']:g}, ASL gamma- {k['gamma_neg']:g} "
+            f"gamma+ {k['gamma_pos']:g} clip {k['clip']:g}",
+        ),
+        ("MDN", "not kept" if info["mdn"] is None else f"{info['mdn']['components']} components (for --uncertainty)"),
+        ("parameters", f"{cost['params_m']:.2f} M ({cost['params']:,}; encoder + head)"),
+        ("GMAC", f"{cost['gmac']:.3f} at {shape} (MACs = FLOPs / 2, FlopCounterMode)"),
+        ("best val mAP", "not recorded" if info["best_val_map"] is None else f"{info['best_val_map']:.2f}"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``info`` to the app."""
+    app.command("info", epilog=EXAMPLE)(info_command)

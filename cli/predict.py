@@ -1,0 +1,113 @@
+"""``probmcl-med predict``: per-class probabilities for an image, a folder of images or a whole slide."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from probmcl_med.cli.evaluate import RichProgress
+from rich.console import Console
+
+EXAMPLE = (
+    "Examples: probmcl-med predict patches/ --checkpoint runs/adp --out preds/; "
+    "probmcl-med predict slide.svs --checkpoint runs/adp --out slide-preds/ --patch-size 224 --level 0"
+)
+
+UNCERTAINTY_HELP = (
+    "Add, per class, the stage-1 MDN's mixture weight pi_k and variance var_k for the image's encoder features "
+    "(uncertainty.csv): the spread the contrastive objective gave the class's component, an exploratory epistemic "
+    "signal. Not a calibrated probability and not validated here as a predictor of errors. Needs a checkpoint that "
+    "kept its MDN."
+)
+
+
+def predict_command(
+    input_path: Annotated[
+        Path, typer.Argument(help="An image, a folder of images, or a whole slide (.svs, .tif, ...).")
+    ],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Run folder (or its model.pt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (written whole or not at all).")],
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Threshold for every class (default: the checkpoint's tuned ones, else 0.5)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images or patches per forward pass.")] = 32,
+    uncertainty: Annotated[bool, typer.Option("--uncertainty", help=UNCERTAINTY_HELP)] = False,
+    patch_size: Annotated[
+        int | None, typer.Option("--patch-size", help="Slides: patch side in pixels of --level (default: model input).")
+    ] = None,
+    level: Annotated[int, typer.Option("--level", help="Slides: pyramid level the patches are read at.")] = 0,
+    tissue_threshold: Annotated[
+        float, typer.Option("--tissue-threshold", help="Slides: minimum tissue fraction of a patch (0 keeps all).")
+    ] = 0.5,
+    stride: Annotated[
+        int | None, typer.Option("--stride", help="Slides: grid step in pixels of --level (default: the patch size).")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
+) -> None:
+    """Predict per-class probabilities and labels; for a slide, per-patch probabilities and a heat map per class.
+
+    Images: predictions.csv (one probability column per class), labels.csv, meta.json. Slides: patches.csv (x, y in
+    level-0 pixels, level, size in pixels of that level, tissue fraction, probabilities, labels), thumbnail.png,
+    heatmaps/CLASS.png, meta.json.
+    """
+    from probmcl_med.engine.checkpoint import load_model_bundle, resolve_bundle_path
+    from probmcl_med.inference import (
+        check_output_folder,
+        input_kind,
+        list_images,
+        predict_images,
+        predict_slide,
+        require_mdn,
+        resolve_device,
+        write_predictions,
+    )
+
+    check_output_folder(out)
+    kind = input_kind(input_path)
+    path = resolve_bundle_path(checkpoint)
+    dev = resolve_device(device)
+    bundle = load_model_bundle(path, device=dev)
+    if uncertainty:
+        require_mdn(bundle, path)
+    options = {
+        "threshold": threshold,
+        "batch_size": batch_size,
+        "device": dev,
+        "workers": workers,
+        "uncertainty": uncertainty,
+    }
+    err = Console(stderr=True)
+    with RichProgress(err) as progress:
+        if kind == "slide":
+            predictions = predict_slide(
+                bundle,
+                input_path,
+                patch_size=patch_size,
+                level=level,
+                tissue_threshold=tissue_threshold,
+                stride=stride,
+                progress=progress,
+                **options,
+            )
+        else:
+            paths = list_images(input_path) if kind == "folder" else [input_path]
+            predictions = predict_images(bundle, paths, progress=progress, **options)
+    meta = {"checkpoint": str(path), "input": str(input_path), "encoder": bundle.encoder_name, "device": str(dev)}
+    write_predictions(out, predictions, meta)
+    console = Console()
+    if kind == "slide":
+        info = predictions.slide or {}
+        console.print(
+            f"{info.get('patches_on_tissue')} tissue patches of {info.get('patches_in_grid')} in the grid "
+            f"({info.get('patch_size')} px at level {level}); written to {out}/patches.csv and {out}/heatmaps/"
+        )
+    else:
+        console.print(f"{len(predictions.ids)} image(s) predicted; written to {out}/predictions.csv and labels.csv")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``predict`` to the app."""
+    app.command("predict", epilog=EXAMPLE)(predict_command)

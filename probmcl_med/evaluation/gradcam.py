@@ -1,0 +1,231 @@
+"""Grad-CAM maps of the classifier, one class at a time, as overlay PNGs (the paper's Figure 3).
+
+Grad-CAM (Selvaraju et al., ICCV 2017, the paper's ref. [31]) weights the activation maps A^k of a convolutional
+layer by the spatial mean of d y_c / d A^k, sums them and keeps the positive part; the map is upsampled to the input
+size and scaled to [0, 1]. The computation is MONAI's ``monai.visualize.GradCAM`` on the inference model
+(encoder + linear head); y_c is the class's logit.
+
+Target layer: the encoder's last stage. For a timm backbone that is the module named by the last entry of its
+``feature_info`` (``layer4`` of a ResNet, ``stages.3`` of a ConvNeXt, ``body.layer4`` of a TResNet); for any other
+encoder, the module that last produces a 4-D (B, C, H, W) output in a forward pass (its last convolutional stage).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from probmcl_med.errors import DataError
+
+
+def _module_names(module: nn.Module) -> set[str]:
+    return {name for name, _ in module.named_modules()}
+
+
+def find_target_layer(classifier: nn.Module, image_size: int = 64) -> str:
+    """Name (in ``classifier.named_modules()``) of the encoder's last stage, the Grad-CAM target layer.
+
+    Args:
+        classifier: encoder + head (:class:`~probmcl_med.heads.Classifier`), or any model whose ``encoder``
+            attribute is the backbone.
+        image_size: input side for the dummy forward used when the encoder declares no ``feature_info``.
+
+    Raises:
+        DataError: no module of the encoder produces a 4-D feature map (not a convolutional encoder).
+    """
+    names = _module_names(classifier)
+    encoder_prefix = "encoder" if "encoder" in names else ""
+    encoder = classifier.get_submodule(encoder_prefix) if encoder_prefix else classifier
+    for owner_name in ("model", ""):
+        owner = encoder.get_submodule(owner_name) if owner_name else encoder
+        info = getattr(owner, "feature_info", None)
+        module_names = info.module_name() if hasattr(info, "module_name") else None
+        if module_names is None and isinstance(info, list) and info and "module" in info[-1]:
+            module_names = [entry["module"] for entry in info]
+        if module_names:
+            full = ".".join(p for p in (encoder_prefix, owner_name, module_names[-1]) if p)
+            if full in names:
+                return full
+    return _last_spatial_module(classifier, encoder, encoder_prefix, image_size)
+
+
+def _last_spatial_module(classifier: nn.Module, encoder: nn.Module, prefix: str, image_size: int) -> str:
+    """The module that finishes last among those returning a (B, C, H, W) tensor in one forward of the encoder."""
+    order: list[str] = []
+    handles = []
+    for name, module in encoder.named_modules():
+        if not name:
+            continue
+
+        def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+            if isinstance(out, torch.Tensor) and out.ndim == 4:
+                order.append(name)
+
+        handles.append(module.register_forward_hook(hook))
+    param = next(encoder.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = encoder.training
+    try:
+        encoder.eval()
+        with torch.no_grad():
+            encoder(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        encoder.train(was_training)
+        for h in handles:
+            h.remove()
+    if not order:
+        raise DataError(
+            f"Grad-CAM needs a convolutional encoder: no module of {type(encoder).__name__} returns a (B, C, H, W) map"
+        )
+    return f"{prefix}.{order[-1]}" if prefix else order[-1]
+
+
+def resolve_class_names(wanted: Sequence[str], class_names: Sequence[str], checkpoint: Any) -> list[int]:
+    """Indices of ``wanted`` class names; an unknown one is a one-line DataError with the close matches."""
+    lookup = {name: i for i, name in enumerate(class_names)}
+    folded = {name.lower(): i for i, name in enumerate(class_names)}
+    indices = []
+    for name in wanted:
+        if name in lookup:
+            indices.append(lookup[name])
+        elif name.lower() in folded:
+            indices.append(folded[name.lower()])
+        else:
+            close = difflib.get_close_matches(name, list(class_names), n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+            shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
+            raise DataError(f"--class {name!r} is not a class of checkpoint {checkpoint}; {hint}classes: {shown}")
+    return indices
+
+
+def grad_cam_maps(
+    classifier: nn.Module, x: torch.Tensor, class_indices: Sequence[int], target_layer: str
+) -> np.ndarray:
+    """Grad-CAM of each class in turn for one input.
+
+    Args:
+        classifier: images (1, 3, S, S) -> logits (1, C).
+        x: (1, 3, S, S) normalised input.
+        class_indices: the classes to explain, one backward pass each.
+        target_layer: module name from :func:`find_target_layer`.
+
+    Returns:
+        (K, S, S) float32 maps in [0, 1] (MONAI's upsampling to the input size and min-max scaling).
+    """
+    from monai.visualize import GradCAM
+
+    cam = GradCAM(nn_module=classifier, target_layers=target_layer)
+    maps = []
+    with torch.enable_grad():
+        for c in class_indices:
+            inp = x.detach().clone().requires_grad_(True)
+            maps.append(cam(inp, class_idx=int(c))[0, 0].detach().float().cpu().numpy())
+    return np.stack(maps).astype(np.float32)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+    """Blend a [0, 1] map (resized bilinearly to the image) over an (H, W, 3) uint8 image -> (H, W, 3) uint8."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    resized = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
+    colours = colormaps[cmap](np.clip(resized, 0.0, 1.0))[..., :3] * 255.0
+    blended = (1.0 - alpha) * image.astype(np.float64) + alpha * colours
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class Explanation:
+    """One class's Grad-CAM: the class, its probability, and the overlay PNG path."""
+
+    name: str
+    index: int
+    probability: float
+    path: Path
+
+
+def explain_image(
+    bundle: Any,
+    image_path: str | Path,
+    out_dir: str | Path,
+    classes: Sequence[str] | None = None,
+    *,
+    threshold: float | None = None,
+    device: Any = "auto",
+    checkpoint: Any = "checkpoint",
+) -> list[Explanation]:
+    """Write a Grad-CAM overlay PNG (the image's own size) per class into ``out_dir``, whole or not at all.
+
+    Args:
+        bundle: the loaded model bundle.
+        image_path: the image to explain (read and preprocessed exactly as ``predict`` does).
+        out_dir: output folder (``<image stem>_<class>.png`` per class and ``explain.json``).
+        classes: class names to explain; None explains the predicted ones (``prob >= threshold``), or the most
+            probable class when none is predicted.
+        threshold: decision threshold for every class; None uses the checkpoint's tuned ones, else 0.5.
+        device: auto, cpu, cuda:N.
+        checkpoint: named in error messages.
+
+    Raises:
+        DataError: unknown class name (with close matches), unreadable image, an output folder that is not ours.
+    """
+    import json
+
+    from PIL import Image
+
+    from probmcl_med.data.imageio import read_image
+    from probmcl_med.fileio import atomic_directory
+    from probmcl_med.inference import (
+        OUTPUT_MARKER,
+        check_output_folder,
+        decision_thresholds,
+        eval_transform,
+        resolve_device,
+        safe_filename,
+    )
+
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir)
+    wanted = resolve_class_names(classes, bundle.class_names, checkpoint) if classes else None
+    image_path = Path(image_path)
+    pixels = read_image(image_path)
+    dev = resolve_device(device)
+    bundle.to(dev)
+    x = eval_transform(bundle)({"image": pixels})["image"].unsqueeze(0).to(dev)
+    classifier = bundle.classifier()
+    with torch.inference_mode():
+        probs = torch.sigmoid(classifier(x)).double().cpu().numpy()[0]
+    thresholds = decision_thresholds(bundle, threshold)
+    if wanted is None:
+        wanted = [int(i) for i in np.flatnonzero(probs >= thresholds)] or [int(np.argmax(probs))]
+    layer = find_target_layer(classifier, bundle.image_size)
+    maps = grad_cam_maps(classifier, x, wanted, layer)
+    results = []
+    taken: set[str] = set()
+    stem = safe_filename(image_path.stem)
+    with atomic_directory(out_dir) as tmp:
+        for k, heat in zip(wanted, maps, strict=True):
+            name = bundle.class_names[k]
+            filename = f"{stem}_{safe_filename(name, taken)}.png"
+            Image.fromarray(overlay(pixels, heat)).save(tmp / filename)
+            results.append(Explanation(name, k, float(probs[k]), out_dir / filename))
+        document = {
+            "image": str(image_path),
+            "checkpoint": str(checkpoint),
+            "target_layer": layer,
+            "method": "Grad-CAM (monai.visualize.GradCAM) on the class logit",
+            "probabilities": {n: float(p) for n, p in zip(bundle.class_names, probs, strict=True)},
+            "thresholds": [float(t) for t in thresholds],
+            "explained": [{"class": r.name, "probability": r.probability, "file": r.path.name} for r in results],
+        }
+        (tmp / "explain.json").write_text(json.dumps(document, indent=2) + "\n")
+        (tmp / OUTPUT_MARKER).write_text("written by probmcl_med.evaluation.gradcam.explain_image\n")
+    return results

@@ -1,0 +1,259 @@
+"""Run a model bundle on a split of the dataset it was trained on: scores, targets, metrics, tuned thresholds.
+
+``probmcl-med evaluate --checkpoint RUN`` is this module plus printing:
+
+1. :func:`build_split_dataset` rebuilds the dataset from the bundle's stored config (``dataset.name``, ``root``,
+   ``options``, ``skip_bad``; the split names ``train_split``/``val_split``/``test_split``), with the deterministic
+   eval transform at the bundle's image size and its stored normalisation (never recomputed: the model is fed what
+   it was trained on). A dataset whose classes differ from the checkpoint's is a one-line CheckpointError.
+2. :func:`score_split` runs the model over it (:func:`probmcl_med.inference.run_model`: batched, inference mode, GPU
+   when present) and returns (N, C) probabilities and (N, C) labels.
+3. :func:`evaluate_checkpoint` adds the metrics, optionally tunes per-class thresholds on the validation split for a
+   recall target (stored back into the checkpoint atomically), and the model cost.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from probmcl_med.errors import CheckpointError, DataError
+from probmcl_med.inference import (
+    ProgressHook,
+    decision_thresholds,
+    eval_transform,
+    make_loader,
+    resolve_device,
+    run_model,
+)
+
+
+def split_name(config: Any, split: str) -> str:
+    """The dataset's own name for ``train``/``valid``/``test`` (the config's ``*_split`` fields; aliases accepted)."""
+    from probmcl_med.data.base import normalize_split
+
+    key = normalize_split(split, where="--split")
+    ds = config.dataset
+    return {"train": ds.train_split, "valid": ds.val_split, "test": ds.test_split}[key]
+
+
+def check_classes(
+    checkpoint_classes: Sequence[str], dataset_classes: Sequence[str], checkpoint: Any, source: Any
+) -> None:
+    """One-line CheckpointError unless the dataset has the checkpoint's classes in the checkpoint's order."""
+    a, b = [str(c) for c in checkpoint_classes], [str(c) for c in dataset_classes]
+    if a == b:
+        return
+    if len(a) != len(b):
+        detail = f"{len(a)} classes vs {len(b)}"
+    elif sorted(a) == sorted(b):
+        detail = "the same classes in another order"
+    else:
+        i = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+        detail = f"class {i + 1} is {a[i]!r} in the checkpoint but {b[i]!r} in the dataset"
+    missing = [c for c in a if c not in b][:3]
+    hint = f" (not in the dataset: {', '.join(missing)})" if missing and len(a) != len(b) else ""
+    raise CheckpointError(
+        f"checkpoint {checkpoint} was trained on other classes than dataset {source}: {detail}{hint}; evaluate it on "
+        "the dataset it was trained on"
+    )
+
+
+def build_split_dataset(bundle: Any, split: str, checkpoint: Any = "checkpoint", root: str | None = None) -> Any:
+    """The bundle's dataset at ``split`` with the bundle's eval transform.
+
+    Args:
+        bundle: a loaded :class:`~probmcl_med.engine.checkpoint.ModelBundle`.
+        split: train, valid (val) or test.
+        checkpoint: named in error messages.
+        root: override of the stored ``dataset.root`` (the data moved since training).
+
+    Raises:
+        CheckpointError: the dataset's classes differ from the checkpoint's.
+        DataError: the dataset cannot be read (missing folder, bad CSV, ...), from the dataset factory.
+    """
+    from probmcl_med.registry import DATASETS
+
+    cfg = bundle.config.dataset
+    factory = DATASETS.get(cfg.name)
+    options = dict(cfg.options)
+    options.setdefault("skip_bad", cfg.skip_bad)
+    dataset = factory(root if root is not None else cfg.root, split_name(bundle.config, split), **options)
+    check_classes(bundle.class_names, dataset.class_names, checkpoint, getattr(dataset, "source", cfg.name))
+    dataset.transform = eval_transform(bundle)
+    return dataset
+
+
+@dataclass
+class SplitScores:
+    """Model outputs on one split: ``scores`` (N, C) probabilities and ``targets`` (N, C) 0/1 labels."""
+
+    split: str
+    scores: np.ndarray
+    targets: np.ndarray
+    source: str
+    skipped: int = 0
+
+
+def score_split(
+    bundle: Any,
+    split: str,
+    *,
+    checkpoint: Any = "checkpoint",
+    batch_size: int = 64,
+    device: Any = "auto",
+    workers: int = 0,
+    root: str | None = None,
+    progress: ProgressHook | None = None,
+) -> SplitScores:
+    """Probabilities and labels of every (readable) sample of ``split``, in dataset order."""
+    dataset = build_split_dataset(bundle, split, checkpoint=checkpoint, root=root)
+    dev = resolve_device(device)
+    loader = make_loader(dataset, batch_size, workers, dev)
+    out = run_model(bundle, loader, dev, progress=progress, description=f"scoring the {split} split")
+    if out.targets is None or len(out.probs) == 0:
+        raise DataError(f"dataset {dataset.source}: no readable sample in split {split!r}")
+    return SplitScores(split, out.probs, out.targets, str(dataset.source), len(dataset) - len(out.probs))
+
+
+def parse_recall_target(text: str) -> float:
+    """``recall=0.95`` (or ``0.95``) -> 0.95; a fraction in (0, 1]. Anything else is a one-line DataError."""
+    raw = text.strip()
+    if "=" in raw:
+        key, raw = (part.strip() for part in raw.split("=", 1))
+        if key.lower() != "recall":
+            close = difflib.get_close_matches(key.lower(), ["recall"], n=1, cutoff=0.5)
+            hint = " (did you mean recall?)" if close else ""
+            raise DataError(f"--tune-thresholds {text!r}: only recall=R is supported{hint}, e.g. recall=0.95")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DataError(f"--tune-thresholds {text!r}: expected recall=R with R a fraction, e.g. recall=0.95") from None
+    if not 0.0 < value <= 1.0:
+        raise DataError(f"--tune-thresholds {text!r}: the recall target must be a fraction in (0, 1], e.g. 0.95")
+    return value
+
+
+@dataclass
+class Evaluation:
+    """Everything ``evaluate --checkpoint`` prints and reports.
+
+    Attributes:
+        metrics: :func:`~probmcl_med.evaluation.metrics.multilabel_metrics` of the split at ``thresholds``
+            (plus ``threshold_tuning`` when thresholds were tuned).
+        test: the evaluated split's scores and targets.
+        thresholds: (C,) thresholds used.
+        threshold_source: "--threshold", "tuned on valid for recall >= R", "stored in the checkpoint" or "default".
+        tradeoff: :func:`~probmcl_med.evaluation.thresholds.threshold_tradeoff` vs 0.5 when thresholds were tuned.
+        cost: :class:`~probmcl_med.evaluation.complexity.ModelCost` of encoder + head.
+        meta: the report header (checkpoint, dataset, split, thresholds, model cost, ...).
+    """
+
+    metrics: dict[str, Any]
+    test: SplitScores
+    thresholds: np.ndarray
+    threshold_source: str
+    tradeoff: dict[str, Any] | None
+    cost: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _tradeoff_text(tradeoff: dict[str, Any]) -> tuple[str, str]:
+    """(summary line, per-class line) of what the tuned thresholds cost vs the baseline, in percentage points."""
+    tuned, base = tradeoff["summary"]["tuned"], tradeoff["summary"]["baseline"]
+    b = tradeoff["baseline_threshold"]
+
+    def pair(key: str) -> str:
+        if tuned[key] is None or base[key] is None:
+            return f"{key} n/a"
+        return f"{key} {base[key]:.1f} -> {tuned[key]:.1f}"
+
+    summary = f"vs threshold {b:g}: " + ", ".join(pair(k) for k in ("CP", "CR", "OP", "OR"))
+    per_class = ", ".join(f"{r['name']} {r['precision_cost']:+.1f}" for r in tradeoff["per_class"])
+    return summary, f"precision paid per class (points, {b:g} minus tuned): {per_class}"
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    split: str = "test",
+    *,
+    threshold: float | None = None,
+    tune_recall: float | None = None,
+    batch_size: int = 64,
+    device: Any = "auto",
+    workers: int | None = None,
+    root: str | None = None,
+    progress: ProgressHook | None = None,
+) -> Evaluation:
+    """Load a bundle, score ``split``, compute the metrics (and tune thresholds on the validation split if asked).
+
+    Args:
+        checkpoint: a run folder or its ``model.pt``.
+        split: the split to evaluate (train, valid, test).
+        threshold: one threshold for every class; None uses the checkpoint's stored thresholds, else 0.5.
+        tune_recall: if given, per class the highest threshold keeping recall >= ``tune_recall`` on the validation
+            split (:func:`~probmcl_med.evaluation.thresholds.tune_thresholds`); they are saved into the checkpoint
+            (atomically) and used for ``split``. Excludes ``threshold``.
+        batch_size: images per forward pass.
+        device: auto (GPU when present), cpu, cuda:N.
+        workers: DataLoader workers (None: the run config's ``workers``).
+        root: override of the stored dataset root.
+        progress: progress hook (:class:`~probmcl_med.inference.ProgressHook`).
+
+    Raises:
+        CheckpointError: missing/corrupt checkpoint, or classes that differ from the dataset's.
+        DataError: bad split, threshold or data.
+    """
+    from probmcl_med.engine.checkpoint import load_model_bundle, resolve_bundle_path, set_bundle_thresholds
+    from probmcl_med.evaluation.complexity import model_cost
+    from probmcl_med.evaluation.metrics import multilabel_metrics
+    from probmcl_med.evaluation.thresholds import threshold_tradeoff, tune_thresholds
+
+    if threshold is not None and tune_recall is not None:
+        raise DataError("give either --threshold or --tune-thresholds, not both")
+    path = resolve_bundle_path(checkpoint)
+    dev = resolve_device(device)
+    bundle = load_model_bundle(path, device=dev)
+    n_workers = bundle.config.workers if workers is None else workers
+    kwargs = {"checkpoint": path, "batch_size": batch_size, "device": dev, "workers": n_workers, "root": root}
+    tradeoff = None
+    if tune_recall is not None:
+        valid = score_split(bundle, "valid", progress=progress, **kwargs)
+        thresholds = tune_thresholds(valid.scores, valid.targets, recall=tune_recall)
+        set_bundle_thresholds(path, thresholds)
+        bundle.thresholds = [float(t) for t in thresholds]
+        source = f"tuned per class on the {split_name(bundle.config, 'valid')} split for recall >= {tune_recall:g}"
+    else:
+        thresholds = decision_thresholds(bundle, threshold)
+        source = (
+            "--threshold"
+            if threshold is not None
+            else "stored in the checkpoint"
+            if bundle.thresholds is not None
+            else "default 0.5"
+        )
+    test = score_split(bundle, split, progress=progress, **kwargs)
+    metrics = multilabel_metrics(test.scores, test.targets, threshold=thresholds, class_names=bundle.class_names)
+    cost = model_cost(bundle.classifier(), bundle.image_size)
+    meta: dict[str, Any] = {
+        "checkpoint": str(path),
+        "dataset": f"{bundle.config.dataset.name} ({test.source})",
+        "split": split_name(bundle.config, split),
+        "thresholds from": source,
+        "model cost": f"{cost.describe()} (encoder + head; MACs = FLOPs / 2)",
+        "encoder": bundle.encoder_name,
+    }
+    if test.skipped:
+        meta["skipped samples"] = f"{test.skipped} unreadable sample(s) skipped (dataset.skip_bad)"
+    if tune_recall is not None:
+        tradeoff = threshold_tradeoff(test.scores, test.targets, thresholds, class_names=bundle.class_names)
+        summary, per_class = _tradeoff_text(tradeoff)
+        meta["precision cost of the recall target"] = summary
+        meta["precision cost per class"] = per_class
+        metrics["threshold_tuning"] = {"recall_target": tune_recall, "tuned_on": "valid", **tradeoff}
+    return Evaluation(metrics, test, np.asarray(thresholds, dtype=np.float64), source, tradeoff, cost, meta)

@@ -1,0 +1,159 @@
+"""evaluate --checkpoint: metrics equal scikit-learn's on scores computed by running the model by hand; report,
+per-class table sorted by recall, tuned thresholds saved into the checkpoint; bad input is one line naming the file."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, precision_score, recall_score
+from test_inference import CLASSES, cli, error_line, hand_probs, make_bundle, make_csv_dataset
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("evaluate")
+    rows = make_csv_dataset(root / "data", n_per_split=16)
+    encoder, head = make_bundle(root / "run", dataset_root=root / "data")
+    expected = {}
+    for split in ("valid", "test"):
+        paths = [p for p, _ in rows[split]]
+        expected[split] = (hand_probs(encoder, head, paths), np.stack([y for _, y in rows[split]]))
+    return {"root": root, "rows": rows, "expected": expected, "encoder": encoder, "head": head}
+
+
+def _sklearn_metrics(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -> dict:
+    pred = (scores >= thresholds[None, :]).astype(int)
+    c = scores.shape[1]
+    ap = [average_precision_score(targets[:, k], scores[:, k]) for k in range(c)]
+    p = [precision_score(targets[:, k], pred[:, k], zero_division=0) for k in range(c)]
+    r = [recall_score(targets[:, k], pred[:, k], zero_division=0) for k in range(c)]
+    return {
+        "ap": np.array(ap) * 100,
+        "precision": np.array(p) * 100,
+        "recall": np.array(r) * 100,
+        "OP": 100 * precision_score(targets.ravel(), pred.ravel(), zero_division=0),
+        "OR": 100 * recall_score(targets.ravel(), pred.ravel(), zero_division=0),
+    }
+
+
+def test_metrics_equal_sklearn_on_hand_computed_scores(setup: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    run = setup["root"] / "run"
+    assert cli(["evaluate", "--checkpoint", str(run), "--split", "test", "--json", "--device", "cpu"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    scores, targets = setup["expected"]["test"]
+    ref = _sklearn_metrics(scores, targets, np.full(3, 0.5))
+    per_class = {r["name"]: r for r in doc["per_class"]}
+    assert list(per_class) == CLASSES
+    for k, name in enumerate(CLASSES):
+        assert per_class[name]["ap"] == pytest.approx(ref["ap"][k], abs=1e-6)
+        assert per_class[name]["precision"] == pytest.approx(ref["precision"][k], abs=1e-9)
+        assert per_class[name]["recall"] == pytest.approx(ref["recall"][k], abs=1e-9)
+        assert per_class[name]["support"] == int(targets[:, k].sum())
+    assert doc["summary"]["mAP"] == pytest.approx(ref["ap"].mean(), abs=1e-6)
+    assert doc["summary"]["CP"] == pytest.approx(ref["precision"].mean(), abs=1e-9)
+    assert doc["summary"]["CR"] == pytest.approx(ref["recall"].mean(), abs=1e-9)
+    assert doc["summary"]["OP"] == pytest.approx(ref["OP"], abs=1e-9)
+    assert doc["summary"]["OR"] == pytest.approx(ref["OR"], abs=1e-9)
+    assert doc["num_samples"] == len(targets)
+    # model cost of encoder + head: parameters counted by hand
+    params = sum(p.numel() for p in setup["encoder"].parameters()) + sum(p.numel() for p in setup["head"].parameters())
+    assert doc["model_cost"]["params"] == params
+    assert doc["model_cost"]["input_shape"] == [1, 3, 32, 32]
+    assert doc["model_cost"]["gmac"] > 0
+
+
+def test_table_sorted_by_recall_and_report_written(
+    setup: dict, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps long tables to the terminal width
+    run, report = setup["root"] / "run", setup["root"] / "report"
+    code = cli(["evaluate", "-c", str(run), "--report", str(report), "--recall-floor", "0.99", "--device", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    table = out[out.index("lowest recall first") :]
+    positions = {name: table.index(name) for name in CLASSES}
+    metrics = json.loads((report / "metrics.json").read_text())
+    recall = {r["name"]: r["recall"] for r in metrics["per_class"]}
+    shown = sorted(CLASSES, key=lambda n: positions[n])
+    assert [recall[n] for n in shown] == sorted(recall[n] for n in shown)
+    assert "GMAC" in out
+    for name in ("metrics.json", "per_class.csv", "scores.npz", "report.md", "report.html"):
+        assert (report / name).is_file(), name
+    saved = np.load(report / "scores.npz")
+    np.testing.assert_allclose(saved["scores"], setup["expected"]["test"][0], rtol=1e-5, atol=1e-6)
+    assert metrics["meta"]["split"] == "test"
+    assert "GMAC" in metrics["meta"]["model cost"]
+
+
+def _brute_force_threshold(scores: np.ndarray, targets: np.ndarray, recall: float) -> float:
+    """The largest candidate t (a score value) with recall(score >= t) >= recall, by trying every candidate."""
+    best = None
+    for t in np.unique(scores):
+        tp = ((scores >= t) & (targets == 1)).sum()
+        if tp / targets.sum() >= recall and (best is None or t > best):
+            best = t
+    return float(best)
+
+
+def test_tune_thresholds_saved_into_checkpoint(tmp_path: Path, setup: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(setup["root"] / "run", run)
+    report = tmp_path / "report"
+    code = cli(["evaluate", "-c", str(run), "--tune-thresholds", "recall=0.9", "--report", str(report), "--json",
+                "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    vs, vt = setup["expected"]["valid"]
+    expected = [_brute_force_threshold(vs[:, k], vt[:, k], 0.9) for k in range(3)]
+    stored = torch.load(run / "model.pt", weights_only=True)["thresholds"]
+    np.testing.assert_allclose(stored, expected, rtol=1e-5)
+    ts, tt = setup["expected"]["test"]
+    ref = _sklearn_metrics(ts, tt, np.array(stored))
+    for k, row in enumerate(doc["per_class"]):
+        assert row["threshold"] == pytest.approx(stored[k])
+        assert row["recall"] == pytest.approx(ref["recall"][k], abs=1e-9)
+    base = _sklearn_metrics(ts, tt, np.full(3, 0.5))
+    costs = [r["precision_cost"] for r in doc["threshold_tuning"]["per_class"]]
+    np.testing.assert_allclose(costs, base["precision"] - ref["precision"], atol=1e-9)
+    meta = json.loads((report / "metrics.json").read_text())["meta"]
+    assert "precision cost per class" in meta
+    # a second evaluate without flags uses the stored thresholds
+    assert cli(["evaluate", "-c", str(run), "--json", "--device", "cpu"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [r["threshold"] for r in again["per_class"]] == pytest.approx(stored)
+
+
+def test_scores_and_targets_files(tmp_path: Path, setup: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    scores, targets = setup["expected"]["test"]
+    header = ",".join(CLASSES)
+    np.savetxt(tmp_path / "s.csv", scores, delimiter=",", header=header, comments="", fmt="%.10f")
+    np.savetxt(tmp_path / "t.csv", targets, delimiter=",", header=header, comments="", fmt="%d")
+    assert cli(["evaluate", "--scores", str(tmp_path / "s.csv"), "--targets", str(tmp_path / "t.csv"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    ref = _sklearn_metrics(scores, targets, np.full(3, 0.5))
+    assert doc["summary"]["mAP"] == pytest.approx(ref["ap"].mean(), abs=1e-6)
+    assert [r["name"] for r in doc["per_class"]] == CLASSES
+
+
+def test_class_mismatch_is_one_line_naming_the_checkpoint(
+    tmp_path: Path, setup: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_bundle(tmp_path / "other", dataset_root=setup["root"] / "data", classes=["epithelium", "stroma", "fat"])
+    assert cli(["evaluate", "-c", str(tmp_path / "other"), "--device", "cpu"]) == 1
+    line = error_line(capsys)
+    assert str(tmp_path / "other" / "model.pt") in line
+    assert "'necrosis'" in line and "'fat'" in line
+
+
+def test_missing_checkpoint_and_bad_recall_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["evaluate", "-c", str(tmp_path / "nope")]) == 1
+    assert str(tmp_path / "nope") in error_line(capsys)
+    assert cli(["evaluate", "-c", str(tmp_path / "nope"), "--tune-thresholds", "recal=0.9"]) == 1
+    assert re.search(r"did you mean recall", error_line(capsys))
