@@ -63,7 +63,8 @@ def cosine(ya: Tensor, yb: Tensor) -> Tensor:
         ``(B, M)`` overlaps in [0, 1].
     """
     ya, yb = _prepare(ya, yb)
-    return _safe_ratio(ya @ yb.T, ya.norm(dim=1)[:, None] * yb.norm(dim=1)[None, :])
+    # sqrt(|a|^2 |b|^2) rather than |a| |b|: exact for multi-hot labels, so identical sets give exactly 1 (alpha = 1)
+    return _safe_ratio(ya @ yb.T, torch.sqrt(ya.square().sum(1)[:, None] * yb.square().sum(1)[None, :]))
 
 
 __all__ = ["cosine", "jaccard"]

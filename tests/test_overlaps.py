@@ -83,3 +83,11 @@ def test_shape_errors_and_dtype(fn) -> None:  # type: ignore[no-untyped-def]
         fn(torch.ones(2, 3), torch.ones(2, 4))
     assert fn(torch.ones(2, 3, dtype=torch.bfloat16), torch.ones(1, 3, dtype=torch.uint8)).dtype == torch.float32
     assert fn(torch.ones(0, 3), torch.ones(2, 3)).shape == (0, 2)
+
+
+@pytest.mark.parametrize("fn", [jaccard, cosine])
+def test_identical_sets_score_exactly_one(fn) -> None:  # type: ignore[no-untyped-def]
+    # alpha = 1 must keep the other view of the same image: D has to be exactly 1, not 0.9999999999999998
+    for dtype in (torch.float32, torch.float64):
+        y = torch.tril(torch.ones(80, 80, dtype=dtype))  # label sets of every size 1..80
+        assert torch.all(fn(y, y).diagonal() == 1.0)

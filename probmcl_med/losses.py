@@ -1,0 +1,356 @@
+"""Losses of ProbMCL: the probabilistic contrastive loss (Eq. 3), the stage-1 objective (Eq. 4), and the asymmetric
+loss of stage 2 (ASL, Ridnik et al. 2021), each made exact in docs/math.md sections 7-9.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from probmcl_med.errors import ConfigError
+from probmcl_med.likelihoods import graph_zero
+from probmcl_med.mixture import GaussianMixture, compute_dtype
+from probmcl_med.registry import LIKELIHOODS, OVERLAPS, SIMILARITIES, Registry, RegistryError
+
+SimilarityFn = Callable[[GaussianMixture, GaussianMixture], Tensor]
+OverlapFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _resolve(registry: Registry, value: str | Callable[..., Any], key: str) -> Callable[..., Any]:
+    """A registered name or a callable; an unknown name raises :class:`ConfigError` naming ``key``."""
+    if callable(value):
+        return value
+    try:
+        return registry.get(value)
+    except RegistryError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------------------- contrastive
+def contrastive_anchor_losses(
+    sim: Tensor, overlap: Tensor, self_index: Tensor, alpha: float, tau: float
+) -> tuple[Tensor, Tensor]:
+    """Per-anchor terms ``l_i`` of Eq. 3 as fixed in docs/math.md section 7.
+
+    ``l_i = -(1/|A(i)|) sum_{j in A(i)} D_ij (S_ij / tau - logsumexp_{l != i} S_il / tau)``,
+    ``A(i) = {j != i : D_ij >= alpha}``. ``D`` multiplies the log term (KMCL puts it inside the log, where it only
+    adds a constant); the anchor itself is excluded by masking its column to ``-inf`` inside the log-sum-exp.
+
+    Args:
+        sim: ``(b, G)`` similarities of ``b`` anchors against ``G`` candidates (the anchors among them).
+        overlap: ``(b, G)`` label overlaps ``D``.
+        self_index: ``(b,)`` column of each anchor itself.
+        alpha: overlap threshold for positives; tau: temperature.
+
+    Returns:
+        ``(l, valid)``: ``(b,)`` losses (0 for anchors without positives) and the ``(b,)`` mask ``|A(i)| > 0``.
+    """
+    b = sim.shape[0]
+    is_self = torch.zeros_like(sim, dtype=torch.bool)
+    is_self[torch.arange(b, device=sim.device), self_index] = True
+    logits = (sim / tau).masked_fill(is_self, -math.inf)
+    log_prob = (logits - torch.logsumexp(logits, dim=1, keepdim=True)).masked_fill(is_self, 0.0)
+    positive = (overlap >= alpha) & ~is_self
+    count = positive.sum(dim=1)
+    weighted = torch.where(positive, overlap.to(log_prob.dtype) * log_prob, torch.zeros_like(log_prob))
+    losses = -weighted.sum(dim=1) / count.clamp_min(1).to(log_prob.dtype)
+    valid = count > 0
+    return torch.where(valid, losses, torch.zeros_like(losses)), valid
+
+
+def _batch_sizes(local_size: int, device: torch.device) -> list[int]:
+    """Every rank's first dimension (all-gathered)."""
+    size = torch.tensor([local_size], device=device, dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    return [int(s.item()) for s in sizes]
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather of ``(b_r, F)`` tensors (``counts`` = every rank's ``b_r``, uneven allowed) whose backward gives
+    each rank its rows of the SUM over ranks of the gradients (an all-reduce): the gradient of the sum of all ranks'
+    losses. (Written out rather than ``torch.distributed.nn.all_gather`` so that it needs only ``all_gather`` and
+    ``all_reduce``, which every backend has, and handles uneven batches.)"""
+
+    @staticmethod
+    def forward(ctx: Any, local: Tensor, counts: list[int]) -> Tensor:
+        padded = local.new_zeros((max(counts), *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        rank = dist.get_rank()
+        ctx.start, ctx.stop = sum(counts[:rank]), sum(counts[: rank + 1])
+        return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.start : ctx.stop], None
+
+
+@dataclass(frozen=True)
+class ContrastiveStats:
+    """Counts reported with the contrastive loss.
+
+    Attributes:
+        valid_anchors: anchors of this process with at least one positive (``|A(i)| > 0``).
+        anchors: anchors of this process.
+        global_valid_anchors: valid anchors over all processes (equals ``valid_anchors`` without gathering).
+    """
+
+    valid_anchors: int
+    anchors: int
+    global_valid_anchors: int
+
+
+class ProbContrastiveLoss(nn.Module):
+    """Probabilistic multi-label contrastive loss ``L_PCL``: paper Eq. 3 as made exact in docs/math.md section 7.
+
+    ``L_PCL`` is the MEAN of ``l_i`` over the valid anchors (those with ``|A(i)| > 0``); anchors without positives
+    are left out and counted (:attr:`last_stats`, or :meth:`forward_with_stats`). A batch with no valid anchor gives
+    a 0 that still backpropagates (zero gradients, never NaN). Deviations from the paper's letter: the paper sums
+    over anchors (a mean keeps ``lambda`` comparable across batch sizes); ``D`` multiplies the log term; the cosine
+    overlap is the real cosine (see :mod:`probmcl_med.overlaps`). With ``alpha = 0`` every other view is in ``A(i)``,
+    including those with ``D = 0`` (weight 0), exactly as the formula reads.
+
+    Several processes (docs/math.md section 8, ``gather=True`` under an initialised ``torch.distributed``): every
+    rank all-gathers ``(log pi, mu, var)`` with a gather whose backward all-reduces the gradients, and the labels
+    without gradient; it contrasts its LOCAL anchors against the GLOBAL batch (``b x G`` similarities, not
+    ``G x G``) and divides by the GLOBAL number of valid anchors (an all-reduce). The value returned on each rank is
+    ``world_size * (sum of its local l_i) / (global valid anchors)``, so that:
+
+    * the MEAN of the returned values over ranks equals the single-process loss on the concatenated batch (log
+      ``all_reduce(loss) / world_size``);
+    * DDP's gradient averaging (divide by ``world_size``) yields exactly the gradient of that single-process loss.
+
+    Every rank must call backward (DDP does), because the gather's backward is a collective. Without an initialised
+    process group ``gather=True`` is the single-process loss.
+
+    Args:
+        similarity: a name in ``SIMILARITIES`` or a callable ``(a, b) -> (len(a), len(b))`` in [0, 1].
+        overlap: a name in ``OVERLAPS`` or a callable ``(ya, yb) -> (B, M)`` in [0, 1].
+        alpha: overlap threshold ``alpha`` in [0, 1] (paper: 0.6 MS-COCO, 0.5 ADP).
+        tau: temperature > 0 (paper: 0.2).
+        gather: contrast against the batch of all processes (see above).
+    """
+
+    def __init__(
+        self,
+        similarity: str | SimilarityFn = "correlation",
+        overlap: str | OverlapFn = "jaccard",
+        alpha: float = 0.5,
+        tau: float = 0.2,
+        gather: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ConfigError(f"contrastive alpha must be in [0, 1], got {alpha}: set the overlap threshold in [0, 1]")
+        if not float(tau) > 0.0:
+            raise ConfigError(f"contrastive tau must be > 0, got {tau}: set a positive temperature (paper: 0.2)")
+        self.similarity: SimilarityFn = _resolve(SIMILARITIES, similarity, "similarity")
+        self.overlap: OverlapFn = _resolve(OVERLAPS, overlap, "overlap")
+        self.alpha, self.tau, self.gather = float(alpha), float(tau), bool(gather)
+        self.last_stats: ContrastiveStats | None = None
+
+    def extra_repr(self) -> str:
+        name = getattr(self.similarity, "__name__", "?"), getattr(self.overlap, "__name__", "?")
+        return f"similarity={name[0]}, overlap={name[1]}, alpha={self.alpha}, tau={self.tau}, gather={self.gather}"
+
+    def forward(self, mixtures: GaussianMixture, labels: Tensor) -> Tensor:
+        """``L_PCL`` for a batch of ``2N`` views (``(2N,)`` mixtures, ``(2N, C)`` labels); see the class docstring."""
+        return self.forward_with_stats(mixtures, labels)[0]
+
+    def forward_with_stats(self, mixtures: GaussianMixture, labels: Tensor) -> tuple[Tensor, ContrastiveStats]:
+        """``(loss, stats)``; also stores ``stats`` in :attr:`last_stats`."""
+        if labels.ndim != 2 or labels.shape[0] != len(mixtures):
+            raise ValueError(f"labels must be (B, C) with B = {len(mixtures)}, got {tuple(labels.shape)}")
+        if self.gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            loss, stats = self._gathered(mixtures, labels)
+        else:
+            loss, stats = self._local(mixtures, labels)
+        self.last_stats = stats
+        return loss, stats
+
+    def _local(self, mixtures: GaussianMixture, labels: Tensor) -> tuple[Tensor, ContrastiveStats]:
+        sim = self.similarity(mixtures, mixtures)
+        overlap = self.overlap(labels, labels).to(sim.device)
+        index = torch.arange(len(mixtures), device=sim.device)
+        losses, valid = contrastive_anchor_losses(sim, overlap, index, self.alpha, self.tau)
+        n_valid = int(valid.sum())
+        stats = ContrastiveStats(n_valid, len(mixtures), n_valid)
+        if n_valid == 0:
+            return graph_zero(sim), stats
+        return losses.sum() / n_valid, stats
+
+    def _gathered(self, mixtures: GaussianMixture, labels: Tensor) -> tuple[Tensor, ContrastiveStats]:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        local = mixtures.upcast()
+        c = local.num_components
+        packed = torch.cat([local.log_weights, local.means, local.variances], dim=1)
+        counts = _batch_sizes(len(local), packed.device)
+        offset = sum(counts[:rank])
+        gathered = _GatherWithGrad.apply(packed, counts)
+        logw, means, variances = gathered.split(c, dim=1)
+        everyone = GaussianMixture(logw.exp(), means, variances, local.dim, logw)
+        labels = labels.to(device=packed.device, dtype=compute_dtype(labels))
+        with torch.no_grad():
+            all_labels = _GatherWithGrad.apply(labels, counts)
+
+        sim = self.similarity(local, everyone)
+        overlap = self.overlap(labels, all_labels).to(sim.device)
+        index = torch.arange(len(local), device=sim.device) + offset
+        losses, valid = contrastive_anchor_losses(sim, overlap, index, self.alpha, self.tau)
+        n_valid = torch.tensor([int(valid.sum())], device=packed.device)
+        n_global = n_valid.clone()
+        dist.all_reduce(n_global, op=dist.ReduceOp.SUM)
+        stats = ContrastiveStats(int(n_valid), len(local), int(n_global))
+        # the returned value must depend on `gathered` on every rank: its backward is a collective
+        anchor_zero = graph_zero(sim, gathered)
+        if int(n_global) == 0:
+            return anchor_zero, stats
+        return losses.sum() * (world / int(n_global)) + anchor_zero, stats
+
+
+# ---------------------------------------------------------------------------------------------------- objective
+@dataclass(frozen=True)
+class ObjectiveOutput:
+    """The stage-1 loss and its parts (docs/math.md section 7, paper Eq. 4).
+
+    Attributes:
+        total: ``nll + lam * pcl``, the tensor to call backward on.
+        nll: the likelihood term (mean over the batch).
+        pcl: the contrastive term (mean over valid anchors; see :class:`ProbContrastiveLoss` for several processes).
+        valid_anchors: anchors with at least one positive (this process).
+        anchors: anchors in the batch (this process).
+    """
+
+    total: Tensor
+    nll: Tensor
+    pcl: Tensor
+    valid_anchors: int
+    anchors: int
+
+
+class ProbMCLObjective(nn.Module):
+    """``L = L_NLL + lambda * L_PCL`` (paper Eq. 4); both terms are means, so ``lambda`` keeps the paper's balance.
+
+    Args:
+        lam: ``lambda`` (paper: 0.3).
+        likelihood: a name in ``LIKELIHOODS`` (``density``: Eq. 2 literally; ``responsibility``: label-aware) or a
+            callable ``(mixture, z, labels) -> scalar``.
+        contrastive: the contrastive loss; default ``ProbContrastiveLoss()`` (correlation, Jaccard, alpha 0.5,
+            tau 0.2).
+    """
+
+    def __init__(
+        self,
+        lam: float = 0.3,
+        likelihood: str | Callable[..., Tensor] = "density",
+        contrastive: ProbContrastiveLoss | None = None,
+    ) -> None:
+        super().__init__()
+        if not float(lam) >= 0.0:
+            raise ConfigError(f"lambda must be >= 0, got {lam}: set the contrastive weight (paper: 0.3)")
+        self.lam = float(lam)
+        self.likelihood = _resolve(LIKELIHOODS, likelihood, "likelihood")
+        self.contrastive = contrastive if contrastive is not None else ProbContrastiveLoss()
+
+    def forward(self, mixtures: GaussianMixture, z: Tensor, labels: Tensor) -> ObjectiveOutput:
+        """Loss for ``2N`` views.
+
+        Args:
+            mixtures: the MDN's output for the ``2N`` views.
+            z: ``(2N, n)`` points the likelihood is evaluated at (``h(x)`` in the KMCL reading).
+            labels: ``(2N, C)`` multi-hot or soft labels.
+        """
+        nll = self.likelihood(mixtures, z, labels)
+        pcl, stats = self.contrastive.forward_with_stats(mixtures, labels)
+        return ObjectiveOutput(nll + self.lam * pcl, nll, pcl, stats.valid_anchors, stats.anchors)
+
+
+# ---------------------------------------------------------------------------------------------------- ASL
+class AsymmetricLoss(nn.Module):
+    """Asymmetric loss for multi-label classification (Ridnik et al., ICCV 2021), published semantics (math.md s.9).
+
+    With ``p = sigmoid(x)``, ``p_neg = min(1 - p + clip, 1)`` (no shift when ``clip = 0``),
+    ``pt = p y + p_neg (1 - y)`` and ``w = (1 - pt)^(gamma_pos y + gamma_neg (1 - y))``:
+
+        ``loss = -[y log(max(p, eps)) + (1 - y) log(max(p_neg, eps))] * w``
+
+    ``w`` is computed from detached tensors (no gradient), as in the published training, but locally: the original
+    switches the global grad mode off and on, which re-enables gradients inside a caller's ``torch.no_grad()``.
+    Computed in float32 (float64 for float64 logits), also under autocast.
+
+    Args:
+        gamma_neg, gamma_pos: focusing exponents (published: 4 and 0).
+        clip: probability margin for negatives (published: 0.05).
+        eps: floor of the probabilities inside the logs (published: 1e-8).
+        reduction: ``"mean"`` (default): the sum divided by the number of elements ``B * C``; ``"sum"``: the
+            original's return value; ``"none"``: the ``(B, C)`` elementwise losses.
+    """
+
+    def __init__(
+        self,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 0.0,
+        clip: float = 0.05,
+        eps: float = 1e-8,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        if reduction not in ("mean", "sum", "none"):
+            raise ConfigError(f"ASL reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if gamma_neg < 0 or gamma_pos < 0 or not 0.0 <= clip < 1.0 or not eps > 0:
+            raise ConfigError(
+                f"ASL needs gamma_neg, gamma_pos >= 0, 0 <= clip < 1, eps > 0; got gamma_neg={gamma_neg}, "
+                f"gamma_pos={gamma_pos}, clip={clip}, eps={eps}"
+            )
+        self.gamma_neg, self.gamma_pos, self.clip, self.eps = float(gamma_neg), float(gamma_pos), float(clip), eps
+        self.reduction = reduction
+
+    def extra_repr(self) -> str:
+        return (
+            f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, eps={self.eps}, "
+            f"reduction={self.reduction!r}"
+        )
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Loss for ``(B, C)`` logits and ``(B, C)`` targets in [0, 1]; reduced as ``reduction`` says."""
+        if logits.shape != targets.shape:
+            raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have one shape")
+        dtype = compute_dtype(logits)
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            x = logits.to(dtype)
+            y = targets.to(device=x.device, dtype=dtype)
+            p = torch.sigmoid(x)
+            p_neg = 1.0 - p
+            if self.clip > 0:
+                p_neg = (p_neg + self.clip).clamp(max=1.0)
+            loss = y * torch.log(p.clamp(min=self.eps)) + (1.0 - y) * torch.log(p_neg.clamp(min=self.eps))
+            if self.gamma_neg > 0 or self.gamma_pos > 0:
+                pt = p.detach() * y + p_neg.detach() * (1.0 - y)
+                exponent = self.gamma_pos * y + self.gamma_neg * (1.0 - y)
+                loss = loss * torch.pow(1.0 - pt, exponent)
+            loss = -loss
+        if self.reduction == "sum":
+            return loss.sum()
+        if self.reduction == "mean":
+            return loss.sum() / max(loss.numel(), 1)
+        return loss
+
+
+__all__ = [
+    "AsymmetricLoss",
+    "ContrastiveStats",
+    "ObjectiveOutput",
+    "ProbContrastiveLoss",
+    "ProbMCLObjective",
+    "contrastive_anchor_losses",
+]
