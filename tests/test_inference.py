@@ -107,7 +107,12 @@ def make_csv_dataset(root: Path, n_per_split: int = 12, classes: list[str] | Non
 
 def hand_probs(encoder, head, paths: list[Path], mean=MEAN, std=STD) -> np.ndarray:
     """sigmoid(head(normalize(encoder(x)))) with x read by PIL and normalised by hand (images already SIZE x SIZE)."""
-    x = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) / 255.0 for p in paths])
+    return hand_probs_of_arrays(encoder, head, [np.asarray(Image.open(p).convert("RGB")) for p in paths], mean, std)
+
+
+def hand_probs_of_arrays(encoder, head, arrays: list[np.ndarray], mean=MEAN, std=STD) -> np.ndarray:
+    """As :func:`hand_probs`, for (SIZE, SIZE, 3) uint8 arrays."""
+    x = np.stack([a.astype(np.float64) / 255.0 for a in arrays])
     x = (x - np.asarray(mean)) / np.asarray(std)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2)).float()
     with torch.no_grad():
@@ -175,3 +180,150 @@ def test_predict_single_image_resized_and_stored_thresholds_used(tmp_path: Path)
     wanted = {c for c, p, t in zip(CLASSES, expected, [0.2, 0.5, 0.9], strict=True) if p >= t}
     assert set(filter(None, labels[0][1].split("|"))) == wanted
     assert json.loads((tmp_path / "out" / "meta.json").read_text())["thresholds"] == [0.2, 0.5, 0.9]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Slides
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def write_pyramid(path: Path) -> np.ndarray:
+    """A 1024 x 1024 two-level tiled TIFF (one page per level): pink "tissue" in x 256-767, y 0-511, white elsewhere.
+
+    Returns the level-1 pixels (512 x 512 x 3), exactly as stored (lossless zlib tiles).
+    """
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    img = np.full((1024, 1024, 3), 245, np.uint8)
+    tissue = np.array([200, 90, 170]) + rng.normal(0, 25, (512, 512, 3))
+    img[0:512, 256:768] = np.clip(tissue, 0, 255).astype(np.uint8)
+    level1 = np.ascontiguousarray(img[::2, ::2])
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(img, tile=(256, 256), photometric="rgb", compression="zlib")
+        tif.write(level1, tile=(256, 256), photometric="rgb", compression="zlib", subfiletype=1)
+    return level1
+
+
+def test_predict_tiled_tiff_slide(tmp_path: Path) -> None:
+    from probmcl_med.data.slides import tile_slide
+    from probmcl_med.inference import heat_grid
+
+    encoder, head = make_bundle(tmp_path / "run")
+    level1 = write_pyramid(tmp_path / "slide.tif")
+    out = tmp_path / "out"
+    args = ["predict", str(tmp_path / "slide.tif"), "-c", str(tmp_path / "run"), "--out", str(out),
+            "--patch-size", "32", "--level", "1", "--batch-size", "16", "--device", "cpu"]  # fmt: skip
+    assert cli(args) == 0
+    header, rows = read_csv(out / "patches.csv")
+    assert header == ["x", "y", "level", "size", "tissue_fraction", *CLASSES, "labels"]
+    coords = [(int(r[0]), int(r[1])) for r in rows]
+    # tissue: level-0 x in [256, 768), y in [0, 512); a 32-px level-1 patch spans 64 level-0 px
+    expected = {(x, y) for x in range(256, 768, 64) for y in range(0, 512, 64)}
+    assert set(coords) == expected and len(coords) == len(expected)
+    assert all(r[2] == "1" and r[3] == "32" for r in rows)
+    crops = [level1[y // 2 : y // 2 + 32, x // 2 : x // 2 + 32] for x, y in coords]
+    probs = np.array([[float(v) for v in r[5:8]] for r in rows])
+    np.testing.assert_allclose(probs, hand_probs_of_arrays(encoder, head, crops), rtol=1e-5, atol=1e-6)
+    for name in CLASSES:
+        assert (out / "heatmaps" / f"{name}.png").is_file()
+    assert (out / "thumbnail.png").is_file()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["slide"]["patches_on_tissue"] == 64 and meta["slide"]["patches_in_grid"] == 256
+    # the painted heat map: a patch's probability over its footprint, NaN on the background
+    grid = tile_slide(tmp_path / "slide.tif", 32, level=1)
+    ids = [{"x": x, "y": y, "size": 32} for x, y in coords]
+    heat = heat_grid(grid, ids, probs[:, 0])
+    sx, sy = grid.downsample
+    k = coords.index((320, 64))
+    assert heat[int(100 / sy), int(350 / sx)] == pytest.approx(probs[k, 0])
+    assert np.isnan(heat[int(700 / sy), int(100 / sx)])
+    assert np.isfinite(heat).mean() == pytest.approx(0.25, abs=0.01)
+
+
+@pytest.mark.skipif(not SLIDE.is_file(), reason="../shared/data/slides/cmu_small_region.svs not present")
+def test_predict_real_slide_keeps_tissue_and_skips_glass(tmp_path: Path) -> None:
+    from probmcl_med.data.imageio import read_slide_region
+
+    make_bundle(tmp_path / "run")
+    out = tmp_path / "out"
+    assert cli(["predict", str(SLIDE), "-c", str(tmp_path / "run"), "--out", str(out), "--patch-size", "224",
+                "--batch-size", "32", "--device", "cpu"]) == 0  # fmt: skip
+    _, rows = read_csv(out / "patches.csv")
+    kept = {(int(r[0]), int(r[1])) for r in rows}
+    # independent tissue measure: fraction of pixels with HSV saturation above 0.1, read straight from OpenSlide
+    coloured = {}
+    for y in range(0, 2967 - 224 + 1, 224):
+        for x in range(0, 2220 - 224 + 1, 224):
+            rgb = read_slide_region({"path": str(SLIDE), "x": x, "y": y, "level": 0, "size": 224}).astype(float)
+            hi, lo = rgb.max(axis=2), rgb.min(axis=2)
+            coloured[(x, y)] = float((((hi - lo) / np.maximum(hi, 1)) > 0.1).mean())
+    assert kept <= set(coloured)
+    assert 10 < len(kept) < len(coloured)
+    assert {c for c, f in coloured.items() if f >= 0.9} <= kept  # solid tissue is predicted
+    assert not {c for c, f in coloured.items() if f < 0.3} & kept  # glass and faint edges are skipped
+    assert sum(f < 0.05 for f in coloured.values()) > 10  # the slide does have background to skip
+    for name in CLASSES:
+        assert (out / "heatmaps" / f"{name}.png").is_file()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bad input: one line naming the file, exit code 1, output folders whole or not at all
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("bad") / "run"
+    make_bundle(run)
+    return run
+
+
+def test_unreadable_image_in_a_folder(tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_images(tmp_path / "imgs", 3)
+    broken = tmp_path / "imgs" / "img_001.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    for workers in ("0", "1"):
+        code = cli(["predict", str(tmp_path / "imgs"), "-c", str(run_dir), "--out", str(tmp_path / "out"),
+                    "--device", "cpu", "--workers", workers])  # fmt: skip
+        assert code == 1
+        line = error_line(capsys)
+        assert str(broken) in line and "Caught" not in line
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary folder left behind
+
+
+def test_failed_predict_keeps_the_previous_output(tmp_path: Path, run_dir: Path, capsys) -> None:
+    [image] = write_images(tmp_path / "imgs", 1)
+    out = tmp_path / "out"
+    assert cli(["predict", str(image), "-c", str(run_dir), "--out", str(out), "--device", "cpu"]) == 0
+    before = (out / "predictions.csv").read_text()
+    image.write_bytes(b"not an image")
+    assert cli(["predict", str(image), "-c", str(run_dir), "--out", str(out), "--device", "cpu"]) == 1
+    assert str(image) in error_line(capsys)
+    assert (out / "predictions.csv").read_text() == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_text("precious")
+    write_images(tmp_path / "ok", 1)
+    assert cli(["predict", str(tmp_path / "ok"), "-c", str(run_dir), "--out", str(foreign), "--device", "cpu"]) == 1
+    assert str(foreign) in error_line(capsys)
+    assert (foreign / "thesis.docx").read_text() == "precious"
+
+
+def test_bad_slide_empty_folder_missing_checkpoint_no_mdn(tmp_path: Path, run_dir: Path, capsys) -> None:
+    bad = tmp_path / "scan.svs"
+    bad.write_bytes(b"II*\x00 this is no slide")
+    assert cli(["predict", str(bad), "-c", str(run_dir), "--out", str(tmp_path / "o1"), "--device", "cpu"]) == 1
+    assert str(bad) in error_line(capsys)
+    (tmp_path / "empty").mkdir()
+    assert cli(["predict", str(tmp_path / "empty"), "-c", str(run_dir), "--out", str(tmp_path / "o2")]) == 1
+    assert str(tmp_path / "empty") in error_line(capsys)
+    [image] = write_images(tmp_path / "imgs", 1)
+    assert cli(["predict", str(image), "-c", str(tmp_path / "missing"), "--out", str(tmp_path / "o3")]) == 1
+    assert str(tmp_path / "missing") in error_line(capsys)
+    code = cli(["predict", str(image), "-c", str(run_dir), "--out", str(tmp_path / "o4"), "--uncertainty"])
+    assert code == 1
+    line = error_line(capsys)
+    assert str(run_dir / "model.pt") in line and "MDN" in line
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
