@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from probmcl_med.cli.evaluate import RichProgress
 from rich.console import Console
+
+from probmcl_med.cli.evaluate import RichProgress
 
 EXAMPLE = (
     "Examples: probmcl-med predict patches/ --checkpoint runs/adp --out preds/; "
