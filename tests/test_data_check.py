@@ -8,10 +8,10 @@ import json
 import numpy as np
 import typer
 from PIL import Image
-from probmcl_med.cli.data import register
 from typer.testing import CliRunner
 
 from probmcl_med import DATASETS
+from probmcl_med.cli.data import register
 from probmcl_med.data.checks import check_dataset, label_statistics
 
 

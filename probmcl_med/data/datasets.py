@@ -11,10 +11,12 @@ built.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from probmcl_med.data.base import MultiLabelDataset
 from probmcl_med.registry import DATASETS
+
+if TYPE_CHECKING:  # importing the registry's built-ins (config validation does) must not pull in torch
+    from probmcl_med.data.base import MultiLabelDataset
 
 
 @DATASETS.register("demo")

@@ -189,10 +189,13 @@ def read_slide_region(location: dict[str, Any], cache: SlideCache | None = None)
 
 
 def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """(H, W, 4) uint8 RGBA (not premultiplied, as OpenSlide returns) composited onto white -> (H, W, 3) uint8."""
+    """(H, W, 4) uint8 RGBA (not premultiplied, as OpenSlide returns) composited onto white -> (H, W, 3) uint8.
+
+    Fully opaque input (the usual case) returns a view of the RGB channels without copying.
+    """
     alpha = rgba[..., 3]
     if alpha.min() == 255:
-        return np.ascontiguousarray(rgba[..., :3])
+        return rgba[..., :3]  # a view: the (H, W, C) -> (C, H, W) copy in ToTensorImaged is the only copy
     a = alpha[..., None].astype(np.float32) / 255.0
     rgb = rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)

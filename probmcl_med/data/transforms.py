@@ -142,16 +142,21 @@ class NormalizeImaged(MapTransform):
         super().__init__(keys)
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither")
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) if mean is not None else None
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) if std is not None else None
+        # (x / 255 - mean) / std == x * scale - shift: one multiply and one subtract per pixel
+        self.mean = tuple(float(m) for m in mean) if mean is not None else None
+        self.std = tuple(float(v) for v in std) if std is not None else None
+        self.scale = self.shift = None
+        if mean is not None and std is not None:
+            self.scale = torch.tensor([1.0 / (255.0 * v) for v in std], dtype=torch.float32).view(-1, 1, 1)
+            self.shift = torch.tensor([m / v for m, v in zip(mean, std, strict=True)], dtype=torch.float32).view(
+                -1, 1, 1
+            )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            img = d[key].to(torch.float32).div_(255.0)
-            if self.mean is not None:
-                img = img.sub_(self.mean).div_(self.std)
-            d[key] = img
+            img = d[key].to(torch.float32)
+            d[key] = img.div_(255.0) if self.scale is None else img.mul_(self.scale).sub_(self.shift)
         return d
 
 
