@@ -143,8 +143,13 @@ class ModelBundle:
 
 
 def mdn_spec(mdn: nn.Module) -> dict[str, Any]:
-    """Constructor arguments of a MixtureDensityNetwork, read from the module (stored beside its weights)."""
+    """Constructor arguments of a MixtureDensityNetwork (stored beside its weights).
+
+    Read from ``mdn.spec`` when the builder attached one (the training run does), else from its attributes.
+    """
     mdn = unwrap(mdn)
+    if isinstance(getattr(mdn, "spec", None), dict):
+        return dict(mdn.spec)
     spec = {}
     for key in ("in_features", "num_classes", "latent_dim", "hidden"):
         if not hasattr(mdn, key):

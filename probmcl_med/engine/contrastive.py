@@ -1,0 +1,85 @@
+"""Stage 1, contrastive: two views per image -> encoder -> L2-normalised h -> MDN -> NLL + lambda * PCL.
+
+Paper Eq. 4 with the exact definitions of docs/math.md s.1, 3 and 7: the batch of N images becomes 2N views
+``[view 1 of each image; view 2 of each image]`` with the labels repeated, the encoder runs under autocast, the MDN and
+the loss in float32. Under DDP the objective gathers mixtures and labels from every rank with gradients (math.md
+s.8), so the loss equals the single-process loss on the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from probmcl_med.engine.amp import no_autocast
+from probmcl_med.engine.base import StageTrainer
+
+
+class ContrastiveModel(nn.Module):
+    """Encoder + MDN: views (2N, 3, H, W) -> (h (2N, H) unit-norm float32, GaussianMixture over 2N samples).
+
+    The MDN runs outside autocast, in float32, whatever precision the encoder used.
+    """
+
+    def __init__(self, encoder: nn.Module, mdn: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.mdn = mdn
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Any]:
+        h = self.encoder(x)
+        with no_autocast(x.device.type):
+            h = h.float()
+            mixture = self.mdn(h)
+        return h, mixture
+
+
+def stack_views(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, 2, 3, H, W) images, (N, C) labels -> (2N, 3, H, W) view-major, (2N, C) (view 1 block, then view 2)."""
+    if images.ndim != 5 or images.shape[1] != 2:
+        raise ValueError(f"the contrastive stage needs two views per image, (N, 2, 3, H, W); got {tuple(images.shape)}")
+    n = images.shape[0]
+    views = images.transpose(0, 1).reshape(2 * n, *images.shape[2:])
+    return views, torch.cat([labels, labels], dim=0)
+
+
+def build_objective(config: Any, distributed: bool = False) -> nn.Module:
+    """``ProbMCLObjective``: NLL (configured likelihood) + lambda * PCL (similarity, overlap, alpha, tau).
+
+    With ``distributed`` the contrastive term gathers every rank's mixtures with gradients; each rank's returned
+    value is then scaled so that DDP's gradient averaging gives the single-process gradient of the global batch
+    (see ``probmcl_med.losses.ProbContrastiveLoss``).
+    """
+    from probmcl_med.losses import ProbContrastiveLoss, ProbMCLObjective
+
+    c = config.contrastive
+    contrastive = ProbContrastiveLoss(
+        similarity=c.similarity, overlap=c.overlap, alpha=c.alpha, tau=c.tau, gather=distributed
+    )
+    return ProbMCLObjective(lam=c.lambda_, likelihood=c.likelihood, contrastive=contrastive)
+
+
+def objective_terms(result: Any) -> dict[str, Tensor]:
+    """``{"loss", "nll", "pcl", "valid_anchors"}`` from a ``probmcl_med.losses.ObjectiveOutput``."""
+    return {
+        "loss": result.total,
+        "nll": result.nll.detach(),
+        "pcl": result.pcl.detach(),
+        "valid_anchors": torch.tensor(float(result.valid_anchors)),
+    }
+
+
+class ContrastiveTrainer(StageTrainer):
+    """Stage-1 MONAI trainer; ``network`` is a (possibly DDP-wrapped) :class:`ContrastiveModel`."""
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        images = batch["image"].to(self.state.device, non_blocking=self.non_blocking)
+        labels = batch["label"].to(self.state.device, non_blocking=self.non_blocking).float()
+        views, view_labels = stack_views(images, labels)
+        h, mixture = self.network(views)
+        return {"h": h, "mixture": mixture, "labels": view_labels}
+
+    def compute_loss(self, forward: dict[str, Any]) -> dict[str, Tensor]:
+        return objective_terms(self.loss_function(forward["mixture"], forward["h"], forward["labels"]))

@@ -1,0 +1,216 @@
+"""Engine handlers (objects with ``attach(engine)``, like MONAI's): epoch statistics, metrics.jsonl, TensorBoard,
+crash-proof checkpoints.
+
+Attach order matters at ``EPOCH_COMPLETED``: :class:`EpochStats` (averages, images/s) first, then validation (the
+classifier stage), then the progress line, :class:`MetricsLog`, :class:`TensorBoardLog` and :class:`Checkpointer`
+last, so that the checkpoint of an epoch is written after everything that epoch reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Events
+
+from probmcl_med.engine.distributed import DistContext, all_reduce_sum
+from probmcl_med.fileio import atomic_write_text
+
+TERMS = ("loss", "nll", "pcl", "asl")
+"""Loss terms averaged per epoch when the iteration output has them."""
+
+
+def epoch_iteration(engine: Any) -> int:
+    """1-based iteration within the current epoch."""
+    return (engine.state.iteration - 1) % engine.state.epoch_length + 1
+
+
+class EpochStats:
+    """Running sums of the loss terms, images and time over an epoch; ``engine.state.epoch_summary`` at its end.
+
+    The sums are part of the training checkpoint, so a run resumed mid-epoch reports the same epoch averages.
+    """
+
+    def __init__(self, ctx: DistContext, stage: str) -> None:
+        self.ctx = ctx
+        self.stage = stage
+        self.reset()
+        self._resumed = False
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.images = 0
+        self.seconds = 0.0
+        self._pending: dict[str, torch.Tensor] = {}
+        self._start = time.perf_counter()
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _epoch_started(self, engine: Any) -> None:
+        if self._resumed:
+            self._resumed = False
+            self._start = time.perf_counter()
+            return
+        self.reset()
+
+    def _iteration_completed(self, engine: Any) -> None:
+        out = engine.state.output or {}
+        if out.get("skipped_batch"):
+            return
+        for name in TERMS:
+            value = out.get(name)
+            if value is not None:
+                tensor = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
+                self._pending[name] = self._pending.get(name, 0) + tensor
+        self.count += 1
+        self.images += int(out.get("images", 0))
+
+    def flush(self) -> None:
+        """Move on-device partial sums to Python floats (one sync)."""
+        for name, value in self._pending.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self._pending = {}
+        now = time.perf_counter()
+        self.seconds += now - self._start
+        self._start = now
+
+    def _epoch_completed(self, engine: Any) -> None:
+        self.flush()
+        names = sorted(self.sums)
+        values = torch.tensor([self.sums[n] for n in names] + [float(self.count)], dtype=torch.float64)
+        values = all_reduce_sum(values, self.ctx)
+        count = max(values[-1].item(), 1.0)
+        summary: dict[str, Any] = {
+            "stage": self.stage,
+            "epoch": engine.state.epoch,
+            "iteration": engine.state.iteration,
+        }
+        summary.update({n: values[i].item() / count for i, n in enumerate(names)})
+        summary["lr"] = (engine.state.output or {}).get("lr")
+        summary["images_per_s"] = self.images / self.seconds if self.seconds > 0 else None
+        summary["seconds"] = self.seconds
+        engine.state.epoch_summary = summary
+
+    def state_dict(self) -> dict[str, Any]:
+        self.flush()
+        return {"sums": dict(self.sums), "count": self.count, "images": self.images, "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset()
+        self.sums = {str(k): float(v) for k, v in state["sums"].items()}
+        self.count, self.images, self.seconds = int(state["count"]), int(state["images"]), float(state["seconds"])
+        self._resumed = True
+
+
+class MetricsLog:
+    """One JSON line per epoch per stage in ``RUN/metrics.jsonl`` (rank 0 only), flushed and fsynced per line."""
+
+    def __init__(self, path: str | Path, ctx: DistContext) -> None:
+        self.path = Path(path)
+        self.ctx = ctx
+        self.records: list[dict[str, Any]] = []
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _write(self, engine: Any) -> None:
+        record = dict(getattr(engine.state, "epoch_summary", {}) or {})
+        self.records.append(record)
+        if not self.ctx.is_main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    @staticmethod
+    def truncate(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Rewrite ``path`` atomically with only the records ``keep`` accepts (a resume drops epochs redone)."""
+        path = Path(path)
+        if not path.is_file():
+            return
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line torn by a crash mid-write
+                continue
+            if keep(record):
+                kept.append(json.dumps(record))
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+class TensorBoardLog:
+    """Loss terms and learning rate every ``every`` iterations, epoch summaries at each epoch end (rank 0 only)."""
+
+    def __init__(self, log_dir: str | Path, stage: str, every: int, ctx: DistContext) -> None:
+        self.stage = stage
+        self.every = max(1, every)
+        self.writer = None
+        if ctx.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def attach(self, engine: Any) -> None:
+        if self.writer is None:
+            return
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self._iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
+        engine.add_event_handler(Events.COMPLETED, lambda _: self.close())
+
+    def _iteration(self, engine: Any) -> None:
+        out = engine.state.output or {}
+        for name in (*TERMS, "lr"):
+            value = out.get(name)
+            if value is not None:
+                self.writer.add_scalar(f"{self.stage}/iter/{name}", float(value), engine.state.iteration)
+
+    def _epoch(self, engine: Any) -> None:
+        for name, value in (getattr(engine.state, "epoch_summary", {}) or {}).items():
+            if isinstance(value, int | float) and name not in ("epoch", "iteration"):
+                self.writer.add_scalar(f"{self.stage}/epoch/{name}", float(value), engine.state.epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class Checkpointer:
+    """Calls ``save(engine)`` at every epoch end and every ``every_n_iterations`` iterations within an epoch.
+
+    ``save`` builds and writes the full training state (see run.py); only rank 0 writes.
+    """
+
+    def __init__(self, save: Callable[[Any], Any], every_n_iterations: int, ctx: DistContext) -> None:
+        self.save = save
+        self.every = every_n_iterations
+        self.ctx = ctx
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
+
+    def _iteration(self, engine: Any) -> None:
+        if not self.every:
+            return
+        k = epoch_iteration(engine)
+        if k % self.every == 0 and k != engine.state.epoch_length and self.ctx.is_main:
+            self.save(engine)
+
+    def _epoch(self, engine: Any) -> None:
+        if self.ctx.is_main:
+            self.save(engine)
