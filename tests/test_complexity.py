@@ -76,3 +76,38 @@ def test_timm_model_matches_per_layer_closed_forms() -> None:
             manual += p.numel()
     assert cost.params == manual
     assert model.training is False
+
+
+def test_info_reports_the_inference_model_cost(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`info --json`: classes, normalisation and the encoder + head cost against per-layer closed forms."""
+    import json
+
+    from test_inference import CLASSES, MEAN, SIZE, STD, cli, make_bundle
+
+    encoder, head = make_bundle(tmp_path / "run")
+    assert cli(["info", "--checkpoint", str(tmp_path / "run"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["classes"] == CLASSES and info["image_size"] == SIZE
+    assert info["normalization"]["mean"] == pytest.approx(MEAN) and info["normalization"]["std"] == pytest.approx(STD)
+    assert info["encoder"] == "test_resnet" and info["mdn"] is None and info["best_val_map"] is None
+    expected_flops = 0
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal expected_flops
+        if isinstance(module, nn.Conv2d):
+            expected_flops += _conv_flops(module, out)
+        else:
+            expected_flops += 2 * inputs[0].shape[0] * module.in_features * module.out_features
+
+    modules = [m for m in [*encoder.modules(), head] if isinstance(m, nn.Conv2d | nn.Linear)]
+    handles = [m.register_forward_hook(hook) for m in modules]
+    with torch.no_grad():
+        head(encoder(torch.zeros(1, 3, SIZE, SIZE)))
+    for h in handles:
+        h.remove()
+    cost = info["model_cost"]
+    assert cost["flops"] == expected_flops
+    assert cost["gmac"] == pytest.approx(expected_flops / 2 / 1e9)
+    assert cost["params"] == sum(p.numel() for p in encoder.parameters()) + head.weight.numel() + head.bias.numel()
+    assert cli(["info", "--checkpoint", str(tmp_path / "run")]) == 0
+    assert "GMAC" in capsys.readouterr().out

@@ -3,11 +3,14 @@
 Grad-CAM (Selvaraju et al., ICCV 2017, the paper's ref. [31]) weights the activation maps A^k of a convolutional
 layer by the spatial mean of d y_c / d A^k, sums them and keeps the positive part; the map is upsampled to the input
 size and scaled to [0, 1]. The computation is MONAI's ``monai.visualize.GradCAM`` on the inference model
-(encoder + linear head); y_c is the class's logit.
+(encoder + linear head); y_c is the class's logit. MONAI's default post-processing maps (min, max) to (1, 0), which
+inverts the map; a plain min-max scaling to [0, 1] (:func:`minmax_scale`) is used instead, so 1 marks the regions
+that raise the logit most.
 
 Target layer: the encoder's last stage. For a timm backbone that is the module named by the last entry of its
 ``feature_info`` (``layer4`` of a ResNet, ``stages.3`` of a ConvNeXt, ``body.layer4`` of a TResNet); for any other
-encoder, the module that last produces a 4-D (B, C, H, W) output in a forward pass (its last convolutional stage).
+encoder, the module that last produces a spatial (B, C, H, W) map (H * W > 1) in a forward pass (its last
+convolutional stage).
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ def find_target_layer(classifier: nn.Module, image_size: int = 64) -> str:
     encoder_prefix = "encoder" if "encoder" in names else ""
     encoder = classifier.get_submodule(encoder_prefix) if encoder_prefix else classifier
     for owner_name in ("model", ""):
-        owner = encoder.get_submodule(owner_name) if owner_name else encoder
+        owner = getattr(encoder, owner_name, None) if owner_name else encoder
+        if not isinstance(owner, nn.Module):
+            continue
         info = getattr(owner, "feature_info", None)
         module_names = info.module_name() if hasattr(info, "module_name") else None
         if module_names is None and isinstance(info, list) and info and "module" in info[-1]:
@@ -57,7 +62,8 @@ def find_target_layer(classifier: nn.Module, image_size: int = 64) -> str:
 
 
 def _last_spatial_module(classifier: nn.Module, encoder: nn.Module, prefix: str, image_size: int) -> str:
-    """The module that finishes last among those returning a (B, C, H, W) tensor in one forward of the encoder."""
+    """The module that finishes last among those returning a (B, C, H, W) map with H * W > 1 (a global pool's
+    (B, C, 1, 1) output is not a spatial map) in one forward of the encoder at ``image_size``."""
     order: list[str] = []
     handles = []
     for name, module in encoder.named_modules():
@@ -65,7 +71,7 @@ def _last_spatial_module(classifier: nn.Module, encoder: nn.Module, prefix: str,
             continue
 
         def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
-            if isinstance(out, torch.Tensor) and out.ndim == 4:
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1:
                 order.append(name)
 
         handles.append(module.register_forward_hook(hook))
@@ -105,6 +111,19 @@ def resolve_class_names(wanted: Sequence[str], class_names: Sequence[str], check
     return indices
 
 
+def minmax_scale(cam: torch.Tensor) -> torch.Tensor:
+    """Scale each map of a (B, 1, H, W) batch to [0, 1] (min -> 0, max -> 1); a constant map becomes all zeros.
+
+    Used instead of MONAI's ``default_normalizer``, which maps (min, max) to (1, 0) and so inverts the map (its
+    docstring: "This will flip magnitudes").
+    """
+    flat = cam.flatten(1)
+    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+    span = (hi - lo).clamp_min(torch.finfo(cam.dtype).tiny)
+    scaled = (flat - lo[:, None]) / span[:, None]
+    return torch.where((hi > lo)[:, None], scaled, torch.zeros_like(scaled)).view_as(cam)
+
+
 def grad_cam_maps(
     classifier: nn.Module, x: torch.Tensor, class_indices: Sequence[int], target_layer: str
 ) -> np.ndarray:
@@ -117,11 +136,12 @@ def grad_cam_maps(
         target_layer: module name from :func:`find_target_layer`.
 
     Returns:
-        (K, S, S) float32 maps in [0, 1] (MONAI's upsampling to the input size and min-max scaling).
+        (K, S, S) float32 maps in [0, 1]: ReLU(sum_k w_k A^k) bilinearly upsampled to the input size (MONAI), then
+        :func:`minmax_scale` (high values = regions that raise the class logit).
     """
     from monai.visualize import GradCAM
 
-    cam = GradCAM(nn_module=classifier, target_layers=target_layer)
+    cam = GradCAM(nn_module=classifier, target_layers=target_layer, postprocessing=minmax_scale)
     maps = []
     with torch.enable_grad():
         for c in class_indices:

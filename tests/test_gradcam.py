@@ -1,0 +1,118 @@
+"""Grad-CAM: maps equal a hand-computed Grad-CAM, overlays have the image's size, target layers, class-name typos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from test_inference import CLASSES, cli, error_line, hand_probs, make_bundle, write_images
+from torch import nn
+
+from probmcl_med.encoders import get_encoder
+from probmcl_med.evaluation.gradcam import find_target_layer, grad_cam_maps, minmax_scale, overlay
+from probmcl_med.heads import Classifier, LinearHead
+
+
+def _hand_grad_cam(classifier: nn.Module, layer: nn.Module, x: torch.Tensor, c: int) -> np.ndarray:
+    """Selvaraju et al.: w_k = mean_ij d y_c / d A^k_ij; ReLU(sum_k w_k A^k); bilinear to the input; min-max."""
+    store = {}
+    handle = layer.register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out))
+    with torch.enable_grad():
+        logits = classifier(x)
+        activation = store["a"]
+        (grad,) = torch.autograd.grad(logits[0, c], activation)
+    handle.remove()
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * activation).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0].detach().numpy()
+    return (cam - cam.min()) / (cam.max() - cam.min())
+
+
+def test_maps_equal_a_hand_computed_grad_cam() -> None:
+    torch.manual_seed(0)
+    encoder = get_encoder("test_resnet").eval()
+    head = LinearHead(encoder.num_features, 3)
+    classifier = Classifier(encoder, head).eval()
+    x = torch.randn(1, 3, 64, 64)
+    layer_name = find_target_layer(classifier)
+    assert layer_name == "encoder.model.layer4"
+    maps = grad_cam_maps(classifier, x, [0, 2], layer_name)
+    assert maps.shape == (2, 64, 64)
+    for i, c in enumerate([0, 2]):
+        expected = _hand_grad_cam(classifier, encoder.model.layer4, x, c)
+        np.testing.assert_allclose(maps[i], expected, atol=1e-5)
+        assert maps[i].max() == pytest.approx(1.0) and maps[i].min() == pytest.approx(0.0)
+
+
+def test_target_layer_for_other_timm_models_and_plain_modules() -> None:
+    for name, expected in (
+        ("test_convnext3", "encoder.model.stages.3"),
+        ("test_efficientnet", "encoder.model.blocks.4"),
+    ):
+        encoder = get_encoder(name)
+        assert find_target_layer(Classifier(encoder, LinearHead(encoder.num_features, 2))) == expected
+
+    class Plain(nn.Module):  # no feature_info: the last module returning a spatial map (the pool's 1x1 is not one)
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3)
+            self.stage = nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU())
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.num_features = 8
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pool(self.stage(self.stem(x))).flatten(1)
+
+    assert find_target_layer(Classifier(Plain(), LinearHead(8, 2))) == "encoder.stage"
+
+
+def test_minmax_scale_and_overlay() -> None:
+    cam = torch.tensor([[[[1.0, 3.0], [2.0, 5.0]]], [[[2.0, 2.0], [2.0, 2.0]]]])
+    scaled = minmax_scale(cam)
+    np.testing.assert_allclose(scaled[0, 0].numpy(), [[0.0, 0.5], [0.25, 1.0]])
+    assert torch.equal(scaled[1], torch.zeros(1, 2, 2))
+    image = np.full((7, 5, 3), 100, np.uint8)
+    blended = overlay(image, np.zeros((3, 3), np.float32), alpha=0.5)
+    assert blended.shape == (7, 5, 3)
+    from matplotlib import colormaps
+
+    low = np.array(colormaps["jet"](0.0)[:3]) * 255
+    np.testing.assert_array_equal(blended[3, 2], np.rint(0.5 * 100 + 0.5 * low).astype(np.uint8))
+
+
+def test_explain_writes_overlays_of_the_image_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    encoder, head = make_bundle(tmp_path / "run")
+    [image] = write_images(tmp_path / "imgs", 1, size=(48, 40))
+    out = tmp_path / "cams"
+    assert cli(["explain", str(image), "-c", str(tmp_path / "run"), "--class", "stroma", "--class", "Necrosis",
+                "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    files = sorted(p.name for p in out.glob("*.png"))
+    assert files == ["img_000_necrosis.png", "img_000_stroma.png"]
+    for name in files:
+        with Image.open(out / name) as img:
+            assert img.size == (40, 48)  # (width, height) of the input image
+    doc = json.loads((out / "explain.json").read_text())
+    assert [e["class"] for e in doc["explained"]] == ["stroma", "necrosis"]
+    assert doc["target_layer"] == "encoder.model.layer4"
+    # default: the predicted classes (p >= 0.5) of a SIZE x SIZE image, by hand
+    [small] = write_images(tmp_path / "small", 1, seed=5)
+    probs = hand_probs(encoder, head, [small])[0]
+    predicted = [c for c, p in zip(CLASSES, probs, strict=True) if p >= 0.5] or [CLASSES[int(np.argmax(probs))]]
+    out2 = tmp_path / "cams2"
+    assert cli(["explain", str(small), "-c", str(tmp_path / "run"), "--out", str(out2), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out2.glob("*.png")) == sorted(f"img_000_{c}.png" for c in predicted)
+
+
+def test_class_typo_suggests_the_close_match(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_bundle(tmp_path / "run")
+    [image] = write_images(tmp_path / "imgs", 1)
+    code = cli(["explain", str(image), "-c", str(tmp_path / "run"), "--class", "strom", "--out", str(tmp_path / "o")])
+    assert code == 1
+    line = error_line(capsys)
+    assert "'strom'" in line and "did you mean 'stroma'" in line and str(tmp_path / "run") in line
+    assert not (tmp_path / "o").exists()
