@@ -17,14 +17,29 @@ BEST_MAP_KEYS = ("best_val_map", "best_val_mAP", "best_map")
 """Where a bundle may record its best validation mAP (top level, or under ``metrics``)."""
 
 
-def best_validation_map(raw: dict[str, Any]) -> float | None:
-    """The best validation mAP stored in a raw bundle dict, if the training stage recorded one."""
+def best_validation_map(raw: dict[str, Any], bundle_path: Path) -> tuple[float | None, str | None]:
+    """The best validation mAP and where it was found: the bundle itself, else the run's ``metrics.jsonl``.
+
+    ``metrics.jsonl`` (one JSON record per epoch, written by training beside ``model.pt``) is read for the largest
+    ``val_mAP``; torn or non-JSON lines are ignored.
+    """
     for source in (raw, raw.get("metrics") or {}):
         if isinstance(source, dict):
             for key in BEST_MAP_KEYS:
                 if source.get(key) is not None:
-                    return float(source[key])
-    return None
+                    return float(source[key]), "checkpoint"
+    log = bundle_path.parent / "metrics.jsonl"
+    if not log.is_file():
+        return None, None
+    values = []
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("val_mAP"), int | float):
+            values.append(float(record["val_mAP"]))
+    return (max(values), str(log)) if values else (None, None)
 
 
 def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
@@ -41,6 +56,7 @@ def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
     bundle = load_model_bundle(path)
     cost = model_cost(bundle.classifier(), bundle.image_size)
     cfg = bundle.config
+    best_map, best_source = best_validation_map(raw, path)
     return {
         "checkpoint": str(path),
         "encoder": bundle.encoder_name,
@@ -81,7 +97,8 @@ def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
             },
         },
         "model_cost": {**cost.to_dict(), "model": "encoder + linear head (the MDN is training-only)"},
-        "best_val_map": best_validation_map(raw),
+        "best_val_map": best_map,
+        "best_val_map_source": best_source,
     }
 
 
@@ -126,7 +143,12 @@ def info_command(
         ("MDN", "not kept" if info["mdn"] is None else f"{info['mdn']['components']} components (for --uncertainty)"),
         ("parameters", f"{cost['params_m']:.2f} M ({cost['params']:,}; encoder + head)"),
         ("GMAC", f"{cost['gmac']:.3f} at {shape} (MACs = FLOPs / 2, FlopCounterMode)"),
-        ("best val mAP", "not recorded" if info["best_val_map"] is None else f"{info['best_val_map']:.2f}"),
+        (
+            "best val mAP",
+            "not recorded"
+            if info["best_val_map"] is None
+            else f"{info['best_val_map']:.2f} % (from {info['best_val_map_source']})",
+        ),
     ]
     for key, value in rows:
         table.add_row(key, value)

@@ -109,5 +109,10 @@ def test_info_reports_the_inference_model_cost(tmp_path, capsys: pytest.CaptureF
     assert cost["flops"] == expected_flops
     assert cost["gmac"] == pytest.approx(expected_flops / 2 / 1e9)
     assert cost["params"] == sum(p.numel() for p in encoder.parameters()) + head.weight.numel() + head.bias.numel()
+    (tmp_path / "run" / "metrics.jsonl").write_text(
+        '{"stage": "classifier", "epoch": 1, "val_mAP": 41.5}\n{"stage": "classifier", "epoch": 2, "val_mAP": 47.25}\n'
+        '{"stage": "classifier", "epoch": 3, "val_mAP": 44.0}\n{"torn line'
+    )
     assert cli(["info", "--checkpoint", str(tmp_path / "run")]) == 0
-    assert "GMAC" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "GMAC" in out and "47.25" in out
