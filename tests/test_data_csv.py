@@ -179,3 +179,19 @@ def test_unknown_split_and_option(tmp_path):
         DATASETS.get("csv")(str(root), "dev")
     with pytest.raises(DataError, match="did you mean image_column"):
         DATASETS.get("csv")(str(root), "train", image_colum="x")
+
+
+def test_build_dataset_passes_skip_bad_and_options(tmp_path):
+    from probmcl_med.data.datasets import build_dataset
+
+    root = _folder(tmp_path, "image,labels,split\nimages/a.png,x,train\nimages/zzz.png,y,train\n")
+    with pytest.raises(DataError, match=r"zzz.png does not exist"):
+        build_dataset("csv", str(root), "train", {})
+    ds = build_dataset("csv", str(root), "train", {"classes": ["x", "y"]}, skip_bad=True)
+    assert len(ds) == 1 and ds.class_names == ["x", "y"] and ds.num_skipped == 1
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_every_dataset_factory_is_documented(name):
+    entry = DATASETS.entry(name)
+    assert entry.summary and len(entry.summary) < 120

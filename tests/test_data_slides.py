@@ -182,3 +182,20 @@ def test_real_slide_tissue_found_background_skipped():
     # the left edge of this crop is glass, the middle is tissue
     assert all(loc["x"] > 224 for loc in grid.locations)
     SLIDES.clear()
+
+
+def _child_opens(path_and_parent_id):
+    path, parent_id = path_and_parent_id
+    slide = SLIDES.get(path)
+    return SLIDES.opened, id(slide) != parent_id
+
+
+def test_forked_worker_opens_its_own_handle(pyramid):
+    import multiprocessing as mp
+
+    path, _ = pyramid
+    parent = SLIDES.get(str(path))
+    with mp.get_context("fork").Pool(1) as pool:
+        opened, fresh = pool.map(_child_opens, [(str(path), id(parent))])[0]
+    assert opened == 1 and fresh
+    assert SLIDES.get(str(path)) is parent  # the parent keeps its own

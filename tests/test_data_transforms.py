@@ -138,3 +138,23 @@ def test_workers_get_different_augmentations(item):
     # items 0 and 1 go to different workers, each starting from its own seed
     assert not torch.equal(images[0], images[1])
     assert all(int(b["skipped"]) == 0 for b in batches)
+
+
+def test_compute_mean_std_and_resolution(tmp_path):
+    from probmcl_med.data import ADP_MEAN, Normalization, compute_mean_std, resolve_normalization
+
+    items = []
+    for i, colour in enumerate([(255, 0, 51), (0, 102, 51)]):  # two flat images: per channel, two values
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((4, 4, 3), colour, dtype=np.uint8)).save(path)
+        items.append({"image": str(path), "label": [1.0]})
+    ds = MultiLabelDataset(items, ["x"], mean=ADP_MEAN, std=(0.1, 0.1, 0.1), name="adp")
+    mean, std = compute_mean_std(ds)
+    np.testing.assert_allclose(mean, [0.5, 0.2, 0.2], atol=1e-9)  # mean of the two values
+    np.testing.assert_allclose(std, [0.5, 0.2, 0.0], atol=1e-9)  # half their difference
+    assert resolve_normalization("dataset", dataset=ds).mean == ADP_MEAN
+    assert resolve_normalization("dataset", dataset=ds).source == "dataset:adp"
+    assert resolve_normalization("encoder", (0.1, 0.2, 0.3), (1, 1, 1), dataset=ds).mean == (0.1, 0.2, 0.3)
+    assert resolve_normalization("encoder").mean == IMAGENET_MEAN
+    none = resolve_normalization("none")
+    assert none.mean is None and Normalization.from_dict(none.to_dict()) == none

@@ -86,8 +86,10 @@ def resolve_normalization(
 def compute_mean_std(dataset: Any, max_images: int = 500, seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of the RGB pixels (0-1 scale) over a random sample of a dataset's images.
 
-    The pixels are read with the dataset's raw loader (no transform): float64 running sums of x and x^2 over all
-    pixels of up to ``max_images`` images drawn without replacement with ``numpy.random.default_rng(seed)``.
+    The pixels are read with the dataset's raw loader (no transform) from up to ``max_images`` images drawn without
+    replacement with ``numpy.random.default_rng(seed)``. Each image's mean and variance are taken in float64 (two
+    passes) and combined by the law of total variance, Var = E[Var_i] + Var[mean_i] weighted by pixel counts, which
+    avoids the cancellation of E[x^2] - E[x]^2.
 
     Returns:
         (mean, std), each a tuple of 3 floats.
@@ -96,14 +98,14 @@ def compute_mean_std(dataset: Any, max_images: int = 500, seed: int = 0) -> tupl
 
     n = len(dataset)
     order = np.random.default_rng(seed).permutation(n)[: min(max_images, n)]
-    total = np.zeros(3)
-    total_sq = np.zeros(3)
-    count = 0
+    counts, means, variances = [], [], []
     for index in order:
         pixels = read_any(dataset.items[int(index)]["image"]).reshape(-1, 3).astype(np.float64) / 255.0
-        total += pixels.sum(axis=0)
-        total_sq += (pixels**2).sum(axis=0)
-        count += pixels.shape[0]
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+        counts.append(pixels.shape[0])
+        means.append(pixels.mean(axis=0))
+        variances.append(pixels.var(axis=0))
+    w = np.asarray(counts, dtype=np.float64)[:, None] / float(sum(counts))
+    image_means, image_vars = np.asarray(means), np.asarray(variances)
+    mean = (w * image_means).sum(axis=0)
+    std = np.sqrt((w * (image_vars + (image_means - mean) ** 2)).sum(axis=0))
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
