@@ -46,10 +46,13 @@ def cli(args: list[str]) -> int:
     return cli_main.main(args)
 
 
-def make_bundle(run: Path, dataset_root: Path | None = None, classes: list[str] | None = None, seed: int = 0):
+def make_bundle(
+    run: Path, dataset_root: Path | None = None, classes: list[str] | None = None, seed: int = 0, mdn: bool = False
+):
     """Save an untrained test_resnet + random head bundle into ``run``; returns (encoder, head) in eval mode.
 
-    The head gets large random weights so that the probabilities spread over (0, 1).
+    The head gets large random weights so that the probabilities spread over (0, 1). With ``mdn`` the bundle also
+    keeps a small random MixtureDensityNetwork, returned third.
     """
     classes = classes or CLASSES
     overrides = ["encoder.name=test_resnet", f"dataset.image_size={SIZE}", "workers=0"]
@@ -62,10 +65,28 @@ def make_bundle(run: Path, dataset_root: Path | None = None, classes: list[str] 
     with torch.no_grad():
         head.weight.normal_(0.0, 8.0)
         head.bias.normal_(0.0, 0.5)
+    network = None
+    if mdn:
+        from probmcl_med.mdn import MixtureDensityNetwork
+
+        network = MixtureDensityNetwork(encoder.num_features, len(classes), hidden=(16, 8)).eval()
+        with torch.no_grad():
+            network.out.weight.normal_(0.0, 1.0)  # spread the weights and variances
+        # constructor arguments, as the training run attaches them (see checkpoint.mdn_spec)
+        network.spec = {"in_features": encoder.num_features, "num_classes": len(classes), "latent_dim": None,
+                        "hidden": [16, 8]}  # fmt: skip
     save_model_bundle(
-        run, encoder=encoder, head=head, class_names=classes, mean=MEAN, std=STD, image_size=SIZE, config=config
+        run,
+        encoder=encoder,
+        head=head,
+        mdn=network,
+        class_names=classes,
+        mean=MEAN,
+        std=STD,
+        image_size=SIZE,
+        config=config,
     )
-    return encoder, head.eval()
+    return (encoder, head.eval(), network) if mdn else (encoder, head.eval())
 
 
 def write_images(folder: Path, n: int, seed: int = 0, size: tuple[int, int] = (SIZE, SIZE)) -> list[Path]:
@@ -265,6 +286,34 @@ def test_predict_real_slide_keeps_tissue_and_skips_glass(tmp_path: Path) -> None
     assert sum(f < 0.05 for f in coloured.values()) > 10  # the slide does have background to skip
     for name in CLASSES:
         assert (out / "heatmaps" / f"{name}.png").is_file()
+
+
+def test_uncertainty_equals_the_mdn_run_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    encoder, head, mdn = make_bundle(tmp_path / "run", mdn=True)
+    paths = write_images(tmp_path / "imgs", 4)
+    out = tmp_path / "out"
+    assert cli(["predict", str(tmp_path / "imgs"), "-c", str(tmp_path / "run"), "--out", str(out), "--uncertainty",
+                "--device", "cpu"]) == 0  # fmt: skip
+    header, rows = read_csv(out / "uncertainty.csv")
+    assert header == ["image"] + [f"pi_{c}" for c in CLASSES] + [f"var_{c}" for c in CLASSES]
+    got = np.array([[float(v) for v in r[1:]] for r in rows])
+    x = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) / 255.0 for p in paths])
+    xt = torch.from_numpy(((x - np.asarray(MEAN)) / np.asarray(STD)).transpose(0, 3, 1, 2)).float()
+    with torch.no_grad():
+        h = F.normalize(encoder.model(xt).float(), dim=1)
+        a_pi, _, a_var = mdn.out(mdn.hidden(h)).split(len(CLASSES), dim=1)
+        pi, var = torch.softmax(a_pi, dim=1), F.elu(a_var) + 2.0  # math.md s.1, written out
+    np.testing.assert_allclose(got[:, :3], pi.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got[:, 3:], var.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.all(got[:, 3:] >= 1.0) and got[:, 3:].std() > 0.01
+    meta = json.loads((out / "meta.json").read_text())
+    assert "not a calibrated probability" in meta["uncertainty"]
+    # the probabilities are unchanged by --uncertainty
+    _, prob_rows = read_csv(out / "predictions.csv")
+    np.testing.assert_allclose([[float(v) for v in r[1:]] for r in prob_rows], hand_probs(encoder, head, paths),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    assert cli(["predict", "--help"]) == 0
+    assert "calibrated" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------------------------------
