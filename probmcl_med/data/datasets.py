@@ -28,7 +28,7 @@ def demo(root: str | None = None, split: str = "train", **options: Any) -> Multi
     """
     from probmcl_med.data.demo import load_demo
 
-    return load_demo(root, split, **options)
+    return load_demo(root, split, **_known(options, load_demo, "demo"))
 
 
 @DATASETS.register("csv")

@@ -32,13 +32,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from probmcl_med.data.base import SPLITS, MultiLabelDataset, normalize_split
 from probmcl_med.data.csv_dataset import load_csv_dataset
+from probmcl_med.errors import DataError
 
 VERSION = 1
 DIGIT_CLASSES = [f"digit_{d}" for d in range(10)]
@@ -155,7 +155,7 @@ def ensure_demo(
         The folder holding ``labels.csv``, ``meta.json`` and ``images/``.
     """
     if tile % 8 or tile < 8:
-        raise ValueError(f"demo tile {tile} must be a positive multiple of 8 (digits are 8x8 pixels)")
+        raise DataError(f"demo dataset: tile {tile} must be a positive multiple of 8 (digits are 8x8 pixels)")
     base = Path(root).expanduser() if root is not None else default_cache_dir()
     key = f"v{VERSION}-seed{seed}-n{n_train}-{n_valid}-{n_test}-tile{tile}"
     folder = base / key
@@ -195,25 +195,33 @@ def ensure_demo(
     return folder
 
 
-def load_demo(root: str | Path | None = None, split: str = "train", **options: Any) -> MultiLabelDataset:
-    """The demo split as a :class:`MultiLabelDataset` (generated on first use; see the module docstring).
+def load_demo(
+    root: str | Path | None = None,
+    split: str = "train",
+    *,
+    seed: int = 0,
+    n_train: int = 2000,
+    n_valid: int = 400,
+    n_test: int = 400,
+    tile: int = 32,
+    skip_bad: bool = False,
+) -> MultiLabelDataset:
+    """The demo split as a :class:`MultiLabelDataset`, generated on first use (see the module docstring).
 
-    Options: ``seed`` (0), ``n_train`` (2000), ``n_valid`` (400), ``n_test`` (400), ``tile`` (32 px per cell),
-    ``skip_bad`` (False).
+    Args:
+        root: cache folder (None: :func:`default_cache_dir`).
+        split: train, valid or test.
+        seed: seed of the source-digit pools and the mosaics.
+        n_train, n_valid, n_test: mosaics per split.
+        tile: pixels per grid cell (a multiple of 8); the image side is 2 * tile.
+        skip_bad: skip unreadable files (cannot happen with a complete cache folder).
     """
-    skip_bad = bool(options.pop("skip_bad", False))
-    unknown = set(options) - {"seed", "n_train", "n_valid", "n_test", "tile"}
-    if unknown:
-        from probmcl_med.errors import DataError
-
-        raise DataError(
-            f"demo dataset: unknown option(s) {', '.join(sorted(unknown))}; known: seed, n_train, n_valid, n_test, tile"
-        )
-    folder = ensure_demo(root, **options)
+    split = normalize_split(split, "demo dataset")
+    folder = ensure_demo(root, seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test, tile=tile)
     meta = json.loads((folder / "meta.json").read_text())
     return load_csv_dataset(
         folder,
-        normalize_split(split, "demo dataset"),
+        split,
         classes=CLASS_NAMES,
         name="demo",
         mean=meta["mean"],
