@@ -77,13 +77,11 @@ def build_split_dataset(bundle: Any, split: str, checkpoint: Any = "checkpoint",
         CheckpointError: the dataset's classes differ from the checkpoint's.
         DataError: the dataset cannot be read (missing folder, bad CSV, ...), from the dataset factory.
     """
-    from probmcl_med.registry import DATASETS
+    from probmcl_med.data.datasets import build_dataset
 
     cfg = bundle.config.dataset
-    factory = DATASETS.get(cfg.name)
-    options = dict(cfg.options)
-    options.setdefault("skip_bad", cfg.skip_bad)
-    dataset = factory(root if root is not None else cfg.root, split_name(bundle.config, split), **options)
+    where = root if root is not None else cfg.root
+    dataset = build_dataset(cfg.name, where, split_name(bundle.config, split), dict(cfg.options), cfg.skip_bad)
     check_classes(bundle.class_names, dataset.class_names, checkpoint, getattr(dataset, "source", cfg.name))
     dataset.transform = eval_transform(bundle)
     return dataset
