@@ -44,6 +44,10 @@ def read_image(path: str | Path) -> np.ndarray:
         with Image.open(path) as img:
             img.load()  # decodes fully: a truncated file fails here, not later in a worker
             rgb = img.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            f"image {path} is too large to decode as one image ({exc}); read whole slides through the slides dataset"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(
