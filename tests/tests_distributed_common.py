@@ -1,0 +1,36 @@
+"""The model, batch and objective shared by tests/test_distributed.py and the torchrun worker it starts."""
+
+from __future__ import annotations
+
+import torch
+
+from probmcl_med.config import load_config
+from probmcl_med.encoders import get_encoder
+from probmcl_med.engine.contrastive import ContrastiveModel, build_objective
+from probmcl_med.mdn import MixtureDensityNetwork
+
+GLOBAL_VIEWS = 12  # 2 ranks x 6 views
+NUM_CLASSES = 5
+
+
+def build_model() -> ContrastiveModel:
+    """test_resnet + MDN, identical on every rank (fixed seed); BN in eval mode (per-rank batch statistics would
+    differ from the global batch's, which is a property of BN, not of the loss)."""
+    torch.manual_seed(0)
+    encoder = get_encoder("test_resnet").eval()
+    mdn = MixtureDensityNetwork(encoder.num_features, NUM_CLASSES, hidden=(32, 16))
+    return ContrastiveModel(encoder, mdn)
+
+
+def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """(12, 3, 32, 32) views and (12, 5) multi-hot labels with overlapping label sets."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(GLOBAL_VIEWS, 3, 32, 32, generator=g)
+    y = (torch.rand(GLOBAL_VIEWS, NUM_CLASSES, generator=g) < 0.4).float()
+    y[0] = 0.0  # an image without labels: an anchor with no positive, left out of the mean
+    return x, y
+
+
+def objective(distributed: bool) -> torch.nn.Module:
+    config = load_config(overrides=["contrastive.alpha=0.3", "contrastive.tau=0.2", "contrastive.lambda=0.3"])
+    return build_objective(config, distributed=distributed)
