@@ -65,11 +65,12 @@ class GaussianMixture:
 
     @property
     def log_weights(self) -> Tensor:
-        """``(B, C)`` log mixture weights; ``log(0)`` is clamped to ``log(tiny)`` so gradients stay finite."""
+        """``(B, C)`` log mixture weights (float32 or float64); ``log(0)`` becomes ``log(tiny)`` (about -87 in float32)
+        so that values and gradients stay finite."""
         if self.logw is not None:
             return self.logw
-        tiny = torch.finfo(self.weights.dtype).tiny
-        return self.weights.clamp_min(tiny).log()
+        weights = self.weights.to(compute_dtype(self.weights))  # fp16's tiny (6e-5) would raise small weights
+        return weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
 
     @property
     def dtype(self) -> torch.dtype:

@@ -74,3 +74,20 @@ def integrate_pair(p: tuple[np.ndarray, ...], q: tuple[np.ndarray, ...], n: int,
 def mixture_params(m: GaussianMixture, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(weights, means, variances)`` of sample ``i`` as float64 numpy arrays."""
     return tuple(t[i].detach().double().numpy() for t in (m.weights, m.means, m.variances))  # type: ignore[return-value]
+
+
+def extreme_mixture(
+    rows: int, comps: int, dim: int, dtype: torch.dtype, *, seed: int, mean_range: float = 1e3
+) -> tuple[list[Tensor], GaussianMixture]:
+    """Leaves ``(logits, means, variances)`` in ``dtype`` and their mixture, spanning the stress range of the tests:
+    means in [-mean_range, mean_range] (rows 0 and 1 equal, row 2 within 1e-3 of row 1), variances log-uniform in
+    [1, 1e4] (row 3 all 1, row 4 all 1e4), weights from logits of scale 20 (some near 0)."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.empty(rows, comps).uniform_(-mean_range, mean_range, generator=g)
+    means[1] = means[0]
+    means[2] = means[1] + 1e-3
+    variances = torch.exp(torch.empty(rows, comps).uniform_(0, math.log(1e4), generator=g))
+    variances[3], variances[4] = 1.0, 1e4
+    logits = 20 * torch.randn(rows, comps, generator=g)
+    params = [t.to(dtype).requires_grad_() for t in (logits, means, variances)]
+    return params, GaussianMixture(torch.softmax(params[0].float(), 1).to(dtype), params[1], params[2], dim)

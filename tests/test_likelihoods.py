@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,9 @@ from scipy.stats import multivariate_normal
 from probmcl_med.likelihoods import density_nll, responsibility_nll
 from probmcl_med.mixture import GaussianMixture
 from probmcl_med.registry import LIKELIHOODS
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mixture_reference import extreme_mixture
 
 torch.set_num_threads(1)
 
@@ -92,14 +97,9 @@ def test_shape_errors() -> None:
 )
 @pytest.mark.parametrize("name", ["density", "responsibility"])
 def test_no_nan_for_extreme_inputs(n: int, dtype: torch.dtype, mean_range: float, name: str) -> None:
-    g = torch.Generator().manual_seed(1)
     batch, comps = 5, 3
-    means = torch.empty(batch, comps).uniform_(-mean_range, mean_range, generator=g)
-    variances = torch.exp(torch.empty(batch, comps).uniform_(0, math.log(1e4), generator=g))
-    variances[0] = 1.0
-    logits = 30 * torch.randn(batch, comps, generator=g)
-    params = [t.to(dtype).requires_grad_() for t in (logits, means, variances)]
-    m = GaussianMixture(torch.softmax(params[0].float(), 1).to(dtype), params[1], params[2], n)
+    params, m = extreme_mixture(batch, comps, n, dtype, seed=1, mean_range=mean_range)
+    g = torch.Generator().manual_seed(2)
     z = torch.nn.functional.normalize(torch.randn(batch, n, generator=g), dim=1).to(dtype)
     z[1] = mean_range
     labels = (torch.rand(batch, comps, generator=g) < 0.5).float()

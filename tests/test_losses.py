@@ -17,7 +17,7 @@ from probmcl_med.losses import AsymmetricLoss, ContrastiveStats, ProbContrastive
 from probmcl_med.mixture import GaussianMixture
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mixture_reference import dense_correlation
+from mixture_reference import dense_correlation, extreme_mixture
 
 torch.set_num_threads(1)
 
@@ -148,16 +148,9 @@ def test_callables_and_unknown_names() -> None:
 @pytest.mark.parametrize("n", [1, 4096])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_contrastive_no_nan_for_extreme_inputs(similarity: str, n: int, dtype: torch.dtype) -> None:
-    g = torch.Generator().manual_seed(3)
     rows, comps = 8, 4
-    means = torch.empty(rows, comps).uniform_(-1e3, 1e3, generator=g)
-    means[1] = means[0]
-    means[3] = means[2] + 1e-2
-    variances = torch.exp(torch.empty(rows, comps).uniform_(0, math.log(1e4), generator=g))
-    variances[4], variances[5] = 1.0, 1e4
-    logits = 20 * torch.randn(rows, comps, generator=g)
-    params = [t.to(dtype).requires_grad_() for t in (logits, means, variances)]
-    m = GaussianMixture(torch.softmax(params[0].float(), 1).to(dtype), params[1], params[2], n)
+    params, m = extreme_mixture(rows, comps, n, dtype, seed=3)
+    g = torch.Generator().manual_seed(4)
     labels = (torch.rand(rows // 2, comps, generator=g) < 0.5).float().repeat_interleave(2, 0)
     labels[0:2] = torch.tensor([1.0, 0, 0, 0])
     loss = ProbContrastiveLoss(similarity, alpha=0.3)(m, labels)

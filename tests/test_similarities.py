@@ -20,7 +20,7 @@ from probmcl_med.similarities import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mixture_reference import dense_correlation, integrate_pair, mixture_params
+from mixture_reference import dense_correlation, extreme_mixture, integrate_pair, mixture_params
 
 torch.set_num_threads(1)
 
@@ -178,17 +178,9 @@ def test_default_block_size_bounds_the_tile() -> None:
 @pytest.mark.parametrize("n", [1, 4096])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_no_nan_for_extreme_inputs(name: str, n: int, dtype: torch.dtype) -> None:
-    g = torch.Generator().manual_seed(15)
-    batch, comps = 6, 4
-    means = torch.empty(batch, comps).uniform_(-1e3, 1e3, generator=g)
-    means[0] = means[1]  # identical and near-identical pairs next to far-apart ones
-    means[2] = means[1] + 1e-3
-    variances = torch.exp(torch.empty(batch, comps).uniform_(0, math.log(1e4), generator=g))
-    variances[3] = 1.0
-    variances[4] = 1e4
-    logits = torch.randn(batch, comps, generator=g) * 20
-    params = [t.to(dtype).requires_grad_() for t in (logits, means, variances)]
-    a = GaussianMixture(torch.softmax(params[0].float(), 1).to(dtype), params[1], params[2], n)
+    batch = 6
+    params, a = extreme_mixture(batch, 4, n, dtype, seed=15)
+    g = torch.Generator().manual_seed(16)
     s = SIMS[name](a, a)
     assert s.dtype == torch.float32
     assert torch.isfinite(s).all() and (s >= 0).all() and (s <= 1).all()
