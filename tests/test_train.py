@@ -114,3 +114,40 @@ def test_cli_print_config_dataset_and_sets(tmp_path, monkeypatch):
     assert printed.contrastive.tau == 0.1 and printed.output_dir == "x"
     help_text = CliRunner().invoke(_cli(), ["train", "--help"]).output
     assert "probmcl-med train --dataset demo" in help_text
+
+
+@pytest.mark.parametrize("name", ["demo", "adp", "coco"])
+def test_shipped_configs_validate_with_paper_settings(name):
+    from pathlib import Path
+
+    config = load_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    assert config.contrastive.tau == 0.2 and config.contrastive.lambda_ == 0.3
+    if name != "demo":
+        expected = {"adp": ("tresnet_m", 224, 0.5), "coco": ("tresnet_l", 448, 0.6)}[name]
+        assert (config.encoder.name, config.dataset.image_size, config.contrastive.alpha) == expected
+        assert (config.contrastive.epochs, config.classifier.epochs) == (80, 40)
+        assert config.contrastive.batch_size == config.classifier.batch_size == 128
+        assert config.contrastive.lr == config.classifier.lr == 1e-4
+    else:
+        assert config.output_dir == "runs/demo" and config.dataset.name == "demo"
+
+
+def test_bf16_autocast_keeps_mixture_math_in_fp32():
+    from probmcl_med.encoders import get_encoder
+    from probmcl_med.engine.amp import AmpSettings
+    from probmcl_med.engine.contrastive import ContrastiveModel, build_objective
+    from probmcl_med.mdn import MixtureDensityNetwork
+
+    torch.manual_seed(0)
+    encoder = get_encoder("test_resnet")
+    model = ContrastiveModel(encoder, MixtureDensityNetwork(encoder.num_features, 4, hidden=(16, 8)))
+    amp = AmpSettings("cpu", torch.bfloat16, None)  # what a GPU run uses, exercised on the CPU autocast
+    x, y = torch.randn(6, 3, 32, 32), (torch.rand(6, 4) < 0.5).float()
+    with amp.autocast():
+        h, mixture = model(x)
+        assert encoder.features(x).dtype == torch.bfloat16  # the encoder really ran in bf16
+    assert h.dtype == mixture.weights.dtype == mixture.variances.dtype == torch.float32
+    out = build_objective(load_config())(mixture, h, y)
+    assert torch.isfinite(out.total)
+    out.total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

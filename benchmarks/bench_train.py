@@ -1,0 +1,171 @@
+"""Cost of a ProbMCL stage-1 step per image view, against a plain supervised ASL step, in the same process.
+
+Stage 1 (two views per image -> encoder -> MDN -> NLL + lambda * PCL over all 2N x 2N mixture pairs) and the plain
+step (encoder -> linear head -> ASL, the ASL paper's training) run on the same encoder, input size, device and number
+of views per step, on synthetic tensors (no data loading), alternating so that machine load affects both alike. The
+claim checked: stage-1 time per view <= 1.15x the plain step's at C = 80 classes (MS-COCO).
+
+    python benchmarks/bench_train.py                          # CPU: test_resnet at 64 px; GPU too when present
+    python benchmarks/bench_train.py --encoder tresnet_m --image-size 224 --batch 64 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from probmcl_med.config import load_config
+from probmcl_med.encoders import get_encoder
+from probmcl_med.engine.amp import amp_settings, backward, optimizer_step
+from probmcl_med.engine.contrastive import ContrastiveModel, build_objective, stack_views
+from probmcl_med.heads import Classifier, LinearHead
+from probmcl_med.losses import AsymmetricLoss
+from probmcl_med.mdn import MixtureDensityNetwork
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_steps(encoder_name: str, image_size: int, images: int, classes: int, device: torch.device, amp: bool) -> Any:
+    """Two step functions on the same inputs: stage 1 on ``images`` x 2 views, plain ASL on 2 x ``images`` images."""
+    settings = amp_settings(device, amp)
+    config = load_config(overrides=[f"encoder.name={encoder_name}"])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(images, 2, 3, image_size, image_size, generator=g).to(device)
+    y = (torch.rand(images, classes, generator=g) < 0.05).float()
+    y[torch.arange(images), torch.randint(0, classes, (images,), generator=g)] = 1.0  # >= 1 label per image
+    y = y.to(device)
+
+    enc1 = get_encoder(encoder_name).to(device)
+    mdn = MixtureDensityNetwork(enc1.num_features, classes, hidden=tuple(config.contrastive.mdn_hidden)).to(device)
+    model = ContrastiveModel(enc1, mdn).train()
+    objective = build_objective(config)
+    opt1 = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    enc2 = get_encoder(encoder_name).to(device)
+    plain = Classifier(enc2, LinearHead(enc2.num_features, classes).to(device), normalize_features=False).train()
+    asl = AsymmetricLoss()
+    opt2 = torch.optim.Adam(plain.parameters(), lr=1e-4)
+    views, view_labels = stack_views(x, y)
+
+    def stage1() -> None:
+        opt1.zero_grad(set_to_none=True)
+        with settings.autocast():
+            h, mixture = model(views)
+        loss = objective(mixture, h, view_labels).total
+        backward(loss, settings)
+        optimizer_step(opt1, settings)
+
+    def supervised() -> None:
+        opt2.zero_grad(set_to_none=True)
+        with settings.autocast():
+            logits = plain(views)
+        loss = asl(logits, view_labels)
+        backward(loss, settings)
+        optimizer_step(opt2, settings)
+
+    return stage1, supervised, settings.name
+
+
+def time_steps(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
+    """Median seconds per step of each function, interleaved; peak GPU memory per function."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    peaks: dict[str, float | None] = {}
+    for name, step in steps.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(warmup):
+            step()
+        _sync(device)
+        peaks[name] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    for _ in range(repeats):
+        for name, step in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: {"seconds": statistics.median(t), "peak_gib": peaks[name]} for name, t in times.items()}
+
+
+def bench(
+    encoder: str, image_size: int, images: int, classes: int, device: str, amp: bool, warmup: int, repeats: int
+) -> dict[str, Any]:
+    dev = torch.device(device)
+    stage1, supervised, amp_name = make_steps(encoder, image_size, images, classes, dev, amp)
+    result = time_steps({"plain ASL step": supervised, "stage-1 step": stage1}, dev, warmup, repeats)
+    views = 2 * images
+    plain, probmcl = result["plain ASL step"], result["stage-1 step"]
+    return {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "encoder": encoder,
+        "image_size": image_size,
+        "views_per_step": views,
+        "classes": classes,
+        "amp": amp_name,
+        "plain_views_per_s": views / plain["seconds"],
+        "stage1_views_per_s": views / probmcl["seconds"],
+        "plain_peak_gib": plain["peak_gib"],
+        "stage1_peak_gib": probmcl["peak_gib"],
+        "cost_ratio": probmcl["seconds"] / plain["seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", default=None, help="one encoder (default: test_resnet on CPU, tresnet_m on GPU)")
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=None, help="images per step (views = 2x)")
+    parser.add_argument("--classes", type=int, default=80)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu, plus cuda when available)")
+    parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    args = parser.parse_args()
+
+    runs = []
+    devices = [args.device] if args.device else ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    for device in devices:
+        gpu = device.startswith("cuda")
+        encoder = args.encoder or ("tresnet_m" if gpu else "test_resnet")
+        size = args.image_size or (224 if gpu else 64)
+        batch = args.batch or (64 if gpu else 32)
+        runs.append(bench(encoder, size, batch, args.classes, device, not args.no_amp, args.warmup, args.repeats))
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return
+    table = Table(title=f"stage-1 step vs plain ASL step, per image view (C = {args.classes}; target ratio <= 1.15)")
+    for column in (
+        "device",
+        "encoder",
+        "px",
+        "views/step",
+        "amp",
+        "plain views/s",
+        "stage-1 views/s",
+        "ratio",
+        "peak GiB plain / stage-1",
+    ):
+        table.add_column(column, justify="right")
+    for r in runs:
+        peak = "n/a (CPU)" if r["plain_peak_gib"] is None else f"{r['plain_peak_gib']:.2f} / {r['stage1_peak_gib']:.2f}"
+        table.add_row(
+            r["device"], r["encoder"], str(r["image_size"]), str(r["views_per_step"]), r["amp"],
+            f"{r['plain_views_per_s']:.1f}", f"{r['stage1_views_per_s']:.1f}", f"{r['cost_ratio']:.2f}x", peak,
+        )  # fmt: skip
+    Console(width=200).print(table)
+
+
+if __name__ == "__main__":
+    main()
