@@ -247,6 +247,11 @@ class ProbMCLObjective(nn.Module):
             callable ``(mixture, z, labels) -> scalar``.
         contrastive: the contrastive loss; default ``ProbContrastiveLoss()`` (correlation, Jaccard, alpha 0.5,
             tau 0.2).
+
+    Under DDP with ``contrastive.gather``: ``nll`` is this rank's mean (DDP's averaging makes it the global mean
+    for equal per-rank batches) and ``pcl`` follows :class:`ProbContrastiveLoss`'s contract (the mean over ranks is
+    the global loss), so the mean over ranks of ``total`` is the single-process objective on the global batch and
+    DDP's averaged gradient is its gradient.
     """
 
     def __init__(

@@ -12,6 +12,8 @@ import torch
 from probmcl_med.mixture import GaussianMixture
 from probmcl_med.registry import SIMILARITIES
 from probmcl_med.similarities import (
+    DEFAULT_TILE_ELEMENTS,
+    DEFAULT_TILE_ELEMENTS_CUDA,
     _CrossLogK,
     _SelfLogK,
     bhattacharyya_similarity,
@@ -168,9 +170,10 @@ def test_gradcheck_correlation_similarity_float64(symmetric: bool) -> None:
 
 def test_default_block_size_bounds_the_tile() -> None:
     for comps in [1, 9, 80, 1000]:
-        block = default_block_size(comps)
-        assert block >= 1
-        assert block == 1 or block**2 * comps**2 <= 1 << 21
+        for device, limit in (("cpu", DEFAULT_TILE_ELEMENTS), ("cuda", DEFAULT_TILE_ELEMENTS_CUDA)):
+            block = default_block_size(comps, device=device)
+            assert block >= 1
+            assert block == 1 or (block**2 * comps**2 <= limit < (block + 1) ** 2 * comps**2)
 
 
 # ------------------------------------------------------------------------------------ extremes and precision
@@ -186,3 +189,26 @@ def test_no_nan_for_extreme_inputs(name: str, n: int, dtype: torch.dtype) -> Non
     assert torch.isfinite(s).all() and (s >= 0).all() and (s <= 1).all()
     grads = torch.autograd.grad((s * torch.randn(batch, batch, generator=g)).sum(), params)
     assert all(torch.isfinite(x).all() for x in grads)
+
+
+def test_kernel_never_holds_more_than_one_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    import probmcl_med.similarities as sims
+
+    tiles: list[tuple[int, ...]] = []
+    original = sims._tile_logits
+
+    def recording(*args: torch.Tensor | int) -> torch.Tensor:
+        out = original(*args)  # type: ignore[arg-type]
+        if out.ndim == 4:  # pairs of samples x pairs of components (the (B, C, C) self terms are 3-d)
+            tiles.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(sims, "_tile_logits", recording)
+    # 23 rows in blocks of 5 -> 5 row blocks; 19 columns -> 4 column blocks
+    for symmetric, expected_tiles in ((False, 2 * 5 * 4), (True, 2 * (5 * 6 // 2))):
+        tiles.clear()
+        a = random_mixture(23, 6, 8, seed=17, requires_grad=True)
+        b = a if symmetric else random_mixture(19, 6, 8, seed=18)
+        correlation_similarity(a, b, block_size=5).sum().backward()
+        assert len(tiles) == expected_tiles  # forward and backward; the symmetric path: upper triangle only
+        assert max(t[0] * t[1] * t[2] * t[3] for t in tiles) <= 5 * 5 * 6 * 6
