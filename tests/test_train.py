@@ -151,3 +151,24 @@ def test_bf16_autocast_keeps_mixture_math_in_fp32():
     assert torch.isfinite(out.total)
     out.total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_asl_mode_trains_encoder_and_head_end_to_end(tmp_path):
+    config = tiny_config(tmp_path, "mode=asl", "classifier.epochs=1", "classifier.augment=false")
+    train(config)
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in records] == [("classifier", 1), ("classifier", 2)]  # 1 + 1 epochs
+    raw = torch.load(run / "model.pt", weights_only=True)
+    assert raw["mdn"] is None and raw["head"]["normalize_features"] is False
+    torch.manual_seed(config.seed)
+    initial = timm.create_model("test_resnet", num_classes=0).state_dict()
+    trained = {k.removeprefix("model."): v for k, v in raw["encoder"]["state_dict"].items()}
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial if initial[k].is_floating_point())
+    reference = timm.create_model("test_resnet", num_classes=0).eval()
+    reference.load_state_dict(trained)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(x) @ raw["head"]["state_dict"]["weight"].T + raw["head"]["state_dict"]["bias"]
+        got = load_model_bundle(run).classifier()(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

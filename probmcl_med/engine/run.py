@@ -435,7 +435,10 @@ class Run:
         self.print_summary("contrastive")
 
     # ----------------------------------------------------------------------------------------------------- stage 2
-    def run_classifier(self, resume: _Resume | None) -> Path | None:
+    def run_classifier(self, resume: _Resume | None, end_to_end: bool = False) -> Path | None:
+        """Stage 2; with ``end_to_end`` the ``asl`` baseline: encoder + head trained together with ASL on raw
+        pooled features, for the two-stage budget (contrastive.epochs + classifier.epochs), the encoder at
+        ``classifier.encoder_lr`` (or ``classifier.lr`` when that is 0)."""
         from probmcl_med.data.transforms import build_eval_transform, build_train_transform
         from probmcl_med.engine.classifier import (
             ClassifierTrainer,
@@ -450,11 +453,14 @@ class Run:
 
         k, d = self.config.classifier, self.config.dataset
         mean, std = self.mean_std
-        frozen = k.encoder_lr == 0
+        frozen = k.encoder_lr == 0 and not end_to_end
+        encoder_lr = (k.encoder_lr or k.lr) if end_to_end else k.encoder_lr
+        epochs = k.epochs + self.config.contrastive.epochs if end_to_end else k.epochs
+        self.normalize_features = not end_to_end
         if frozen:
             freeze(self.encoder)
         head = LinearHead(self.encoder.num_features, len(self.class_names)).to(self.ctx.device)
-        classifier = Classifier(self.encoder_fwd, head, normalize_features=True)
+        classifier = Classifier(self.encoder_fwd, head, normalize_features=self.normalize_features)
         if resume is not None and resume.stage_index == 1:
             head.load_state_dict(resume.state["models"]["head"])
 
@@ -487,9 +493,9 @@ class Run:
 
         groups = [{"params": list(head.parameters()), "lr": k.lr}]
         if not frozen:
-            groups.append({"params": list(self.encoder.parameters()), "lr": k.encoder_lr})
+            groups.append({"params": list(self.encoder.parameters()), "lr": encoder_lr})
         optimizer = torch.optim.Adam(groups, lr=k.lr, weight_decay=k.weight_decay)
-        scheduler = one_cycle(optimizer, [g["lr"] for g in groups], k.epochs * len(loader))
+        scheduler = one_cycle(optimizer, [g["lr"] for g in groups], epochs * len(loader))
         network = self.wrap(head if frozen else classifier)
         stats = EpochStats(self.ctx, "classifier")
         best: dict[str, Any] = {"map": None, "epoch": None, "head": None, "encoder": None}
@@ -541,7 +547,7 @@ class Run:
             classifier=classifier,
             frozen_encoder=frozen,
             device=self.ctx.device,
-            max_epochs=k.epochs,
+            max_epochs=epochs,
             train_data_loader=loader,
             network=network,
             optimizer=optimizer,
@@ -587,6 +593,7 @@ class Run:
             image_size=self.config.dataset.image_size,
             config=self.config,
             encoder_name=self.config.encoder.name,
+            normalize_features=getattr(self, "normalize_features", True),
         )
 
     def print_summary(self, stage: str) -> None:
@@ -596,9 +603,13 @@ class Run:
 
     # ----------------------------------------------------------------------------------------------------- driver
     def run(self, stage: str = "all", resume: bool = False) -> RunResult:
-        if self.config.mode != "two-stage":
-            raise ConfigError(f"mode: {self.config.mode!r} is not implemented yet; use mode: two-stage")
+        if self.config.mode == "joint":
+            raise ConfigError(
+                "mode: 'joint' (ASL + NLL + PCL in one stage) is not implemented yet; use two-stage or asl"
+            )
         stages = stages_to_run(stage)
+        if self.config.mode == "asl":  # the baseline has one stage: end-to-end ASL
+            stages = ("classifier",)
         seed_everything(self.config.seed, self.config.deterministic)
         self.build_encoder()
         self.build_data()
@@ -623,7 +634,7 @@ class Run:
                 self.log(f"{self.out}: the classifier stage had finished; nothing left to run")
                 model_path = self.out / "model.pt"
             else:
-                model_path = self.run_classifier(resume_2)
+                model_path = self.run_classifier(resume_2, end_to_end=self.config.mode == "asl")
         barrier(self.ctx)
         return RunResult(
             self.out, model_path, self.records, best_map=self.best.get("map"), best_epoch=self.best.get("epoch")
