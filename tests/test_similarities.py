@@ -6,6 +6,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -212,3 +213,16 @@ def test_kernel_never_holds_more_than_one_tile(monkeypatch: pytest.MonkeyPatch) 
         correlation_similarity(a, b, block_size=5).sum().backward()
         assert len(tiles) == expected_tiles  # forward and backward; the symmetric path: upper triangle only
         assert max(t[0] * t[1] * t[2] * t[3] for t in tiles) <= 5 * 5 * 6 * 6
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 3e-7), (torch.float64, 1e-15)])
+def test_fast_log1p_is_accurate_to_a_few_ulp(dtype: torch.dtype, tol: float) -> None:
+    from probmcl_med.similarities import _log1p_into
+
+    q = torch.cat([torch.logspace(-30, 6, 20001, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)])
+    qd = q.to(dtype)
+    exact = torch.log1p(qd.double()).numpy()
+    got = _log1p_into(qd.clone(), torch.empty_like(qd), torch.empty_like(qd)).double().numpy()
+    rel = abs(got - exact) / np.maximum(abs(exact), 1e-300)
+    rel[exact == 0] = abs(got[exact == 0])
+    assert rel.max() <= tol
