@@ -111,7 +111,11 @@ class ProgressHandler:
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, info=line)
         elif self.console is not None:
-            self.console.print(f"{self.stage} epoch {engine.state.epoch}/{engine.state.max_epochs}: {line}")
+            self.console.print(
+                f"{self.stage} epoch {engine.state.epoch}/{engine.state.max_epochs}: {line}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     def _on_error(self, engine: Any, exc: BaseException) -> None:
         self._stop()
