@@ -104,7 +104,9 @@ def _register_commands() -> None:
     if _state.get("registered"):
         return
     _state["registered"] = True
-    for module in ():
+    from probmcl_med.cli import data, evaluate, explain, info, predict, train
+
+    for module in (train, evaluate, predict, explain, info, data):
         module.register(app)
 
 
