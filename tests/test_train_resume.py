@@ -100,6 +100,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     resumed = subprocess.run(_command(crashed, "--resume"), env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stderr
+    # it continued inside epoch 2 (epoch 1 is not redone) rather than silently starting over
+    assert "contrastive epoch 1/2" not in resumed.stderr and "contrastive epoch 2/2" in resumed.stderr
 
     expected, got = _final_weights(straight), _final_weights(crashed)
     assert expected.keys() == got.keys()
