@@ -131,17 +131,16 @@ class Run:
             self.console.print(message, highlight=False)
 
     def build_data(self) -> None:
+        from probmcl_med.data.datasets import build_dataset
         from probmcl_med.data.normalization import resolve_normalization
-        from probmcl_med.registry import DATASETS
 
         d = self.config.dataset
-        factory = DATASETS.get(d.name)
-        self.train_ds = factory(d.root, d.train_split, **dict(d.options))
-        self.train_ds.skip_bad = bool(d.skip_bad or getattr(self.train_ds, "skip_bad", False))
+        # skip_bad goes into the factory: files missing at build time are dropped and counted there, not fatal.
+        self.train_ds = build_dataset(d.name, d.root, d.train_split, d.options, d.skip_bad)
         self.class_names = list(self.train_ds.class_names)
         self.val_ds = None
         try:
-            self.val_ds = factory(d.root, d.val_split, **dict(d.options))
+            self.val_ds = build_dataset(d.name, d.root, d.val_split, d.options, d.skip_bad)
         except Exception as exc:  # a dataset without a validation split: keep the last epoch instead of the best
             from probmcl_med.errors import DataError
 
