@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -14,6 +17,29 @@ def _conv_flops(conv: nn.Conv2d, out: torch.Tensor) -> int:
     b, c_out, h, w = out.shape
     kh, kw = conv.kernel_size
     return 2 * b * c_out * h * w * (conv.in_channels // conv.groups) * kh * kw
+
+
+def _closed_form_flops(modules: list[nn.Module], run: Callable[[], Any]) -> tuple[int, Any]:
+    """Sum of the closed forms of every Conv2d and Linear among ``modules`` during ``run()``, read with forward hooks.
+
+    Returns (FLOPs, what ``run`` returned).
+    """
+    total = 0
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += _conv_flops(module, out)
+        else:
+            total += 2 * inputs[0].shape[0] * module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in modules if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        result = run()
+    finally:
+        for h in handles:
+            h.remove()
+    return total, result
 
 
 def test_linear_flops_closed_form() -> None:
@@ -54,19 +80,7 @@ def test_timm_model_matches_per_layer_closed_forms() -> None:
     """Sum of the closed forms of every Conv2d and Linear (read with forward hooks) equals the counted FLOPs."""
     timm = pytest.importorskip("timm")
     model = timm.create_model("test_resnet", pretrained=False, num_classes=5).eval()
-    expected = 0
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal expected
-        if isinstance(module, nn.Conv2d):
-            expected += _conv_flops(module, out)
-        else:
-            expected += 2 * inputs[0].shape[0] * module.in_features * module.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    cost = model_cost(model, 48)
-    for h in handles:
-        h.remove()
+    expected, cost = _closed_form_flops(list(model.modules()), lambda: model_cost(model, 48))
     assert cost.flops == expected > 0
     manual = 0
     seen: set[int] = set()
@@ -90,21 +104,10 @@ def test_info_reports_the_inference_model_cost(tmp_path, capsys: pytest.CaptureF
     assert info["classes"] == CLASSES and info["image_size"] == SIZE
     assert info["normalization"]["mean"] == pytest.approx(MEAN) and info["normalization"]["std"] == pytest.approx(STD)
     assert info["encoder"] == "test_resnet" and info["mdn"] is None and info["best_val_map"] is None
-    expected_flops = 0
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal expected_flops
-        if isinstance(module, nn.Conv2d):
-            expected_flops += _conv_flops(module, out)
-        else:
-            expected_flops += 2 * inputs[0].shape[0] * module.in_features * module.out_features
-
-    modules = [m for m in [*encoder.modules(), head] if isinstance(m, nn.Conv2d | nn.Linear)]
-    handles = [m.register_forward_hook(hook) for m in modules]
     with torch.no_grad():
-        head(encoder(torch.zeros(1, 3, SIZE, SIZE)))
-    for h in handles:
-        h.remove()
+        expected_flops, _ = _closed_form_flops(
+            [*encoder.modules(), head], lambda: head(encoder(torch.zeros(1, 3, SIZE, SIZE)))
+        )
     cost = info["model_cost"]
     assert cost["flops"] == expected_flops
     assert cost["gmac"] == pytest.approx(expected_flops / 2 / 1e9)
