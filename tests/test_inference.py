@@ -203,6 +203,22 @@ def test_predict_single_image_resized_and_stored_thresholds_used(tmp_path: Path)
     assert json.loads((tmp_path / "out" / "meta.json").read_text())["thresholds"] == [0.2, 0.5, 0.9]
 
 
+def test_plain_tiff_is_an_image_and_tiled_tiff_a_slide(tmp_path: Path) -> None:
+    from probmcl_med.inference import input_kind
+
+    encoder, head = make_bundle(tmp_path / "run")
+    [png] = write_images(tmp_path / "imgs", 1)
+    plain = tmp_path / "plain.tif"
+    Image.open(png).save(plain)  # an untiled TIFF: OpenSlide does not detect it, so it is an image
+    write_pyramid(tmp_path / "pyramid.tif")
+    assert (input_kind(plain), input_kind(tmp_path / "pyramid.tif"), input_kind(png)) == ("image", "slide", "image")
+    assert (
+        cli(["predict", str(plain), "-c", str(tmp_path / "run"), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
+    )
+    _, rows = read_csv(tmp_path / "o" / "predictions.csv")
+    np.testing.assert_allclose([float(v) for v in rows[0][1:]], hand_probs(encoder, head, [png])[0], rtol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Slides
 # --------------------------------------------------------------------------------------------------------------------
