@@ -77,9 +77,16 @@ def render_per_class_table(metrics: dict[str, Any], recall_floor: float, console
         recall_floor: a fraction in [0, 1].
         console: where to print.
     """
+    rows = per_class_rows(metrics, recall_floor)
     table = Table(title=f"Per class, lowest recall first (floor {100 * recall_floor:g} %)")
     for i, col in enumerate(PER_CLASS_COLUMNS):
-        table.add_column(col, justify="left" if i < 2 else "right")
-    for flag, cells in per_class_rows(metrics, recall_floor):
+        # Class names and numbers are never cut: a pathologist must read every name and every recall.
+        longest = max((len(cells[i]) for _, cells in rows), default=0)
+        table.add_column(col, justify="left" if i < 2 else "right", no_wrap=True, min_width=max(longest, len(col), 1))
+    for flag, cells in rows:
         table.add_row(*cells, style="bold red" if flag else None)
-    console.print(table)
+    # A terminal wraps at its width; piped output (a log, `make demo`) gets the table's natural width instead of 80.
+    if console.is_terminal:
+        console.print(table)
+    else:
+        console.print(table, width=max(console.width, console.measure(table).maximum), crop=False)
