@@ -7,6 +7,7 @@ numbers, split into mixture logits, means and variance pre-activations. It exist
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,7 @@ class MixtureDensityNetwork(nn.Module):
         self.in_features = in_features
         self.num_classes = num_classes
         self.latent_dim = latent_dim or in_features
+        self.hidden_sizes = tuple(int(h) for h in hidden)
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -73,6 +75,17 @@ class MixtureDensityNetwork(nn.Module):
         self.out = nn.Linear(width, 3 * num_classes)
         self.var_weight_init = 1.0 / width if var_weight_init is None else float(var_weight_init)
         self.reset_output()
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-ready), stored beside the weights so a checkpoint can rebuild the network."""
+        return {
+            "in_features": self.in_features,
+            "num_classes": self.num_classes,
+            "latent_dim": self.latent_dim,
+            "hidden": list(self.hidden_sizes),
+            "var_weight_init": self.var_weight_init,
+        }
 
     def reset_output(self) -> None:
         """Re-initialise the output layer as described in the class docstring."""

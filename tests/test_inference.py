@@ -72,9 +72,6 @@ def make_bundle(
         network = MixtureDensityNetwork(encoder.num_features, len(classes), hidden=(16, 8)).eval()
         with torch.no_grad():
             network.out.weight.normal_(0.0, 1.0)  # spread the weights and variances
-        # constructor arguments, as the training run attaches them (see checkpoint.mdn_spec)
-        network.spec = {"in_features": encoder.num_features, "num_classes": len(classes), "latent_dim": None,
-                        "hidden": [16, 8]}  # fmt: skip
     save_model_bundle(
         run,
         encoder=encoder,

@@ -143,20 +143,12 @@ class ModelBundle:
 
 
 def mdn_spec(mdn: nn.Module) -> dict[str, Any]:
-    """Constructor arguments of a MixtureDensityNetwork (stored beside its weights).
-
-    Read from ``mdn.spec`` when the builder attached one (the training run does), else from its attributes.
-    """
+    """Constructor arguments of a MixtureDensityNetwork (``mdn.spec``), stored beside its weights."""
     mdn = unwrap(mdn)
-    if isinstance(getattr(mdn, "spec", None), dict):
-        return dict(mdn.spec)
-    spec = {}
-    for key in ("in_features", "num_classes", "latent_dim", "hidden"):
-        if not hasattr(mdn, key):
-            raise CheckpointError(f"cannot save the MDN: {type(mdn).__name__} has no attribute {key!r}")
-        value = getattr(mdn, key)
-        spec[key] = list(value) if isinstance(value, tuple | list) else value
-    return spec
+    spec = getattr(mdn, "spec", None)
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"cannot save the MDN: {type(mdn).__name__} has no constructor spec (mdn.spec)")
+    return dict(spec)
 
 
 def bundle_dict(

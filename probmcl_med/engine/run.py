@@ -175,13 +175,7 @@ class Run:
         mdn = MixtureDensityNetwork(
             self.encoder.num_features, len(self.class_names), latent_dim=c.latent_dim, hidden=hidden
         )
-        mdn.spec = {  # constructor arguments, stored in checkpoints and the model bundle
-            "in_features": int(self.encoder.num_features),
-            "num_classes": len(self.class_names),
-            "latent_dim": c.latent_dim,
-            "hidden": list(hidden),
-        }
-        return mdn.to(self.ctx.device)
+        return mdn.to(self.ctx.device)  # mdn.spec holds the constructor arguments for checkpoints
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -434,10 +428,17 @@ class Run:
         self.print_summary("contrastive")
 
     # ----------------------------------------------------------------------------------------------------- stage 2
-    def run_classifier(self, resume: _Resume | None, end_to_end: bool = False) -> Path | None:
+    def run_classifier(self, resume: _Resume | None, end_to_end: bool = False, joint: bool = False) -> Path | None:
         """Stage 2; with ``end_to_end`` the ``asl`` baseline: encoder + head trained together with ASL on raw
         pooled features, for the two-stage budget (contrastive.epochs + classifier.epochs), the encoder at
-        ``classifier.encoder_lr`` (or ``classifier.lr`` when that is 0)."""
+        ``classifier.encoder_lr`` (or ``classifier.lr`` when that is 0).
+
+        With ``joint`` (``mode: joint``, see :mod:`probmcl_med.engine.joint`): encoder + MDN + head in one stage
+        with ASL + NLL + lambda * PCL on two augmented views per image, for the same budget (contrastive.epochs +
+        classifier.epochs), ``contrastive.batch_size`` images per step (incomplete last batch dropped, as in stage
+        1), the head at ``classifier.lr`` reading the unit-norm h, the encoder at ``classifier.encoder_lr`` (or
+        ``contrastive.lr`` when that is 0), the MDN at ``contrastive.lr``. Logged and checkpointed as the
+        ``classifier`` stage (validation mAP, best-epoch bundle)."""
         from probmcl_med.data.transforms import build_eval_transform, build_train_transform
         from probmcl_med.engine.classifier import (
             ClassifierTrainer,
@@ -452,9 +453,10 @@ class Run:
 
         k, d = self.config.classifier, self.config.dataset
         mean, std = self.mean_std
-        frozen = k.encoder_lr == 0 and not end_to_end
-        encoder_lr = (k.encoder_lr or k.lr) if end_to_end else k.encoder_lr
-        epochs = k.epochs + self.config.contrastive.epochs if end_to_end else k.epochs
+        c = self.config.contrastive
+        frozen = k.encoder_lr == 0 and not end_to_end and not joint
+        encoder_lr = (k.encoder_lr or k.lr) if end_to_end else (k.encoder_lr or c.lr) if joint else k.encoder_lr
+        epochs = k.epochs + c.epochs if end_to_end or joint else k.epochs
         self.normalize_features = not end_to_end
         if frozen:
             freeze(self.encoder)
@@ -464,7 +466,7 @@ class Run:
             head.load_state_dict(resume.state["models"]["head"])
 
         eval_transform = build_eval_transform(d.image_size, mean, std)
-        cache = frozen and k.cache_features and not k.augment
+        cache = frozen and k.cache_features and not k.augment and not joint
         val_source: Any = None
         if self.val_ds is not None:
             self.val_ds.transform = eval_transform
@@ -484,18 +486,34 @@ class Run:
             a = d.augment
             augmented = build_train_transform(d.image_size, mean, std, a.num_ops, a.magnitude, a.hflip, a.vflip)
             self.train_ds.transform = augmented if k.augment else eval_transform
+            if joint:  # the contrastive term needs two augmented views, whatever classifier.augment says
+                from probmcl_med.data.transforms import TwoViews
+
+                self.train_ds.transform = TwoViews(augmented)
             train_source = self.train_ds
-        per_rank = self.per_rank_batch(k.batch_size, len(train_source), "classifier")
+        stage_batch = (c.batch_size, "contrastive") if joint else (k.batch_size, "classifier")
+        per_rank = self.per_rank_batch(stage_batch[0], len(train_source), stage_batch[1])
         loader, sampler = self.loader(
-            train_source, per_rank, shuffle=True, drop_last=False, workers=0 if cache else self.config.workers
+            train_source, per_rank, shuffle=True, drop_last=joint, workers=0 if cache else self.config.workers
         )
 
-        groups = [{"params": list(head.parameters()), "lr": k.lr}]
-        if not frozen:
-            groups.append({"params": list(self.encoder.parameters()), "lr": encoder_lr})
+        if joint:
+            from probmcl_med.engine.contrastive import build_objective
+            from probmcl_med.engine.joint import JointModel, JointObjective, JointTrainer, joint_parameter_groups
+
+            if self.mdn is None:
+                self.mdn = self.build_mdn()
+            groups = joint_parameter_groups(head, self.encoder, self.mdn, k.lr, encoder_lr, c.lr)
+        else:
+            groups = [{"params": list(head.parameters()), "lr": k.lr}]
+            if not frozen:
+                groups.append({"params": list(self.encoder.parameters()), "lr": encoder_lr})
         optimizer = torch.optim.Adam(groups, lr=k.lr, weight_decay=k.weight_decay)
         scheduler = one_cycle(optimizer, [g["lr"] for g in groups], epochs * len(loader))
-        network = self.wrap(head if frozen else classifier)
+        if joint:
+            network = self.wrap(JointModel(self.encoder_fwd, self.mdn, head))
+        else:
+            network = self.wrap(head if frozen else classifier)
         stats = EpochStats(self.ctx, "classifier")
         best: dict[str, Any] = {"map": None, "epoch": None, "head": None, "encoder": None}
         if resume is not None and resume.stage_index == 1 and resume.state.get("best"):
@@ -542,20 +560,23 @@ class Run:
 
                 engine.add_event_handler(Events.EPOCH_COMPLETED, validate)
 
-        trainer = ClassifierTrainer(
-            classifier=classifier,
-            frozen_encoder=frozen,
-            device=self.ctx.device,
-            max_epochs=epochs,
-            train_data_loader=loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=AsymmetricLoss(gamma_neg=k.gamma_neg, gamma_pos=k.gamma_pos, clip=k.clip),
-            scheduler=scheduler,
-            amp=self.amp,
-            world_size=self.ctx.world_size,
-            handlers=self.handlers("classifier", stats, [_Validation()], self.checkpoint_save(1, parts)),
-        )
+        asl = AsymmetricLoss(gamma_neg=k.gamma_neg, gamma_pos=k.gamma_pos, clip=k.clip)
+        common: dict[str, Any] = {
+            "device": self.ctx.device,
+            "max_epochs": epochs,
+            "train_data_loader": loader,
+            "network": network,
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            "amp": self.amp,
+            "world_size": self.ctx.world_size,
+            "handlers": self.handlers("classifier", stats, [_Validation()], self.checkpoint_save(1, parts)),
+        }
+        if joint:
+            objective = JointObjective(asl, build_objective(self.config, distributed=self.ctx.distributed))
+            trainer: Any = JointTrainer(loss_function=objective, **common)
+        else:
+            trainer = ClassifierTrainer(classifier=classifier, frozen_encoder=frozen, loss_function=asl, **common)
         if resume is not None and resume.stage_index == 1:
             self.resume_engine(trainer, sampler, per_rank, resume.state, optimizer, scheduler, stats)
         trainer.run()
@@ -602,12 +623,8 @@ class Run:
 
     # ----------------------------------------------------------------------------------------------------- driver
     def run(self, stage: str = "all", resume: bool = False) -> RunResult:
-        if self.config.mode == "joint":
-            raise ConfigError(
-                "mode: 'joint' (ASL + NLL + PCL in one stage) is not implemented yet; use two-stage or asl"
-            )
         stages = stages_to_run(stage)
-        if self.config.mode == "asl":  # the baseline has one stage: end-to-end ASL
+        if self.config.mode in ("asl", "joint"):  # one stage: end-to-end ASL, or ASL + NLL + lambda * PCL
             stages = ("classifier",)
         seed_everything(self.config.seed, self.config.deterministic)
         self.build_encoder()
@@ -633,7 +650,9 @@ class Run:
                 self.log(f"{self.out}: the classifier stage had finished; nothing left to run")
                 model_path = self.out / "model.pt"
             else:
-                model_path = self.run_classifier(resume_2, end_to_end=self.config.mode == "asl")
+                model_path = self.run_classifier(
+                    resume_2, end_to_end=self.config.mode == "asl", joint=self.config.mode == "joint"
+                )
         barrier(self.ctx)
         return RunResult(
             self.out, model_path, self.records, best_map=self.best.get("map"), best_epoch=self.best.get("epoch")
