@@ -104,9 +104,9 @@ def _register_commands() -> None:
     if _state.get("registered"):
         return
     _state["registered"] = True
-    from probmcl_med.cli import data, evaluate, explain, info, predict, train
+    from probmcl_med.cli import data, evaluate, explain, info, predict, sweep, train
 
-    for module in (train, evaluate, predict, explain, info, data):
+    for module in (train, evaluate, predict, explain, info, data, sweep):
         module.register(app)
 
 

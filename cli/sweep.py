@@ -1,0 +1,54 @@
+"""``probmcl-med sweep``: a grid of config overrides x seeds, each a normal run folder, evaluated and aggregated.
+
+Thin by design: parsing and printing here, everything else in :mod:`probmcl_med.sweep`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+EPILOG = """\
+Examples:
+
+  probmcl-med sweep --config configs/demo.yaml --grid contrastive.tau=0.1,0.2,0.5 --seeds 3 --out runs/tau
+
+  probmcl-med sweep --config configs/demo.yaml --grid mode=asl,two-stage,joint \\
+      --grid contrastive.likelihood=density,responsibility --seeds 2 --set contrastive.epochs=2
+
+Run it again with the same --out to finish an interrupted sweep: runs with a test_metrics.json are not run again.
+"""
+
+
+def sweep_command(
+    config: Annotated[Path | None, typer.Option("--config", help="Base YAML run config (or a named config).")] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option("--grid", help="KEY=V1,V2,... swept values of a config key (repeatable; Cartesian product)."),
+    ] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per grid point (0 .. N-1).")] = 3,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override for every run, e.g. --set contrastive.epochs=2.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Sweep folder: one run folder per point and seed.")] = Path(
+        "runs/sweep"
+    ),
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plot per swept key.")] = False,
+) -> None:
+    """Train every grid point with every seed, evaluate each on the test split, and aggregate mean ± std over seeds.
+
+    Writes OUT/runs.csv (one row per run), OUT/sweep.csv and OUT/sweep.md (mean ± std of mAP, CF1, OF1 and mean
+    per-class recall per grid point) and OUT/plot_<key>.png per swept key; prints the table.
+    """
+    from probmcl_med.sweep import grid_points, parse_grid, run_sweep
+
+    points = grid_points(parse_grid(list(grid or [])))
+    run_sweep(config, points, seeds, out, list(overrides or []), console=Console(), plots=not no_plots)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``sweep`` to the Typer app."""
+    app.command("sweep", epilog=EPILOG)(sweep_command)

@@ -1,0 +1,77 @@
+"""mode: joint: ASL + NLL + lambda * PCL in one stage, on the demo data; run folder, logged terms, bundle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from test_train import tiny_config
+
+from probmcl_med.config import load_config
+from probmcl_med.engine import load_model_bundle, train
+from probmcl_med.engine.checkpoint import CheckpointManager
+from probmcl_med.engine.joint import JointObjective
+from probmcl_med.losses import AsymmetricLoss
+
+
+@pytest.mark.parametrize("lam", [0.3, 2.0])
+def test_joint_trains_one_stage_and_logs_every_term(tmp_path, lam):
+    config = tiny_config(tmp_path, "mode=joint", f"contrastive.lambda={lam}", "classifier.epochs=1")
+    result = train(config)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "class_names.json", "run.json", "metrics.jsonl", "model.pt"):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # budget: contrastive.epochs + classifier.epochs = 1 + 1, logged as the classifier stage with validation
+    assert [(r["stage"], r["epoch"]) for r in records] == [("classifier", 1), ("classifier", 2)]
+    for r in records:
+        assert {"asl", "nll", "pcl", "val_mAP"} <= set(r)
+        # epoch means of a per-batch sum are the sum of the epoch means
+        assert r["loss"] == pytest.approx(r["asl"] + r["nll"] + lam * r["pcl"], rel=1e-4, abs=1e-5)
+    assert result.best_map == max(r["val_mAP"] for r in records)
+    assert [c.stage for c in CheckpointManager(run / "checkpoints").list()] == ["classifier"] * len(
+        CheckpointManager(run / "checkpoints").list()
+    )
+
+    raw = torch.load(run / "model.pt", weights_only=True)
+    assert raw["mdn"] is not None and raw["head"]["normalize_features"] is True
+    torch.manual_seed(config.seed)
+    initial = timm.create_model("test_resnet", num_classes=0).state_dict()
+    trained = {k.removeprefix("model."): v for k, v in raw["encoder"]["state_dict"].items()}
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial if initial[k].is_floating_point())
+    # the bundle's classifier is the unit-norm features of the stored encoder times the stored head
+    reference = timm.create_model("test_resnet", num_classes=0).eval()
+    reference.load_state_dict(trained)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        h = torch.nn.functional.normalize(reference(x), dim=1)
+        expected = h @ raw["head"]["state_dict"]["weight"].T + raw["head"]["state_dict"]["bias"]
+        got = load_model_bundle(run).classifier()(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_joint_objective_adds_asl_to_the_contrastive_objective():
+    class _Fixed(torch.nn.Module):  # a stand-in contrastive objective with known terms
+        def forward(self, mixture, h, labels):
+            from types import SimpleNamespace
+
+            nll, pcl = h.sum() * 0 + 1.5, h.sum() * 0 + 2.0
+            return SimpleNamespace(total=nll + 0.3 * pcl, nll=nll, pcl=pcl, valid_anchors=4)
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.0]], requires_grad=True)
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    terms = JointObjective(AsymmetricLoss(gamma_neg=0, gamma_pos=0, clip=0), _Fixed())(
+        logits, None, torch.zeros(2, 3), labels
+    )
+    # with gamma = 0 and clip = 0 ASL is the binary cross-entropy (mean over the 2 x 2 logits)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    torch.testing.assert_close(terms["asl"], bce.detach())
+    torch.testing.assert_close(terms["loss"], bce + 1.5 + 0.3 * 2.0)
+    terms["loss"].backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+def test_joint_mode_validates_in_config():
+    assert load_config(overrides=["mode=joint"]).mode == "joint"
