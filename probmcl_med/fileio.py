@@ -42,6 +42,29 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
     return atomic_write_bytes(path, text.encode(encoding))
 
 
+def check_replaceable_folder(out_dir: Path, marker: str, what: str, option: str) -> None:
+    """Refuse to replace anything but an earlier output of ours (it holds ``marker``) or an empty folder.
+
+    Args:
+        out_dir: the folder about to be written with :func:`atomic_directory`.
+        marker: a file name that every folder of this kind holds.
+        what: what the folder is, for the message ("report", "output").
+        option: the command-line option that named it ("--report", "--out").
+
+    Raises:
+        DataError: ``out_dir`` is a file, or a folder with other files in it.
+    """
+    from probmcl_med.errors import DataError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{what} path {out_dir} is a file; give a folder path for {option}")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file():
+        raise DataError(
+            f"{what} folder {out_dir} already holds files that are not a probmcl-med {what}; give a new or empty "
+            f"folder (an earlier {what} there would be replaced)"
+        )
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Build a folder under a temporary name and move it to ``path`` only when the block succeeds.

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from probmcl_med.errors import CheckpointError, DataError, UserError
-from probmcl_med.fileio import atomic_directory
+from probmcl_med.fileio import atomic_directory, check_replaceable_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 """Extensions listed as images in a folder (case-insensitive)."""
@@ -559,13 +559,7 @@ def _num(x: float) -> str:
 
 def check_output_folder(out_dir: Path) -> None:
     """Refuse to replace anything but an earlier prediction folder (or an empty folder) at ``out_dir``."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"output path {out_dir} is a file; give a folder path for --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / OUTPUT_MARKER).is_file():
-        raise DataError(
-            f"output folder {out_dir} already holds files that are not a probmcl-med output; give a new or empty "
-            "folder (an earlier output there would be replaced)"
-        )
+    check_replaceable_folder(out_dir, OUTPUT_MARKER, "output", "--out")
 
 
 def write_predictions(

@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from probmcl_med.errors import DataError
 from probmcl_med.evaluation import plots
 from probmcl_med.evaluation.metrics import SUMMARY_KEYS, as_numpy, below_recall_floor, check_recall_floor
 from probmcl_med.evaluation.render import PER_CLASS_COLUMNS, fmt, per_class_rows, threshold_text
-from probmcl_med.fileio import atomic_directory
+from probmcl_med.fileio import atomic_directory, check_replaceable_folder
 
 MARKER = ".probmcl-med-report"
 CSV_FIELDS = ("name", "ap", "precision", "recall", "f1", "support", "predicted", "tp", "threshold", "below_floor")
@@ -144,17 +143,6 @@ def _per_class_csv(metrics: dict[str, Any], recall_floor: float) -> str:
     return buf.getvalue()
 
 
-def _check_target(out_dir: Path) -> None:
-    """Refuse to replace anything that is not an earlier report (or an empty folder)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"report path {out_dir} is a file; give a folder path for --report")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
-        raise DataError(
-            f"report folder {out_dir} already holds files that are not a probmcl-med report; "
-            "give a new or empty folder (an earlier report there would be replaced)"
-        )
-
-
 def write_report(
     out_dir: str | Path,
     metrics: dict[str, Any],
@@ -185,7 +173,7 @@ def write_report(
     """
     out_dir = Path(out_dir)
     check_recall_floor(recall_floor)
-    _check_target(out_dir)
+    check_replaceable_folder(out_dir, MARKER, "report", "--report")
     s, t = as_numpy(scores), as_numpy(targets)
     names = [str(n) for n in class_names]
     meta = dict(meta or {})
