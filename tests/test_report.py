@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from probmcl_med.cli.evaluate_files import evaluate_files
 from rich.console import Console
 from sklearn.metrics import average_precision_score, precision_score, recall_score
 
+from probmcl_med.cli.evaluate_files import evaluate_files
 from probmcl_med.errors import DataError
 from probmcl_med.evaluation import (
     load_scores_targets,
