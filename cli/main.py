@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from probmcl_med import __version__
-from probmcl_med.errors import UserError
+from probmcl_med.errors import UserError, one_line_message
 
 try:  # Typer >= 0.20 vendors click as typer._click; older releases use click itself.
     from typer._click import exceptions as _click_exceptions
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if _state["debug"]:
             traceback.print_exc()
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = one_line_message(exc)
         stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         if not _state["debug"]:
             stderr.print("(run with --debug for the traceback)", style="dim")

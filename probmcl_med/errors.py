@@ -25,3 +25,19 @@ class CheckpointError(UserError):
 
 class PluginError(UserError):
     """A plugin file or entry point that failed to import."""
+
+
+def one_line_message(exc: BaseException) -> str:
+    """The first line of an error's message, also when torch re-raised it from a DataLoader worker.
+
+    torch re-raises a worker's exception as the same type with the message ``Caught X in DataLoader worker process
+    N.`` followed by the worker's traceback, whose last line is ``module.X: original message``; the original message
+    is what the user needs (the file and row), so it is recovered from there.
+    """
+    text = str(exc)
+    if text.startswith("Caught ") and "DataLoader worker" in text.splitlines()[0]:
+        last = text.rstrip().splitlines()[-1]
+        marker = f"{type(exc).__name__}: "
+        text = last.split(marker, 1)[1] if marker in last else last
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from probmcl_med.errors import CheckpointError, DataError, UserError
+from probmcl_med.errors import CheckpointError, DataError, UserError, one_line_message
 from probmcl_med.fileio import atomic_directory, check_replaceable_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
@@ -148,21 +148,6 @@ class ItemDataset(Dataset):
         return out
 
 
-def worker_error_message(exc: BaseException) -> str:
-    """The original one-line message of an error re-raised from a DataLoader worker.
-
-    torch re-raises a worker's exception as the same type with the message ``Caught X in DataLoader worker process
-    N.`` followed by the worker's traceback, whose last line is ``module.X: original message``.
-    """
-    text = str(exc)
-    if not text.startswith("Caught "):
-        return text
-    last = text.rstrip().splitlines()[-1]
-    name = type(exc).__name__
-    marker = f"{name}: "
-    return last.split(marker, 1)[1] if marker in last else last
-
-
 def eval_transform(bundle: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The deterministic transform the bundle's model expects: its image size and its stored mean/std."""
     from probmcl_med.data.transforms import build_eval_transform
@@ -218,7 +203,7 @@ def _worker_errors() -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        message = worker_error_message(exc)
+        message = one_line_message(exc)
         if message == str(exc):
             raise
         raise type(exc)(message) from None

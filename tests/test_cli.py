@@ -87,3 +87,23 @@ def test_console_script_runs_as_a_module() -> None:
         [sys.executable, "-m", "probmcl_med.cli", "--version"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_an_error_from_a_dataloader_worker_keeps_its_original_message() -> None:
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from probmcl_med.errors import DataError, one_line_message
+
+    class Broken(Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            raise DataError(f"/data/images/p{i}.png (row {i + 2}): not an image")
+
+    with pytest.raises(DataError) as info:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert str(info.value).startswith("Caught DataError in DataLoader worker")
+    assert one_line_message(info.value) == "/data/images/p0.png (row 2): not an image"
+    assert one_line_message(DataError("plain\nsecond line")) == "plain"
