@@ -59,6 +59,8 @@ def test_two_stages_write_run_folder_and_bundle_restores_logits(tmp_path):
     assert bundle.class_names == names and bundle.image_size == 32 and bundle.mdn is not None
     # independent reference: a fresh timm model and a plain matrix product on the raw stored tensors
     raw = torch.load(run / "model.pt", weights_only=True)
+    best_record = max(records[1:], key=lambda r: r["val_mAP"])
+    assert raw["best_val_map"] == best_record["val_mAP"] and raw["best_epoch"] == best_record["epoch"]
     reference = timm.create_model("test_resnet", num_classes=0).eval()
     reference.load_state_dict({k.removeprefix("model."): v for k, v in raw["encoder"]["state_dict"].items()})
     w, b = raw["head"]["state_dict"]["weight"], raw["head"]["state_dict"]["bias"]

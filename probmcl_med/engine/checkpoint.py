@@ -164,8 +164,13 @@ def bundle_dict(
     thresholds: Sequence[float] | None = None,
     encoder_name: str | None = None,
     normalize_features: bool = True,
+    best_val_map: float | None = None,
+    best_epoch: int | None = None,
 ) -> dict[str, Any]:
-    """The plain (weights_only-loadable) dict that :func:`save_model_bundle` writes."""
+    """The plain (weights_only-loadable) dict that :func:`save_model_bundle` writes.
+
+    ``best_val_map`` (percent) and ``best_epoch`` record which classifier epoch the saved head comes from.
+    """
     head = unwrap(head)
     if len(class_names) != head.out_features:
         raise ValueError(f"{len(class_names)} class names for a head with {head.out_features} outputs")
@@ -194,6 +199,8 @@ def bundle_dict(
         "image_size": int(image_size),
         "config": config.to_dict(),
         "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+        "best_val_map": None if best_val_map is None else float(best_val_map),
+        "best_epoch": None if best_epoch is None else int(best_epoch),
     }
 
 
@@ -201,7 +208,7 @@ def save_model_bundle(path: str | Path, **parts: Any) -> Path:
     """Write the inference bundle atomically to ``path`` (a ``.pt`` file, or a run folder -> ``RUN/model.pt``).
 
     Keyword arguments are those of :func:`bundle_dict`: ``encoder, head, class_names, mean, std, image_size,
-    config`` and optionally ``mdn, thresholds, encoder_name, normalize_features``.
+    config`` and optionally ``mdn, thresholds, encoder_name, normalize_features, best_val_map, best_epoch``.
     """
     path = Path(path)
     if path.suffix != ".pt":

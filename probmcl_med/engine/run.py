@@ -614,6 +614,8 @@ class Run:
             config=self.config,
             encoder_name=self.config.encoder.name,
             normalize_features=getattr(self, "normalize_features", True),
+            best_val_map=best.get("map"),
+            best_epoch=best.get("epoch"),
         )
 
     def print_summary(self, stage: str) -> None:
