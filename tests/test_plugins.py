@@ -176,3 +176,43 @@ def test_example_similarity_matches_closed_form_of_moment_matched_gaussians(tmp_
     expected = math.exp(-0.5 * (kl_ab + kl_ba))
     assert sim(a, b).item() == pytest.approx(expected, rel=1e-12)
     assert sim(a, a).item() == pytest.approx(1.0)
+
+
+def test_installed_package_entry_point_is_loaded_and_autoload_can_be_turned_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from probmcl_med import OVERLAPS
+
+    site = tmp_path / "site"
+    dist = site / "probmcl_test_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: probmcl-test-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[probmcl_med.plugins]\nep_overlap = probmcl_test_plugin_mod\n")
+    (site / "probmcl_test_plugin_mod.py").write_text(
+        textwrap.dedent(
+            '''
+            from probmcl_med import OVERLAPS
+
+            @OVERLAPS.register("ep_overlap")
+            def ep_overlap(ya, yb):
+                """Registered by an installed package's entry point."""
+                return (ya @ yb.T).clamp(0, 1)
+            '''
+        )
+    )
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PROBMCL_MED_PLUGINS", raising=False)
+    try:
+        monkeypatch.setenv("PROBMCL_MED_NO_AUTOLOAD", "1")
+        load_plugins()
+        assert "ep_overlap" not in OVERLAPS
+        monkeypatch.delenv("PROBMCL_MED_NO_AUTOLOAD")
+        loaded = load_plugins()
+        assert "ep_overlap" in OVERLAPS
+        assert any(p.kind == "entry point" and "ep_overlap" in p.source for p in loaded)
+    finally:
+        OVERLAPS.unregister("ep_overlap")
+        sys.modules.pop("probmcl_test_plugin_mod", None)
+        for key in [k for k in plugins_module._loaded if "ep_overlap" in k]:
+            del plugins_module._loaded[key]
