@@ -107,3 +107,12 @@ def test_an_error_from_a_dataloader_worker_keeps_its_original_message() -> None:
     assert str(info.value).startswith("Caught DataError in DataLoader worker")
     assert one_line_message(info.value) == "/data/images/p0.png (row 2): not an image"
     assert one_line_message(DataError("plain\nsecond line")) == "plain"
+
+
+@pytest.mark.parametrize(
+    "command", [["plugins"], ["train"], ["evaluate"], ["predict"], ["explain"], ["info"], ["sweep"], ["data", "check"]]
+)
+def test_every_command_help_shows_an_example(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Example" in out and "probmcl-med" in out.split("Example", 1)[1]
