@@ -30,6 +30,12 @@ def test_plugins_lists_builtins_as_json(capsys: pytest.CaptureFixture[str]) -> N
         ("overlaps", "cosine"),
         ("likelihoods", "density"),
         ("likelihoods", "responsibility"),
+        ("datasets", "adp"),
+        ("datasets", "coco"),
+        ("datasets", "slides"),
+        ("datasets", "csv"),
+        ("datasets", "demo"),
+        ("encoders", "tresnet_m"),
     ]:
         assert expected in names
     assert all(r["summary"] for r in rows if r["registry"] in ("similarities", "overlaps"))
