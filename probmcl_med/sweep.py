@@ -30,7 +30,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ MARKER = "test_metrics.json"
 """Written last in a run folder: the run is finished and evaluated."""
 
 Point = tuple[tuple[str, str], ...]
+PointSets = Callable[[Point], list[str]]
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,10 @@ class SweepRun:
         """The run folder's name: ``<point name>__seed<S>``."""
         return f"{self.point_name}__seed{self.seed}"
 
-    def overrides(self, output_dir: Path) -> list[str]:
-        """``--set`` strings of this run: the point's overrides, the seed, the run folder."""
-        return [*(f"{k}={v}" for k, v in self.point), f"seed={self.seed}", f"output_dir={output_dir}"]
+    def overrides(self, output_dir: Path, point_sets: PointSets | None = None) -> list[str]:
+        """``--set`` strings of this run: the point's overrides (or ``point_sets(point)``), the seed, the folder."""
+        sets = point_sets(self.point) if point_sets is not None else [f"{k}={v}" for k, v in self.point]
+        return [*sets, f"seed={self.seed}", f"output_dir={output_dir}"]
 
 
 @dataclass
@@ -185,6 +187,7 @@ def run_sweep(
     *,
     console: Any = None,
     plots: bool = True,
+    point_sets: PointSets | None = None,
 ) -> SweepResult:
     """Train and evaluate every (point, seed) not finished yet, then aggregate and write the outputs.
 
@@ -196,6 +199,8 @@ def run_sweep(
         sets: ``--set`` overrides applied to every run before the point's.
         console: a rich Console for progress and the table (None: silent).
         plots: write one PNG per swept key.
+        point_sets: maps a point to its ``--set`` overrides when its keys are labels rather than config keys
+            (e.g. ``(("arm", "joint"), ("init", "pretrained"))`` -> several overrides); default ``key=value``.
 
     Raises:
         ConfigError: a bad override in any run (all configs are validated before anything trains).
@@ -207,7 +212,7 @@ def run_sweep(
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError("two grid points give the same run folder name; make the values differ after sanitising")
-    configs = [load_config(config_path, overrides=[*sets, *run.overrides(out / run.name)]) for run in runs]
+    configs = [load_config(config_path, overrides=[*sets, *run.overrides(out / run.name, point_sets)]) for run in runs]
     records, trained = [], 0
     for i, (run, config) in enumerate(zip(runs, configs, strict=True)):
         run_dir = out / run.name
