@@ -94,6 +94,13 @@ class ContrastiveConfig(_Section):
     likelihood: str = Field("density", description="a name in LIKELIHOODS (NLL reading, math.md s.3)")
     latent_dim: int | None = Field(None, ge=1, description="n, the dimension of z (None: the encoder's H)")
     mdn_hidden: tuple[int, int] = Field((2048, 128), description="MDN hidden layer widths")
+    mdn_input_gain: float = Field(
+        1.0,
+        gt=0,
+        description="factor on the MDN's first-layer initial weights; h is unit-norm, so with 1.0 the MDN's outputs "
+        "barely vary between samples at the start and every similarity is ~1 (PCL without gradient); sqrt(H) gives "
+        "the first layer unit-scale inputs (benchmarks/evidence)",
+    )
 
     @field_validator("overlap")
     @classmethod

@@ -75,3 +75,21 @@ def test_joint_objective_adds_asl_to_the_contrastive_objective():
 
 def test_joint_mode_validates_in_config():
     assert load_config(overrides=["mode=joint"]).mode == "joint"
+
+
+def test_mdn_input_gain_scales_only_the_first_layer_initialisation(tmp_path):
+    from probmcl_med.engine.distributed import setup_distributed
+    from probmcl_med.engine.run import Run
+    from probmcl_med.mdn import MixtureDensityNetwork
+
+    gain = 36.0
+    run = Run(tiny_config(tmp_path, f"contrastive.mdn_input_gain={gain}"), setup_distributed("cpu"))
+    run.build_encoder()
+    run.class_names = [f"c{i}" for i in range(5)]
+    torch.manual_seed(7)
+    mdn = run.build_mdn()
+    torch.manual_seed(7)  # the same draws, built directly
+    reference = MixtureDensityNetwork(run.encoder.num_features, 5, hidden=(32, 16))
+    got, ref = mdn.state_dict(), reference.state_dict()
+    torch.testing.assert_close(got["hidden.0.weight"], gain * ref["hidden.0.weight"])
+    assert all(torch.equal(got[k], ref[k]) for k in ref if k != "hidden.0.weight")

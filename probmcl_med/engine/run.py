@@ -175,6 +175,10 @@ class Run:
         mdn = MixtureDensityNetwork(
             self.encoder.num_features, len(self.class_names), latent_dim=c.latent_dim, hidden=hidden
         )
+        if c.mdn_input_gain != 1.0:  # unit-norm h: scale the first layer's initial weights (see the config field)
+            first = next(m for m in mdn.modules() if isinstance(m, nn.Linear))
+            with torch.no_grad():
+                first.weight.mul_(c.mdn_input_gain)
         return mdn.to(self.ctx.device)  # mdn.spec holds the constructor arguments for checkpoints
 
     @property
