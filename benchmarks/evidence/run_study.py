@@ -24,7 +24,9 @@ Arms:
 Phases: ``core`` (the arms above, scratch and pretrained), ``ablations`` (pretrained two-stage: likelihood,
 similarity, overlap, tau, alpha, lambda, MDN input gain, one at a time from the base), ``long`` (pretrained asl,
 two-stage and joint with a 4x longer stage 1: does a longer schedule close the gap?), ``headlr`` (pretrained asl,
-two-stage-ft and joint with a 10x head lr: the heads that read unit-norm features may be under-trained). Each phase is a :mod:`probmcl_med.sweep`
+two-stage(-ft) and joint with a 10x head lr: the heads that read unit-norm features may be under-trained),
+``long_headlr`` (the long schedule with the 10x head lr for two-stage and joint), ``joint_lambda`` (joint at
+the 10x head lr with lambda 0, i.e. ASL + NLL without the contrastive term, and lambda 1: does the PCL help?). Each phase is a :mod:`probmcl_med.sweep`
 (resumable: rerunning skips finished runs); the raw per-run and per-arm tables are copied to
 benchmarks/evidence/results/<phase>/ and the pairwise comparisons (Welch t-test) to results/comparisons.md.
 """
@@ -47,6 +49,7 @@ from realmosaic import ensure_realmosaic  # noqa: E402
 
 ENC_LR = {"scratch": 1e-3, "pretrained": 3e-4}
 FROZEN_HEAD_EPOCHS = 30
+PHASES = ["core", "ablations", "long", "headlr", "long_headlr", "joint_lambda"]
 BASE = [
     "dataset.name=csv",
     "dataset.image_size=64",
@@ -215,11 +218,24 @@ def write_comparisons(
     for point in long_points:
         if long_asl and point != long_asl[0]:
             rows += compare(long, [(point, long_asl[0])])
-    for arm in ("asl", "two-stage-ft", "joint"):  # head lr 0.1 against the core's 0.01, same arm
+    long_best = records.get("long_headlr", [])
+    if long_asl:
+        for point in sorted({r["point"] for r in long_best}):
+            rows += compare(long_best + long, [(point, long_asl[0])])
+    for arm in ("asl", "two-stage", "two-stage-ft", "joint"):  # head lr 0.1 against the core's 0.01, same arm
         rows += compare(
             records.get("headlr", []) + core,
             [(point_name((("head_lr", "0.1"), ("arm", arm))), point_name((("init", "pretrained"), ("arm", arm))))],
         )
+    core_asl = point_name((("init", "pretrained"), ("arm", "asl")))
+    for arm in ("two-stage", "two-stage-ft", "joint"):  # each ProbMCL arm at its better head lr against asl at its own
+        for metric in ("mAP", "CF1"):
+            rows += compare(
+                records.get("headlr", []) + core, [(point_name((("head_lr", "0.1"), ("arm", arm))), core_asl)], metric
+            )
+    joint_ref = point_name((("head_lr", "0.1"), ("arm", "joint")))
+    for point in sorted({r["point"] for r in records.get("joint_lambda", [])}):
+        rows += compare(records.get("joint_lambda", []) + records.get("headlr", []), [(point, joint_ref)])
     ablations = records.get("ablations", [])
     base = point_name((("ablation", "base"),))
     for point in sorted({r["point"] for r in ablations} - {base}):
@@ -240,7 +256,9 @@ def point_name(point: tuple[tuple[str, str], ...]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phase", choices=["core", "ablations", "long", "headlr", "all"], default="all")
+    parser.add_argument(
+        "--phase", choices=["core", "ablations", "long", "headlr", "long_headlr", "joint_lambda", "all"], default="all"
+    )
     parser.add_argument("--long-e1", type=int, default=12, help="contrastive epochs of the 'long' phase (4x)")
     parser.add_argument("--long-seeds", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3)
@@ -273,15 +291,17 @@ def main(argv: list[str] | None = None) -> int:
     base = [*BASE, f"dataset.root={data}"]
     inits = args.inits.split(",")
     arms = args.arms.split(",")
-    phases = ["core", "ablations", "long", "headlr"] if args.phase == "all" else [args.phase]
+    phases = PHASES if args.phase == "all" else [args.phase]
     phase_seeds = {
         "core": seeds,
         "ablations": 1 if args.quick else (args.ablation_seeds or seeds),
         "long": 1 if args.quick else args.long_seeds,
         "headlr": 1 if args.quick else args.long_seeds,
+        "long_headlr": 1 if args.quick else args.long_seeds,
+        "joint_lambda": 1 if args.quick else args.long_seeds,
     }
     records: dict[str, list[dict]] = {}  # phases run earlier (e.g. by another --phase call) count in the comparisons
-    for phase in ("core", "ablations", "long", "headlr"):
+    for phase in PHASES:
         earlier = results / phase / "runs.json"
         if earlier.is_file():
             records[phase] = json.loads(earlier.read_text())
@@ -305,8 +325,26 @@ def main(argv: list[str] | None = None) -> int:
         d = dict(point)
         return [*arm_sets(d["arm"], "pretrained", args.e1, args.e2, weights), f"classifier.lr={d['head_lr']}"]
 
+    def joint_lambda_sets(point: tuple[tuple[str, str], ...]) -> list[str]:
+        return [*headlr_sets(point), f"contrastive.lambda={dict(point)['lambda']}"]
+
+    def long_headlr_sets(point: tuple[tuple[str, str], ...]) -> list[str]:
+        d = dict(point)
+        return [*arm_sets(d["arm"], "pretrained", args.long_e1, args.e2, weights), f"classifier.lr={d['head_lr']}"]
+
     plan = {
-        "headlr": ([(("head_lr", "0.1"), ("arm", arm)) for arm in ("asl", "two-stage-ft", "joint")], headlr_sets),
+        "headlr": (
+            [(("head_lr", "0.1"), ("arm", arm)) for arm in ("asl", "two-stage", "two-stage-ft", "joint")],
+            headlr_sets,
+        ),
+        "joint_lambda": (
+            [(("head_lr", "0.1"), ("arm", "joint"), ("lambda", lam)) for lam in ("0", "1.0")],
+            joint_lambda_sets,
+        ),
+        "long_headlr": (
+            [(("budget", f"e1={args.long_e1}"), ("head_lr", "0.1"), ("arm", a)) for a in ("two-stage", "joint")],
+            long_headlr_sets,
+        ),
         "long": (
             [(("budget", f"e1={args.long_e1}"), ("arm", arm)) for arm in ("asl", "two-stage", "joint")],
             long_sets,
