@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds
     if args.quick:
         args.e1 = args.e2 = 1
+        args.long_e1 = 2
         seeds = 1
         out, results = out / "quick", out / "quick" / "results"
     data = ensure_realmosaic(out.parent / "data" if args.quick else out / "data")
