@@ -91,7 +91,11 @@ class ContrastiveConfig(_Section):
     alpha: float = Field(0.5, ge=0, le=1, description="overlap threshold for positives (Eq. 3)")
     overlap: str = Field("jaccard", description="a name in OVERLAPS")
     similarity: str = Field("correlation", description="a name in SIMILARITIES")
-    likelihood: str = Field("density", description="a name in LIKELIHOODS (NLL reading, math.md s.3)")
+    likelihood: str = Field(
+        "responsibility",
+        description="a name in LIKELIHOODS (NLL reading, docs/math.md s.3; responsibility measured better than "
+        "density in benchmarks/evidence)",
+    )
     latent_dim: int | None = Field(None, ge=1, description="n, the dimension of z (None: the encoder's H)")
     mdn_hidden: tuple[int, int] = Field((2048, 128), description="MDN hidden layer widths")
     mdn_input_gain: float = Field(
@@ -144,7 +148,9 @@ class RunConfig(_Section):
     """A whole ProbMCL run."""
 
     mode: Literal["two-stage", "asl", "joint"] = Field(
-        "two-stage", description="two-stage (the paper), asl (baseline, end to end), joint (ASL + NLL + PCL)"
+        "asl",
+        description="asl (encoder + head end to end with ASL; the default, measured best in benchmarks/evidence), "
+        "two-stage (the paper: contrastive stage, then a head on the frozen encoder), joint (ASL + NLL + PCL)",
     )
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")

@@ -95,6 +95,27 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.start : ctx.stop], None
 
 
+def _distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_likelihood_inputs(
+    mixtures: GaussianMixture, z: Tensor, labels: Tensor
+) -> tuple[GaussianMixture, Tensor, Tensor]:
+    """Every rank's mixtures and points (gathered with gradients) and labels (without): the global batch."""
+    local = mixtures.upcast()
+    c = local.num_components
+    z = z.to(local.weights.dtype)
+    packed = torch.cat([local.log_weights, local.means, local.variances, z], dim=1)
+    counts = _batch_sizes(len(local), packed.device)
+    gathered = _GatherWithGrad.apply(packed, counts)
+    logw, means, variances, z_all = gathered.split([c, c, c, z.shape[1]], dim=1)
+    with torch.no_grad():
+        labels_all = _GatherWithGrad.apply(labels.to(device=packed.device, dtype=compute_dtype(labels)), counts)
+    return GaussianMixture(logw.exp(), means, variances, local.dim, logw), z_all, labels_all
+
+
 @dataclass(frozen=True)
 class ContrastiveStats:
     """Counts reported with the contrastive loss.
@@ -171,7 +192,7 @@ class ProbContrastiveLoss(nn.Module):
         """``(loss, stats)``; also stores ``stats`` in :attr:`last_stats`."""
         if labels.ndim != 2 or labels.shape[0] != len(mixtures):
             raise ValueError(f"labels must be (B, C) with B = {len(mixtures)}, got {tuple(labels.shape)}")
-        if self.gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if self.gather and _distributed():
             loss, stats = self._gathered(mixtures, labels)
         else:
             loss, stats = self._local(mixtures, labels)
@@ -248,10 +269,11 @@ class ProbMCLObjective(nn.Module):
         contrastive: the contrastive loss; default ``ProbContrastiveLoss()`` (correlation, Jaccard, alpha 0.5,
             tau 0.2).
 
-    Under DDP with ``contrastive.gather``: ``nll`` is this rank's mean (DDP's averaging makes it the global mean
-    for equal per-rank batches) and ``pcl`` follows :class:`ProbContrastiveLoss`'s contract (the mean over ranks is
-    the global loss), so the mean over ranks of ``total`` is the single-process objective on the global batch and
-    DDP's averaged gradient is its gradient.
+    Under DDP with ``contrastive.gather``: ``nll`` is the likelihood of the gathered global batch, the same value on
+    every rank (the gather carries gradients, so DDP's averaged gradient is exactly its gradient; a mean of per-rank
+    means would not be the global mean for a likelihood that skips samples, such as ``responsibility``), and ``pcl``
+    follows :class:`ProbContrastiveLoss`'s contract (the mean over ranks is the global loss). So the mean over ranks
+    of ``total`` is the single-process objective on the global batch and DDP's averaged gradient is its gradient.
     """
 
     def __init__(
@@ -275,7 +297,10 @@ class ProbMCLObjective(nn.Module):
             z: ``(2N, n)`` points the likelihood is evaluated at (``h(x)`` in the KMCL reading).
             labels: ``(2N, C)`` multi-hot or soft labels.
         """
-        nll = self.likelihood(mixtures, z, labels)
+        if self.contrastive.gather and _distributed():
+            nll = self.likelihood(*_gather_likelihood_inputs(mixtures, z, labels))
+        else:
+            nll = self.likelihood(mixtures, z, labels)
         pcl, stats = self.contrastive.forward_with_stats(mixtures, labels)
         return ObjectiveOutput(nll + self.lam * pcl, nll, pcl, stats.valid_anchors, stats.anchors)
 

@@ -17,6 +17,7 @@ from probmcl_med.engine.checkpoint import CheckpointManager, read_checkpoint
 from probmcl_med.errors import CheckpointError
 
 TINY = [
+    "mode=two-stage",
     "encoder.name=test_resnet",
     "dataset.name=demo",
     "dataset.image_size=32",

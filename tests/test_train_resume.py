@@ -26,6 +26,7 @@ sys.exit(m.main(sys.argv[1:]))
 """
 
 SETTINGS = [
+    "mode=two-stage",
     "encoder.name=test_resnet",
     "dataset.name=demo",
     "dataset.image_size=32",
