@@ -39,6 +39,26 @@ def tiny_config(tmp_path, *extra):
     return load_config(overrides=[*TINY, f"output_dir={tmp_path / 'run'}", *extra])
 
 
+def check_trained_bundle(run, seed, normalize):
+    """The stored encoder moved away from its seeded start, and the bundle's logits equal a fresh timm test_resnet
+    with the stored weights (its unit-norm features when ``normalize``) times the stored head. Returns the raw file."""
+    raw = torch.load(run / "model.pt", weights_only=True)
+    assert raw["head"]["normalize_features"] is normalize
+    torch.manual_seed(seed)
+    initial = timm.create_model("test_resnet", num_classes=0).state_dict()
+    trained = {k.removeprefix("model."): v for k, v in raw["encoder"]["state_dict"].items()}
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial if initial[k].is_floating_point())
+    reference = timm.create_model("test_resnet", num_classes=0).eval()
+    reference.load_state_dict(trained)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        h = F.normalize(reference(x), dim=1) if normalize else reference(x)
+        expected = h @ raw["head"]["state_dict"]["weight"].T + raw["head"]["state_dict"]["bias"]
+        got = load_model_bundle(run).classifier()(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    return raw
+
+
 def test_two_stages_write_run_folder_and_bundle_restores_logits(tmp_path):
     config = tiny_config(tmp_path, "classifier.augment=false")
     result = train(config)
@@ -162,16 +182,5 @@ def test_asl_mode_trains_encoder_and_head_end_to_end(tmp_path):
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in records] == [("classifier", 1), ("classifier", 2)]  # 1 + 1 epochs
-    raw = torch.load(run / "model.pt", weights_only=True)
-    assert raw["mdn"] is None and raw["head"]["normalize_features"] is False
-    torch.manual_seed(config.seed)
-    initial = timm.create_model("test_resnet", num_classes=0).state_dict()
-    trained = {k.removeprefix("model."): v for k, v in raw["encoder"]["state_dict"].items()}
-    assert any(not torch.equal(initial[k], trained[k]) for k in initial if initial[k].is_floating_point())
-    reference = timm.create_model("test_resnet", num_classes=0).eval()
-    reference.load_state_dict(trained)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        expected = reference(x) @ raw["head"]["state_dict"]["weight"].T + raw["head"]["state_dict"]["bias"]
-        got = load_model_bundle(run).classifier()(x)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    raw = check_trained_bundle(run, config.seed, normalize=False)
+    assert raw["mdn"] is None
