@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from probmcl_med.engine.distributed import resolve_device
 from probmcl_med.errors import CheckpointError, DataError, UserError, one_line_message
 from probmcl_med.fileio import atomic_directory, check_replaceable_folder
 
@@ -66,19 +67,6 @@ class ProgressHook(Protocol):
 # --------------------------------------------------------------------------------------------------------------------
 # Devices and inputs
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto``/None -> ``cuda`` when available, else ``cpu``; anything else as given (``cuda:1``, ``cpu``)."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(str(device))
-    except RuntimeError:
-        raise DataError(f"device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
-    return resolved
 
 
 def is_slide(path: str | Path) -> bool:
