@@ -38,12 +38,17 @@ def _registered(registry: Registry, value: str) -> str:
 
 
 class AugmentConfig(_Section):
-    """RandAugment-style policy for training views: ``num_ops`` random operations of strength ``magnitude``."""
+    """How training views are augmented: a named policy (probmcl_med.data.augment) and its settings."""
 
-    num_ops: int = Field(2, ge=0, le=10, description="operations applied per image")
-    magnitude: int = Field(9, ge=0, le=30, description="strength on RandAugment's 0-30 scale")
-    hflip: bool = Field(True, description="random horizontal flips")
-    vflip: bool = Field(True, description="random vertical flips (histology has no up)")
+    policy: Literal["none", "flip", "randaugment", "pathology"] = Field(
+        "randaugment",
+        description="none; flip (hflip/vflip); randaugment (the flips + num_ops operations at magnitude); pathology "
+        "(both flips, 90-degree rotations, H&E stain jitter, mild intensity, blur and JPEG artefacts)",
+    )
+    num_ops: int = Field(2, ge=0, le=10, description="randaugment: operations applied per image (N)")
+    magnitude: int = Field(9, ge=0, le=30, description="randaugment: strength on the 0-30 scale (M)")
+    hflip: bool = Field(True, description="flip, randaugment: random horizontal flips")
+    vflip: bool = Field(False, description="flip, randaugment: random vertical flips (histology has no up: true)")
 
 
 class DatasetConfig(_Section):
@@ -123,18 +128,24 @@ class ContrastiveConfig(_Section):
 
 
 class ClassifierConfig(_Section):
-    """Stage 2: a linear head on the (frozen) encoder trained with the asymmetric loss."""
+    """Stage 2: a linear head on the (frozen) encoder trained with a multi-label loss."""
 
     epochs: int = Field(40, ge=0)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    gamma_neg: float = Field(4.0, ge=0)
-    gamma_pos: float = Field(0.0, ge=0)
-    clip: float = Field(0.05, ge=0, lt=1)
+    loss: Literal["bce", "focal", "asl"] = Field(
+        "asl",
+        description="bce (binary cross-entropy), focal (Lin et al., focal_gamma), asl (asymmetric loss, Ridnik et "
+        "al.: gamma_neg, gamma_pos, clip; the published values are for highly imbalanced data)",
+    )
+    focal_gamma: float = Field(2.0, ge=0, description="focal: the focusing exponent on positives and negatives")
+    gamma_neg: float = Field(4.0, ge=0, description="asl: focusing exponent on negatives")
+    gamma_pos: float = Field(0.0, ge=0, description="asl: focusing exponent on positives")
+    clip: float = Field(0.05, ge=0, lt=1, description="asl: probability margin shifted off the negatives")
     encoder_lr: float = Field(0.0, ge=0, description="0: frozen encoder (the paper); > 0: fine-tune it at this lr")
     cache_features: bool = Field(True, description="compute frozen features once (only without augmentation)")
-    augment: bool = Field(True, description="RandAugment in stage 2 too (the paper); disables the feature cache")
+    augment: bool = Field(True, description="augment in stage 2 too (the paper); disables the feature cache")
 
 
 class CheckpointConfig(_Section):

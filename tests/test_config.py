@@ -103,3 +103,12 @@ def test_named_configs_are_found_from_any_directory(tmp_path: Path, monkeypatch:
 
 def test_defaults_are_a_valid_config() -> None:
     assert RunConfig().contrastive.similarity == "correlation"
+
+
+def test_loss_and_augmentation_policy_are_named_choices() -> None:
+    cfg = load_config(overrides=["classifier.loss=focal", "dataset.augment.policy=pathology"])
+    assert cfg.classifier.loss == "focal" and cfg.dataset.augment.policy == "pathology"
+    with pytest.raises(ConfigError, match=r"'classifier\.loss'.*'bce', 'focal' or 'asl'"):
+        load_config(overrides=["classifier.loss=cross_entropy"])
+    with pytest.raises(ConfigError, match=r"'dataset\.augment\.policy'"):
+        load_config(overrides=["dataset.augment.policy=strong"])

@@ -55,14 +55,14 @@ def test_eval_transform_resizes_like_torchvision(item):
 
 def test_train_without_augmentation_equals_eval(item):
     data, _ = item
-    plain = build_train_transform(40, MEAN, STD, num_ops=0, hflip=False, vflip=False)(dict(data))
+    plain = build_train_transform(40, MEAN, STD, policy="none")(dict(data))
     ref = build_eval_transform(40, MEAN, STD)(dict(data))
     torch.testing.assert_close(plain["image"], ref["image"])
 
 
 def test_flips_are_flips(item):
     data, pixels = item
-    t = build_train_transform(48, None, None, num_ops=0, hflip=True, vflip=True, seed=0)
+    t = build_train_transform(48, None, None, policy="flip", hflip=True, vflip=True, seed=0)
     seen = set()
     base = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
     candidates = {
@@ -97,14 +97,18 @@ def test_train_transform_random_and_seeded(item):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_randaugment_leaves_global_torch_rng_alone(item):
+@pytest.mark.parametrize("policy", ["randaugment", "pathology"])
+def test_augmentation_leaves_global_rngs_alone(item, policy):
     data, _ = item
-    t = build_train_transform(48, MEAN, STD, seed=1)
+    t = build_train_transform(48, MEAN, STD, policy=policy, seed=1)
     torch.manual_seed(123)
-    expected = torch.rand(3)
+    np.random.seed(123)
+    expected, expected_np = torch.rand(3), np.random.rand(3)
     torch.manual_seed(123)
+    np.random.seed(123)
     t(dict(data))
     torch.testing.assert_close(torch.rand(3), expected)
+    np.testing.assert_array_equal(np.random.rand(3), expected_np)
 
 
 def test_two_views_shapes_differ_and_load_once(item, monkeypatch):

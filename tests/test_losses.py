@@ -13,7 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from probmcl_med.errors import ConfigError, UserError
-from probmcl_med.losses import AsymmetricLoss, ContrastiveStats, ProbContrastiveLoss, ProbMCLObjective
+from probmcl_med.losses import (
+    AsymmetricLoss,
+    ContrastiveStats,
+    ProbContrastiveLoss,
+    ProbMCLObjective,
+    classification_loss,
+)
 from probmcl_med.mixture import GaussianMixture
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -182,13 +188,21 @@ def test_objective_is_nll_plus_lambda_pcl(likelihood: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- ASL
 def asl_reference(x: np.ndarray, y: np.ndarray, gneg: float, gpos: float, clip: float, eps: float) -> np.ndarray:
-    """Elementwise ASL (Ridnik et al. 2021, published code's semantics), plain numpy float64."""
+    """Elementwise ASL (Ridnik et al. 2021, published code's semantics), plain numpy float64.
+
+    One deliberate difference from the published code (docs/math.md s.9): log p and, without clipping, log(1 - p)
+    are exact (-log1p(exp(-x)), -log1p(exp(x))) instead of floored at eps, so a confidently wrong logit keeps its
+    loss and gradient. With clipping, p_neg >= clip > eps and the floor never binds.
+    """
     out = np.zeros_like(x)
     for idx in np.ndindex(x.shape):
-        p = 1.0 / (1.0 + math.exp(-x[idx]))
+        xx = float(x[idx])
+        p = 1.0 / (1.0 + math.exp(-xx))
         p_neg = min(1.0 - p + clip, 1.0) if clip > 0 else 1.0 - p
+        log_pos = -math.log1p(math.exp(-xx))
+        log_neg = math.log(max(p_neg, eps)) if clip > 0 else -math.log1p(math.exp(xx))
         yy = y[idx]
-        log_term = yy * math.log(max(p, eps)) + (1 - yy) * math.log(max(p_neg, eps))
+        log_term = yy * log_pos + (1 - yy) * log_neg
         pt = p * yy + p_neg * (1 - yy)
         weight = (1 - pt) ** (gpos * yy + gneg * (1 - yy))
         out[idx] = -log_term * weight
@@ -231,6 +245,54 @@ def test_asl_without_focusing_is_binary_cross_entropy() -> None:
     x, y = torch.randn(5, 7, dtype=torch.float64), (torch.rand(5, 7) < 0.5).double()
     ours = AsymmetricLoss(0, 0, 0.0, reduction="sum")(x, y)
     assert ours.item() == pytest.approx(F.binary_cross_entropy_with_logits(x, y, reduction="sum").item(), rel=1e-9)
+
+
+def _logits_with_extremes(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = 3 * torch.randn(8, 6, generator=g, dtype=torch.float64)
+    x[0, :3] = torch.tensor([60.0, -60.0, 25.0])  # confidently right and confidently wrong
+    y = (torch.rand(8, 6, generator=g) < 0.4).double()
+    y[0, :3] = torch.tensor([0.0, 1.0, 1.0])
+    y[1, 1] = 0.25  # soft target
+    return x.requires_grad_(True), y
+
+
+def test_bce_by_name_is_torch_bce_with_logits_in_value_and_gradient() -> None:
+    x, y = _logits_with_extremes(11)
+    ours = classification_loss("bce")(x, y)
+    ours.backward()
+    ours_grad = x.grad.clone()
+    x.grad = None
+    reference = F.binary_cross_entropy_with_logits(x, y)
+    reference.backward()
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-12)
+    torch.testing.assert_close(ours_grad, x.grad, rtol=1e-10, atol=1e-14)
+    assert x.grad[0, 1] != 0  # a confidently wrong positive still has a gradient (no eps floor)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 3.5])
+def test_focal_by_name_is_torchvisions_sigmoid_focal_loss_in_value_and_gradient(gamma: float) -> None:
+    from torchvision.ops import sigmoid_focal_loss
+
+    x, y = _logits_with_extremes(12)
+    y = y.round()  # torchvision's formula is for hard targets
+    ours = classification_loss("focal", focal_gamma=gamma)(x, y)
+    ours.backward()
+    ours_grad = x.grad.clone()
+    x.grad = None
+    reference = sigmoid_focal_loss(x, y, alpha=-1, gamma=gamma, reduction="mean")
+    reference.backward()
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-9)
+    torch.testing.assert_close(ours_grad, x.grad, rtol=1e-7, atol=1e-12)
+
+
+def test_asl_by_name_keeps_the_published_values_and_options() -> None:
+    loss = classification_loss("asl")
+    assert (loss.gamma_neg, loss.gamma_pos, loss.clip, loss.detach_weight) == (4.0, 0.0, 0.05, True)
+    custom = classification_loss("asl", gamma_neg=2, gamma_pos=1, clip=0.1, focal_gamma=7)
+    assert (custom.gamma_neg, custom.gamma_pos, custom.clip) == (2.0, 1.0, 0.1)
+    with pytest.raises(ConfigError, match=r"classifier\.loss 'cross'"):
+        classification_loss("cross")
 
 
 def test_asl_keeps_the_callers_grad_mode() -> None:

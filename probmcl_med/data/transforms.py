@@ -1,22 +1,20 @@
-"""MONAI dictionary transforms: load, resize, augment (RandAugment + flips), normalise; two views for stage 1.
+"""MONAI dictionary transforms: load, resize, augment (a named policy), normalise; two views for stage 1.
 
 Training (paper: RandAugment on every view)::
 
-    t = build_train_transform(224, mean, std, num_ops=2, magnitude=9)
+    t = build_train_transform(224, mean, std, policy="randaugment", num_ops=2, magnitude=9)
     views = TwoViews(t)(item)      # {"image": (2, 3, 224, 224) float32, "label": (C,) float32}
 
 Evaluation is deterministic: load, resize, normalise.
 
-RandAugment: neither MONAI nor albumentations 2.x has it. The policy used is torchvision's
-``transforms.v2.RandAugment`` (Cubuk et al. 2020: 14 operations, magnitude on a 0-30 scale with 31 bins), because it
-is the reference implementation of the standard op list and works directly on uint8 CHW tensors, with no PIL or
-albumentations round trip. It draws from torch's global RNG, so :class:`RandAugmentd` wraps it as a MONAI
-``Randomizable``: each call draws a seed from the transform's own ``self.R`` and runs the policy inside
-``torch.random.fork_rng`` seeded with it. The augmentations are therefore seeded like every MONAI transform
-(``Compose`` seeds its members from ``monai.utils.set_determinism``'s seed; ``set_random_state`` reseeds; DataLoader
-workers are reseeded by :func:`probmcl_med.data.base.seed_worker`) and never disturb torch's global stream.
+The augmentation policies (``none``, ``flip``, ``randaugment``, ``pathology``) are albumentations pipelines on uint8
+pixels, wrapped as a seeded MONAI ``Randomizable`` (:mod:`probmcl_med.data.augment`), so every pipeline is seeded like
+any MONAI transform (``Compose`` seeds its members from ``monai.utils.set_determinism``'s seed;
+``set_random_state`` reseeds; DataLoader workers are reseeded by :func:`probmcl_med.data.base.seed_worker`) and never
+disturbs numpy's or torch's global streams.
 
-Images are resized to a square ``image_size`` x ``image_size`` (patches are square; a non-square image is stretched).
+Images are resized to a square ``image_size`` x ``image_size`` (patches are square; a non-square image is stretched)
+before augmentation, so the augmentation's cost does not depend on the source resolution.
 """
 
 from __future__ import annotations
@@ -28,9 +26,9 @@ import numpy as np
 import torch
 from monai.transforms import Compose, MapTransform, Randomizable
 from monai.utils import MAX_SEED
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvf
 
+from probmcl_med.data.augment import AugmentImaged, build_policy
 from probmcl_med.data.imageio import read_any
 
 KeysType = str | Sequence[Hashable]
@@ -79,59 +77,6 @@ class ResizeImaged(MapTransform):
             img = d[key]
             if tuple(img.shape[-2:]) != (self.size, self.size):
                 d[key] = tvf.resize(img, [self.size, self.size], antialias=True)
-        return d
-
-
-class RandFlipd(Randomizable, MapTransform):
-    """Random horizontal and/or vertical flips of a (..., H, W) tensor, each with probability ``prob``."""
-
-    def __init__(self, hflip: bool = True, vflip: bool = True, prob: float = 0.5, keys: KeysType = "image") -> None:
-        MapTransform.__init__(self, keys)
-        self.hflip, self.vflip, self.prob = hflip, vflip, prob
-        self._flip_h = self._flip_v = False
-
-    def randomize(self, data: Any = None) -> None:
-        self._flip_h = bool(self.hflip and self.R.rand() < self.prob)
-        self._flip_v = bool(self.vflip and self.R.rand() < self.prob)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        self.randomize()
-        dims = [dim for dim, on in ((-1, self._flip_h), (-2, self._flip_v)) if on]
-        if dims:
-            for key in self.key_iterator(d):
-                d[key] = torch.flip(d[key], dims=dims)
-        return d
-
-
-class RandAugmentd(Randomizable, MapTransform):
-    """RandAugment (torchvision's policy) on a (3, H, W) uint8 tensor, seeded through MONAI's ``self.R``.
-
-    Args:
-        num_ops: operations per image (N in the paper).
-        magnitude: strength on the 0-30 scale (M).
-        fill: pixel value for areas uncovered by rotations, shears and translations (None: black, torchvision's
-            default).
-    """
-
-    def __init__(self, num_ops: int = 2, magnitude: int = 9, fill: Any = None, keys: KeysType = "image") -> None:
-        MapTransform.__init__(self, keys)
-        self.num_ops, self.magnitude = int(num_ops), int(magnitude)
-        self.policy = v2.RandAugment(num_ops=self.num_ops, magnitude=self.magnitude, num_magnitude_bins=31, fill=fill)
-        self._seed = 0
-
-    def randomize(self, data: Any = None) -> None:
-        self._seed = int(self.R.randint(MAX_SEED, dtype="uint32"))
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if self.num_ops == 0:
-            return d
-        for key in self.key_iterator(d):
-            self.randomize()
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self._seed)
-                d[key] = self.policy(d[key])
         return d
 
 
@@ -184,34 +129,35 @@ def build_train_transform(
     image_size: int,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
+    policy: str = "randaugment",
     num_ops: int = 2,
     magnitude: int = 9,
     hflip: bool = True,
-    vflip: bool = True,
+    vflip: bool = False,
     *,
-    fill: Any = None,
     seed: int | None = None,
 ) -> Compose:
-    """Training pipeline: load -> (3, H, W) uint8 -> resize -> flips -> RandAugment(N, M) -> normalise -> label.
+    """Training pipeline: load -> (3, H, W) uint8 -> resize -> augmentation policy -> normalise -> label.
 
     Args:
         image_size: side of the square output, pixels.
         mean, std: per-channel normalisation on the 0-1 scale (None: 0-1 pixels only).
-        num_ops, magnitude: RandAugment's N and M (AugmentConfig).
-        hflip, vflip: random flips, probability 0.5 each.
-        fill: fill value of RandAugment's geometric ops.
+        policy: ``none``, ``flip``, ``randaugment`` or ``pathology`` (:mod:`probmcl_med.data.augment`).
+        num_ops, magnitude: RandAugment's N and M (``randaugment`` only).
+        hflip, vflip: random flips of the ``flip`` and ``randaugment`` policies, probability 0.5 each.
         seed: seed of the random parts (None: MONAI's ``set_determinism`` seed, as every MONAI Compose).
 
     Returns:
         A MONAI Compose: item dict -> ``{"image": (3, S, S) float32, "label": (C,) float32, ...}``.
     """
+    pipeline = build_policy(policy, num_ops, magnitude, hflip, vflip)
+    augment = [AugmentImaged(pipeline)] if pipeline is not None else []
     return _compose(
         [
             LoadImaged(),
             ToTensorImaged(),
             ResizeImaged(image_size),
-            RandFlipd(hflip=hflip, vflip=vflip),
-            RandAugmentd(num_ops=num_ops, magnitude=magnitude, fill=fill),
+            *augment,
             NormalizeImaged(mean, std),
             LabelToTensord(),
         ],

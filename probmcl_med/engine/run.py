@@ -387,10 +387,7 @@ class Run:
 
         c, d = self.config.contrastive, self.config.dataset
         mean, std = self.mean_std
-        a = d.augment
-        self.train_ds.transform = TwoViews(
-            build_train_transform(d.image_size, mean, std, a.num_ops, a.magnitude, a.hflip, a.vflip)
-        )
+        self.train_ds.transform = TwoViews(build_train_transform(d.image_size, mean, std, **d.augment.model_dump()))
         per_rank = self.per_rank_batch(c.batch_size, len(self.train_ds), "contrastive")
         loader, sampler = self.loader(
             self.train_ds, per_rank, shuffle=True, drop_last=True, workers=self.config.workers
@@ -453,7 +450,7 @@ class Run:
             validation_map,
         )
         from probmcl_med.heads import Classifier, LinearHead
-        from probmcl_med.losses import AsymmetricLoss
+        from probmcl_med.losses import classification_loss
 
         k, d = self.config.classifier, self.config.dataset
         mean, std = self.mean_std
@@ -487,8 +484,7 @@ class Run:
                 )
                 val_source = FeatureDataset(*compute_features(classifier, vloader, self.ctx.device, self.amp))
         else:
-            a = d.augment
-            augmented = build_train_transform(d.image_size, mean, std, a.num_ops, a.magnitude, a.hflip, a.vflip)
+            augmented = build_train_transform(d.image_size, mean, std, **d.augment.model_dump())
             self.train_ds.transform = augmented if k.augment else eval_transform
             if joint:  # the contrastive term needs two augmented views, whatever classifier.augment says
                 from probmcl_med.data.transforms import TwoViews
@@ -564,7 +560,9 @@ class Run:
 
                 engine.add_event_handler(Events.EPOCH_COMPLETED, validate)
 
-        asl = AsymmetricLoss(gamma_neg=k.gamma_neg, gamma_pos=k.gamma_pos, clip=k.clip)
+        asl = classification_loss(
+            k.loss, gamma_neg=k.gamma_neg, gamma_pos=k.gamma_pos, clip=k.clip, focal_gamma=k.focal_gamma
+        )
         common: dict[str, Any] = {
             "device": self.ctx.device,
             "max_epochs": epochs,
