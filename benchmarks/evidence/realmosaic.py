@@ -30,13 +30,10 @@ threshold are meaningful, and some classes are rare (the scene probabilities are
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+from csvfolder import ensure_csv_folder
 from PIL import Image
 
 VERSION = 2
@@ -167,35 +164,22 @@ def generate_split(
     return images, labels
 
 
-def ensure_realmosaic(root: str | Path, seed: int = 0) -> Path:
-    """Write the dataset (PNGs + ``labels.csv`` in the ``csv`` dataset layout) under ``root`` once; return it."""
-    folder = Path(root) / f"realmosaic-v{VERSION}-seed{seed}"
-    if (folder / "labels.csv").is_file():
-        return folder
-    sources = source_images()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".realmosaic-", dir=folder.parent))
-    lines = ["image," + ",".join(CLASS_NAMES) + ",split"]
-    stats = {}
-    for split, count in SIZES.items():
-        images, labels = generate_split(split, count, sources, seed)
-        (tmp / "images" / split).mkdir(parents=True)
-        for i in range(count):
-            rel = f"images/{split}/{i:05d}.png"
-            Image.fromarray(images[i]).save(tmp / rel)
-            lines.append(f"{rel}," + ",".join(str(int(v)) for v in labels[i]) + f",{split}")
-        stats[split] = {
-            "images": count,
-            "labels_per_image": float(labels.sum(1).mean()),
-            "positives": dict(zip(CLASS_NAMES, labels.sum(0).astype(int).tolist(), strict=True)),
-        }
-    (tmp / "labels.csv").write_text("\n".join(lines) + "\n")
-    (tmp / "meta.json").write_text(json.dumps({"version": VERSION, "seed": seed, "splits": stats}, indent=2) + "\n")
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+def ensure_realmosaic(root: str | Path, seed: int = 0, sizes: dict[str, int] | None = None) -> Path:
+    """Write the dataset (PNGs + ``labels.csv`` in the ``csv`` dataset layout) under ``root`` once; return it.
+
+    ``sizes`` (images per split, default :data:`SIZES`) other than the default are part of the folder's name.
+    """
+    sizes = dict(sizes or SIZES)
+    suffix = "" if sizes == SIZES else "-n" + "-".join(str(sizes[s]) for s in BANDS)
+    folder = Path(root) / f"realmosaic-v{VERSION}-seed{seed}{suffix}"
+    sources: dict[str, np.ndarray] = {}
+
+    def make_split(split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+        if not sources:
+            sources.update(source_images())
+        return generate_split(split, count, sources, seed)
+
+    return ensure_csv_folder(folder, CLASS_NAMES, make_split, sizes, {"version": VERSION, "seed": seed})
 
 
 if __name__ == "__main__":
