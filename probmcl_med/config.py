@@ -93,6 +93,11 @@ class ContrastiveConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     tau: float = Field(0.2, gt=0, description="temperature of Eq. 3")
     lambda_: float = Field(0.3, ge=0, alias="lambda", description="weight of the contrastive term (Eq. 4)")
+    nll_weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of the likelihood term (1: the paper; 0: the contrastive term alone, an ablation)",
+    )
     alpha: float = Field(0.5, ge=0, le=1, description="overlap threshold for positives (Eq. 3)")
     overlap: str = Field("jaccard", description="a name in OVERLAPS")
     similarity: str = Field("correlation", description="a name in SIMILARITIES")
@@ -103,6 +108,11 @@ class ContrastiveConfig(_Section):
     )
     latent_dim: int | None = Field(None, ge=1, description="n, the dimension of z (None: the encoder's H)")
     mdn_hidden: tuple[int, int] = Field((2048, 128), description="MDN hidden layer widths")
+    mdn_input: Literal["unit", "standardized"] = Field(
+        "unit",
+        description="what the MDN reads: the unit-norm h (the paper) or h standardised per feature over the batch "
+        "(a deviation: breaks the identical-mixture start, docs/math.md s.1)",
+    )
     mdn_input_gain: float = Field(
         1.0,
         gt=0,

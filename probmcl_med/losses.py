@@ -246,7 +246,7 @@ class ObjectiveOutput:
     """The stage-1 loss and its parts (docs/math.md section 7, paper Eq. 4).
 
     Attributes:
-        total: ``nll + lam * pcl``, the tensor to call backward on.
+        total: ``nll_weight * nll + lam * pcl``, the tensor to call backward on.
         nll: the likelihood term (mean over the batch).
         pcl: the contrastive term (mean over valid anchors; see :class:`ProbContrastiveLoss` for several processes).
         valid_anchors: anchors with at least one positive (this process).
@@ -269,6 +269,8 @@ class ProbMCLObjective(nn.Module):
             callable ``(mixture, z, labels) -> scalar``.
         contrastive: the contrastive loss; default ``ProbContrastiveLoss()`` (correlation, Jaccard, alpha 0.5,
             tau 0.2).
+        nll_weight: factor on the likelihood term (1: the paper); 0 trains with the contrastive term alone (an
+            ablation: which term helps the encoder).
 
     Under DDP with ``contrastive.gather``: ``nll`` is the likelihood of the gathered global batch, the same value on
     every rank (the gather carries gradients, so DDP's averaged gradient is exactly its gradient; a mean of per-rank
@@ -282,11 +284,17 @@ class ProbMCLObjective(nn.Module):
         lam: float = 0.3,
         likelihood: str | Callable[..., Tensor] = "density",
         contrastive: ProbContrastiveLoss | None = None,
+        nll_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if not float(lam) >= 0.0:
             raise ConfigError(f"lambda must be >= 0, got {lam}: set the contrastive weight (paper: 0.3)")
+        if not float(nll_weight) >= 0.0 or float(nll_weight) == float(lam) == 0.0:
+            raise ConfigError(
+                f"nll_weight must be >= 0 and not 0 together with lambda (got nll_weight={nll_weight}, lambda={lam})"
+            )
         self.lam = float(lam)
+        self.nll_weight = float(nll_weight)
         self.likelihood = _resolve(LIKELIHOODS, likelihood, "likelihood")
         self.contrastive = contrastive if contrastive is not None else ProbContrastiveLoss()
 
@@ -303,7 +311,8 @@ class ProbMCLObjective(nn.Module):
         else:
             nll = self.likelihood(mixtures, z, labels)
         pcl, stats = self.contrastive.forward_with_stats(mixtures, labels)
-        return ObjectiveOutput(nll + self.lam * pcl, nll, pcl, stats.valid_anchors, stats.anchors)
+        total = self.nll_weight * nll + self.lam * pcl
+        return ObjectiveOutput(total, nll, pcl, stats.valid_anchors, stats.anchors)
 
 
 # ---------------------------------------------------------------------------------------------------- ASL

@@ -35,6 +35,13 @@ class MixtureDensityNetwork(nn.Module):
       width and the input scale (tens for typical activations). The default ``None`` uses ``1 / fan_in`` instead,
       which makes ``a_var`` their MEAN (initial variances near 2); pass ``var_weight_init=1.0`` for the paper's letter.
 
+    Input standardisation (``input_norm="batch"``, a deviation from the paper, off by default): the unit-norm
+    features of one encoder share a large common direction, so at initialisation the MDN sees nearly the same input
+    for every image, outputs nearly the same mixture for every image, and every mixture similarity starts at ~1 (the
+    contrastive term then has almost no gradient; benchmarks/evidence). ``"batch"`` standardises each feature over the
+    batch before the first layer (``BatchNorm1d`` without affine parameters; running statistics at evaluation), so the
+    MDN starts from sample-specific inputs. The density is still evaluated at the unstandardised ``h``.
+
     The hidden layers keep PyTorch's default initialisation. The whole head runs in float32 with autocast disabled,
     whatever the encoder's precision (docs/math.md: mixture math never in fp16/bf16).
 
@@ -44,6 +51,7 @@ class MixtureDensityNetwork(nn.Module):
         latent_dim: ``n``, the dimension of the space ``z`` lives in; default ``H`` (``z = h(x)``, the KMCL reading).
         hidden: hidden layer widths, the paper's ``(2048, 128)``.
         var_weight_init: constant for the variance output weights; ``None`` means ``1 / hidden[-1]``.
+        input_norm: ``"none"`` (the paper) or ``"batch"`` (standardise each input feature over the batch).
     """
 
     def __init__(
@@ -53,8 +61,11 @@ class MixtureDensityNetwork(nn.Module):
         latent_dim: int | None = None,
         hidden: tuple[int, ...] = (2048, 128),
         var_weight_init: float | None = None,
+        input_norm: str = "none",
     ) -> None:
         super().__init__()
+        if input_norm not in ("none", "batch"):
+            raise ValueError(f"input_norm must be 'none' or 'batch', got {input_norm!r}")
         if in_features < 1 or num_classes < 1 or not hidden or min(hidden) < 1:
             raise ValueError(
                 f"MixtureDensityNetwork needs positive sizes, got in_features={in_features}, "
@@ -66,7 +77,8 @@ class MixtureDensityNetwork(nn.Module):
         self.num_classes = num_classes
         self.latent_dim = latent_dim or in_features
         self.hidden_sizes = tuple(int(h) for h in hidden)
-        layers: list[nn.Module] = []
+        self.input_norm = input_norm
+        layers: list[nn.Module] = [nn.BatchNorm1d(in_features, affine=False)] if input_norm == "batch" else []
         width = in_features
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
@@ -85,6 +97,7 @@ class MixtureDensityNetwork(nn.Module):
             "latent_dim": self.latent_dim,
             "hidden": list(self.hidden_sizes),
             "var_weight_init": self.var_weight_init,
+            "input_norm": self.input_norm,
         }
 
     def reset_output(self) -> None:

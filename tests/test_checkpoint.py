@@ -151,3 +151,19 @@ def test_incompatible_checkpoint_refused(tmp_path):
         check_compatible(state, [*NAMES, "necrosis"], "test_resnet", tmp_path)
     with pytest.raises(CheckpointError, match="holds encoder 'test_resnet'"):
         check_compatible(state, NAMES, "resnet18", tmp_path)
+
+
+def test_bundle_keeps_an_mdn_with_standardised_input(tmp_path):
+    from probmcl_med.mdn import MixtureDensityNetwork
+
+    config, encoder, head = _parts(tmp_path)
+    mdn = MixtureDensityNetwork(encoder.num_features, len(NAMES), hidden=(16, 8), input_norm="batch")
+    mdn(torch.nn.functional.normalize(torch.randn(32, encoder.num_features), dim=1))  # running statistics move
+    mdn.eval()
+    parts = {"encoder": encoder, "head": head, "class_names": NAMES, "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    save_model_bundle(tmp_path, **parts, image_size=32, config=config, mdn=mdn)
+    loaded = load_model_bundle(tmp_path).mdn
+    h = torch.nn.functional.normalize(torch.randn(5, encoder.num_features), dim=1)
+    assert loaded.input_norm == "batch"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(h).means, mdn(h).means, rtol=0, atol=0)

@@ -111,3 +111,23 @@ def test_no_nan_for_extreme_inputs(n: int, dtype: torch.dtype, mean_range: float
     if dtype == torch.float16:  # the same extreme means still give a finite loss
         wide = GaussianMixture(m.weights, (1e3 * params[1].detach()).to(dtype), m.variances, n)
         assert torch.isfinite(LIKELIHOODS.get(name)(wide, (1e3 * z.float()).to(dtype), labels))
+
+
+@pytest.mark.parametrize("name", ["density", "responsibility"])
+def test_gradient_through_z_lies_on_the_projected_diagonal(name: str) -> None:
+    """With component means mu_k 1 and z = r / |r|, the NLL sees z only through sum_i z_i (docs/math.md s.2), so its
+    gradient w.r.t. the raw feature r, the mixture held fixed, is parallel to d(sum_i z_i)/dr = (I - z z^T) 1 / |r|."""
+    mixture, _ = setup(batch=6, comps=4, n=32, seed=3)
+    mixture = mixture.detach()
+    g = torch.Generator().manual_seed(4)
+    r = (torch.randn(6, 32, generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
+    labels = (torch.rand(6, 4, generator=g) < 0.5).double()
+    labels[:, 0], labels[:, 3] = 1.0, 0.0  # some but not all positive: the responsibility NLL is not constant
+    z = torch.nn.functional.normalize(r, dim=1)
+    (grad,) = torch.autograd.grad(LIKELIHOODS.get(name)(mixture, z, labels), r)
+    zd = z.detach()
+    direction = torch.nn.functional.normalize(torch.ones_like(zd) - zd * zd.sum(1, keepdim=True), dim=1)
+    along = (grad * direction).sum(1, keepdim=True)
+    off = (grad - along * direction).norm(dim=1)
+    assert grad.norm(dim=1).max() > 1e-3  # the test is not vacuous
+    assert (off <= 1e-10 * grad.norm(dim=1) + 1e-20).all()

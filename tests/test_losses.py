@@ -186,6 +186,18 @@ def test_objective_is_nll_plus_lambda_pcl(likelihood: str) -> None:
         ProbMCLObjective(likelihood="densty")
 
 
+def test_objective_weights_its_terms_and_refuses_an_empty_objective() -> None:
+    params, labels = make_batch()
+    z = torch.randn(10, 6, dtype=torch.float64)
+    full = ProbMCLObjective(lam=0.3, likelihood="density")(mixture_of(params), z, labels)
+    pcl_only = ProbMCLObjective(lam=0.3, likelihood="density", nll_weight=0.0)(mixture_of(params), z, labels)
+    half = ProbMCLObjective(lam=0.0, likelihood="density", nll_weight=0.5)(mixture_of(params), z, labels)
+    assert pcl_only.total.item() == pytest.approx(0.3 * full.pcl.item(), rel=1e-12)
+    assert half.total.item() == pytest.approx(0.5 * full.nll.item(), rel=1e-12)
+    with pytest.raises(ConfigError, match="nll_weight"):
+        ProbMCLObjective(lam=0.0, nll_weight=0.0)
+
+
 # ---------------------------------------------------------------------------------------------------- ASL
 def asl_reference(x: np.ndarray, y: np.ndarray, gneg: float, gpos: float, clip: float, eps: float) -> np.ndarray:
     """Elementwise ASL (Ridnik et al. 2021, published code's semantics), plain numpy float64.

@@ -151,3 +151,24 @@ def test_mdn_runs_in_float32_under_autocast() -> None:
 def test_mdn_rejects_wrong_width() -> None:
     with pytest.raises(ValueError, match="expects"):
         MixtureDensityNetwork(16, 3, hidden=(8,))(torch.randn(2, 15))
+
+
+def test_mdn_batch_input_norm_standardises_each_feature_then_keeps_running_statistics() -> None:
+    torch.manual_seed(3)
+    # unit-norm features that share a large common direction, as a ReLU encoder's do
+    common = torch.ones(16) / 4.0
+    h = torch.nn.functional.normalize(common + 0.05 * torch.randn(64, 16), dim=1)
+    plain = MixtureDensityNetwork(16, 4, hidden=(32, 8))
+    torch.manual_seed(3)
+    standardised = MixtureDensityNetwork(16, 4, hidden=(32, 8), input_norm="batch")
+    assert standardised.spec["input_norm"] == "batch" and plain.spec["input_norm"] == "none"
+    first = standardised.hidden[0]
+    assert isinstance(first, torch.nn.BatchNorm1d) and first.weight is None  # no affine parameters
+    z = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + first.eps)
+    torch.testing.assert_close(standardised.hidden[:2](h), standardised.hidden[1](z))  # the closed form
+    # the mixtures of different images differ far more when the MDN reads standardised features
+    assert standardised(h).means.std(0).mean() > 5 * plain(h).means.std(0).mean()
+    standardised.eval()  # evaluation uses the running statistics: one image gives the same output alone or in a batch
+    torch.testing.assert_close(standardised(h[:1]).means, standardised(h).means[:1])
+    with pytest.raises(ValueError, match="input_norm"):
+        MixtureDensityNetwork(16, 4, input_norm="layer")

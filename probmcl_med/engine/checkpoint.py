@@ -272,7 +272,11 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
             spec = data["mdn"]
             hidden = tuple(spec["hidden"]) if spec.get("hidden") is not None else (2048, 128)
             mdn = MixtureDensityNetwork(
-                int(spec["in_features"]), int(spec["num_classes"]), latent_dim=spec.get("latent_dim"), hidden=hidden
+                int(spec["in_features"]),
+                int(spec["num_classes"]),
+                latent_dim=spec.get("latent_dim"),
+                hidden=hidden,
+                input_norm=str(spec.get("input_norm", "none")),
             )
             mdn.load_state_dict(spec["state_dict"], strict=True)
             mdn.eval()

@@ -58,7 +58,7 @@ def build_objective(config: Any, distributed: bool = False) -> nn.Module:
     contrastive = ProbContrastiveLoss(
         similarity=c.similarity, overlap=c.overlap, alpha=c.alpha, tau=c.tau, gather=distributed
     )
-    return ProbMCLObjective(lam=c.lambda_, likelihood=c.likelihood, contrastive=contrastive)
+    return ProbMCLObjective(lam=c.lambda_, likelihood=c.likelihood, contrastive=contrastive, nll_weight=c.nll_weight)
 
 
 def objective_terms(result: Any) -> dict[str, Tensor]:

@@ -173,7 +173,11 @@ class Run:
             )
         hidden = tuple(int(h) for h in c.mdn_hidden)
         mdn = MixtureDensityNetwork(
-            self.encoder.num_features, len(self.class_names), latent_dim=c.latent_dim, hidden=hidden
+            self.encoder.num_features,
+            len(self.class_names),
+            latent_dim=c.latent_dim,
+            hidden=hidden,
+            input_norm="batch" if c.mdn_input == "standardized" else "none",
         )
         if c.mdn_input_gain != 1.0:  # unit-norm h: scale the first layer's initial weights (see the config field)
             first = next(m for m in mdn.modules() if isinstance(m, nn.Linear))
