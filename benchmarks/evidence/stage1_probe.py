@@ -97,16 +97,18 @@ def gradient_paths(encoder, mdn, objective, likelihood, images: torch.Tensor, la
     with torch.no_grad():
         r0 = encoder.features(images).float()
     r = r0.clone().requires_grad_(True)
-    h = F.normalize(r, dim=1)
-    out = {}
-    frozen_mixture = mdn(h.detach()).detach()
-    (g_z,) = torch.autograd.grad(likelihood(frozen_mixture, h, labels), r)
-    (g_mdn,) = torch.autograd.grad(likelihood(mdn(h), h.detach(), labels), r)
-    pcl = objective.lam * objective.contrastive(mdn(h), labels)
+
+    def unit() -> torch.Tensor:  # a fresh graph from r for each path
+        return F.normalize(r, dim=1)
+
+    frozen_mixture = mdn(unit().detach()).detach()
+    (g_z,) = torch.autograd.grad(likelihood(frozen_mixture, unit(), labels), r)
+    (g_mdn,) = torch.autograd.grad(likelihood(mdn(unit()), unit().detach(), labels), r)
+    pcl = objective.lam * objective.contrastive(mdn(unit()), labels)
     (g_pcl,) = torch.autograd.grad(pcl, r) if pcl.requires_grad else (torch.zeros_like(r),)
     out = {"nll_z": float(g_z.norm()), "nll_mdn": float(g_mdn.norm()), "pcl": float(g_pcl.norm())}
     with torch.no_grad():
-        hd = h.double()
+        hd = unit().double()
         diag = torch.ones_like(hd) - hd * hd.sum(1, keepdim=True)  # (I - h h^T) 1, the projected diagonal
         diag = F.normalize(diag, dim=1)
         g = g_z.double()
