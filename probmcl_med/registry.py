@@ -176,6 +176,7 @@ class Registry:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load_builtins()
         return len(self._entries)
 
     def __repr__(self) -> str:
