@@ -15,7 +15,7 @@ import contextlib
 import difflib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -106,7 +106,6 @@ class ContrastiveConfig(_Section):
         description="a name in LIKELIHOODS (NLL reading, docs/math.md s.3; responsibility measured better than "
         "density in benchmarks/evidence)",
     )
-    latent_dim: int | None = Field(None, ge=1, description="n, the dimension of z (None: the encoder's H)")
     mdn_hidden: tuple[int, int] = Field((2048, 128), description="MDN hidden layer widths")
     mdn_input: Literal["unit", "standardized"] = Field(
         "unit",
@@ -232,23 +231,55 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: {msg}{extra}"
 
 
+def _field_for(model: type[BaseModel], key: str) -> Any:
+    """The pydantic field of ``model`` written ``key`` in a config (its alias or its name), or None."""
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            return field
+    return None
+
+
+def is_text_key(path: list[str]) -> bool:
+    """True when the schema types the key at ``path`` as text (``str`` or ``str | None``)."""
+    model: type[BaseModel] = RunConfig
+    for i, part in enumerate(path):
+        field = _field_for(model, part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if i < len(path) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return False  # inside a free-form mapping (dataset.options, encoder.options)
+            model = annotation
+    return annotation is str or set(get_args(annotation)) == {str, type(None)}
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``a.b=value`` into a key path and a YAML-parsed value (``1e-4`` -> float, ``[1, 2]`` -> list)."""
+    """Split ``a.b=value`` into a key path and a value.
+
+    The value is read as YAML (``1e-4`` -> float, ``[1, 2]`` -> list, ``null`` -> None), except for keys the
+    schema types as text (``output_dir``, ``dataset.root``, ``encoder.name``, ...): those keep the text as written,
+    so ``--set output_dir=2024`` names the folder ``2024``; ``null`` still unsets an optional one.
+    """
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set contrastive.tau=0.1")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: the key is empty; write e.g. contrastive.tau=0.1")
+    path = key.split(".")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str):
+    if is_text_key(path):
+        if value is not None and not isinstance(value, str):
+            value = raw.strip()
+    elif isinstance(value, str):
         # YAML reads 1e-4 as a string; numbers should be numbers.
         with contextlib.suppress(ValueError):
             value = float(value) if any(c in value for c in ".eE") else int(value)
-    return key.split("."), value
+    return path, value
 
 
 def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
@@ -312,6 +343,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _drop_removed_keys(data: dict[str, Any], source: str) -> None:
+    """Accept the removed ``contrastive.latent_dim`` at its old default (null, in earlier resolved configs) only.
+
+    n, the dimension of z, is always the encoder's feature width: the likelihood is evaluated at z = h(x)
+    (docs/math.md s.3), so there is nothing to choose.
+    """
+    section = data.get("contrastive")
+    if isinstance(section, dict) and "latent_dim" in section:
+        if section["latent_dim"] is not None:
+            raise ConfigError(
+                f"{source}: 'contrastive.latent_dim' was removed: n is always the encoder's feature width, since the "
+                "likelihood is evaluated at z = h(x) (docs/math.md s.3); delete the key"
+            )
+        section.pop("latent_dim")
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -337,6 +384,7 @@ def load_config(
         apply_override(data, key_path, value)
     if overrides:
         source = f"{source} (with --set)"
+    _drop_removed_keys(data, source)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:

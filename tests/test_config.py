@@ -77,6 +77,29 @@ def test_set_overrides_apply_in_order_and_parse_types(tmp_path: Path) -> None:
     assert cfg2.contrastive.lambda_ == 0.7 and cfg2.dataset.options == {"level": "L2"}
 
 
+@pytest.mark.parametrize(
+    ("override", "attribute", "expected"),
+    [
+        ("output_dir=2024", ("output_dir",), "2024"),
+        ("dataset.root=2024", ("dataset", "root"), "2024"),
+        ("dataset.root=null", ("dataset", "root"), None),
+        ("dataset.train_split=1", ("dataset", "train_split"), "1"),
+        ("encoder.name=1e5", ("encoder", "name"), "1e5"),
+        ("encoder.weights=yes", ("encoder", "weights"), "yes"),
+        ("device='0'", ("device",), "0"),
+        ("seed=2024", ("seed",), 2024),
+        ("contrastive.tau=1e-1", ("contrastive", "tau"), 0.1),
+        ("classifier.augment=no", ("classifier", "augment"), False),
+        ("dataset.options.level=2", ("dataset", "options"), {"level": 2}),
+    ],
+)
+def test_set_keeps_text_keys_as_text_and_types_the_others(override: str, attribute: tuple, expected: object) -> None:
+    value: object = load_config(overrides=[override])
+    for name in attribute:
+        value = getattr(value, name)
+    assert value == expected and type(value) is type(expected)
+
+
 def test_override_syntax_errors() -> None:
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("contrastive.tau")
@@ -112,3 +135,10 @@ def test_loss_and_augmentation_policy_are_named_choices() -> None:
         load_config(overrides=["classifier.loss=cross_entropy"])
     with pytest.raises(ConfigError, match=r"'dataset\.augment\.policy'"):
         load_config(overrides=["dataset.augment.policy=strong"])
+
+
+def test_latent_dim_is_refused_naming_the_key_but_its_old_null_default_loads() -> None:
+    with pytest.raises(ConfigError, match=r"'contrastive\.latent_dim' was removed") as info:
+        load_config(overrides=["contrastive.latent_dim=64"])
+    assert "encoder's feature width" in str(info.value) and "\n" not in str(info.value)
+    assert load_config(base={"contrastive": {"latent_dim": None, "tau": 0.1}}).contrastive.tau == 0.1

@@ -166,16 +166,11 @@ class Run:
         from probmcl_med.mdn import MixtureDensityNetwork
 
         c = self.config.contrastive
-        if c.latent_dim is not None and c.latent_dim != self.encoder.num_features:
-            raise ConfigError(
-                f"contrastive.latent_dim={c.latent_dim}: the likelihood is evaluated at z = h(x) (docs/math.md s.3), so "
-                f"n must be the encoder's feature width {self.encoder.num_features}; leave latent_dim unset (null)"
-            )
         hidden = tuple(int(h) for h in c.mdn_hidden)
+        # z = h(x) (docs/math.md s.3): the mixture lives in the encoder's feature space, n = H
         mdn = MixtureDensityNetwork(
             self.encoder.num_features,
             len(self.class_names),
-            latent_dim=c.latent_dim,
             hidden=hidden,
             input_norm="batch" if c.mdn_input == "standardized" else "none",
         )
