@@ -65,7 +65,12 @@ def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
         "head_reads": "unit-norm features" if bundle.normalize_features else "raw pooled features",
         "mdn": None
         if bundle.mdn is None
-        else {"components": bundle.mdn.num_classes, "latent_dim": bundle.mdn.latent_dim},
+        else {
+            "components": bundle.mdn.num_classes,
+            "latent_dim": bundle.mdn.latent_dim,
+            "params": sum(p.numel() for p in bundle.mdn.parameters()),
+            "used_by": "predict --uncertainty (per-class pi_k and var_k)",
+        },
         "classes": list(bundle.class_names),
         "num_classes": len(bundle.class_names),
         "image_size": bundle.image_size,
@@ -96,7 +101,10 @@ def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
                 for k in ("epochs", "batch_size", "lr", "gamma_neg", "gamma_pos", "clip", "encoder_lr")
             },
         },
-        "model_cost": {**cost.to_dict(), "model": "encoder + linear head (the MDN is training-only)"},
+        "model_cost": {
+            **cost.to_dict(),
+            "model": "encoder + linear head, what predict and evaluate run (predict --uncertainty adds the MDN)",
+        },
         "best_val_map": best_map,
         "best_val_map_source": best_source,
     }
@@ -140,7 +148,13 @@ def info_command(
             f"{k['epochs']} epochs, batch {k['batch_size']}, lr {k['lr']:g}, ASL gamma- {k['gamma_neg']:g} "
             f"gamma+ {k['gamma_pos']:g} clip {k['clip']:g}",
         ),
-        ("MDN", "not kept" if info["mdn"] is None else f"{info['mdn']['components']} components (for --uncertainty)"),
+        (
+            "MDN",
+            "not kept"
+            if info["mdn"] is None
+            else f"{info['mdn']['components']} components, {info['mdn']['params']:,} parameters "
+            "(run by predict --uncertainty)",
+        ),
         ("parameters", f"{cost['params_m']:.2f} M ({cost['params']:,}; encoder + head)"),
         ("GMAC", f"{cost['gmac']:.3f} at {shape} (MACs = FLOPs / 2, FlopCounterMode)"),
         (

@@ -119,3 +119,22 @@ def test_info_reports_the_inference_model_cost(tmp_path, capsys: pytest.CaptureF
     assert cli(["info", "--checkpoint", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "GMAC" in out and "47.25" in out
+
+
+def test_info_says_the_kept_mdn_serves_predict_uncertainty(
+    tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.setenv("COLUMNS", "250")  # rich wraps the table to the terminal width
+    from test_inference import cli, make_bundle
+
+    _, _, mdn = make_bundle(tmp_path / "run", mdn=True)
+    assert cli(["info", "--checkpoint", str(tmp_path / "run"), "--json"]) == 0
+    text = capsys.readouterr().out
+    info = json.loads(text)
+    assert "training-only" not in text
+    assert info["mdn"]["params"] == sum(p.numel() for p in mdn.parameters())
+    assert "predict --uncertainty" in info["mdn"]["used_by"] and "--uncertainty" in info["model_cost"]["model"]
+    assert cli(["info", "--checkpoint", str(tmp_path / "run")]) == 0
+    assert "run by predict --uncertainty" in capsys.readouterr().out
