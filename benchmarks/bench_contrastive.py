@@ -3,7 +3,7 @@
 Both sides compute the same loss (``ProbContrastiveLoss``, Jaccard, alpha 0.5, tau 0.2) on the same float32 inputs;
 only the similarity differs:
 
-* blockwise: ``probmcl_med.similarities.correlation_similarity`` (log domain, tiles of about 2^21 component pairs,
+* blockwise: ``probmcl_med.core.similarities.correlation_similarity`` (log domain, tiles of about 2^21 component pairs,
   recomputed in backward, upper triangle only);
 * dense: what one would write from the formula (tests/mixture_reference.py ``dense_correlation``): the whole
   ``(2N, 2N, C, C)`` tensor of component pairs in float32, differentiated by autograd.
@@ -34,8 +34,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import torch  # noqa: E402
 
-from probmcl_med.losses import ProbContrastiveLoss  # noqa: E402
-from probmcl_med.mixture import GaussianMixture  # noqa: E402
+from probmcl_med.core.losses import ProbContrastiveLoss  # noqa: E402
+from probmcl_med.core.mixture import GaussianMixture  # noqa: E402
 
 DIM = 2048
 CONFIGS = [(256, 9), (128, 80), (256, 80)]  # (2N, C)

@@ -23,12 +23,12 @@ from rich.console import Console
 from rich.table import Table
 
 from probmcl_med.config import load_config
-from probmcl_med.encoders import get_encoder
+from probmcl_med.core.losses import AsymmetricLoss
+from probmcl_med.core.mdn import MixtureDensityNetwork
 from probmcl_med.engine.amp import amp_settings, backward, optimizer_step
 from probmcl_med.engine.contrastive import ContrastiveModel, build_objective, stack_views
-from probmcl_med.heads import Classifier, LinearHead
-from probmcl_med.losses import AsymmetricLoss
-from probmcl_med.mdn import MixtureDensityNetwork
+from probmcl_med.models.encoders import get_encoder
+from probmcl_med.models.heads import Classifier, LinearHead
 
 
 def _sync(device: torch.device) -> None:

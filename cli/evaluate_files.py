@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from probmcl_med.core.metrics import check_recall_floor
 from probmcl_med.evaluation import (
     below_recall_floor,
     load_scores_targets,
@@ -21,7 +22,6 @@ from probmcl_med.evaluation import (
     render_summary,
     write_report,
 )
-from probmcl_med.evaluation.metrics import check_recall_floor
 
 
 def evaluate_files(

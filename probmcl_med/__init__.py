@@ -13,7 +13,7 @@ import os
 # run on a hospital workstation without internet: both are off unless the user turned them on.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from probmcl_med.mixture import GaussianMixture
+from probmcl_med.core.mixture import GaussianMixture
 from probmcl_med.registry import DATASETS, ENCODERS, LIKELIHOODS, OVERLAPS, SIMILARITIES, Registry
 
 __version__ = "0.1.0"

@@ -162,7 +162,7 @@ def mdn_uncertainty(mdn: torch.nn.Module, features: torch.Tensor) -> tuple[torch
 
     Args:
         mdn: the stage-1 mixture density network; ``mdn(h)`` returns a
-            :class:`~probmcl_med.mixture.GaussianMixture` (or a ``(pi, mu, var)`` triple).
+            :class:`~probmcl_med.core.mixture.GaussianMixture` (or a ``(pi, mu, var)`` triple).
         features: (B, H) encoder features; L2-normalised here (a no-op for already unit-norm features).
 
     Returns:

@@ -189,16 +189,16 @@ def build(registry: Registry, name: str, *args: Any, **kwargs: Any) -> Any:
     return factory(*args, **kwargs)
 
 
-ENCODERS = Registry("encoder", builtins=("probmcl_med.encoders",))
+ENCODERS = Registry("encoder", builtins=("probmcl_med.models.encoders",))
 """Encoder factories: ``f(**options) -> nn.Module`` with ``num_features`` and ``normalization`` (mean, std)."""
 
-OVERLAPS = Registry("overlap", builtins=("probmcl_med.overlaps",))
+OVERLAPS = Registry("overlap", builtins=("probmcl_med.core.overlaps",))
 """Label overlaps: ``f(ya (B, C), yb (M, C)) -> (B, M)`` in [0, 1]."""
 
-SIMILARITIES = Registry("similarity", builtins=("probmcl_med.similarities",))
+SIMILARITIES = Registry("similarity", builtins=("probmcl_med.core.similarities",))
 """Mixture similarities: ``f(a: GaussianMixture, b: GaussianMixture) -> (len(a), len(b))`` in [0, 1]."""
 
-LIKELIHOODS = Registry("likelihood", builtins=("probmcl_med.likelihoods",))
+LIKELIHOODS = Registry("likelihood", builtins=("probmcl_med.core.likelihoods",))
 """NLL terms: ``f(mixture: GaussianMixture, z (B, n), labels (B, C)) -> scalar`` (mean negative log-likelihood)."""
 
 DATASETS = Registry("dataset", builtins=("probmcl_med.data.datasets",))

@@ -11,7 +11,7 @@
    (``benchmarks/evidence`` passes hand-made arms).
 2. :func:`run_sweep` runs each (point, seed) as ``load_config(FILE, [--set ..., point overrides, seed=S,
    output_dir=OUT/NAME])`` through :func:`probmcl_med.engine.run.train` in this process, then scores the test split
-   with :func:`probmcl_med.evaluation.run_eval.score_split` and :func:`~probmcl_med.evaluation.metrics.
+   with :func:`probmcl_med.evaluation.run_eval.score_split` and :func:`~probmcl_med.core.metrics.
    multilabel_metrics` at threshold 0.5, and writes ``OUT/NAME/test_metrics.json`` atomically. That file is the
    completion marker: a run that has it is not run again (the sweep is resumable); a run folder with checkpoints but
    no marker is resumed from its newest checkpoint.
@@ -161,8 +161,8 @@ def summarize_metrics(metrics: dict[str, Any]) -> dict[str, float | None]:
 
 def evaluate_run(run_dir: Path, device: str = "auto") -> dict[str, Any]:
     """Test-split metrics of a finished run folder (its ``model.pt``), at threshold 0.5."""
+    from probmcl_med.core.metrics import multilabel_metrics
     from probmcl_med.engine import load_model_bundle
-    from probmcl_med.evaluation.metrics import multilabel_metrics
     from probmcl_med.evaluation.run_eval import score_split
 
     bundle = load_model_bundle(run_dir)

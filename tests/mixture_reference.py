@@ -14,7 +14,7 @@ import torch
 from scipy import integrate
 from torch import Tensor
 
-from probmcl_med.mixture import GaussianMixture
+from probmcl_med.core.mixture import GaussianMixture
 
 
 def dense_log_inner_product(a: GaussianMixture, b: GaussianMixture) -> Tensor:

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from probmcl_med.config import load_config
-from probmcl_med.encoders import get_encoder
 from probmcl_med.engine.checkpoint import (
     CheckpointManager,
     capture_rng_state,
@@ -22,7 +21,8 @@ from probmcl_med.engine.checkpoint import (
     set_bundle_thresholds,
 )
 from probmcl_med.errors import CheckpointError
-from probmcl_med.heads import LinearHead
+from probmcl_med.models.encoders import get_encoder
+from probmcl_med.models.heads import LinearHead
 
 NAMES = ["epithelium", "stroma", "fat"]
 
@@ -154,7 +154,7 @@ def test_incompatible_checkpoint_refused(tmp_path):
 
 
 def test_bundle_keeps_an_mdn_with_standardised_input(tmp_path):
-    from probmcl_med.mdn import MixtureDensityNetwork
+    from probmcl_med.core.mdn import MixtureDensityNetwork
 
     config, encoder, head = _parts(tmp_path)
     mdn = MixtureDensityNetwork(encoder.num_features, len(NAMES), hidden=(16, 8), input_norm="batch")

@@ -8,8 +8,8 @@ import pytest
 import timm
 import torch
 
-from probmcl_med.encoders import BUILTIN_TIMM, TimmEncoder, get_encoder
 from probmcl_med.errors import CheckpointError, ConfigError
+from probmcl_med.models.encoders import BUILTIN_TIMM, TimmEncoder, get_encoder
 from probmcl_med.registry import ENCODERS
 
 
@@ -103,7 +103,7 @@ def test_pretrained_offline_fails_fast(monkeypatch):
 
 
 def test_pretrained_unreachable_hub_fails_fast(monkeypatch):
-    import probmcl_med.encoders as encoders
+    import probmcl_med.models.encoders as encoders
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(encoders, "HUB_HOST", "hub.invalid")  # resolves nowhere: like a machine without network

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from probmcl_med.encoders import get_encoder
 from probmcl_med.errors import CheckpointError, ConfigError
+from probmcl_med.models.encoders import get_encoder
 
 
 def test_torchvision_state_dict_file_reproduces_torchvision_features(tmp_path):

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from probmcl_med.config import load_config
-from probmcl_med.encoders import get_encoder
 from probmcl_med.engine.checkpoint import save_model_bundle
-from probmcl_med.heads import LinearHead
+from probmcl_med.models.encoders import get_encoder
+from probmcl_med.models.heads import LinearHead
 
 CLASSES = ["epithelium", "stroma", "necrosis"]
 SIZE = 32
@@ -67,7 +67,7 @@ def make_bundle(
         head.bias.normal_(0.0, 0.5)
     network = None
     if mdn:
-        from probmcl_med.mdn import MixtureDensityNetwork
+        from probmcl_med.core.mdn import MixtureDensityNetwork
 
         network = MixtureDensityNetwork(encoder.num_features, len(classes), hidden=(16, 8)).eval()
         with torch.no_grad():

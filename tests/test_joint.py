@@ -9,10 +9,10 @@ import torch
 from test_train import check_trained_bundle, tiny_config
 
 from probmcl_med.config import load_config
+from probmcl_med.core.losses import AsymmetricLoss
 from probmcl_med.engine import train
 from probmcl_med.engine.checkpoint import CheckpointManager
 from probmcl_med.engine.joint import JointObjective
-from probmcl_med.losses import AsymmetricLoss
 
 
 @pytest.mark.parametrize("lam", [0.3, 2.0])
@@ -64,9 +64,9 @@ def test_joint_mode_validates_in_config():
 
 
 def test_mdn_input_gain_scales_only_the_first_layer_initialisation(tmp_path):
+    from probmcl_med.core.mdn import MixtureDensityNetwork
     from probmcl_med.engine.distributed import setup_distributed
     from probmcl_med.engine.run import Run
-    from probmcl_med.mdn import MixtureDensityNetwork
 
     gain = 36.0
     run = Run(tiny_config(tmp_path, f"contrastive.mdn_input_gain={gain}"), setup_distributed("cpu"))

@@ -12,8 +12,8 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from probmcl_med.likelihoods import density_nll, responsibility_nll
-from probmcl_med.mixture import GaussianMixture
+from probmcl_med.core.likelihoods import density_nll, responsibility_nll
+from probmcl_med.core.mixture import GaussianMixture
 from probmcl_med.registry import LIKELIHOODS
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -12,15 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probmcl_med.errors import ConfigError, UserError
-from probmcl_med.losses import (
+from probmcl_med.core.losses import (
     AsymmetricLoss,
     ContrastiveStats,
     ProbContrastiveLoss,
     ProbMCLObjective,
     classification_loss,
 )
-from probmcl_med.mixture import GaussianMixture
+from probmcl_med.core.mixture import GaussianMixture
+from probmcl_med.errors import ConfigError, UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mixture_reference import dense_correlation, extreme_mixture

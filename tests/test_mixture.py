@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from probmcl_med import GaussianMixture as ExportedMixture
-from probmcl_med.mdn import MixtureDensityNetwork
-from probmcl_med.mixture import GaussianMixture
+from probmcl_med.core.mdn import MixtureDensityNetwork
+from probmcl_med.core.mixture import GaussianMixture
 
 torch.set_num_threads(1)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from probmcl_med.overlaps import cosine, jaccard
+from probmcl_med.core.overlaps import cosine, jaccard
 from probmcl_med.registry import OVERLAPS
 
 

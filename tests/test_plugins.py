@@ -124,8 +124,8 @@ def test_folders_from_cwd_env_and_flags(tmp_path: Path, monkeypatch: pytest.Monk
 def test_worked_example_registers_from_a_temporary_folder_and_trains_one_step(
     tmp_path: Path, clean_similarities
 ) -> None:
-    from probmcl_med.losses import ProbContrastiveLoss
-    from probmcl_med.mdn import MixtureDensityNetwork
+    from probmcl_med.core.losses import ProbContrastiveLoss
+    from probmcl_med.core.mdn import MixtureDensityNetwork
 
     folder = tmp_path / "plugins"
     folder.mkdir()

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from probmcl_med.mixture import GaussianMixture
-from probmcl_med.registry import SIMILARITIES
-from probmcl_med.similarities import (
+from probmcl_med.core.mixture import GaussianMixture
+from probmcl_med.core.similarities import (
     DEFAULT_TILE_ELEMENTS,
     DEFAULT_TILE_ELEMENTS_CUDA,
     _CrossLogK,
@@ -21,6 +20,7 @@ from probmcl_med.similarities import (
     correlation_similarity,
     default_block_size,
 )
+from probmcl_med.registry import SIMILARITIES
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mixture_reference import dense_correlation, extreme_mixture, integrate_pair, mixture_params
@@ -193,7 +193,7 @@ def test_no_nan_for_extreme_inputs(name: str, n: int, dtype: torch.dtype) -> Non
 
 
 def test_kernel_never_holds_more_than_one_tile(monkeypatch: pytest.MonkeyPatch) -> None:
-    import probmcl_med.similarities as sims
+    import probmcl_med.core.similarities as sims
 
     tiles: list[tuple[int, ...]] = []
     original = sims._tile_logits
@@ -217,7 +217,7 @@ def test_kernel_never_holds_more_than_one_tile(monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 3e-7), (torch.float64, 1e-15)])
 def test_fast_log1p_is_accurate_to_a_few_ulp(dtype: torch.dtype, tol: float) -> None:
-    from probmcl_med.similarities import _log1p_into
+    from probmcl_med.core.similarities import _log1p_into
 
     q = torch.cat([torch.logspace(-30, 6, 20001, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)])
     qd = q.to(dtype)

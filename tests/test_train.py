@@ -156,10 +156,10 @@ def test_shipped_configs_validate_with_paper_settings(name):
 
 
 def test_bf16_autocast_keeps_mixture_math_in_fp32():
-    from probmcl_med.encoders import get_encoder
+    from probmcl_med.core.mdn import MixtureDensityNetwork
     from probmcl_med.engine.amp import AmpSettings
     from probmcl_med.engine.contrastive import ContrastiveModel, build_objective
-    from probmcl_med.mdn import MixtureDensityNetwork
+    from probmcl_med.models.encoders import get_encoder
 
     torch.manual_seed(0)
     encoder = get_encoder("test_resnet")

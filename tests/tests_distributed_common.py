@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from probmcl_med.config import load_config
-from probmcl_med.encoders import get_encoder
+from probmcl_med.core.mdn import MixtureDensityNetwork
 from probmcl_med.engine.contrastive import ContrastiveModel, build_objective
-from probmcl_med.mdn import MixtureDensityNetwork
+from probmcl_med.models.encoders import get_encoder
 
 GLOBAL_VIEWS = 12  # 2 ranks x 6 views
 NUM_CLASSES = 5

@@ -171,9 +171,9 @@ def run_project_job(job: dict) -> dict:
 
     torch.set_num_threads(1)
     from probmcl_med.config import load_config
+    from probmcl_med.core.metrics import multilabel_metrics
     from probmcl_med.engine import load_model_bundle
     from probmcl_med.engine.run import train
-    from probmcl_med.evaluation.metrics import multilabel_metrics
     from probmcl_med.evaluation.run_eval import score_split
     from probmcl_med.sweep import summarize_metrics
 

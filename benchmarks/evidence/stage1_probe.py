@@ -120,14 +120,14 @@ def gradient_paths(encoder, mdn, objective, likelihood, images: torch.Tensor, la
 
 def probe_run(run_dir: Path) -> dict:
     from probmcl_med.config import load_config
+    from probmcl_med.core.mdn import MixtureDensityNetwork
+    from probmcl_med.core.metrics import multilabel_metrics
+    from probmcl_med.core.overlaps import jaccard as jaccard_overlap
     from probmcl_med.data.datasets import build_dataset
     from probmcl_med.data.transforms import TwoViews, build_eval_transform, build_train_transform
-    from probmcl_med.encoders import get_encoder
     from probmcl_med.engine.contrastive import build_objective, stack_views
     from probmcl_med.engine.run import seed_everything
-    from probmcl_med.evaluation.metrics import multilabel_metrics
-    from probmcl_med.mdn import MixtureDensityNetwork
-    from probmcl_med.overlaps import jaccard as jaccard_overlap
+    from probmcl_med.models.encoders import get_encoder
     from probmcl_med.plugins import load_plugins
     from probmcl_med.registry import LIKELIHOODS, SIMILARITIES
 

@@ -34,7 +34,7 @@ from torch import nn
 from probmcl_med.config import RunConfig, load_config
 from probmcl_med.errors import CheckpointError, ConfigError
 from probmcl_med.fileio import atomic_write
-from probmcl_med.heads import Classifier, LinearHead
+from probmcl_med.models.heads import Classifier, LinearHead
 
 BUNDLE_FORMAT = "probmcl-med/model"
 STATE_FORMAT = "probmcl-med/train-state"
@@ -253,7 +253,7 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         CheckpointError: missing, corrupt or truncated file, a training state instead of a bundle, or weights that do
             not fit the stored architecture; one line naming the file.
     """
-    from probmcl_med.encoders import get_encoder
+    from probmcl_med.models.encoders import get_encoder
 
     path = resolve_bundle_path(path)
     data = read_checkpoint(path, expected_format=BUNDLE_FORMAT)
@@ -267,7 +267,7 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         head.load_state_dict(head_spec["state_dict"], strict=True)
         mdn = None
         if data.get("mdn") is not None:
-            from probmcl_med.mdn import MixtureDensityNetwork
+            from probmcl_med.core.mdn import MixtureDensityNetwork
 
             spec = data["mdn"]
             hidden = tuple(spec["hidden"]) if spec.get("hidden") is not None else (2048, 128)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from probmcl_med.engine.amp import AmpSettings
 from probmcl_med.engine.base import StageTrainer
-from probmcl_med.heads import Classifier
+from probmcl_med.models.heads import Classifier
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -88,7 +88,7 @@ def predict_scores(
 
 def validation_map(scores: np.ndarray, targets: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """mAP (percent) and the number of classes it averages over (classes without positives are left out)."""
-    from probmcl_med.evaluation.metrics import multilabel_metrics
+    from probmcl_med.core.metrics import multilabel_metrics
 
     metrics = multilabel_metrics(scores, targets, threshold=0.5, class_names=class_names)
     return {

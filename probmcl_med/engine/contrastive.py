@@ -50,9 +50,9 @@ def build_objective(config: Any, distributed: bool = False) -> nn.Module:
 
     With ``distributed`` the contrastive term gathers every rank's mixtures with gradients; each rank's returned
     value is then scaled so that DDP's gradient averaging gives the single-process gradient of the global batch
-    (see ``probmcl_med.losses.ProbContrastiveLoss``).
+    (see ``probmcl_med.core.losses.ProbContrastiveLoss``).
     """
-    from probmcl_med.losses import ProbContrastiveLoss, ProbMCLObjective
+    from probmcl_med.core.losses import ProbContrastiveLoss, ProbMCLObjective
 
     c = config.contrastive
     contrastive = ProbContrastiveLoss(
@@ -62,7 +62,7 @@ def build_objective(config: Any, distributed: bool = False) -> nn.Module:
 
 
 def objective_terms(result: Any) -> dict[str, Tensor]:
-    """``{"loss", "nll", "pcl", "valid_anchors"}`` from a ``probmcl_med.losses.ObjectiveOutput``."""
+    """``{"loss", "nll", "pcl", "valid_anchors"}`` from a ``probmcl_med.core.losses.ObjectiveOutput``."""
     return {
         "loss": result.total,
         "nll": result.nll.detach(),

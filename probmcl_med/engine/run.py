@@ -153,7 +153,7 @@ class Run:
         self.normalization = resolve_normalization(d.normalization, mean, std, dataset=self.train_ds)
 
     def build_encoder(self) -> None:
-        from probmcl_med.encoders import get_encoder
+        from probmcl_med.models.encoders import get_encoder
 
         e = self.config.encoder
         self.encoder = get_encoder(e.name, pretrained=e.pretrained, weights=e.weights, **dict(e.options))
@@ -163,7 +163,7 @@ class Run:
             self.encoder_fwd = torch.compile(self.encoder)
 
     def build_mdn(self) -> nn.Module:
-        from probmcl_med.mdn import MixtureDensityNetwork
+        from probmcl_med.core.mdn import MixtureDensityNetwork
 
         c = self.config.contrastive
         hidden = tuple(int(h) for h in c.mdn_hidden)
@@ -439,6 +439,7 @@ class Run:
         1), the head at ``classifier.lr`` reading the unit-norm h, the encoder at ``classifier.encoder_lr`` (or
         ``contrastive.lr`` when that is 0), the MDN at ``contrastive.lr``. Logged and checkpointed as the
         ``classifier`` stage (validation mAP, best-epoch bundle)."""
+        from probmcl_med.core.losses import classification_loss
         from probmcl_med.data.transforms import build_eval_transform, build_train_transform
         from probmcl_med.engine.classifier import (
             ClassifierTrainer,
@@ -448,8 +449,7 @@ class Run:
             predict_scores,
             validation_map,
         )
-        from probmcl_med.heads import Classifier, LinearHead
-        from probmcl_med.losses import classification_loss
+        from probmcl_med.models.heads import Classifier, LinearHead
 
         k, d = self.config.classifier, self.config.dataset
         mean, std = self.mean_std
@@ -592,8 +592,8 @@ class Run:
 
     def write_bundle(self, head: nn.Module, best: dict[str, Any]) -> Path:
         """RUN/model.pt with the best head (and fine-tuned encoder), atomically; rank 0 only."""
-        from probmcl_med.encoders import get_encoder
-        from probmcl_med.heads import LinearHead
+        from probmcl_med.models.encoders import get_encoder
+        from probmcl_med.models.heads import LinearHead
 
         encoder = self.encoder
         if best.get("encoder") is not None:  # fine-tuned: the best epoch's encoder, not the current one

@@ -1,19 +1,19 @@
 """Evaluation: the paper's metrics, recall-tuned thresholds, score/target files, report folders and rendering.
 
 Conventions (threshold rule ``score >= threshold``, percentages, classes without positives, tied scores) are stated
-once, in :mod:`probmcl_med.evaluation.metrics`.
+once, in :mod:`probmcl_med.core.metrics`.
 """
 
 from __future__ import annotations
 
-from probmcl_med.evaluation.io import load_scores_targets
-from probmcl_med.evaluation.metrics import (
+from probmcl_med.core.metrics import (
     THRESHOLD_RULE,
     average_precision,
     below_recall_floor,
     multilabel_metrics,
     precision_recall_points,
 )
+from probmcl_med.evaluation.io import load_scores_targets
 from probmcl_med.evaluation.render import render_per_class_table, render_summary
 from probmcl_med.evaluation.report import write_report
 from probmcl_med.evaluation.thresholds import FALLBACK_THRESHOLD, threshold_tradeoff, tune_thresholds

@@ -36,7 +36,7 @@ def find_target_layer(classifier: nn.Module, image_size: int = 64) -> str:
     """Name (in ``classifier.named_modules()``) of the encoder's last stage, the Grad-CAM target layer.
 
     Args:
-        classifier: encoder + head (:class:`~probmcl_med.heads.Classifier`), or any model whose ``encoder``
+        classifier: encoder + head (:class:`~probmcl_med.models.heads.Classifier`), or any model whose ``encoder``
             attribute is the backbone.
         image_size: input side for the dummy forward used when the encoder declares no ``feature_info``.
 

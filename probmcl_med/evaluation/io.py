@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from probmcl_med.core.metrics import check_scores_targets
 from probmcl_med.errors import DataError
-from probmcl_med.evaluation.metrics import check_scores_targets
 
 ID_COLUMNS = frozenset({"id", "image", "image_id", "path", "file", "filename", "sample", "sample_id", "name"})
 SUPPORTED = (".csv", ".npy")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from probmcl_med.evaluation.metrics import precision_recall_points, sorted_by_recall
+from probmcl_med.core.metrics import precision_recall_points, sorted_by_recall
 
 FLOOR_COLOR = "#c62828"  # classes under the recall floor
 OK_COLOR = "#1565c0"

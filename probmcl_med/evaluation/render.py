@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from probmcl_med.evaluation.metrics import SUMMARY_KEYS, below_recall_floor, sorted_by_recall
+from probmcl_med.core.metrics import SUMMARY_KEYS, below_recall_floor, sorted_by_recall
 
 PER_CLASS_COLUMNS = ("", "class", "recall %", "precision %", "F1 %", "AP %", "support", "predicted", "TP", "threshold")
 UNDER_FLOOR = "UNDER FLOOR"

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from probmcl_med.core.metrics import SUMMARY_KEYS, as_numpy, below_recall_floor, check_recall_floor
 from probmcl_med.evaluation import plots
-from probmcl_med.evaluation.metrics import SUMMARY_KEYS, as_numpy, below_recall_floor, check_recall_floor
 from probmcl_med.evaluation.render import PER_CLASS_COLUMNS, fmt, per_class_rows, threshold_text
 from probmcl_med.fileio import atomic_directory, check_replaceable_folder
 

@@ -142,7 +142,7 @@ class Evaluation:
     """Everything ``evaluate --checkpoint`` prints and reports.
 
     Attributes:
-        metrics: :func:`~probmcl_med.evaluation.metrics.multilabel_metrics` of the split at ``thresholds``
+        metrics: :func:`~probmcl_med.core.metrics.multilabel_metrics` of the split at ``thresholds``
             (plus ``threshold_tuning`` when thresholds were tuned).
         test: the evaluated split's scores and targets.
         thresholds: (C,) thresholds used.
@@ -207,9 +207,9 @@ def evaluate_checkpoint(
         CheckpointError: missing/corrupt checkpoint, or classes that differ from the dataset's.
         DataError: bad split, threshold or data.
     """
+    from probmcl_med.core.metrics import multilabel_metrics
     from probmcl_med.engine.checkpoint import load_model_bundle, resolve_bundle_path, set_bundle_thresholds
     from probmcl_med.evaluation.complexity import model_cost
-    from probmcl_med.evaluation.metrics import multilabel_metrics
     from probmcl_med.evaluation.thresholds import threshold_tradeoff, tune_thresholds
 
     if threshold is not None and tune_recall is not None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from probmcl_med.core.metrics import as_numpy, check_scores_targets, multilabel_metrics
 from probmcl_med.errors import DataError
-from probmcl_med.evaluation.metrics import as_numpy, check_scores_targets, multilabel_metrics
 
 FALLBACK_THRESHOLD = 0.5
 """Threshold given to a class without positives in the tuning data: its recall cannot be measured, so it keeps the

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from probmcl_med.mixture import GaussianMixture, compute_dtype
+from probmcl_med.core.mixture import GaussianMixture, compute_dtype
 from probmcl_med.registry import LIKELIHOODS
 
 

@@ -14,9 +14,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from probmcl_med.core.likelihoods import graph_zero
+from probmcl_med.core.mixture import GaussianMixture, compute_dtype
 from probmcl_med.errors import ConfigError
-from probmcl_med.likelihoods import graph_zero
-from probmcl_med.mixture import GaussianMixture, compute_dtype
 from probmcl_med.registry import LIKELIHOODS, OVERLAPS, SIMILARITIES, Registry, RegistryError
 
 SimilarityFn = Callable[[GaussianMixture, GaussianMixture], Tensor]
@@ -139,7 +139,7 @@ class ProbContrastiveLoss(nn.Module):
     are left out and counted (:attr:`last_stats`, or :meth:`forward_with_stats`). A batch with no valid anchor gives
     a 0 that still backpropagates (zero gradients, never NaN). Deviations from the paper's letter: the paper sums
     over anchors (a mean keeps ``lambda`` comparable across batch sizes); ``D`` multiplies the log term; the cosine
-    overlap is the real cosine (see :mod:`probmcl_med.overlaps`). With ``alpha = 0`` every other view is in ``A(i)``,
+    overlap is the real cosine (see :mod:`probmcl_med.core.overlaps`). With ``alpha = 0`` every other view is in ``A(i)``,
     including those with ``D = 0`` (weight 0), exactly as the formula reads.
 
     Several processes (docs/math.md section 8, ``gather=True`` under an initialised ``torch.distributed``): every

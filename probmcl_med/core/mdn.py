@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from probmcl_med.mixture import GaussianMixture
+from probmcl_med.core.mixture import GaussianMixture
 
 
 class MixtureDensityNetwork(nn.Module):

@@ -183,7 +183,7 @@ def _timm_factory(name: str) -> Any:
 
 BUILTIN_TIMM = ("tresnet_m", "tresnet_l", "resnet18", "resnet50", "test_resnet", "test_efficientnet", "test_convnext3")
 for _name in BUILTIN_TIMM:
-    ENCODERS.register(_name, _timm_factory(_name), source="probmcl_med.encoders")
+    ENCODERS.register(_name, _timm_factory(_name), source="probmcl_med.models.encoders")
 
 
 TORCHVISION_ARCHS = {"tv_mobilenet_v2": "mobilenet_v2", "tv_resnet18": "resnet18", "tv_resnet50": "resnet50"}
@@ -226,7 +226,9 @@ def create_torchvision_encoder(name: str, pretrained: bool = False, **options: A
 
 for _name, _arch in TORCHVISION_ARCHS.items():
     _doc = f"torchvision {_arch}, pooled L2-normalised features (local weights only)."
-    ENCODERS.register(_name, _named_factory(_name, create_torchvision_encoder, _doc), source="probmcl_med.encoders")
+    ENCODERS.register(
+        _name, _named_factory(_name, create_torchvision_encoder, _doc), source="probmcl_med.models.encoders"
+    )
 
 
 def unknown_encoder_message(name: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from probmcl_med.mixture import compute_dtype
+from probmcl_med.core.mixture import compute_dtype
 from probmcl_med.registry import OVERLAPS
 
 

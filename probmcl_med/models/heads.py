@@ -23,7 +23,7 @@ class Classifier(nn.Module):
     """Encoder + linear head: images (B, 3, H, W) -> logits (B, C) (probabilities are ``sigmoid(logits)``).
 
     Args:
-        encoder: a module with ``num_features`` and ``features(x)`` / ``forward(x)`` (see probmcl_med.encoders).
+        encoder: a module with ``num_features`` and ``features(x)`` / ``forward(x)`` (see probmcl_med.models.encoders).
         head: the linear head.
         normalize_features: feed the head unit-norm features (the two-stage ProbMCL model) or raw pooled features.
     """

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probmcl_med.mixture import GaussianMixture, compute_dtype
+from probmcl_med.core.mixture import GaussianMixture, compute_dtype
 from probmcl_med.registry import SIMILARITIES
 
 DEFAULT_TILE_ELEMENTS = 1 << 21
