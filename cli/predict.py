@@ -54,6 +54,7 @@ def predict_command(
     level-0 pixels, level, size in pixels of that level, tissue fraction, probabilities, labels), thumbnail.png,
     heatmaps/CLASS.png, meta.json.
     """
+    from probmcl_med.devices import resolve_device
     from probmcl_med.engine.checkpoint import load_model_bundle, resolve_bundle_path
     from probmcl_med.inference import (
         check_output_folder,
@@ -62,7 +63,6 @@ def predict_command(
         predict_images,
         predict_slide,
         require_mdn,
-        resolve_device,
         write_predictions,
     )
 

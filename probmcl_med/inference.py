@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from probmcl_med.engine.distributed import resolve_device
+from probmcl_med.devices import resolve_device
 from probmcl_med.errors import CheckpointError, DataError, UserError, one_line_message
 from probmcl_med.fileio import atomic_directory, check_replaceable_folder
 

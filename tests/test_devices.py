@@ -1,17 +1,12 @@
-"""One rule for device settings, shared by training (config `device`) and inference (`--device`)."""
+"""One rule for device settings (probmcl_med.devices), shared by training (config `device`) and inference (`--device`)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from probmcl_med.engine.distributed import resolve_device
+from probmcl_med.devices import resolve_device
 from probmcl_med.errors import ConfigError
-from probmcl_med.inference import resolve_device as inference_resolve_device
-
-
-def test_inference_and_training_use_the_same_rule() -> None:
-    assert inference_resolve_device is resolve_device
 
 
 def test_auto_and_none_pick_cuda_only_when_available() -> None:

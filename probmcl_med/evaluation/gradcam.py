@@ -202,13 +202,13 @@ def explain_image(
     from PIL import Image
 
     from probmcl_med.data.imageio import read_image
+    from probmcl_med.devices import resolve_device
     from probmcl_med.fileio import atomic_directory
     from probmcl_med.inference import (
         OUTPUT_MARKER,
         check_output_folder,
         decision_thresholds,
         eval_transform,
-        resolve_device,
         safe_filename,
     )
 

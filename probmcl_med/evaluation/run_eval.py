@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from probmcl_med.devices import resolve_device
 from probmcl_med.errors import CheckpointError, DataError
 from probmcl_med.inference import (
     ProgressHook,
     decision_thresholds,
     eval_transform,
     make_loader,
-    resolve_device,
     run_model,
 )
 
