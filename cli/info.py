@@ -48,19 +48,26 @@ def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
     Raises:
         CheckpointError: missing or unreadable checkpoint.
     """
-    from probmcl_med.engine.checkpoint import BUNDLE_FORMAT, load_model_bundle, read_checkpoint, resolve_bundle_path
+    from probmcl_med.bundle import BUNDLE_FORMAT, load_model_bundle, read_checkpoint, resolve_bundle_path
     from probmcl_med.evaluation.complexity import model_cost
 
     path = resolve_bundle_path(checkpoint)
     raw = read_checkpoint(path, expected_format=BUNDLE_FORMAT)
     bundle = load_model_bundle(path)
     cost = model_cost(bundle.classifier(), bundle.image_size)
-    cfg = bundle.config
+    cfg = bundle.training_config
     best_map, best_source = best_validation_map(raw, path)
+    training = {
+        "mode": cfg.get("mode"),
+        "seed": cfg.get("seed"),
+        "epochs": cfg.get("epochs"),
+        "dataset": None if bundle.dataset is None else bundle.dataset.to_dict(),
+        **{section: cfg[section] for section in ("contrastive", "classifier") if isinstance(cfg.get(section), dict)},
+    }
     return {
         "checkpoint": str(path),
         "encoder": bundle.encoder_name,
-        "encoder_options": dict(cfg.encoder.options),
+        "encoder_options": dict(bundle.encoder_options),
         "feature_width": int(bundle.head.in_features),
         "head_reads": "unit-norm features" if bundle.normalize_features else "raw pooled features",
         "mdn": None
@@ -74,33 +81,13 @@ def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
         "classes": list(bundle.class_names),
         "num_classes": len(bundle.class_names),
         "image_size": bundle.image_size,
-        "normalization": {"mean": list(bundle.mean), "std": list(bundle.std), "mode": cfg.dataset.normalization},
-        "thresholds": bundle.thresholds,
-        "training": {
-            "mode": cfg.mode,
-            "dataset": cfg.dataset.name,
-            "dataset_root": cfg.dataset.root,
-            "dataset_options": dict(cfg.dataset.options),
-            "seed": cfg.seed,
-            "contrastive": {
-                k: getattr(cfg.contrastive, k)
-                for k in (
-                    "epochs",
-                    "batch_size",
-                    "lr",
-                    "tau",
-                    "lambda_",
-                    "alpha",
-                    "similarity",
-                    "overlap",
-                    "likelihood",
-                )
-            },
-            "classifier": {
-                k: getattr(cfg.classifier, k)
-                for k in ("epochs", "batch_size", "lr", "gamma_neg", "gamma_pos", "clip", "encoder_lr")
-            },
+        "normalization": {
+            "mean": list(bundle.mean),
+            "std": list(bundle.std),
+            "mode": (cfg.get("dataset") or {}).get("normalization"),
         },
+        "thresholds": bundle.thresholds,
+        "training": {k: v for k, v in training.items() if v is not None},
         "model_cost": {
             **cost.to_dict(),
             "model": "encoder + linear head, what predict and evaluate run (predict --uncertainty adds the MDN)",
@@ -126,27 +113,27 @@ def info_command(
     cost = info["model_cost"]
     shape = "x".join(str(s) for s in cost["input_shape"])
     t = info["training"]
-    c, k = t["contrastive"], t["classifier"]
+    data = t.get("dataset") or {}
     thresholds = info["thresholds"]
+    run = f"mode {t.get('mode', '?')}, dataset {data.get('name', '?')} ({data.get('root') or 'default root'})"
+    run += f", seed {t.get('seed', '?')}" + (f", {t['epochs']} epochs" if t.get("epochs") is not None else "")
     rows = [
         ("encoder", f"{info['encoder']} ({info['feature_width']} features, head reads {info['head_reads']})"),
         ("classes", f"{info['num_classes']}: {', '.join(info['classes'])}"),
         ("input", f"{info['image_size']} x {info['image_size']} px"),
         ("normalisation", f"mean {info['normalization']['mean']}, std {info['normalization']['std']}"),
         ("thresholds", "0.5 (none tuned)" if thresholds is None else ", ".join(f"{x:.3g}" for x in thresholds)),
-        (
-            "training",
-            f"mode {t['mode']}, dataset {t['dataset']} ({t['dataset_root'] or 'default root'}), seed {t['seed']}",
-        ),
-        (
-            "stage 1",
-            f"{c['epochs']} epochs, batch {c['batch_size']}, lr {c['lr']:g}, tau {c['tau']:g}, lambda {c['lambda_']:g}, "
-            f"alpha {c['alpha']:g}, {c['similarity']} / {c['overlap']}",
-        ),
-        (
-            "stage 2",
-            f"{k['epochs']} epochs, batch {k['batch_size']}, lr {k['lr']:g}, ASL gamma- {k['gamma_neg']:g} "
-            f"gamma+ {k['gamma_pos']:g} clip {k['clip']:g}",
+        ("training", run),
+        *(
+            (
+                section,
+                ", ".join(
+                    f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}"
+                    for key, value in t[section].items()
+                ),
+            )
+            for section in ("contrastive", "classifier")
+            if section in t
         ),
         (
             "MDN",

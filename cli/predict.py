@@ -54,8 +54,8 @@ def predict_command(
     level-0 pixels, level, size in pixels of that level, tissue fraction, probabilities, labels), thumbnail.png,
     heatmaps/CLASS.png, meta.json.
     """
+    from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
     from probmcl_med.devices import resolve_device
-    from probmcl_med.engine.checkpoint import load_model_bundle, resolve_bundle_path
     from probmcl_med.inference import (
         check_output_folder,
         input_kind,

@@ -228,7 +228,7 @@ def run_model(
     """sigmoid(head(encoder(x))) for every batch of ``loader``, under ``torch.inference_mode`` on ``device``.
 
     Args:
-        bundle: a :class:`~probmcl_med.engine.checkpoint.ModelBundle` (moved to ``device`` here).
+        bundle: a :class:`~probmcl_med.bundle.ModelBundle` (moved to ``device`` here).
         loader: batches of ``{"image": (B, 3, S, S), "label"?: (B, C), "index"?: (B,)}``.
         device: where the model runs.
         uncertainty: also collect the MDN's (pi, var) per class (:func:`mdn_uncertainty`).

@@ -161,8 +161,8 @@ def summarize_metrics(metrics: dict[str, Any]) -> dict[str, float | None]:
 
 def evaluate_run(run_dir: Path, device: str = "auto") -> dict[str, Any]:
     """Test-split metrics of a finished run folder (its ``model.pt``), at threshold 0.5."""
+    from probmcl_med.bundle import load_model_bundle
     from probmcl_med.core.metrics import multilabel_metrics
-    from probmcl_med.engine import load_model_bundle
     from probmcl_med.evaluation.run_eval import score_split
 
     bundle = load_model_bundle(run_dir)

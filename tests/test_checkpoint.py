@@ -9,17 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from probmcl_med.bundle import load_model_bundle, read_checkpoint, save_model_bundle, set_bundle_thresholds
 from probmcl_med.config import load_config
-from probmcl_med.engine.checkpoint import (
-    CheckpointManager,
-    capture_rng_state,
-    check_compatible,
-    load_model_bundle,
-    read_checkpoint,
-    restore_rng_state,
-    save_model_bundle,
-    set_bundle_thresholds,
-)
+from probmcl_med.engine.checkpoint import CheckpointManager, capture_rng_state, check_compatible, restore_rng_state
 from probmcl_med.errors import CheckpointError
 from probmcl_med.models.encoders import get_encoder
 from probmcl_med.models.heads import LinearHead
@@ -45,7 +37,8 @@ def test_bundle_round_trip_restores_identical_logits(tmp_path):
         mean=(0.1, 0.2, 0.3),
         std=(0.4, 0.5, 0.6),
         image_size=32,
-        config=config,
+        encoder_name="test_resnet",
+        training_config=config.to_dict(),
         thresholds=[0.3, 0.5, 0.7],
     )
     assert path == tmp_path / "model.pt"
@@ -62,7 +55,7 @@ def test_bundle_round_trip_restores_identical_logits(tmp_path):
     assert bundle.mean == (0.1, 0.2, 0.3) and bundle.std == (0.4, 0.5, 0.6)
     assert bundle.image_size == 32 and bundle.thresholds == [0.3, 0.5, 0.7]
     assert bundle.encoder_name == "test_resnet" and bundle.mdn is None
-    assert bundle.config.encoder.name == "test_resnet"
+    assert bundle.training_config == config.to_dict() and bundle.dataset.name == config.dataset.name
 
     set_bundle_thresholds(tmp_path, [0.1, 0.2, 0.9])
     assert load_model_bundle(path).thresholds == [0.1, 0.2, 0.9]
@@ -100,9 +93,9 @@ def test_damaged_checkpoint_one_line_error_and_previous_kept(tmp_path, damage):
 
 
 def test_truncated_bundle_is_one_line_error(tmp_path):
-    config, encoder, head = _parts(tmp_path)
+    _, encoder, head = _parts(tmp_path)
     kwargs = dict(encoder=encoder, head=head, class_names=NAMES, mean=(0, 0, 0), std=(1, 1, 1), image_size=32)
-    path = save_model_bundle(tmp_path / "a.pt", config=config, **kwargs)
+    path = save_model_bundle(tmp_path / "a.pt", encoder_name="test_resnet", **kwargs)
     assert zipfile.is_zipfile(path)
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt or truncated") as err:
@@ -156,14 +149,60 @@ def test_incompatible_checkpoint_refused(tmp_path):
 def test_bundle_keeps_an_mdn_with_standardised_input(tmp_path):
     from probmcl_med.core.mdn import MixtureDensityNetwork
 
-    config, encoder, head = _parts(tmp_path)
+    _, encoder, head = _parts(tmp_path)
     mdn = MixtureDensityNetwork(encoder.num_features, len(NAMES), hidden=(16, 8), input_norm="batch")
     mdn(torch.nn.functional.normalize(torch.randn(32, encoder.num_features), dim=1))  # running statistics move
     mdn.eval()
     parts = {"encoder": encoder, "head": head, "class_names": NAMES, "mean": (0.5,) * 3, "std": (0.5,) * 3}
-    save_model_bundle(tmp_path, **parts, image_size=32, config=config, mdn=mdn)
+    save_model_bundle(tmp_path, **parts, image_size=32, encoder_name="test_resnet", mdn=mdn)
     loaded = load_model_bundle(tmp_path).mdn
     h = torch.nn.functional.normalize(torch.randn(5, encoder.num_features), dim=1)
     assert loaded.input_norm == "batch"
     with torch.no_grad():
         torch.testing.assert_close(loaded(h).means, mdn(h).means, rtol=0, atol=0)
+
+
+def _save_plain(path, encoder, head, training_config):
+    """A bundle with identity normalisation and the given stored training config."""
+    return save_model_bundle(
+        path,
+        encoder=encoder,
+        head=head,
+        class_names=NAMES,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        image_size=32,
+        encoder_name="test_resnet",
+        training_config=training_config,
+    )
+
+
+def test_bundle_of_a_plugin_run_loads_without_the_plugin(tmp_path):
+    """The stored training config is information, not validated: a similarity only a plugin registered is fine."""
+    from probmcl_med import SIMILARITIES
+
+    config, encoder, head = _parts(tmp_path)
+    stored = config.to_dict()
+    stored["contrastive"]["similarity"] = "similarity_from_a_plugin_not_loaded_here"
+    assert stored["contrastive"]["similarity"] not in SIMILARITIES
+    _save_plain(tmp_path, encoder, head, stored)
+    bundle = load_model_bundle(tmp_path)
+    assert bundle.training_config["contrastive"]["similarity"] == "similarity_from_a_plugin_not_loaded_here"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.classifier()(x), head(encoder.eval()(x)))
+
+
+def test_bundle_without_a_dataset_entry_reads_it_off_the_stored_config(tmp_path):
+    from probmcl_med.bundle import save_torch
+
+    config, encoder, head = _parts(tmp_path)
+    stored = config.to_dict()
+    stored["dataset"].update(name="csv", root="/data/patches", options={"sep": ";"}, val_split="val", test_split="hold")
+    path = _save_plain(tmp_path, encoder, head, stored)
+    raw = torch.load(path, weights_only=True)
+    del raw["dataset"]  # as written before the entry existed
+    save_torch(path, raw)
+    source = load_model_bundle(path).dataset
+    assert (source.name, source.root, source.options) == ("csv", "/data/patches", {"sep": ";"})
+    assert source.splits == {"train": "train", "valid": "val", "test": "hold"}

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from probmcl_med.bundle import DatasetSource, save_model_bundle
 from probmcl_med.config import load_config
-from probmcl_med.engine.checkpoint import save_model_bundle
 from probmcl_med.models.encoders import get_encoder
 from probmcl_med.models.heads import LinearHead
 
@@ -81,7 +81,9 @@ def make_bundle(
         mean=MEAN,
         std=STD,
         image_size=SIZE,
-        config=config,
+        encoder_name="test_resnet",
+        dataset=DatasetSource.from_config_dict(config.to_dict()),
+        training_config=config.to_dict(),
     )
     return (encoder, head.eval(), network) if mdn else (encoder, head.eval())
 
@@ -178,7 +180,7 @@ def test_predict_folder_probabilities_equal_the_hand_run_model(tmp_path: Path) -
 
 
 def test_predict_single_image_resized_and_stored_thresholds_used(tmp_path: Path) -> None:
-    from probmcl_med.engine.checkpoint import set_bundle_thresholds
+    from probmcl_med.bundle import set_bundle_thresholds
 
     encoder, head = make_bundle(tmp_path / "run")
     set_bundle_thresholds(tmp_path / "run", [0.2, 0.5, 0.9])

@@ -108,7 +108,7 @@ def test_tiny_real_sweep_through_the_cli(tmp_path):
     assert [r["mode"] for r in rows] == ["two-stage", "asl"]
 
     # independent check of one run's test mAP: scikit-learn on the bundle's own test-split scores
-    from probmcl_med.engine import load_model_bundle
+    from probmcl_med.bundle import load_model_bundle
     from probmcl_med.evaluation.run_eval import score_split
 
     run_dir = out / "mode=asl__seed0"

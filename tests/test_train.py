@@ -11,8 +11,9 @@ import torch.nn.functional as F
 import typer
 from typer.testing import CliRunner
 
+from probmcl_med.bundle import load_model_bundle
 from probmcl_med.config import load_config
-from probmcl_med.engine import load_model_bundle, train
+from probmcl_med.engine import train
 from probmcl_med.engine.checkpoint import CheckpointManager, read_checkpoint
 from probmcl_med.errors import CheckpointError
 

@@ -170,9 +170,9 @@ def run_project_job(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from probmcl_med.bundle import load_model_bundle
     from probmcl_med.config import load_config
     from probmcl_med.core.metrics import multilabel_metrics
-    from probmcl_med.engine import load_model_bundle
     from probmcl_med.engine.run import train
     from probmcl_med.evaluation.run_eval import score_split
     from probmcl_med.sweep import summarize_metrics

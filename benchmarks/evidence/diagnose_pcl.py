@@ -17,20 +17,21 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 
 def diagnose(run_dir: Path, n: int = 128) -> dict:
+    from probmcl_med.bundle import load_model_bundle
     from probmcl_med.core.losses import ProbContrastiveLoss
-    from probmcl_med.engine import load_model_bundle
     from probmcl_med.evaluation.run_eval import build_split_dataset
     from probmcl_med.registry import OVERLAPS, SIMILARITIES
 
     bundle = load_model_bundle(run_dir)
     if bundle.mdn is None:
         return {"run": run_dir.name, "error": "no MDN in this run"}
-    c = bundle.config.contrastive
+    c = SimpleNamespace(**bundle.training_config["contrastive"])
     dataset = build_split_dataset(bundle, "test", checkpoint=run_dir)
     items = [dataset[i] for i in range(min(n, len(dataset)))]
     x = torch.stack([it["image"] for it in items])

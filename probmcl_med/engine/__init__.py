@@ -1,20 +1,15 @@
-"""Training engines: the contrastive and classifier stages on MONAI trainers, checkpoints, handlers, orchestration.
+"""Training only: one unit per mode (two-stage, asl, joint) on MONAI trainers, handlers, checkpoints, DDP.
 
-The public entry points::
+The public entry point::
 
-    from probmcl_med.engine import train, load_model_bundle, save_model_bundle, ModelBundle
+    from probmcl_med.engine import train
+
+The saved model it writes (``RUN/model.pt``) is :mod:`probmcl_med.bundle`'s business; running it is
+:mod:`probmcl_med.inference`'s.
 """
 
 from __future__ import annotations
 
-from probmcl_med.engine.checkpoint import ModelBundle, load_model_bundle, save_model_bundle, set_bundle_thresholds
+from probmcl_med.engine.run import RunResult, train
 
-__all__ = ["ModelBundle", "RunResult", "load_model_bundle", "save_model_bundle", "set_bundle_thresholds", "train"]
-
-
-def __getattr__(name: str):  # the orchestration imports MONAI and timm: load it only when asked for
-    if name in ("train", "RunResult"):
-        from probmcl_med.engine import run
-
-        return getattr(run, name)
-    raise AttributeError(f"module 'probmcl_med.engine' has no attribute {name!r}")
+__all__ = ["RunResult", "train"]

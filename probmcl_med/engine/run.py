@@ -40,16 +40,10 @@ from rich.console import Console
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from probmcl_med.bundle import DatasetSource, cpu_state, save_model_bundle
 from probmcl_med.config import RunConfig, save_config
 from probmcl_med.engine.amp import AmpSettings, amp_settings
-from probmcl_med.engine.checkpoint import (
-    CheckpointManager,
-    capture_rng_state,
-    check_compatible,
-    cpu_state,
-    restore_rng_state,
-    save_model_bundle,
-)
+from probmcl_med.engine.checkpoint import CheckpointManager, capture_rng_state, check_compatible, restore_rng_state
 from probmcl_med.engine.data import ResumableSampler, SeededItems
 from probmcl_med.engine.distributed import DistContext, barrier, cleanup_distributed, setup_distributed
 from probmcl_med.engine.handlers import Checkpointer, EpochStats, MetricsLog, TensorBoardLog
@@ -603,6 +597,7 @@ class Run:
         best_head = LinearHead(head.in_features, head.out_features)
         best_head.load_state_dict(best["head"])
         mean, std = self.mean_std
+        config = self.config.to_dict()
         return save_model_bundle(
             self.out,
             encoder=encoder,
@@ -612,9 +607,11 @@ class Run:
             mean=mean,
             std=std,
             image_size=self.config.dataset.image_size,
-            config=self.config,
             encoder_name=self.config.encoder.name,
+            encoder_options=dict(self.config.encoder.options),
             normalize_features=getattr(self, "normalize_features", True),
+            dataset=DatasetSource.from_config_dict(config),
+            training_config=config,
             best_val_map=best.get("map"),
             best_epoch=best.get("epoch"),
         )

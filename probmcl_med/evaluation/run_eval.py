@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from probmcl_med.bundle import DatasetSource, ModelBundle
+from probmcl_med.data.base import normalize_split
+from probmcl_med.data.datasets import build_dataset
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import CheckpointError, DataError
 from probmcl_med.inference import (
@@ -33,13 +36,19 @@ from probmcl_med.inference import (
 )
 
 
-def split_name(config: Any, split: str) -> str:
-    """The dataset's own name for ``train``/``valid``/``test`` (the config's ``*_split`` fields; aliases accepted)."""
-    from probmcl_med.data.base import normalize_split
+def dataset_source(bundle: ModelBundle, checkpoint: Any = "checkpoint") -> DatasetSource:
+    """Where the bundle's training data came from; a bundle that does not say is a one-line CheckpointError."""
+    if bundle.dataset is None:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not record the dataset it was trained on; evaluate saved predictions "
+            "instead (probmcl-med predict, then evaluate --scores --targets)"
+        )
+    return bundle.dataset
 
-    key = normalize_split(split, where="--split")
-    ds = config.dataset
-    return {"train": ds.train_split, "valid": ds.val_split, "test": ds.test_split}[key]
+
+def split_name(source: DatasetSource, split: str) -> str:
+    """The dataset's own name for ``train``/``valid``/``test`` (the run's ``*_split`` settings; aliases accepted)."""
+    return source.splits[normalize_split(split, where="--split")]
 
 
 def check_classes(
@@ -68,7 +77,7 @@ def build_split_dataset(bundle: Any, split: str, checkpoint: Any = "checkpoint",
     """The bundle's dataset at ``split`` with the bundle's eval transform.
 
     Args:
-        bundle: a loaded :class:`~probmcl_med.engine.checkpoint.ModelBundle`.
+        bundle: a loaded :class:`~probmcl_med.bundle.ModelBundle`.
         split: train, valid (val) or test.
         checkpoint: named in error messages.
         root: override of the stored ``dataset.root`` (the data moved since training).
@@ -77,12 +86,10 @@ def build_split_dataset(bundle: Any, split: str, checkpoint: Any = "checkpoint",
         CheckpointError: the dataset's classes differ from the checkpoint's.
         DataError: the dataset cannot be read (missing folder, bad CSV, ...), from the dataset factory.
     """
-    from probmcl_med.data.datasets import build_dataset
-
-    cfg = bundle.config.dataset
-    where = root if root is not None else cfg.root
-    dataset = build_dataset(cfg.name, where, split_name(bundle.config, split), dict(cfg.options), cfg.skip_bad)
-    check_classes(bundle.class_names, dataset.class_names, checkpoint, getattr(dataset, "source", cfg.name))
+    source = dataset_source(bundle, checkpoint)
+    where = root if root is not None else source.root
+    dataset = build_dataset(source.name, where, split_name(source, split), dict(source.options), source.skip_bad)
+    check_classes(bundle.class_names, dataset.class_names, checkpoint, getattr(dataset, "source", source.name))
     dataset.transform = eval_transform(bundle)
     return dataset
 
@@ -207,8 +214,8 @@ def evaluate_checkpoint(
         CheckpointError: missing/corrupt checkpoint, or classes that differ from the dataset's.
         DataError: bad split, threshold or data.
     """
+    from probmcl_med.bundle import load_model_bundle, resolve_bundle_path, set_bundle_thresholds
     from probmcl_med.core.metrics import multilabel_metrics
-    from probmcl_med.engine.checkpoint import load_model_bundle, resolve_bundle_path, set_bundle_thresholds
     from probmcl_med.evaluation.complexity import model_cost
     from probmcl_med.evaluation.thresholds import threshold_tradeoff, tune_thresholds
 
@@ -217,7 +224,8 @@ def evaluate_checkpoint(
     path = resolve_bundle_path(checkpoint)
     dev = resolve_device(device)
     bundle = load_model_bundle(path, device=dev)
-    n_workers = bundle.config.workers if workers is None else workers
+    data = dataset_source(bundle, path)
+    n_workers = int(bundle.training_config.get("workers", 0)) if workers is None else workers
     kwargs = {"checkpoint": path, "batch_size": batch_size, "device": dev, "workers": n_workers, "root": root}
     tradeoff = None
     if tune_recall is not None:
@@ -225,7 +233,7 @@ def evaluate_checkpoint(
         thresholds = tune_thresholds(valid.scores, valid.targets, recall=tune_recall)
         set_bundle_thresholds(path, thresholds)
         bundle.thresholds = [float(t) for t in thresholds]
-        source = f"tuned per class on the {split_name(bundle.config, 'valid')} split for recall >= {tune_recall:g}"
+        source = f"tuned per class on the {split_name(data, 'valid')} split for recall >= {tune_recall:g}"
     else:
         thresholds = decision_thresholds(bundle, threshold)
         source = (
@@ -240,8 +248,8 @@ def evaluate_checkpoint(
     cost = model_cost(bundle.classifier(), bundle.image_size)
     meta: dict[str, Any] = {
         "checkpoint": str(path),
-        "dataset": f"{bundle.config.dataset.name} ({test.source})",
-        "split": split_name(bundle.config, split),
+        "dataset": f"{data.name} ({test.source})",
+        "split": split_name(data, split),
         "thresholds from": source,
         "model cost": f"{cost.describe()} (encoder + head; MACs = FLOPs / 2)",
         "encoder": bundle.encoder_name,
