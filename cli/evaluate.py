@@ -23,7 +23,7 @@ EXAMPLE = (
 
 
 class RichProgress:
-    """A :class:`~probmcl_med.inference.ProgressHook` drawing a rich progress bar on stderr (hidden when done)."""
+    """A :class:`~probmcl_med.inference.loop.ProgressHook` drawing a rich progress bar on stderr (hidden when done)."""
 
     def __init__(self, console: Console | None = None, enabled: bool = True) -> None:
         self.enabled = enabled

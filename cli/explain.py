@@ -30,7 +30,7 @@ def explain_command(
     """Grad-CAM of the encoder's last stage for each class, blended over the image (the paper's Figure 3)."""
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
     from probmcl_med.errors import DataError
-    from probmcl_med.evaluation.gradcam import explain_image
+    from probmcl_med.inference.explain import explain_image
 
     if not image.is_file():
         raise DataError(f"image {image} does not exist")

@@ -56,15 +56,10 @@ def predict_command(
     """
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
     from probmcl_med.devices import resolve_device
-    from probmcl_med.inference import (
-        check_output_folder,
-        input_kind,
-        list_images,
-        predict_images,
-        predict_slide,
-        require_mdn,
-        write_predictions,
-    )
+    from probmcl_med.inference.inputs import input_kind, list_images
+    from probmcl_med.inference.loop import require_mdn
+    from probmcl_med.inference.predict import predict_images, predict_slide
+    from probmcl_med.inference.writers import check_output_folder, write_predictions
 
     check_output_folder(out)
     kind = input_kind(input_path)

@@ -13,7 +13,7 @@ from PIL import Image
 from test_inference import CLASSES, cli, error_line, hand_probs, make_bundle, write_images
 from torch import nn
 
-from probmcl_med.evaluation.gradcam import find_target_layer, grad_cam_maps, minmax_scale, overlay
+from probmcl_med.inference.explain import find_target_layer, grad_cam_maps, minmax_scale, overlay
 from probmcl_med.models.encoders import get_encoder
 from probmcl_med.models.heads import Classifier, LinearHead
 

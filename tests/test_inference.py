@@ -203,7 +203,7 @@ def test_predict_single_image_resized_and_stored_thresholds_used(tmp_path: Path)
 
 
 def test_plain_tiff_is_an_image_and_tiled_tiff_a_slide(tmp_path: Path) -> None:
-    from probmcl_med.inference import input_kind
+    from probmcl_med.inference.inputs import input_kind
 
     encoder, head = make_bundle(tmp_path / "run")
     [png] = write_images(tmp_path / "imgs", 1)
@@ -243,7 +243,7 @@ def write_pyramid(path: Path) -> np.ndarray:
 
 def test_predict_tiled_tiff_slide(tmp_path: Path) -> None:
     from probmcl_med.data.slides import tile_slide
-    from probmcl_med.inference import heat_grid
+    from probmcl_med.inference.writers import heat_grid
 
     encoder, head = make_bundle(tmp_path / "run")
     level1 = write_pyramid(tmp_path / "slide.tif")

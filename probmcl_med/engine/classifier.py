@@ -3,7 +3,7 @@
 Paper Sec. 3.3; ASL as published (docs/math.md s.9). The frozen encoder stays in eval mode with
 ``requires_grad=False`` and runs under ``torch.no_grad``, so batch-norm statistics and weights are untouched. Without
 augmentation (``classifier.augment: false``) and with ``classifier.cache_features`` the features are computed once
-(:func:`compute_features`) and the head trains on them. ``classifier.encoder_lr > 0`` fine-tunes the encoder too
+(:func:`probmcl_med.inference.features.compute_features`) and the head trains on them. ``classifier.encoder_lr > 0`` fine-tunes the encoder too
 (a second optimiser parameter group). Each epoch ends with a validation pass (mAP, docs/math.md s.10).
 """
 
@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
-from probmcl_med.engine.amp import AmpSettings
+from probmcl_med.core.metrics import multilabel_metrics
 from probmcl_med.engine.base import StageTrainer
 from probmcl_med.models.heads import Classifier
 
@@ -29,67 +28,8 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-class FeatureDataset(Dataset):
-    """Cached features: item ``i`` is ``{"features": (H,), "label": (C,)}``."""
-
-    transform = None
-
-    def __init__(self, features: Tensor, labels: Tensor) -> None:
-        self.features = features
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return int(self.features.shape[0])
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"features": self.features[index], "label": self.labels[index]}
-
-
-@torch.no_grad()
-def compute_features(
-    classifier: Classifier, loader: DataLoader, device: torch.device, amp: AmpSettings
-) -> tuple[Tensor, Tensor]:
-    """The features the head reads, for a whole loader: ((N, H) float32 CPU, (N, C) float32 CPU labels)."""
-    classifier.encoder.eval()
-    feats, labels = [], []
-    for batch in loader:
-        if batch is None:
-            continue
-        with amp.autocast():
-            h = classifier.embed(batch["image"].to(device))
-        feats.append(h.float().cpu())
-        labels.append(batch["label"].float())
-    return torch.cat(feats), torch.cat(labels)
-
-
-@torch.no_grad()
-def predict_scores(
-    classifier: Classifier, loader: DataLoader, device: torch.device, amp: AmpSettings
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid scores and targets over a loader of images or cached features: ((N, C), (N, C)) numpy float."""
-    was_training = classifier.training
-    classifier.eval()
-    scores, targets = [], []
-    try:
-        for batch in loader:
-            if batch is None:
-                continue
-            with amp.autocast():
-                if "features" in batch:
-                    logits = classifier.head(batch["features"].to(device))
-                else:
-                    logits = classifier(batch["image"].to(device))
-            scores.append(torch.sigmoid(logits.float()).cpu())
-            targets.append(batch["label"].float())
-    finally:
-        classifier.train(was_training)
-    return torch.cat(scores).numpy().astype(np.float64), torch.cat(targets).numpy()
-
-
 def validation_map(scores: np.ndarray, targets: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """mAP (percent) and the number of classes it averages over (classes without positives are left out)."""
-    from probmcl_med.core.metrics import multilabel_metrics
-
     metrics = multilabel_metrics(scores, targets, threshold=0.5, class_names=class_names)
     return {
         "mAP": metrics["summary"]["mAP"],

@@ -50,6 +50,8 @@ from probmcl_med.engine.handlers import Checkpointer, EpochStats, MetricsLog, Te
 from probmcl_med.engine.progress import ProgressHandler, summary_table
 from probmcl_med.errors import CheckpointError, ConfigError
 from probmcl_med.fileio import atomic_write_text
+from probmcl_med.inference.features import compute_features
+from probmcl_med.inference.loop import predict_batches
 
 STAGES = ("contrastive", "classifier")
 ONE_CYCLE_PCT_START = 0.2
@@ -437,10 +439,7 @@ class Run:
         from probmcl_med.data.transforms import build_eval_transform, build_train_transform
         from probmcl_med.engine.classifier import (
             ClassifierTrainer,
-            FeatureDataset,
-            compute_features,
             freeze,
-            predict_scores,
             validation_map,
         )
         from probmcl_med.models.heads import Classifier, LinearHead
@@ -470,12 +469,12 @@ class Run:
             plain, _ = self.loader(
                 self.train_ds, k.batch_size, shuffle=False, drop_last=False, workers=self.config.workers, shard=False
             )
-            train_source: Any = FeatureDataset(*compute_features(classifier, plain, self.ctx.device, self.amp))
+            train_source: Any = compute_features(classifier, plain, self.ctx.device, self.amp.autocast)
             if self.val_ds is not None and self.ctx.is_main:
                 vloader, _ = self.loader(
                     self.val_ds, k.batch_size, shuffle=False, drop_last=False, workers=0, shard=False
                 )
-                val_source = FeatureDataset(*compute_features(classifier, vloader, self.ctx.device, self.amp))
+                val_source = compute_features(classifier, vloader, self.ctx.device, self.amp.autocast)
         else:
             augmented = build_train_transform(d.image_size, mean, std, **d.augment.model_dump())
             self.train_ds.transform = augmented if k.augment else eval_transform
@@ -519,8 +518,8 @@ class Run:
             improved = True
             if val_source is not None:
                 vl, _ = self.loader(val_source, k.batch_size, shuffle=False, drop_last=False, workers=0, shard=False)
-                scores, targets = predict_scores(classifier, vl, self.ctx.device, self.amp)
-                val = validation_map(scores, targets, self.class_names)
+                out = predict_batches(classifier, vl, self.ctx.device, autocast=self.amp.autocast)
+                val = validation_map(out.probs, out.targets, self.class_names)
                 summary.update({f"val_{key}": value for key, value in val.items()})
                 value = val["mAP"] if val["mAP"] is not None else -1.0
                 improved = best["map"] is None or value > best["map"]

@@ -6,7 +6,7 @@
    ``options``, ``skip_bad``; the split names ``train_split``/``val_split``/``test_split``), with the deterministic
    eval transform at the bundle's image size and its stored normalisation (never recomputed: the model is fed what
    it was trained on). A dataset whose classes differ from the checkpoint's is a one-line CheckpointError.
-2. :func:`score_split` runs the model over it (:func:`probmcl_med.inference.run_model`: batched, inference mode, GPU
+2. :func:`score_split` runs the model over it (:func:`probmcl_med.inference.loop.run_bundle`: batched, no grad, GPU
    when present) and returns (N, C) probabilities and (N, C) labels.
 3. :func:`evaluate_checkpoint` adds the metrics, optionally tunes per-class thresholds on the validation split for a
    recall target (stored back into the checkpoint atomically), and the model cost.
@@ -27,13 +27,9 @@ from probmcl_med.data.base import normalize_split
 from probmcl_med.data.datasets import build_dataset
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import CheckpointError, DataError
-from probmcl_med.inference import (
-    ProgressHook,
-    decision_thresholds,
-    eval_transform,
-    make_loader,
-    run_model,
-)
+from probmcl_med.inference.inputs import eval_transform, make_loader
+from probmcl_med.inference.loop import ProgressHook, run_bundle
+from probmcl_med.inference.predict import decision_thresholds
 
 
 def dataset_source(bundle: ModelBundle, checkpoint: Any = "checkpoint") -> DatasetSource:
@@ -120,7 +116,7 @@ def score_split(
     dataset = build_split_dataset(bundle, split, checkpoint=checkpoint, root=root)
     dev = resolve_device(device)
     loader = make_loader(dataset, batch_size, workers, dev)
-    out = run_model(bundle, loader, dev, progress=progress, description=f"scoring the {split} split")
+    out = run_bundle(bundle, loader, dev, progress=progress, description=f"scoring the {split} split")
     if out.targets is None or len(out.probs) == 0:
         raise DataError(f"dataset {dataset.source}: no readable sample in split {split!r}")
     return SplitScores(split, out.probs, out.targets, str(dataset.source), len(dataset) - len(out.probs))
@@ -208,7 +204,7 @@ def evaluate_checkpoint(
         device: auto (GPU when present), cpu, cuda:N.
         workers: DataLoader workers (None: the run config's ``workers``).
         root: override of the stored dataset root.
-        progress: progress hook (:class:`~probmcl_med.inference.ProgressHook`).
+        progress: progress hook (:class:`~probmcl_med.inference.loop.ProgressHook`).
 
     Raises:
         CheckpointError: missing/corrupt checkpoint, or classes that differ from the dataset's.

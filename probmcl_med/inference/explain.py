@@ -16,6 +16,7 @@ convolutional stage).
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib import colormaps
+from monai.visualize import GradCAM
+from PIL import Image
 from torch import nn
 
+from probmcl_med.bundle import ModelBundle
+from probmcl_med.data.imageio import read_image
+from probmcl_med.devices import resolve_device
 from probmcl_med.errors import DataError
+from probmcl_med.fileio import atomic_directory
+from probmcl_med.inference.inputs import eval_transform
+from probmcl_med.inference.loop import predict_batches
+from probmcl_med.inference.predict import decision_thresholds
+from probmcl_med.inference.writers import OUTPUT_MARKER, check_output_folder, safe_filename
 
 
 def _module_names(module: nn.Module) -> set[str]:
@@ -139,8 +151,6 @@ def grad_cam_maps(
         (K, S, S) float32 maps in [0, 1]: ReLU(sum_k w_k A^k) bilinearly upsampled to the input size (MONAI), then
         :func:`minmax_scale` (high values = regions that raise the class logit).
     """
-    from monai.visualize import GradCAM
-
     cam = GradCAM(nn_module=classifier, target_layers=target_layer, postprocessing=minmax_scale)
     maps = []
     with torch.enable_grad():
@@ -152,9 +162,6 @@ def grad_cam_maps(
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
     """Blend a [0, 1] map (resized bilinearly to the image) over an (H, W, 3) uint8 image -> (H, W, 3) uint8."""
-    from matplotlib import colormaps
-    from PIL import Image
-
     h, w = image.shape[:2]
     resized = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
     colours = colormaps[cmap](np.clip(resized, 0.0, 1.0))[..., :3] * 255.0
@@ -173,7 +180,7 @@ class Explanation:
 
 
 def explain_image(
-    bundle: Any,
+    bundle: ModelBundle,
     image_path: str | Path,
     out_dir: str | Path,
     classes: Sequence[str] | None = None,
@@ -197,21 +204,6 @@ def explain_image(
     Raises:
         DataError: unknown class name (with close matches), unreadable image, an output folder that is not ours.
     """
-    import json
-
-    from PIL import Image
-
-    from probmcl_med.data.imageio import read_image
-    from probmcl_med.devices import resolve_device
-    from probmcl_med.fileio import atomic_directory
-    from probmcl_med.inference import (
-        OUTPUT_MARKER,
-        check_output_folder,
-        decision_thresholds,
-        eval_transform,
-        safe_filename,
-    )
-
     out_dir = Path(out_dir)
     check_output_folder(out_dir)
     wanted = resolve_class_names(classes, bundle.class_names, checkpoint) if classes else None
@@ -221,8 +213,7 @@ def explain_image(
     bundle.to(dev)
     x = eval_transform(bundle)({"image": pixels})["image"].unsqueeze(0).to(dev)
     classifier = bundle.classifier()
-    with torch.inference_mode():
-        probs = torch.sigmoid(classifier(x)).double().cpu().numpy()[0]
+    probs = predict_batches(classifier, [{"image": x}], dev).probs[0]
     thresholds = decision_thresholds(bundle, threshold)
     if wanted is None:
         wanted = [int(i) for i in np.flatnonzero(probs >= thresholds)] or [int(np.argmax(probs))]
@@ -247,5 +238,5 @@ def explain_image(
             "explained": [{"class": r.name, "probability": r.probability, "file": r.path.name} for r in results],
         }
         (tmp / "explain.json").write_text(json.dumps(document, indent=2) + "\n")
-        (tmp / OUTPUT_MARKER).write_text("written by probmcl_med.evaluation.gradcam.explain_image\n")
+        (tmp / OUTPUT_MARKER).write_text("written by probmcl_med.inference.explain.explain_image\n")
     return results

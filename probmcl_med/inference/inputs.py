@@ -1,0 +1,104 @@
+"""What a model is run on: input kinds (a folder of images, an image, a whole slide), the items and their loader.
+
+A file is a slide when OpenSlide recognises its format (``openslide.OpenSlide.detect_format``, which tells a tiled
+pyramidal TIFF from a plain TIFF image) or when its extension only ever names a slide (``.svs``, ``.ndpi``,
+``.mrxs``, ...: then OpenSlide is asked to open it and a file it cannot read is a one-line :class:`DataError`).
+Every input goes through the bundle's deterministic eval transform: its image size and its stored mean/std.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import openslide
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from probmcl_med.bundle import ModelBundle
+from probmcl_med.data.base import find_data_error
+from probmcl_med.data.base import make_loader as data_loader
+from probmcl_med.data.transforms import build_eval_transform
+from probmcl_med.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+"""Extensions listed as images in a folder (case-insensitive)."""
+
+SLIDE_ONLY_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".svslide", ".bif")
+"""Extensions that only ever name whole slides (a ``.tif`` may be either; OpenSlide's format detection decides)."""
+
+
+def is_slide(path: str | Path) -> bool:
+    """True when ``path`` is a whole slide: OpenSlide detects its format, or its extension only names slides."""
+    path = Path(path)
+    if path.suffix.lower() in SLIDE_ONLY_SUFFIXES:
+        return True
+    try:
+        return openslide.OpenSlide.detect_format(str(path)) is not None
+    except Exception:  # an unreadable file is not a slide; the image reader reports it
+        return False
+
+
+def input_kind(path: str | Path) -> str:
+    """``"folder"``, ``"slide"`` or ``"image"`` for an existing input path.
+
+    Raises:
+        DataError: the path does not exist.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "folder"
+    if not path.exists():
+        raise DataError(f"input {path} does not exist; give an image, a folder of images or a whole slide")
+    return "slide" if is_slide(path) else "image"
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder`` (not its subfolders), sorted by name.
+
+    Raises:
+        DataError: the folder holds no file with an image extension (:data:`IMAGE_SUFFIXES`).
+    """
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(
+            f"folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); give a folder of images, one image "
+            "or a slide"
+        )
+    return files
+
+
+class ItemDataset(Dataset):
+    """Items ``{"image": path | slide location}`` through a transform; each output also carries its ``index``."""
+
+    def __init__(self, items: Sequence[dict[str, Any]], transform: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.items = list(items)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            out = dict(self.transform(dict(self.items[index])))
+        except Exception as exc:  # MONAI's Compose re-raises a reader's DataError as a RuntimeError
+            err = find_data_error(exc)
+            if err is None:
+                raise
+            raise DataError(str(err)) from None
+        out["index"] = index
+        return out
+
+
+def eval_transform(bundle: ModelBundle) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The deterministic transform the bundle's model expects: its image size and its stored mean/std."""
+    return build_eval_transform(bundle.image_size, bundle.mean, bundle.std)
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    """A deterministic (unshuffled) DataLoader over ``dataset`` (the data layer's collate drops skipped samples)."""
+    if batch_size < 1:
+        raise DataError(f"--batch-size {batch_size}: give a positive number of images per batch")
+    return data_loader(dataset, batch_size, shuffle=False, workers=workers, pin_memory=device.type == "cuda")

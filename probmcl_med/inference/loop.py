@@ -1,0 +1,210 @@
+"""The one batched forward pass: ``sigmoid(head(encoder(x)))`` over a loader, for every caller.
+
+:func:`predict_batches` serves ``predict`` and ``evaluate`` (through :func:`run_bundle`), the probability pass of
+Grad-CAM (:mod:`probmcl_med.inference.explain`), the feature cache (:mod:`probmcl_med.inference.features`) and
+training's per-epoch validation (:mod:`probmcl_med.engine.validation`), so all of them see the same numbers.
+
+Uncertainty (``mdn=``): when the bundle keeps the stage-1 mixture density network, each input also gets, per class
+k, the mixture weight ``pi_k`` and the variance ``var_k`` that the MDN assigns to the class's component for the
+encoder's unit-norm features h(x) (paper Eq. 1, docs/math.md s.1-2). What it is: the spread the contrastive
+stage gave that component; ``var_k >= 1`` by construction, and larger values mean the MDN places the sample's class-k
+component less sharply. What it is not: a calibrated probability, or a validated predictor of classification
+errors: the MDN is trained only by the stage-1 objective (NLL + PCL) and nothing in this project measures how well
+``var_k`` ranks mistakes. Treat it as an exploratory signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from probmcl_med.bundle import ModelBundle
+from probmcl_med.errors import CheckpointError, UserError, one_line_message
+from probmcl_med.models.heads import Classifier
+
+
+class ProgressHook(Protocol):
+    """What the loop reports to (the CLI implements it with a rich progress bar)."""
+
+    def start(self, description: str, total: int) -> None:
+        """A new pass over ``total`` samples begins."""
+
+    def advance(self, count: int) -> None:
+        """``count`` more samples are done."""
+
+
+@dataclass
+class BatchOutputs:
+    """What :func:`predict_batches` collects, in loader order.
+
+    Attributes:
+        probs: (N, C) float64 probabilities, sigmoid of the logits.
+        indices: (N,) dataset indices of the rows (samples a skip_bad dataset dropped are absent).
+        targets: (N, C) float64 labels when the batches carry ``label``, else None.
+        features: (N, H) float32 CPU features the head read, when asked for.
+        pi: (N, C) MDN weights, when an MDN was given.
+        var: (N, C) MDN variances, when an MDN was given.
+    """
+
+    probs: np.ndarray
+    indices: np.ndarray
+    targets: np.ndarray | None = None
+    features: torch.Tensor | None = None
+    pi: np.ndarray | None = None
+    var: np.ndarray | None = None
+
+
+def mdn_uncertainty(mdn: nn.Module, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class mixture weight and variance that the MDN gives unit-norm features (math.md s.1).
+
+    Args:
+        mdn: the stage-1 mixture density network; ``mdn(h)`` returns a
+            :class:`~probmcl_med.core.mixture.GaussianMixture` (or a ``(pi, mu, var)`` triple).
+        features: (B, H) encoder features; L2-normalised here (a no-op for already unit-norm features).
+
+    Returns:
+        ``(pi, var)``, each (B, C) float32: ``pi_k`` in [0, 1] summing to 1 over k, ``var_k >= 1``.
+    """
+    out = mdn(F.normalize(features.float(), dim=1))
+    if hasattr(out, "weights") and hasattr(out, "variances"):
+        return out.weights.float(), out.variances.float()
+    pi, _, var = out
+    return pi.float(), var.float()
+
+
+def require_mdn(bundle: ModelBundle, checkpoint: Any = None) -> None:
+    """One-line CheckpointError (naming ``checkpoint``) unless the bundle kept its stage-1 MDN (for uncertainty)."""
+    if bundle.mdn is None:
+        where = f"checkpoint {checkpoint}" if checkpoint is not None else "this checkpoint"
+        raise CheckpointError(
+            f"{where} keeps no MDN (trained without a contrastive stage, or saved without it); --uncertainty "
+            "needs one: drop --uncertainty or use a two-stage run's checkpoint"
+        )
+
+
+@contextlib.contextmanager
+def _worker_errors() -> Iterator[None]:
+    """Re-raise a UserError from a DataLoader worker with its original one-line message."""
+    try:
+        yield
+    except UserError as exc:
+        message = one_line_message(exc)
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from None
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode for the block, then each back in the mode it had (a frozen encoder stays eval)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray | None:
+    return np.concatenate(parts) if parts else None
+
+
+def predict_batches(
+    classifier: Classifier,
+    batches: Iterable[dict[str, Any] | None],
+    device: torch.device,
+    *,
+    autocast: Callable[[], AbstractContextManager[Any]] | None = None,
+    mdn: nn.Module | None = None,
+    keep_features: bool = False,
+    progress: ProgressHook | None = None,
+    description: str = "predicting",
+) -> BatchOutputs:
+    """sigmoid(head(features)) for every batch, in eval mode under ``torch.no_grad`` on ``device``.
+
+    Args:
+        classifier: encoder + head (the modes of its submodules are restored afterwards).
+        batches: a DataLoader (or any iterable) of ``{"image": (B, 3, S, S)}`` or, for cached features, of
+            ``{"features": (B, H)}`` (the head alone runs), each optionally with ``"label": (B, C)`` and
+            ``"index": (B,)``; a ``None`` batch (every sample skipped by ``dataset.skip_bad``) is passed over.
+        device: where the model runs.
+        autocast: a factory of the context the forward pass runs in (training's AMP), or None (full precision).
+        mdn: also collect the MDN's (pi, var) per class (:func:`mdn_uncertainty`).
+        keep_features: also return the (N, H) features the head read (the frozen-encoder feature cache).
+        progress: told the total (``len(batches.dataset)``) first, then the number of samples after each batch.
+        description: what the progress bar says.
+    """
+    context = autocast or contextlib.nullcontext
+    probs, indices, targets, features, pis, variances = [], [], [], [], [], []
+    offset = 0
+    if progress is not None:
+        progress.start(description, len(getattr(batches, "dataset", ())))
+    with _eval_mode(classifier), torch.no_grad(), _worker_errors():
+        for batch in batches:
+            if batch is None:
+                continue
+            with context():
+                if "features" in batch:
+                    h = batch["features"].to(device, non_blocking=True)
+                else:
+                    h = classifier.embed(batch["image"].to(device, non_blocking=True))
+                logits = classifier.head(h.to(classifier.head.weight.dtype)).float()
+            probs.append(torch.sigmoid(logits).double().cpu().numpy())
+            n = h.shape[0]
+            index = batch.get("index")
+            indices.append(np.arange(offset, offset + n) if index is None else np.asarray(index, dtype=np.int64))
+            offset += n
+            if "label" in batch:
+                targets.append(np.asarray(batch["label"], dtype=np.float64))
+            if keep_features:
+                features.append(h.float().cpu())
+            if mdn is not None:
+                pi, var = mdn_uncertainty(mdn, h)
+                pis.append(pi.double().cpu().numpy())
+                variances.append(var.double().cpu().numpy())
+            if progress is not None:
+                progress.advance(n)
+    return BatchOutputs(
+        probs=_concat(probs) if probs else np.zeros((0, classifier.head.out_features)),
+        indices=_concat(indices) if indices else np.zeros(0, dtype=np.int64),
+        targets=_concat(targets),
+        features=torch.cat(features) if features else None,
+        pi=_concat(pis),
+        var=_concat(variances),
+    )
+
+
+def run_bundle(
+    bundle: ModelBundle,
+    loader: Iterable[dict[str, Any] | None],
+    device: torch.device,
+    *,
+    uncertainty: bool = False,
+    progress: ProgressHook | None = None,
+    description: str = "predicting",
+) -> BatchOutputs:
+    """:func:`predict_batches` with a loaded bundle (moved to ``device``), adding the MDN's (pi, var) on request.
+
+    Raises:
+        CheckpointError: ``uncertainty`` asked for but the bundle has no MDN.
+    """
+    if uncertainty:
+        require_mdn(bundle)
+    bundle.to(device)
+    return predict_batches(
+        bundle.classifier(),
+        loader,
+        device,
+        mdn=bundle.mdn if uncertainty else None,
+        progress=progress,
+        description=description,
+    )

@@ -1,0 +1,183 @@
+"""Predictions for image files and whole slides with a loaded model bundle.
+
+:func:`predict_images` and :func:`predict_slide` build the inputs (:mod:`probmcl_med.inference.inputs`: the bundle's
+deterministic eval transform and normalisation), run the one batched loop (:mod:`probmcl_med.inference.loop`) and
+return a :class:`Predictions`; :func:`probmcl_med.inference.writers.write_predictions` writes them as a folder.
+Everything here is library code (no printing): the CLI's ``predict`` command wraps it with a progress bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from probmcl_med.bundle import ModelBundle
+from probmcl_med.data.slides import tile_slide
+from probmcl_med.devices import resolve_device
+from probmcl_med.errors import DataError
+from probmcl_med.inference.inputs import ItemDataset, eval_transform, make_loader
+from probmcl_med.inference.loop import ProgressHook, require_mdn, run_bundle
+
+
+@dataclass
+class Predictions:
+    """Per-input results of :func:`predict_images` or :func:`predict_slide`.
+
+    Attributes:
+        kind: "images" or "slide".
+        ids: one dict per row with its identifying columns (``{"image": path}`` or ``{"x", "y", "level", "size"}``).
+        probs: (N, C) probabilities.
+        thresholds: (C,) decision thresholds used (predicted when ``prob >= threshold``).
+        class_names: C names.
+        pi, var: (N, C) MDN weight and variance per class, when uncertainty was asked for.
+        slide: for a slide, ``{"path", "dimensions", "level", "downsample", "patch_size", "grid": SlideGrid}``.
+    """
+
+    kind: str
+    ids: list[dict[str, Any]]
+    probs: np.ndarray
+    thresholds: np.ndarray
+    class_names: list[str]
+    pi: np.ndarray | None = None
+    var: np.ndarray | None = None
+    slide: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """(N, C) booleans: ``probs >= thresholds``."""
+        return self.probs >= self.thresholds[None, :]
+
+    def labels(self) -> list[str]:
+        """Per row, the predicted class names joined with ``|`` (empty when none)."""
+        return ["|".join(n for n, on in zip(self.class_names, row, strict=True) if on) for row in self.predicted]
+
+
+def decision_thresholds(bundle: ModelBundle, threshold: float | None) -> np.ndarray:
+    """(C,) thresholds: ``threshold`` for every class when given, else the bundle's tuned ones, else 0.5."""
+    num_classes = len(bundle.class_names)
+    if threshold is not None:
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise DataError(f"--threshold {threshold}: give a probability in [0, 1]")
+        return np.full(num_classes, float(threshold))
+    if bundle.thresholds is not None:
+        return np.asarray(bundle.thresholds, dtype=np.float64)
+    return np.full(num_classes, 0.5)
+
+
+def predict_images(
+    bundle: ModelBundle,
+    paths: Sequence[str | Path],
+    *,
+    threshold: float | None = None,
+    batch_size: int = 32,
+    device: torch.device | str | None = "auto",
+    workers: int = 0,
+    uncertainty: bool = False,
+    progress: ProgressHook | None = None,
+) -> Predictions:
+    """Probabilities for image files, resized and normalised as the bundle's model was trained.
+
+    Args:
+        bundle: the loaded model bundle.
+        paths: image files (PNG, JPEG, TIFF, ...). An unreadable one is a one-line DataError naming it.
+        threshold: one threshold for every class; None uses the bundle's tuned thresholds (else 0.5).
+        batch_size: images per forward pass.
+        device: "auto" (GPU when present), "cpu", "cuda:N".
+        workers: DataLoader worker processes.
+        uncertainty: add the MDN's per-class (pi, var).
+        progress: progress hook (:class:`ProgressHook`).
+    """
+    dev = resolve_device(device)
+    thresholds = decision_thresholds(bundle, threshold)
+    if uncertainty:
+        require_mdn(bundle)
+    items = [{"image": str(p)} for p in paths]
+    if not items:
+        raise DataError("no images to predict")
+    loader = make_loader(ItemDataset(items, eval_transform(bundle)), batch_size, workers, dev)
+    out = run_bundle(bundle, loader, dev, uncertainty=uncertainty, progress=progress)
+    return Predictions(
+        kind="images",
+        ids=[{"image": str(paths[i])} for i in out.indices],
+        probs=out.probs,
+        thresholds=thresholds,
+        class_names=list(bundle.class_names),
+        pi=out.pi,
+        var=out.var,
+    )
+
+
+def predict_slide(
+    bundle: ModelBundle,
+    path: str | Path,
+    *,
+    patch_size: int | None = None,
+    level: int = 0,
+    tissue_threshold: float = 0.5,
+    stride: int | None = None,
+    threshold: float | None = None,
+    batch_size: int = 32,
+    device: torch.device | str | None = "auto",
+    workers: int = 0,
+    uncertainty: bool = False,
+    progress: ProgressHook | None = None,
+) -> Predictions:
+    """Probabilities for the tissue patches of a whole slide, read lazily through OpenSlide.
+
+    The slide is tiled on a regular grid at ``level`` (:func:`probmcl_med.data.slides.tile_slide`); patches whose
+    tissue fraction (Otsu threshold on the saturation of a thumbnail) is below ``tissue_threshold`` are skipped.
+    Each kept patch is read with ``OpenSlide.read_region`` and resized to the model's input size.
+
+    Args:
+        bundle: the loaded model bundle.
+        path: the slide file.
+        patch_size: patch side in pixels of ``level`` (default: the model's input size, so nothing is resized).
+        level: pyramid level the patches are read at.
+        tissue_threshold: minimum tissue fraction of a kept patch, in [0, 1].
+        stride: grid step in pixels of ``level`` (default: ``patch_size``, no overlap).
+        threshold, batch_size, device, workers, uncertainty, progress: as in :func:`predict_images`.
+
+    Returns:
+        Predictions with ids ``{"x", "y", "level", "size", "tissue_fraction"}`` (x, y: level-0 pixels) and
+        ``slide["grid"]``, the :class:`~probmcl_med.data.slides.SlideGrid` (thumbnail and mask for heat maps).
+
+    Raises:
+        DataError: the slide cannot be opened, the level does not exist, or no patch reaches the tissue threshold.
+    """
+    if not 0.0 <= float(tissue_threshold) <= 1.0:
+        raise DataError(f"--tissue-threshold {tissue_threshold}: give a fraction in [0, 1]")
+    if uncertainty:
+        require_mdn(bundle)
+    dev = resolve_device(device)
+    thresholds = decision_thresholds(bundle, threshold)
+    size = int(patch_size or bundle.image_size)
+    grid = tile_slide(path, size, level=level, stride=stride, tissue_threshold=tissue_threshold)
+    if not grid.locations:
+        raise DataError(
+            f"slide {path}: none of its {grid.candidates} patches of {size} px at level {level} reaches the tissue "
+            f"fraction {tissue_threshold:g}; lower --tissue-threshold or the --patch-size"
+        )
+    loader = make_loader(ItemDataset(grid.items(), eval_transform(bundle)), batch_size, workers, dev)
+    out = run_bundle(bundle, loader, dev, uncertainty=uncertainty, progress=progress, description="slide patches")
+    keys = ("x", "y", "level", "size", "tissue_fraction")
+    ids = [{k: grid.locations[i][k] for k in keys} for i in out.indices]
+    for row in ids:
+        row["tissue_fraction"] = round(float(row["tissue_fraction"]), 4)
+    info = {
+        "path": str(path),
+        "dimensions": list(grid.dimensions),
+        "level": level,
+        "level_downsample": grid.level_downsample,
+        "patch_size": size,
+        "stride": grid.stride,
+        "tissue_threshold": float(tissue_threshold),
+        "patches_on_tissue": len(grid.locations),
+        "patches_in_grid": grid.candidates,
+        "grid": grid,
+    }
+    return Predictions("slide", ids, out.probs, thresholds, list(bundle.class_names), out.pi, out.var, info)

@@ -1,0 +1,179 @@
+"""Writing predictions: a folder of CSVs (and, for a slide, a heat map per class), whole or not at all.
+
+Every folder written here holds :data:`OUTPUT_MARKER`, so the next run to the same path may replace it; anything
+else at that path is refused (:func:`check_output_folder`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+from probmcl_med.fileio import atomic_directory, check_replaceable_folder
+from probmcl_med.inference.predict import Predictions
+
+OUTPUT_MARKER = ".probmcl-med-output"
+"""File inside every predict/explain output folder: such a folder may be replaced by the next run to the same path."""
+
+
+def heat_grid(grid: Any, ids: Sequence[dict[str, Any]], values: np.ndarray) -> np.ndarray:
+    """Per-patch values painted at thumbnail resolution: (h, w) float64, NaN where no patch was predicted.
+
+    Each patch covers ``[x, x + size * downsample)`` x ``[y, y + size * downsample)`` in level-0 pixels; overlapping
+    patches (a stride below the patch size) are averaged.
+
+    Args:
+        grid: the :class:`~probmcl_med.data.slides.SlideGrid` (thumbnail size and level-0 -> thumbnail scale).
+        ids: per patch ``{"x", "y", "size", ...}``.
+        values: (N,) one value per patch (a class's probabilities).
+    """
+    h, w = grid.mask.shape
+    total = np.zeros((h, w))
+    count = np.zeros((h, w))
+    extent = None
+    for row, value in zip(ids, values, strict=True):
+        extent = float(row["size"]) * grid.level_downsample
+        x0, y0 = grid.to_thumbnail(row["x"], row["y"])
+        x1, y1 = grid.to_thumbnail(row["x"] + extent, row["y"] + extent)
+        c0, r0 = int(np.floor(x0)), int(np.floor(y0))
+        c1, r1 = max(int(np.ceil(x1)), c0 + 1), max(int(np.ceil(y1)), r0 + 1)
+        total[r0:r1, c0:c1] += value
+        count[r0:r1, c0:c1] += 1
+    return np.divide(total, count, out=np.full((h, w), np.nan), where=count > 0)
+
+
+def safe_filename(name: str, taken: set[str] | None = None) -> str:
+    """A file-name-safe version of a class name (letters, digits, ``._-``), unique within ``taken`` (updated)."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "class"
+    candidate, i = base, 2
+    while taken is not None and candidate.lower() in taken:
+        candidate, i = f"{base}_{i}", i + 1
+    if taken is not None:
+        taken.add(candidate.lower())
+    return candidate
+
+
+def write_heatmaps(folder: Path, predictions: Predictions) -> list[Path]:
+    """``thumbnail.png`` and ``heatmaps/<class>.png``: each class's probability over the slide thumbnail (matplotlib).
+
+    Patches without a prediction (background) are transparent; the colour scale is fixed to [0, 1].
+    """
+    matplotlib.use("Agg", force=False)
+    grid = predictions.slide["grid"]  # type: ignore[index]
+    Image.fromarray(grid.thumbnail).save(folder / "thumbnail.png")
+    (folder / "heatmaps").mkdir()
+    h, w = grid.mask.shape
+    taken: set[str] = set()
+    written = []
+    for k, name in enumerate(predictions.class_names):
+        heat = heat_grid(grid, predictions.ids, predictions.probs[:, k])
+        fig = Figure(figsize=(8.0, 8.0 * h / w + 0.6), dpi=100)
+        ax = fig.add_subplot()
+        ax.imshow(grid.thumbnail)
+        image = ax.imshow(np.ma.masked_invalid(heat), cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55)
+        ax.set_axis_off()
+        ax.set_title(f"{name}: probability per patch (threshold {predictions.thresholds[k]:.3g})")
+        fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+        fig.tight_layout()
+        path = folder / "heatmaps" / f"{safe_filename(name, taken)}.png"
+        fig.savefig(path)
+        written.append(path)
+    return written
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _num(x: float) -> str:
+    return f"{x:.8g}"
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """Refuse to replace anything but an earlier prediction folder (or an empty folder) at ``out_dir``."""
+    check_replaceable_folder(out_dir, OUTPUT_MARKER, "output", "--out")
+
+
+def write_predictions(
+    out_dir: str | Path,
+    predictions: Predictions,
+    meta: dict[str, Any] | None = None,
+    extra_files: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a prediction folder, whole or not at all (built under a temporary name, then renamed).
+
+    Files for images: ``predictions.csv`` (``image`` + one probability column per class; readable by
+    ``probmcl-med evaluate --scores``), ``labels.csv`` (``image,labels`` with ``|``-separated predicted classes,
+    the labels style of the csv dataset). For a slide: ``patches.csv`` (``x, y, level, size`` in OpenSlide's
+    convention, x/y in level-0 pixels and size in pixels of ``level``, then the probabilities and ``labels``).
+    With uncertainty: ``uncertainty.csv`` (the id columns, then ``pi_<class>`` and ``var_<class>`` per class).
+    A slide also gets ``thumbnail.png`` and ``heatmaps/<class>.png`` (:func:`write_heatmaps`). Always:
+    ``meta.json`` (checkpoint, thresholds, classes, date, the slide grid, ...). ``extra_files(tmp_dir)`` adds more.
+
+    Raises:
+        DataError: ``out_dir`` is a file or a non-empty folder that is not an earlier prediction.
+    """
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir)
+    p = predictions
+    id_cols = list(p.ids[0]) if p.ids else (["image"] if p.kind == "images" else ["x", "y", "level", "size"])
+    id_rows = [[row[c] for c in id_cols] for row in p.ids]
+    prob_rows = [[_num(v) for v in probs] for probs in p.probs]
+    document = {
+        **(meta or {}),
+        **({"slide": {k: v for k, v in p.slide.items() if k != "grid"}} if p.slide else {}),
+        "kind": p.kind,
+        "num_inputs": len(p.ids),
+        "class_names": p.class_names,
+        "thresholds": [float(t) for t in p.thresholds],
+        "threshold_rule": "score >= threshold",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    with atomic_directory(out_dir) as tmp:
+        if p.kind == "images":
+            (tmp / "predictions.csv").write_text(
+                _csv_text(id_cols + p.class_names, [a + b for a, b in zip(id_rows, prob_rows, strict=True)])
+            )
+            (tmp / "labels.csv").write_text(
+                _csv_text([*id_cols, "labels"], [[*a, b] for a, b in zip(id_rows, p.labels(), strict=True)])
+            )
+        else:
+            (tmp / "patches.csv").write_text(
+                _csv_text(
+                    [*id_cols, *p.class_names, "labels"],
+                    [[*a, *b, c] for a, b, c in zip(id_rows, prob_rows, p.labels(), strict=True)],
+                )
+            )
+        if p.pi is not None and p.var is not None:
+            header = id_cols + [f"pi_{c}" for c in p.class_names] + [f"var_{c}" for c in p.class_names]
+            rows = [
+                a + [_num(v) for v in pi] + [_num(v) for v in var]
+                for a, pi, var in zip(id_rows, p.pi, p.var, strict=True)
+            ]
+            (tmp / "uncertainty.csv").write_text(_csv_text(header, rows))
+            document["uncertainty"] = (
+                "pi_k and var_k of the stage-1 MDN's class-k component for the encoder features: an exploratory "
+                "epistemic signal, not a calibrated probability, not validated as an error predictor"
+            )
+        if p.kind == "slide" and p.slide is not None:
+            write_heatmaps(tmp, p)
+        if extra_files is not None:
+            extra_files(tmp)
+        (tmp / "meta.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
+        (tmp / OUTPUT_MARKER).write_text("written by probmcl_med.inference.writers.write_predictions\n")
+    return out_dir
