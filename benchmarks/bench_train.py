@@ -49,7 +49,7 @@ def make_steps(encoder_name: str, image_size: int, images: int, classes: int, de
     enc1 = get_encoder(encoder_name).to(device)
     mdn = MixtureDensityNetwork(enc1.num_features, classes, hidden=tuple(config.contrastive.mdn_hidden)).to(device)
     model = ContrastiveModel(enc1, mdn).train()
-    objective = build_objective(config)
+    objective = build_objective(config.contrastive)
     opt1 = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     enc2 = get_encoder(encoder_name).to(device)

@@ -16,8 +16,8 @@ Examples:
 
   probmcl-med sweep --config configs/demo.yaml --grid contrastive.tau=0.1,0.2,0.5 --seeds 3 --out runs/tau
 
-  probmcl-med sweep --config configs/demo.yaml --grid mode=asl,two-stage,joint \\
-      --grid contrastive.likelihood=density,responsibility --seeds 2 --set contrastive.epochs=2
+  probmcl-med sweep --config configs/demo.yaml --grid mode=two-stage,joint \\
+      --grid contrastive.likelihood=density,responsibility --seeds 2 --set contrastive.epochs=2 --set epochs=4
 
 Run it again with the same --out to finish an interrupted sweep: runs with a test_metrics.json are not run again.
 """

@@ -13,13 +13,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from probmcl_med.config import RunConfig, find_named_config, load_config
-from probmcl_med.errors import ConfigError
+from probmcl_med.config import RunConfig, find_named_config, load_config, with_run_length
 
 EPILOG = """\
 Examples:
 
   probmcl-med train --dataset demo
+
+  probmcl-med train --dataset csv --set dataset.root=~/patches --epochs 8
 
   probmcl-med train --dataset adp --set dataset.root=/data/ADP --set contrastive.tau=0.1
 
@@ -30,9 +31,14 @@ Examples:
 
 
 def resolve_train_config(
-    dataset: str | None, config: Path | None, overrides: list[str] | None, output_dir: Path | None
+    dataset: str | None,
+    config: Path | None,
+    overrides: list[str] | None,
+    output_dir: Path | None,
+    epochs: int | None = None,
 ) -> RunConfig:
-    """The run config from ``--config`` or ``configs/DATASET.yaml``, ``--dataset``, ``--set`` and ``--output-dir``."""
+    """The run config from ``--config`` or ``configs/DATASET.yaml``, ``--dataset``, ``--set``, ``--output-dir`` and
+    ``--epochs`` (the run's length, applied last: :func:`probmcl_med.config.with_run_length`)."""
     sets = list(overrides or [])
     path: Path | None = config
     if path is None and dataset is not None:
@@ -41,7 +47,8 @@ def resolve_train_config(
         sets.insert(0, f"dataset.name={dataset}")
     if output_dir is not None:
         sets.append(f"output_dir={output_dir}")
-    return load_config(path, overrides=sets)
+    resolved = load_config(path, overrides=sets)
+    return resolved if epochs is None else with_run_length(resolved, epochs)
 
 
 def train_command(
@@ -53,23 +60,33 @@ def train_command(
         list[str] | None,
         typer.Option("--set", help="Override a config key, e.g. --set contrastive.tau=0.1 (repeatable)."),
     ] = None,
-    stage: Annotated[str, typer.Option("--stage", help="contrastive, classifier or all.")] = "all",
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs",
+            help="The run's length in passes over the training set, whatever the mode: two-stage divides it between "
+            "its stages in the ratio contrastive.epochs : classifier.epochs; asl and joint train all of it.",
+        ),
+    ] = None,
+    stage: Annotated[
+        str, typer.Option("--stage", help="Mode two-stage: contrastive, classifier or all (the default).")
+    ] = "all",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the newest checkpoint in the run folder.")
     ] = False,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Run folder (default: the config's).")] = None,
     print_config: Annotated[
-        bool, typer.Option("--print-config", help="Print the resolved YAML config and exit.")
+        bool,
+        typer.Option("--print-config", help="Print the resolved YAML config (the keys the mode reads) and exit."),
     ] = False,
 ) -> None:
-    """Train ProbMCL: stage 1 (encoder + MDN, NLL + lambda * PCL), then stage 2 (frozen encoder, linear head, ASL).
+    """Train as configured: mode asl (encoder + head end to end), two-stage (the paper: encoder + MDN with NLL +
+    lambda * PCL, then a linear head on the frozen encoder) or joint (both objectives in one stage).
 
     The run folder gets config.yaml, class_names.json, run.json, metrics.jsonl, tensorboard/, checkpoints/ and
     model.pt (what `probmcl-med evaluate --checkpoint RUN` reads).
     """
-    if stage not in ("contrastive", "classifier", "all"):
-        raise ConfigError(f"--stage {stage!r}: use contrastive, classifier or all")
-    cfg = resolve_train_config(dataset, config, overrides, output_dir)
+    cfg = resolve_train_config(dataset, config, overrides, output_dir, epochs)
     if print_config:
         sys.stdout.write(cfg.to_yaml())
         return

@@ -21,7 +21,9 @@ NAMES = ["epithelium", "stroma", "fat"]
 
 def _parts(tmp_path):
     torch.manual_seed(0)
-    config = load_config(overrides=["encoder.name=test_resnet", "dataset.image_size=32", f"output_dir={tmp_path}"])
+    config = load_config(
+        overrides=["mode=two-stage", "encoder.name=test_resnet", "dataset.image_size=32", f"output_dir={tmp_path}"]
+    )
     encoder = get_encoder("test_resnet")
     head = LinearHead(encoder.num_features, len(NAMES))
     return config, encoder, head

@@ -108,11 +108,16 @@ def test_override_syntax_errors() -> None:
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path: Path) -> None:
-    cfg = load_config(overrides=["contrastive.alpha=0.6", "encoder.name=test_resnet"])
+    cfg = load_config(overrides=["mode=two-stage", "contrastive.alpha=0.6", "encoder.name=test_resnet"])
     path = save_config(cfg, tmp_path / "resolved.yaml")
     again = load_config(path)
     assert again == cfg
     assert "lambda" in yaml.safe_load(path.read_text())["contrastive"]
+    # a one-stage run's file holds the keys it reads, and they load back as they were
+    asl = load_config(overrides=["mode=asl", "epochs=7", "classifier.lr=0.01", "contrastive.alpha=0.6"])
+    written = yaml.safe_load(save_config(asl, tmp_path / "asl.yaml").read_text())
+    assert "contrastive" not in written and written["epochs"] == 7
+    assert load_config(tmp_path / "asl.yaml").to_dict() == asl.to_dict()
 
 
 def test_named_configs_are_found_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

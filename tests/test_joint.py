@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from config_reads import reads_outside, recording
 from test_train import check_trained_bundle, tiny_config
 
 from probmcl_med.config import load_config
@@ -17,13 +18,15 @@ from probmcl_med.engine.joint import JointObjective
 
 @pytest.mark.parametrize("lam", [0.3, 2.0])
 def test_joint_trains_one_stage_and_logs_every_term(tmp_path, lam):
-    config = tiny_config(tmp_path, "mode=joint", f"contrastive.lambda={lam}", "classifier.epochs=1")
-    result = train(config)
+    config = tiny_config(tmp_path, "mode=joint", f"contrastive.lambda={lam}", "epochs=2")
+    view, seen = recording(config)
+    result = train(view)
+    assert not reads_outside("joint", seen) and {"epochs", "contrastive.lambda", "classifier.lr"} <= seen
     run = tmp_path / "run"
     for name in ("config.yaml", "class_names.json", "run.json", "metrics.jsonl", "model.pt"):
         assert (run / name).is_file(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    # budget: contrastive.epochs + classifier.epochs = 1 + 1, logged as the classifier stage with validation
+    # epochs=2 passes, logged as the classifier stage with validation
     assert [(r["stage"], r["epoch"]) for r in records] == [("classifier", 1), ("classifier", 2)]
     for r in records:
         assert {"asl", "nll", "pcl", "val_mAP"} <= set(r)
@@ -66,14 +69,15 @@ def test_joint_mode_validates_in_config():
 def test_mdn_input_gain_scales_only_the_first_layer_initialisation(tmp_path):
     from probmcl_med.core.mdn import MixtureDensityNetwork
     from probmcl_med.engine.distributed import setup_distributed
-    from probmcl_med.engine.run import Run
+    from probmcl_med.engine.session import Session
 
     gain = 36.0
-    run = Run(tiny_config(tmp_path, f"contrastive.mdn_input_gain={gain}"), setup_distributed("cpu"))
+    config = tiny_config(tmp_path, f"contrastive.mdn_input_gain={gain}")
+    run = Session(config, setup_distributed("cpu"))
     run.build_encoder()
     run.class_names = [f"c{i}" for i in range(5)]
     torch.manual_seed(7)
-    mdn = run.build_mdn()
+    mdn = run.build_mdn(config.contrastive)
     torch.manual_seed(7)  # the same draws, built directly
     reference = MixtureDensityNetwork(run.encoder.num_features, 5, hidden=(32, 16))
     got, ref = mdn.state_dict(), reference.state_dict()

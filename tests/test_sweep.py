@@ -98,7 +98,7 @@ def test_tiny_real_sweep_through_the_cli(tmp_path):
 
     out = tmp_path / "sweep"
     args = ["sweep", "--grid", "mode=two-stage,asl", "--seeds", "1", "--out", str(out)]
-    for s in [*TINY, "classifier.epochs=1", "classifier.augment=false"]:
+    for s in [*TINY, "classifier.epochs=1", "classifier.augment=false", "epochs=2"]:
         args += ["--set", s]
     assert main(args) == 0
     for name in ("runs.csv", "sweep.csv", "sweep.md", "plot_mode.png"):

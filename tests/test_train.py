@@ -9,6 +9,7 @@ import timm
 import torch
 import torch.nn.functional as F
 import typer
+from config_reads import reads_outside, recording
 from typer.testing import CliRunner
 
 from probmcl_med.bundle import load_model_bundle
@@ -61,12 +62,17 @@ def check_trained_bundle(run, seed, normalize):
 
 
 def test_two_stages_write_run_folder_and_bundle_restores_logits(tmp_path):
-    config = tiny_config(tmp_path, "classifier.augment=false")
-    result = train(config)
+    config = tiny_config(tmp_path, "classifier.augment=false", "log_every=1")
+    view, seen = recording(config)
+    result = train(view)
+    assert not reads_outside("two-stage", seen) and {"contrastive.epochs", "classifier.epochs"} <= seen
     run = tmp_path / "run"
     for name in ("config.yaml", "class_names.json", "run.json", "metrics.jsonl", "model.pt"):
         assert (run / name).is_file(), name
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert {p.parent.name for p in (run / "tensorboard").rglob("events.out.tfevents.*")} == {
+        "contrastive",
+        "classifier",
+    }
     assert load_config(run / "config.yaml") == config
     names = json.loads((run / "class_names.json").read_text())
     meta = json.loads((run / "run.json").read_text())
@@ -76,6 +82,15 @@ def test_two_stages_write_run_folder_and_bundle_restores_logits(tmp_path):
     assert all(r["images_per_s"] > 0 and r["lr"] > 0 for r in records)
     assert {"nll", "pcl"} <= set(records[0]) and 0 <= records[1]["val_mAP"] <= 100
     assert result.best_map == max(r["val_mAP"] for r in records[1:])
+    # MONAI's TensorBoard handler logged the same epoch numbers as metrics.jsonl (float32 there), one folder per stage
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run / "tensorboard" / "classifier"))
+    board.Reload()
+    logged = {e.step: e.value for e in board.Scalars("val_mAP")}
+    assert logged == pytest.approx({r["epoch"]: r["val_mAP"] for r in records[1:]}, rel=1e-6)
+    assert {"iter/loss", "iter/lr", "loss", "images_per_s"} <= set(board.Tags()["scalars"])
+    assert [e.step for e in board.Scalars("iter/loss")] == list(range(1, records[-1]["iteration"] + 1))
 
     bundle = load_model_bundle(run)
     assert bundle.class_names == names and bundle.image_size == 32 and bundle.mdn is not None
@@ -128,7 +143,9 @@ def _cli():
 def test_cli_print_config_dataset_and_sets(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "demo.yaml").write_text("encoder:\n  name: test_resnet\ncontrastive:\n  tau: 0.5\n")
+    (tmp_path / "configs" / "demo.yaml").write_text(
+        "mode: two-stage\nencoder:\n  name: test_resnet\ncontrastive:\n  tau: 0.5\n"
+    )
     result = CliRunner().invoke(
         _cli(), ["train", "--dataset", "demo", "--set", "contrastive.tau=0.1", "--output-dir", "x", "--print-config"]
     )
@@ -171,17 +188,19 @@ def test_bf16_autocast_keeps_mixture_math_in_fp32():
         h, mixture = model(x)
         assert encoder.features(x).dtype == torch.bfloat16  # the encoder really ran in bf16
     assert h.dtype == mixture.weights.dtype == mixture.variances.dtype == torch.float32
-    out = build_objective(load_config())(mixture, h, y)
+    out = build_objective(load_config().contrastive)(mixture, h, y)
     assert torch.isfinite(out.total)
     out.total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_asl_mode_trains_encoder_and_head_end_to_end(tmp_path):
-    config = tiny_config(tmp_path, "mode=asl", "classifier.epochs=1", "classifier.augment=false")
-    train(config)
+    config = tiny_config(tmp_path, "mode=asl", "epochs=2", "classifier.augment=false")
+    view, seen = recording(config)
+    train(view)
+    assert not reads_outside("asl", seen) and "epochs" in seen  # no contrastive key, no stage epochs
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["stage"], r["epoch"]) for r in records] == [("classifier", 1), ("classifier", 2)]  # 1 + 1 epochs
+    assert [(r["stage"], r["epoch"]) for r in records] == [("classifier", 1), ("classifier", 2)]  # epochs=2
     raw = check_trained_bundle(run, config.seed, normalize=False)
     assert raw["mdn"] is None

@@ -33,4 +33,4 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def objective(distributed: bool) -> torch.nn.Module:
     config = load_config(overrides=["contrastive.alpha=0.3", "contrastive.tau=0.2", "contrastive.lambda=0.3"])
-    return build_objective(config, distributed=distributed)
+    return build_objective(config.contrastive, distributed=distributed)

@@ -143,8 +143,7 @@ def arm_sets(arm: str, init: str, epochs: int, selection: dict[str, str] | None 
             ]
         return [
             "mode=joint",
-            "contrastive.epochs=0",
-            f"classifier.epochs={epochs}",
+            f"epochs={epochs}",
             f"contrastive.lr={lr}",
             f"classifier.encoder_lr={lr}",
             f"classifier.lr={UNIT_NORM_HEAD_LR}",
@@ -154,8 +153,7 @@ def arm_sets(arm: str, init: str, epochs: int, selection: dict[str, str] | None 
     loss, aug = arm.split("-")
     return [
         "mode=asl",
-        "contrastive.epochs=0",
-        f"classifier.epochs={epochs}",
+        f"epochs={epochs}",
         f"classifier.lr={HEAD_LR}",
         f"classifier.encoder_lr={lr}",
         f"classifier.loss={loss}",

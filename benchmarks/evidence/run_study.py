@@ -108,13 +108,13 @@ def arm_sets(arm: str, init: str, e1: int, e2: int, weights: str) -> list[str]:
     sets = [f"encoder.weights={weights}" if init == "pretrained" else "encoder.weights=null"]
     sets += [f"contrastive.epochs={e1}", f"classifier.epochs={e2}", f"contrastive.lr={lr}"]
     if arm == "asl":
-        return [*sets, "mode=asl", f"classifier.encoder_lr={lr}"]
+        return [*sets, "mode=asl", f"epochs={e1 + e2}", f"classifier.encoder_lr={lr}"]
     if arm == "two-stage":
         return [*sets, "mode=two-stage", "classifier.encoder_lr=0", *FROZEN_HEAD]
     if arm == "two-stage-ft":
         return [*sets, "mode=two-stage", f"classifier.encoder_lr={lr / 3:.6g}"]
     if arm == "joint":
-        return [*sets, "mode=joint", f"classifier.encoder_lr={lr}"]
+        return [*sets, "mode=joint", f"epochs={e1 + e2}", f"classifier.encoder_lr={lr}"]
     if arm == "probe":
         return [*sets, "mode=two-stage", "contrastive.epochs=0", *FROZEN_HEAD]
     raise SystemExit(f"unknown arm {arm}")

@@ -149,7 +149,7 @@ def probe_run(run_dir: Path) -> dict:
     views, view_labels = stack_views(torch.stack([b["image"] for b in batch]), torch.stack([b["label"] for b in batch]))
     class_names = list(train_ds.class_names)
     likelihood = LIKELIHOODS.get(c.likelihood)
-    objective = build_objective(cfg)
+    objective = build_objective(cfg.contrastive)
     similarity = SIMILARITIES.get(c.similarity)
 
     seed_everything(cfg.seed, False)

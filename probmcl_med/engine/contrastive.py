@@ -13,8 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from probmcl_med.config.schema import ContrastiveConfig
+from probmcl_med.core.losses import ProbContrastiveLoss, ProbMCLObjective
 from probmcl_med.engine.amp import no_autocast
-from probmcl_med.engine.base import StageTrainer
+from probmcl_med.engine.steps import TrainStep
 
 
 class ContrastiveModel(nn.Module):
@@ -45,16 +47,14 @@ def stack_views(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return views, torch.cat([labels, labels], dim=0)
 
 
-def build_objective(config: Any, distributed: bool = False) -> nn.Module:
-    """``ProbMCLObjective``: NLL (configured likelihood) + lambda * PCL (similarity, overlap, alpha, tau).
+def build_objective(c: ContrastiveConfig, distributed: bool = False) -> nn.Module:
+    """``ProbMCLObjective`` of the ``contrastive`` section: NLL (likelihood) + lambda * PCL (similarity, overlap,
+    alpha, tau).
 
     With ``distributed`` the contrastive term gathers every rank's mixtures with gradients; each rank's returned
     value is then scaled so that DDP's gradient averaging gives the single-process gradient of the global batch
     (see ``probmcl_med.core.losses.ProbContrastiveLoss``).
     """
-    from probmcl_med.core.losses import ProbContrastiveLoss, ProbMCLObjective
-
-    c = config.contrastive
     contrastive = ProbContrastiveLoss(
         similarity=c.similarity, overlap=c.overlap, alpha=c.alpha, tau=c.tau, gather=distributed
     )
@@ -71,15 +71,20 @@ def objective_terms(result: Any) -> dict[str, Tensor]:
     }
 
 
-class ContrastiveTrainer(StageTrainer):
-    """Stage-1 MONAI trainer; ``network`` is a (possibly DDP-wrapped) :class:`ContrastiveModel`."""
+def views_to_device(engine: Any, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """A batch's two views per image and labels on the trainer's device, stacked view-major (:func:`stack_views`)."""
+    images = batch["image"].to(engine.state.device, non_blocking=engine.non_blocking)
+    labels = batch["label"].to(engine.state.device, non_blocking=engine.non_blocking).float()
+    return stack_views(images, labels)
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        images = batch["image"].to(self.state.device, non_blocking=self.non_blocking)
-        labels = batch["label"].to(self.state.device, non_blocking=self.non_blocking).float()
-        views, view_labels = stack_views(images, labels)
-        h, mixture = self.network(views)
+
+class ContrastiveStep(TrainStep):
+    """The stage-1 iteration; ``engine.network`` is a (possibly DDP-wrapped) :class:`ContrastiveModel`."""
+
+    def forward(self, engine: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        views, view_labels = views_to_device(engine, batch)
+        h, mixture = engine.network(views)
         return {"h": h, "mixture": mixture, "labels": view_labels}
 
-    def compute_loss(self, forward: dict[str, Any]) -> dict[str, Tensor]:
-        return objective_terms(self.loss_function(forward["mixture"], forward["h"], forward["labels"]))
+    def compute_loss(self, engine: Any, forward: dict[str, Any]) -> dict[str, Tensor]:
+        return objective_terms(engine.loss_function(forward["mixture"], forward["h"], forward["labels"]))

@@ -1,9 +1,19 @@
-"""Engine handlers (objects with ``attach(engine)``, like MONAI's): epoch statistics, metrics.jsonl, TensorBoard,
+"""Engine handlers (objects with ``attach(engine)``, like MONAI's): epoch averages, metrics.jsonl, TensorBoard,
 crash-proof checkpoints.
 
-Attach order matters at ``EPOCH_COMPLETED``: :class:`EpochStats` (averages, images/s) first, then validation (the
-classifier stage), then the progress line, :class:`MetricsLog`, :class:`TensorBoardLog` and :class:`Checkpointer`
-last, so that the checkpoint of an epoch is written after everything that epoch reports.
+Each epoch's numbers go where ignite keeps them, ``engine.state.metrics``: :class:`EpochStats` writes the loss-term
+averages, the learning rate, images/s and seconds; validation (:mod:`probmcl_med.engine.validation`) adds ``val_*``
+and ``best_epoch``. Stock handlers read them from there: MONAI's ``TensorBoardStatsHandler`` (:class:`TensorBoardLog`)
+and ``LrScheduleHandler`` (:class:`~probmcl_med.engine.steps.IterationLrSchedule`) serve as they are. Kept as ours:
+:class:`EpochStats` (ignite's ``Average`` metric cannot be checkpointed mid-epoch here: its ``state_dict()``
+all-gathers across ranks, a collective, while only rank 0 writes a checkpoint; and a batch emptied by
+``dataset.skip_bad`` has no loss to average), :class:`MetricsLog` (the one-line-per-epoch ``metrics.jsonl`` that a
+resume truncates to the epochs it keeps) and :class:`Checkpointer` (ignite's ``Checkpoint`` cannot store the
+resumable sampler's position and the RNG states the exact resume needs, see :mod:`probmcl_med.engine.session`).
+
+Attach order matters at ``EPOCH_COMPLETED``: :class:`EpochStats` first, then validation (classifier stage), then the
+progress line, :class:`MetricsLog`, :class:`TensorBoardLog` and :class:`Checkpointer` last, so that the checkpoint
+of an epoch is written after everything that epoch reports.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Events
+from monai.handlers import TensorBoardStatsHandler
 
 from probmcl_med.engine.distributed import DistContext, all_reduce_sum
 from probmcl_med.fileio import atomic_write_text
@@ -30,15 +41,20 @@ def epoch_iteration(engine: Any) -> int:
     return (engine.state.iteration - 1) % engine.state.epoch_length + 1
 
 
+def epoch_record(engine: Any, stage: str) -> dict[str, Any]:
+    """The epoch's line of ``metrics.jsonl``: stage, epoch, global iteration, then ``engine.state.metrics``."""
+    return {"stage": stage, "epoch": engine.state.epoch, "iteration": engine.state.iteration, **engine.state.metrics}
+
+
 class EpochStats:
-    """Running sums of the loss terms, images and time over an epoch; ``engine.state.epoch_summary`` at its end.
+    """Running sums of the loss terms, images and time over an epoch, averaged into ``engine.state.metrics`` at its
+    end (over every rank's batches).
 
     The sums are part of the training checkpoint, so a run resumed mid-epoch reports the same epoch averages.
     """
 
-    def __init__(self, ctx: DistContext, stage: str) -> None:
+    def __init__(self, ctx: DistContext) -> None:
         self.ctx = ctx
-        self.stage = stage
         self.reset()
         self._resumed = False
 
@@ -89,16 +105,11 @@ class EpochStats:
         values = torch.tensor([self.sums[n] for n in names] + [float(self.count)], dtype=torch.float64)
         values = all_reduce_sum(values, self.ctx)
         count = max(values[-1].item(), 1.0)
-        summary: dict[str, Any] = {
-            "stage": self.stage,
-            "epoch": engine.state.epoch,
-            "iteration": engine.state.iteration,
-        }
-        summary.update({n: values[i].item() / count for i, n in enumerate(names)})
-        summary["lr"] = (engine.state.output or {}).get("lr")
-        summary["images_per_s"] = self.images / self.seconds if self.seconds > 0 else None
-        summary["seconds"] = self.seconds
-        engine.state.epoch_summary = summary
+        metrics: dict[str, Any] = {n: values[i].item() / count for i, n in enumerate(names)}
+        metrics["lr"] = (engine.state.output or {}).get("lr")
+        metrics["images_per_s"] = self.images / self.seconds if self.seconds > 0 else None
+        metrics["seconds"] = self.seconds
+        engine.state.metrics = metrics
 
     def state_dict(self) -> dict[str, Any]:
         self.flush()
@@ -114,8 +125,9 @@ class EpochStats:
 class MetricsLog:
     """One JSON line per epoch per stage in ``RUN/metrics.jsonl`` (rank 0 only), flushed and fsynced per line."""
 
-    def __init__(self, path: str | Path, ctx: DistContext) -> None:
+    def __init__(self, path: str | Path, stage: str, ctx: DistContext) -> None:
         self.path = Path(path)
+        self.stage = stage
         self.ctx = ctx
         self.records: list[dict[str, Any]] = []
 
@@ -123,7 +135,7 @@ class MetricsLog:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
     def _write(self, engine: Any) -> None:
-        record = dict(getattr(engine.state, "epoch_summary", {}) or {})
+        record = epoch_record(engine, self.stage)
         self.records.append(record)
         if not self.ctx.is_main:
             return
@@ -151,48 +163,28 @@ class MetricsLog:
         atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
-class TensorBoardLog:
-    """Loss terms and learning rate every ``every`` iterations, epoch summaries at each epoch end (rank 0 only)."""
+def _iteration_scalars(output: dict[str, Any] | None) -> dict[str, Any]:
+    out = output or {}
+    return {f"iter/{name}": out[name] for name in (*TERMS, "lr") if out.get(name) is not None}
 
-    def __init__(self, log_dir: str | Path, stage: str, every: int, ctx: DistContext) -> None:
-        self.stage = stage
-        self.every = max(1, every)
-        self.writer = None
-        if ctx.is_main:
-            from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(log_dir))
+class TensorBoardLog(TensorBoardStatsHandler):
+    """MONAI's TensorBoard handler in ``log_dir`` (one folder per stage): the loss terms and learning rate every
+    ``every`` iterations (tags ``iter/<name>``), every scalar of ``engine.state.metrics`` at each epoch end (tags
+    ``loss``, ``val_mAP``, ...); the writer is closed when the stage completes. Rank 0 only."""
+
+    def __init__(self, log_dir: str | Path, every: int) -> None:
+        super().__init__(log_dir=str(log_dir), iteration_log=max(1, every), output_transform=_iteration_scalars)
 
     def attach(self, engine: Any) -> None:
-        if self.writer is None:
-            return
-        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self._iteration)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
+        super().attach(engine)
         engine.add_event_handler(Events.COMPLETED, lambda _: self.close())
-
-    def _iteration(self, engine: Any) -> None:
-        out = engine.state.output or {}
-        for name in (*TERMS, "lr"):
-            value = out.get(name)
-            if value is not None:
-                self.writer.add_scalar(f"{self.stage}/iter/{name}", float(value), engine.state.iteration)
-
-    def _epoch(self, engine: Any) -> None:
-        for name, value in (getattr(engine.state, "epoch_summary", {}) or {}).items():
-            if isinstance(value, int | float) and name not in ("epoch", "iteration"):
-                self.writer.add_scalar(f"{self.stage}/epoch/{name}", float(value), engine.state.epoch)
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
 
 
 class Checkpointer:
     """Calls ``save(engine)`` at every epoch end and every ``every_n_iterations`` iterations within an epoch.
 
-    ``save`` builds and writes the full training state (see run.py); only rank 0 writes.
+    ``save`` builds and writes the full training state (see :mod:`probmcl_med.engine.session`); only rank 0 writes.
     """
 
     def __init__(self, save: Callable[[Any], Any], every_n_iterations: int, ctx: DistContext) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from probmcl_med.engine.base import StageTrainer
-from probmcl_med.engine.contrastive import ContrastiveModel, objective_terms, stack_views
+from probmcl_med.engine.contrastive import ContrastiveModel, objective_terms, views_to_device
+from probmcl_med.engine.steps import TrainStep
 
 
 class JointModel(nn.Module):
@@ -57,18 +57,16 @@ class JointObjective(nn.Module):
         return terms
 
 
-class JointTrainer(StageTrainer):
-    """The joint stage's MONAI trainer; ``network`` is a (possibly DDP-wrapped) :class:`JointModel`."""
+class JointStep(TrainStep):
+    """The joint iteration; ``engine.network`` is a (possibly DDP-wrapped) :class:`JointModel`."""
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        images = batch["image"].to(self.state.device, non_blocking=self.non_blocking)
-        labels = batch["label"].to(self.state.device, non_blocking=self.non_blocking).float()
-        views, view_labels = stack_views(images, labels)
-        h, mixture, logits = self.network(views)
+    def forward(self, engine: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        views, view_labels = views_to_device(engine, batch)
+        h, mixture, logits = engine.network(views)
         return {"h": h, "mixture": mixture, "logits": logits, "labels": view_labels}
 
-    def compute_loss(self, forward: dict[str, Any]) -> dict[str, Tensor]:
-        return self.loss_function(forward["logits"], forward["mixture"], forward["h"], forward["labels"])
+    def compute_loss(self, engine: Any, forward: dict[str, Any]) -> dict[str, Tensor]:
+        return engine.loss_function(forward["logits"], forward["mixture"], forward["h"], forward["labels"])
 
 
 def joint_parameter_groups(
@@ -83,4 +81,4 @@ def joint_parameter_groups(
     ]
 
 
-__all__ = ["JointModel", "JointObjective", "JointTrainer", "joint_parameter_groups"]
+__all__ = ["JointModel", "JointObjective", "JointStep", "joint_parameter_groups"]

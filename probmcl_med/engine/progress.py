@@ -106,7 +106,7 @@ class ProgressHandler:
         return "  ".join(parts)
 
     def _end(self, engine: Any) -> None:
-        summary = getattr(engine.state, "epoch_summary", {}) or {}
+        summary = engine.state.metrics or {}
         line = epoch_line(summary)
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, info=line)

@@ -1,0 +1,272 @@
+"""The schema of a run: one validated pydantic model per config section, and what each training mode reads.
+
+Every choice a run makes (dataset, encoder, the contrastive and classifier settings, the run's length, output folder,
+device, seed, workers, AMP) is a key here. Unknown keys and bad values are rejected; names that must be registered
+(similarity, overlap, likelihood, dataset) are checked against the registries, with close matches.
+:data:`UNUSED_KEYS` says which keys each mode never reads (``--print-config`` hides them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from probmcl_med.errors import ConfigError
+from probmcl_med.registry import DATASETS, LIKELIHOODS, OVERLAPS, SIMILARITIES, Registry
+
+
+class _Section(BaseModel):
+    """Base of every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+def _registered(registry: Registry, value: str) -> str:
+    if value not in registry:
+        raise ValueError(registry.unknown_message(value).split(" (plugins are loaded")[0])
+    return value
+
+
+class AugmentConfig(_Section):
+    """How training views are augmented: a named policy (probmcl_med.data.augment) and its settings."""
+
+    policy: Literal["none", "flip", "randaugment", "pathology"] = Field(
+        "randaugment",
+        description="none; flip (hflip/vflip); randaugment (the flips + num_ops operations at magnitude); pathology "
+        "(both flips, 90-degree rotations, H&E stain jitter, mild intensity, blur and JPEG artefacts)",
+    )
+    num_ops: int = Field(2, ge=0, le=10, description="randaugment: operations applied per image (N)")
+    magnitude: int = Field(9, ge=0, le=30, description="randaugment: strength on the 0-30 scale (M)")
+    hflip: bool = Field(True, description="flip, randaugment: random horizontal flips")
+    vflip: bool = Field(False, description="flip, randaugment: random vertical flips (histology has no up: true)")
+
+
+class DatasetConfig(_Section):
+    """Which dataset, where, and how its images are prepared."""
+
+    name: str = Field("demo", description="a name in the DATASETS registry")
+    root: str | None = Field(
+        None, description="folder of the dataset (None: the dataset's default, e.g. the demo cache)"
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options (e.g. level: L3)")
+    image_size: int = Field(224, ge=16, le=4096, description="side of the square network input, pixels")
+    train_split: str = "train"
+    val_split: str = "valid"
+    test_split: str = "test"
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    normalization: Literal["encoder", "dataset", "none"] = Field(
+        "encoder", description="mean/std: the encoder's (timm config), the dataset's own (e.g. ADP), or none"
+    )
+    skip_bad: bool = Field(False, description="skip unreadable samples (each logged and counted) instead of failing")
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        return _registered(DATASETS, v)
+
+
+class EncoderConfig(_Section):
+    """The backbone: a name in ENCODERS or any timm model name."""
+
+    name: str = Field("resnet18", description="ENCODERS name or timm model name (tresnet_m, resnet50, ...)")
+    pretrained: bool = Field(False, description="timm's own pretrained weights (needs network)")
+    weights: str | None = Field(None, description="local weights file (state dict or checkpoint)")
+    options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the model factory")
+
+
+class ContrastiveConfig(_Section):
+    """Stage 1: encoder + mixture density network trained with NLL + lambda * PCL (paper Eq. 4)."""
+
+    epochs: int = Field(80, ge=0, description="two-stage: passes over the training set of the contrastive stage")
+    batch_size: int = Field(128, ge=2, description="images per batch (2x views); joint: its training batches")
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    tau: float = Field(0.2, gt=0, description="temperature of Eq. 3")
+    lambda_: float = Field(0.3, ge=0, alias="lambda", description="weight of the contrastive term (Eq. 4)")
+    nll_weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of the likelihood term (1: the paper; 0: the contrastive term alone, an ablation)",
+    )
+    alpha: float = Field(0.5, ge=0, le=1, description="overlap threshold for positives (Eq. 3)")
+    overlap: str = Field("jaccard", description="a name in OVERLAPS")
+    similarity: str = Field("correlation", description="a name in SIMILARITIES")
+    likelihood: str = Field(
+        "responsibility",
+        description="a name in LIKELIHOODS (NLL reading, docs/math.md s.3; responsibility measured better than "
+        "density in benchmarks/evidence)",
+    )
+    mdn_hidden: tuple[int, int] = Field((2048, 128), description="MDN hidden layer widths")
+    mdn_input: Literal["unit", "standardized"] = Field(
+        "unit",
+        description="what the MDN reads: the unit-norm h (the paper) or h standardised per feature over the batch "
+        "(a deviation: breaks the identical-mixture start, docs/math.md s.1)",
+    )
+    mdn_input_gain: float = Field(
+        1.0,
+        gt=0,
+        description="factor on the MDN's first-layer initial weights; h is unit-norm, so with 1.0 the MDN's outputs "
+        "barely vary between samples at the start and every similarity is ~1 (PCL without gradient); sqrt(H) gives "
+        "the first layer unit-scale inputs (benchmarks/evidence)",
+    )
+
+    @field_validator("overlap")
+    @classmethod
+    def _known_overlap(cls, v: str) -> str:
+        return _registered(OVERLAPS, v)
+
+    @field_validator("similarity")
+    @classmethod
+    def _known_similarity(cls, v: str) -> str:
+        return _registered(SIMILARITIES, v)
+
+    @field_validator("likelihood")
+    @classmethod
+    def _known_likelihood(cls, v: str) -> str:
+        return _registered(LIKELIHOODS, v)
+
+
+class ClassifierConfig(_Section):
+    """Stage 2: a linear head on the (frozen) encoder trained with a multi-label loss."""
+
+    epochs: int = Field(40, ge=0, description="two-stage: passes over the training set of the classifier stage")
+    batch_size: int = Field(128, ge=1, description="images per batch (joint: of the validation passes only)")
+    lr: float = Field(1e-4, gt=0, description="the head's learning rate (OneCycle peak)")
+    weight_decay: float = Field(0.0, ge=0)
+    loss: Literal["bce", "focal", "asl"] = Field(
+        "asl",
+        description="bce (binary cross-entropy), focal (Lin et al., focal_gamma), asl (asymmetric loss, Ridnik et "
+        "al.: gamma_neg, gamma_pos, clip; the published values are for highly imbalanced data)",
+    )
+    focal_gamma: float = Field(2.0, ge=0, description="focal: the focusing exponent on positives and negatives")
+    gamma_neg: float = Field(4.0, ge=0, description="asl: focusing exponent on negatives")
+    gamma_pos: float = Field(0.0, ge=0, description="asl: focusing exponent on positives")
+    clip: float = Field(0.05, ge=0, lt=1, description="asl: probability margin shifted off the negatives")
+    encoder_lr: float = Field(0.0, ge=0, description="0: frozen encoder (the paper); > 0: fine-tune it at this lr")
+    cache_features: bool = Field(True, description="compute frozen features once (only without augmentation)")
+    augment: bool = Field(True, description="augment in stage 2 too (the paper); disables the feature cache")
+
+
+class CheckpointConfig(_Section):
+    """How often and how many checkpoints are written."""
+
+    keep_last: int = Field(3, ge=1, description="rolling checkpoints kept")
+    every_n_iterations: int = Field(0, ge=0, description="also save mid-epoch every N iterations (0: end of epoch)")
+
+
+class RunConfig(_Section):
+    """A whole ProbMCL run."""
+
+    mode: Literal["two-stage", "asl", "joint"] = Field(
+        "asl",
+        description="asl (encoder + head end to end with ASL; the default, measured best in benchmarks/evidence), "
+        "two-stage (the paper: contrastive stage, then a head on the frozen encoder), joint (ASL + NLL + PCL)",
+    )
+    epochs: int = Field(
+        120,
+        ge=0,
+        description="asl, joint: the run's length in passes over the training set (two-stage reads "
+        "contrastive.epochs and classifier.epochs instead)",
+    )
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    output_dir: str = Field("runs/run", description="run folder (config, checkpoints, metrics, logs)")
+    workers: int = Field(2, ge=0)
+    amp: bool = Field(True, description="mixed precision on GPU (bf16 where supported, else fp16 + GradScaler)")
+    compile: bool = Field(False, description="torch.compile the encoder")
+    deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible CPU runs)")
+    log_every: int = Field(10, ge=1, description="iterations between metric log lines")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    def to_dict(self, every_key: bool = False) -> dict[str, Any]:
+        """Plain, YAML-ready dict (aliases such as ``lambda`` used as keys) of the keys this run's mode reads.
+
+        Args:
+            every_key: also the keys the mode does not read (:data:`UNUSED_KEYS`).
+        """
+        data = self.model_dump(mode="json", by_alias=True)
+        if not every_key:
+            for dotted in UNUSED_KEYS[self.mode]:
+                section, _, key = dotted.rpartition(".")
+                (data[section] if section else data).pop(key, None)
+        return data
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML: the keys this run's mode reads (what ``--print-config`` shows)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+UNUSED_KEYS: dict[str, tuple[str, ...]] = {
+    "two-stage": ("epochs",),
+    "asl": ("contrastive", "classifier.epochs", "classifier.cache_features"),
+    "joint": (
+        "contrastive.epochs",
+        "contrastive.weight_decay",
+        "classifier.epochs",
+        "classifier.augment",
+        "classifier.cache_features",
+    ),
+}
+"""Per mode, the keys its training never reads (hidden from ``--print-config``, ``config.yaml`` and the bundle).
+
+two-stage reads the stage lengths ``contrastive.epochs`` and ``classifier.epochs``; the one-stage modes read the
+run's length ``epochs``. asl trains encoder + head end to end (no contrastive term); joint trains them with the MDN
+on two views per image, in ``contrastive.batch_size`` batches, with the classifier section's optimiser settings.
+"""
+
+STAGE_EPOCH_KEYS = ("contrastive.epochs", "classifier.epochs")
+
+
+def with_run_length(config: RunConfig, epochs: int) -> RunConfig:
+    """``--epochs N``: the run's length in passes over the training set, whatever the mode.
+
+    asl and joint train for ``epochs = N``; two-stage divides N between its stages in the config's ratio
+    ``contrastive.epochs : classifier.epochs`` (the contrastive share rounded to the nearest pass, the classifier
+    stage the rest), so ``--epochs 12`` on the paper's 80 : 40 gives 8 + 4.
+
+    Raises:
+        ConfigError: N is negative, or two-stage with both stage lengths 0 (no ratio to divide by).
+    """
+    if epochs < 0:
+        raise ConfigError(f"--epochs {epochs}: give the number of passes over the training set (0 or more)")
+    if config.mode != "two-stage":
+        return config.model_copy(update={"epochs": epochs})
+    first, second = config.contrastive.epochs, config.classifier.epochs
+    if first + second == 0:
+        raise ConfigError(
+            "--epochs: mode two-stage divides the run in the ratio contrastive.epochs : classifier.epochs, and both "
+            "are 0; set them (e.g. --set contrastive.epochs=2 --set classifier.epochs=1)"
+        )
+    contrastive = int(epochs * first / (first + second) + 0.5)
+    return config.model_copy(
+        update={
+            "contrastive": config.contrastive.model_copy(update={"epochs": contrastive}),
+            "classifier": config.classifier.model_copy(update={"epochs": epochs - contrastive}),
+        }
+    )
+
+
+def check_stage_epochs(config: RunConfig, source: str) -> None:
+    """Refuse a one-stage run whose config sets the two-stage stage lengths but not its own ``epochs``.
+
+    Such a config was written when asl and joint trained for contrastive.epochs + classifier.epochs; read now, it
+    would silently train for the default length instead, so it is a one-line error saying what to set.
+    """
+    if config.mode == "two-stage" or "epochs" in config.model_fields_set:
+        return
+    stale = [
+        key for key in STAGE_EPOCH_KEYS if key.split(".")[1] in getattr(config, key.split(".")[0]).model_fields_set
+    ]
+    if stale:
+        total = config.contrastive.epochs + config.classifier.epochs
+        raise ConfigError(
+            f"{source}: {' and '.join(stale)} set the two-stage mode's stage lengths, which mode {config.mode} does not "
+            f"read; its length is 'epochs' (passes over the training set): set epochs (e.g. epochs: {total} for "
+            "the old contrastive + classifier budget)"
+        )

@@ -1,0 +1,211 @@
+"""The two kinds of training stage, built from plain settings that a mode read from its own config keys.
+
+* :func:`train_contrastive`: encoder + MDN on two views per image with NLL + lambda * PCL (paper Eq. 4).
+* :func:`train_classifier`: a linear head on a frozen or trained encoder with a multi-label loss, validated each
+  epoch (:class:`~probmcl_med.engine.validation.Validation`) and saved as the bundle at its best epoch; with
+  :class:`JointTerms` also the MDN, on two views per image, with the contrastive objective added (mode joint).
+
+Conventions: ``batch_size`` is the GLOBAL number of images per step (each of ``K`` DDP ranks takes
+``batch_size / K``); stages on two views drop the last incomplete batch of an epoch (equal batches on every rank,
+so the distributed loss is exactly the single-process one); Adam and OneCycleLR stepped per iteration
+(``pct_start=0.2`` as in the ASL training script); images/s counts images, not views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from probmcl_med.config.schema import ContrastiveConfig
+from probmcl_med.data.transforms import TwoViews
+from probmcl_med.engine.classifier import ClassifierStep, freeze
+from probmcl_med.engine.contrastive import ContrastiveModel, ContrastiveStep, build_objective
+from probmcl_med.engine.distributed import barrier
+from probmcl_med.engine.handlers import EpochStats
+from probmcl_med.engine.joint import JointModel, JointObjective, JointStep, joint_parameter_groups
+from probmcl_med.engine.session import Resume, Session
+from probmcl_med.engine.steps import make_trainer
+from probmcl_med.engine.validation import Validation
+from probmcl_med.inference.features import compute_features
+from probmcl_med.models.heads import Classifier, LinearHead
+
+ONE_CYCLE_PCT_START = 0.2
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, max_lrs: list[float], total_steps: int) -> Any:
+    """OneCycleLR stepped per iteration over the whole stage."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lrs, total_steps=max(1, total_steps), pct_start=ONE_CYCLE_PCT_START
+    )
+
+
+def train_contrastive(session: Session, c: ContrastiveConfig, resume: Resume | None) -> None:
+    """Stage 1 for ``c.epochs`` passes; leaves the trained MDN in ``session.mdn`` and the encoder in place."""
+    s = session
+    s.train_ds.transform = TwoViews(s.train_transform())
+    per_rank = s.per_rank_batch(c.batch_size, len(s.train_ds), "contrastive")
+    loader, sampler = s.loader(s.train_ds, per_rank, shuffle=True, drop_last=True, workers=s.config.workers)
+    s.mdn = s.build_mdn(c)
+    network = s.wrap(ContrastiveModel(s.encoder_fwd, s.mdn))
+    optimizer = torch.optim.Adam([*s.encoder.parameters(), *s.mdn.parameters()], lr=c.lr, weight_decay=c.weight_decay)
+    scheduler = one_cycle(optimizer, [c.lr], c.epochs * len(loader))
+    stats = EpochStats(s.ctx)
+    trainer = make_trainer(
+        ContrastiveStep(s.amp, s.ctx.world_size),
+        device=s.ctx.device,
+        max_epochs=c.epochs,
+        loader=loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=build_objective(c, distributed=s.ctx.distributed),
+        handlers=s.handlers(0, stats, scheduler, optimizer, lambda: {"models": s.model_states()}),
+    )
+    if resume is not None:
+        s.restore_models(resume.state, lambda: s.build_mdn(c))
+        s.resume_engine(trainer, sampler, per_rank, resume.state, optimizer, scheduler, stats)
+    trainer.run()
+    s.finish_stage("contrastive")
+
+
+@dataclass(frozen=True)
+class JointTerms:
+    """Mode joint's additions to the classifier stage: the MDN and the contrastive objective of its section."""
+
+    contrastive: ContrastiveConfig
+    mdn_lr: float
+
+
+@dataclass(frozen=True)
+class HeadTraining:
+    """How a mode trains its classifier stage, as plain values read from that mode's own keys.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: global images per training step; ``batch_key`` is the config section it came from.
+        val_batch_size: images per validation (and feature-caching) step.
+        head_lr: the head's OneCycle peak learning rate; ``weight_decay``: Adam's, for every group.
+        loss: the multi-label loss on the logits.
+        encoder_lr: 0 freezes the encoder (eval mode, no gradient); else its learning rate.
+        normalize_features: the head reads unit-norm features (ProbMCL) or raw pooled ones (asl).
+        augment: augmented training views (else the deterministic transform).
+        cache_features: with a frozen encoder and no augmentation, compute the features once.
+        joint: mode joint's MDN and contrastive objective, on two views per image.
+    """
+
+    epochs: int
+    batch_size: int
+    batch_key: str
+    val_batch_size: int
+    head_lr: float
+    weight_decay: float
+    loss: nn.Module
+    encoder_lr: float = 0.0
+    normalize_features: bool = True
+    augment: bool = True
+    cache_features: bool = False
+    joint: JointTerms | None = None
+
+
+def _sources(s: Session, plan: HeadTraining, classifier: Classifier, frozen: bool) -> tuple[Any, Any, bool]:
+    """(training source, validation source or None, cached?): datasets with their transforms, or cached features."""
+    eval_transform = s.eval_transform()
+    val_source: Any = None
+    if s.val_ds is not None:
+        s.val_ds.transform = eval_transform
+        val_source = s.val_ds
+    if frozen and plan.cache_features and not plan.augment:
+        s.train_ds.transform = eval_transform
+        plain, _ = s.loader(
+            s.train_ds, plan.batch_size, shuffle=False, drop_last=False, workers=s.config.workers, shard=False
+        )
+        train_source = compute_features(classifier, plain, s.ctx.device, s.amp.autocast)
+        if s.val_ds is not None and s.ctx.is_main:
+            vloader, _ = s.loader(s.val_ds, plan.val_batch_size, shuffle=False, drop_last=False, workers=0, shard=False)
+            val_source = compute_features(classifier, vloader, s.ctx.device, s.amp.autocast)
+        return train_source, val_source, True
+    augmented = s.train_transform()
+    s.train_ds.transform = augmented if plan.augment else eval_transform
+    if plan.joint is not None:  # the contrastive term needs two augmented views
+        s.train_ds.transform = TwoViews(augmented)
+    return s.train_ds, val_source, False
+
+
+def train_classifier(session: Session, plan: HeadTraining, resume: Resume | None) -> Path:
+    """The classifier stage for ``plan.epochs`` passes; returns RUN/model.pt (the best validation epoch's model)."""
+    s, joint = session, plan.joint
+    frozen = plan.encoder_lr == 0 and joint is None
+    if frozen:
+        freeze(s.encoder)
+    head = LinearHead(s.encoder.num_features, len(s.class_names)).to(s.ctx.device)
+    classifier = Classifier(s.encoder_fwd, head, normalize_features=plan.normalize_features)
+    own = resume if resume is not None and resume.stage_index == 1 else None
+    if own is not None:
+        head.load_state_dict(own.state["models"]["head"])
+    train_source, val_source, cached = _sources(s, plan, classifier, frozen)
+    per_rank = s.per_rank_batch(plan.batch_size, len(train_source), plan.batch_key)
+    workers = 0 if cached else s.config.workers
+    loader, sampler = s.loader(train_source, per_rank, shuffle=True, drop_last=joint is not None, workers=workers)
+
+    if joint is not None:
+        if s.mdn is None:
+            s.mdn = s.build_mdn(joint.contrastive)
+        groups = joint_parameter_groups(head, s.encoder, s.mdn, plan.head_lr, plan.encoder_lr, joint.mdn_lr)
+        network = s.wrap(JointModel(s.encoder_fwd, s.mdn, head))
+        objective = build_objective(joint.contrastive, distributed=s.ctx.distributed)
+        loss_function: nn.Module = JointObjective(plan.loss, objective)
+        step: Any = JointStep(s.amp, s.ctx.world_size)
+    else:
+        groups = [{"params": list(head.parameters()), "lr": plan.head_lr}]
+        if not frozen:
+            groups.append({"params": list(s.encoder.parameters()), "lr": plan.encoder_lr})
+        network = s.wrap(head if frozen else classifier)
+        loss_function = plan.loss
+        step = ClassifierStep(classifier, frozen, amp=s.amp, world_size=s.ctx.world_size)
+    optimizer = torch.optim.Adam(groups, lr=plan.head_lr, weight_decay=plan.weight_decay)
+    scheduler = one_cycle(optimizer, [g["lr"] for g in groups], plan.epochs * len(loader))
+    stats = EpochStats(s.ctx)
+
+    def val_batches() -> Any:
+        return s.loader(val_source, plan.val_batch_size, shuffle=False, drop_last=False, workers=0, shard=False)[0]
+
+    validation = Validation(
+        classifier,
+        val_batches if val_source is not None else None,
+        s.class_names,
+        s.ctx.device,
+        s.amp.autocast,
+        frozen_encoder=frozen,
+        save_best=lambda best: s.write_bundle(head, best, plan.normalize_features),
+        is_main=s.ctx.is_main,
+        best=own.state.get("best") if own is not None else None,
+    )
+    trainer = make_trainer(
+        step,
+        device=s.ctx.device,
+        max_epochs=plan.epochs,
+        loader=loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss_function,
+        handlers=s.handlers(
+            1,
+            stats,
+            scheduler,
+            optimizer,
+            lambda: {"models": s.model_states(head=head), "best": validation.state_dict()},
+            extra=(validation,),
+        ),
+    )
+    if own is not None:
+        s.resume_engine(trainer, sampler, per_rank, own.state, optimizer, scheduler, stats)
+    trainer.run()
+    s.finish_stage("classifier")
+    s.best = validation.best
+    barrier(s.ctx)
+    if validation.best["head"] is None and s.ctx.is_main:  # zero epochs: save the untrained head
+        validation.keep(None)
+    return s.out / "model.pt"

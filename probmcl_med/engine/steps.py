@@ -1,0 +1,126 @@
+"""One training iteration as MONAI's ``iteration_update``, and the stock trainer that runs it.
+
+:func:`make_trainer` builds a plain ``monai.engines.SupervisedTrainer`` whose iteration is a :class:`TrainStep`
+passed as ``iteration_update=`` (no overridden ``_iteration``): ``forward`` (under autocast) -> ``compute_loss``
+(float32) -> backward -> optimiser step, firing ``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED`` and
+``MODEL_COMPLETED`` like the stock iteration, so stock MONAI/ignite handlers attach unchanged. The learning-rate
+schedule is stepped by MONAI's ``LrScheduleHandler`` at ``ITERATION_COMPLETED`` (:class:`IterationLrSchedule`).
+The output dict carries the loss under MONAI's ``Keys.LOSS``, each loss term, the learning rate the step used and
+the number of images of the (global) batch. The steps of the stages: :class:`~probmcl_med.engine.contrastive.
+ContrastiveStep`, :class:`~probmcl_med.engine.classifier.ClassifierStep`, :class:`~probmcl_med.engine.joint.JointStep`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ignite.engine import Events
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.handlers import LrScheduleHandler
+from monai.utils.enums import CommonKeys as Keys
+from torch import nn
+
+from probmcl_med.engine.amp import AmpSettings, backward, optimizer_step
+
+
+class TrainStep:
+    """``step(engine, batch) -> output``: one optimisation step on ``engine.network`` with ``engine.optimizer``.
+
+    Args:
+        amp: autocast dtype and GradScaler (see :mod:`probmcl_med.engine.amp`).
+        world_size: DDP world size (to report global images per batch).
+    """
+
+    def __init__(self, amp: AmpSettings, world_size: int = 1) -> None:
+        self.amp = amp
+        self.world_size = world_size
+
+    # -- what a stage defines ---------------------------------------------------------------------------------------
+    def train_mode(self, engine: SupervisedTrainer) -> None:
+        """Put the trained modules in train mode (the classifier stage keeps a frozen encoder in eval mode)."""
+        engine.network.train()
+
+    def forward(self, engine: SupervisedTrainer, batch: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover
+        """Run the network on a batch under autocast; return what ``compute_loss`` needs."""
+        raise NotImplementedError
+
+    def compute_loss(
+        self, engine: SupervisedTrainer, forward: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:  # pragma: no cover
+        """Float32 loss terms from the forward outputs: ``{"loss": total, other terms...}``."""
+        raise NotImplementedError
+
+    def batch_images(self, batch: dict[str, Any]) -> int:
+        """Images (not views) in this rank's batch."""
+        return int(batch["label"].shape[0])
+
+    # -- the iteration ----------------------------------------------------------------------------------------------
+    def __call__(self, engine: SupervisedTrainer, batchdata: Any) -> dict[str, Any]:
+        lr = float(engine.optimizer.param_groups[0]["lr"])
+        if batchdata is None:  # every sample of the batch was unreadable and skipped (dataset.skip_bad)
+            engine.state.output = {"skipped_batch": True, "images": 0, "lr": lr}
+            return engine.state.output
+        output: dict[str, Any] = {}
+        engine.state.output = output
+        self.train_mode(engine)
+        engine.optimizer.zero_grad(set_to_none=True)
+        with self.amp.autocast():
+            forward = self.forward(engine, batchdata)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        terms = self.compute_loss(engine, forward)
+        loss = terms["loss"]
+        output[Keys.LOSS] = loss
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        backward(loss, self.amp)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        output["lr"] = lr
+        optimizer_step(engine.optimizer, self.amp)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        for name, value in terms.items():
+            output[name] = value.detach() if torch.is_tensor(value) else value
+        output["images"] = self.batch_images(batchdata) * self.world_size
+        return output
+
+
+def _trained(engine: Any, _event: int) -> bool:
+    return not (engine.state.output or {}).get("skipped_batch")
+
+
+class IterationLrSchedule(LrScheduleHandler):
+    """MONAI's ``LrScheduleHandler`` stepping the schedule after every iteration that trained (a batch emptied by
+    ``dataset.skip_bad`` trains nothing and does not advance it)."""
+
+    def __init__(self, scheduler: Any) -> None:
+        super().__init__(scheduler, print_lr=False, epoch_level=False)
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=_trained), self)
+
+
+def make_trainer(
+    step: TrainStep,
+    *,
+    device: torch.device,
+    max_epochs: int,
+    loader: Any,
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_function: Any,
+    handlers: list[Any],
+) -> SupervisedTrainer:
+    """A stock SupervisedTrainer running ``step`` each iteration, with ``handlers`` attached in order."""
+    return SupervisedTrainer(
+        device=device,
+        max_epochs=max_epochs,
+        train_data_loader=loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss_function,
+        iteration_update=step,
+        train_handlers=handlers,
+        amp=False,  # our own AMP: bf16/fp16 choice and a float32 region for the mixture math
+        decollate=False,
+        optim_set_to_none=True,
+    )
