@@ -10,6 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from probmcl_med.config import load_config
+from probmcl_med.data.checks import check_dataset
+from probmcl_med.data.datasets import build_dataset
+from probmcl_med.errors import ConfigError
+
 CHECK_EPILOG = (
     "Examples: probmcl-med data check --dataset csv --root ~/my_patches;  "
     "probmcl-med data check --dataset adp --root '/data/ADP V1.0 Release' --split train "
@@ -27,11 +32,6 @@ def run_check(
     workers: int,
 ) -> list[dict[str, Any]]:
     """Build the configured dataset for each requested split and check it (skip_bad on, so all bad files are listed)."""
-    from probmcl_med.config import load_config
-    from probmcl_med.data.checks import check_dataset
-    from probmcl_med.data.datasets import build_dataset
-    from probmcl_med.errors import ConfigError
-
     sets = list(overrides)
     if dataset is not None:
         sets.append(f"dataset.name={dataset}")

@@ -121,6 +121,7 @@ def evaluate_command(
     targets: Annotated[Path | None, typer.Option("--targets", help="Saved 0/1 labels for --scores.")] = None,
 ) -> None:
     """Evaluate a checkpoint on its dataset (metrics, per-class recall first, model cost), or saved scores."""
+    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.core.metrics import below_recall_floor, check_recall_floor
     from probmcl_med.evaluation.run_eval import parse_recall_target
 

@@ -28,6 +28,7 @@ def explain_command(
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Grad-CAM of the encoder's last stage for each class, blended over the image (the paper's Figure 3)."""
+    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
     from probmcl_med.errors import DataError
     from probmcl_med.inference.explain import explain_image

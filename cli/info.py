@@ -48,6 +48,7 @@ def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
     Raises:
         CheckpointError: missing or unreadable checkpoint.
     """
+    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import BUNDLE_FORMAT, load_model_bundle, read_checkpoint, resolve_bundle_path
     from probmcl_med.evaluation.complexity import model_cost
 

@@ -19,7 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from probmcl_med import __version__
+from probmcl_med.cli import data, evaluate, explain, info, predict, sweep, train
 from probmcl_med.errors import UserError, one_line_message
+from probmcl_med.plugins import load_plugins
+from probmcl_med.registry import ALL_REGISTRIES
 
 try:  # Typer >= 0.20 vendors click as typer._click; older releases use click itself.
     from typer._click import exceptions as _click_exceptions
@@ -68,8 +71,6 @@ def _root(
     (set PROBMCL_MED_NO_AUTOLOAD=1 to load only --plugins-dir).
     """
     _state["debug"] = debug or bool(_state["debug"])
-    from probmcl_med.plugins import load_plugins
-
     load_plugins(extra_dirs=list(plugins_dir or []))
 
 
@@ -81,8 +82,6 @@ def plugins_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List every registered encoder, overlap, similarity, likelihood and dataset, with where it came from."""
-    from probmcl_med.registry import ALL_REGISTRIES
-
     rows = [
         {"registry": reg_name, "name": e.name, "source": e.source, "summary": e.summary}
         for reg_name, registry in ALL_REGISTRIES.items()
@@ -104,8 +103,6 @@ def _register_commands() -> None:
     if _state.get("registered"):
         return
     _state["registered"] = True
-    from probmcl_med.cli import data, evaluate, explain, info, predict, sweep, train
-
     for module in (train, evaluate, predict, explain, info, data, sweep):
         module.register(app)
 

@@ -54,6 +54,7 @@ def predict_command(
     level-0 pixels, level, size in pixels of that level, tissue fraction, probabilities, labels), thumbnail.png,
     heatmaps/CLASS.png, meta.json.
     """
+    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
     from probmcl_med.devices import resolve_device
     from probmcl_med.inference.inputs import input_kind, list_images

@@ -43,6 +43,7 @@ def sweep_command(
     Writes OUT/runs.csv (one row per run), OUT/sweep.csv and OUT/sweep.md (mean ± std of mAP, CF1, OF1 and mean
     per-class recall per grid point) and OUT/plot_<key>.png per swept key; prints the table.
     """
+    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.sweep import grid_points, parse_grid, run_sweep
 
     points = grid_points(parse_grid(list(grid or [])))

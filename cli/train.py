@@ -90,6 +90,7 @@ def train_command(
     if print_config:
         sys.stdout.write(cfg.to_yaml())
         return
+    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.engine.run import train
 
     console = Console(stderr=True)

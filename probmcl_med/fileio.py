@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from probmcl_med.errors import DataError
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(handle)`` on a temporary binary file beside ``path``, fsync it, then rename it to ``path``."""
@@ -54,8 +56,6 @@ def check_replaceable_folder(out_dir: Path, marker: str, what: str, option: str)
     Raises:
         DataError: ``out_dir`` is a file, or a folder with other files in it.
     """
-    from probmcl_med.errors import DataError
-
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{what} path {out_dir} is a file; give a folder path for {option}")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file():

@@ -36,8 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
+from rich.table import Table
 
+from probmcl_med.bundle import load_model_bundle
+from probmcl_med.config import load_config
+from probmcl_med.core.metrics import multilabel_metrics
+from probmcl_med.engine.run import train
 from probmcl_med.errors import ConfigError
+from probmcl_med.evaluation.run_eval import score_split
 from probmcl_med.fileio import atomic_write_bytes, atomic_write_text
 
 METRICS = ("mAP", "CF1", "OF1", "mean_recall")
@@ -161,10 +168,6 @@ def summarize_metrics(metrics: dict[str, Any]) -> dict[str, float | None]:
 
 def evaluate_run(run_dir: Path, device: str = "auto") -> dict[str, Any]:
     """Test-split metrics of a finished run folder (its ``model.pt``), at threshold 0.5."""
-    from probmcl_med.bundle import load_model_bundle
-    from probmcl_med.core.metrics import multilabel_metrics
-    from probmcl_med.evaluation.run_eval import score_split
-
     bundle = load_model_bundle(run_dir)
     scored = score_split(bundle, "test", checkpoint=run_dir, device=device, workers=0)
     metrics = multilabel_metrics(scored.scores, scored.targets, threshold=0.5, class_names=bundle.class_names)
@@ -173,8 +176,6 @@ def evaluate_run(run_dir: Path, device: str = "auto") -> dict[str, Any]:
 
 def train_run(config: Any, resume: bool) -> Any:
     """Train one run (the engine's :func:`~probmcl_med.engine.run.train`, no console output)."""
-    from probmcl_med.engine.run import train
-
     return train(config, resume=resume)
 
 
@@ -205,8 +206,6 @@ def run_sweep(
     Raises:
         ConfigError: a bad override in any run (all configs are validated before anything trains).
     """
-    from probmcl_med.config import load_config
-
     out = Path(out)
     runs = expand_grid(points, seeds)
     names = [r.name for r in runs]
@@ -315,8 +314,6 @@ def markdown_table(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:
 
 def rich_table(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Any:
     """The aggregated table for the terminal."""
-    from rich.table import Table
-
     table = Table(title="sweep: test split, mean ± std over seeds (percent)")
     for column in [*keys, "n", *METRICS]:
         table.add_column(column, justify="left" if column in keys else "right")
@@ -328,35 +325,28 @@ def rich_table(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Any:
 def parameter_plot(rows: Sequence[dict[str, Any]], key: str, keys: Sequence[str], metric: str = "mAP") -> bytes:
     """PNG: ``metric`` mean +- std against the values of ``key`` (categorical axis, first-seen order), one line per
     combination of the other swept keys."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     values = list(dict.fromkeys(str(r.get(key, "")) for r in rows))
     others = [k for k in keys if k != key]
     lines: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         label = ", ".join(f"{k}={row.get(k, '')}" for k in others) or metric
         lines.setdefault(label, {})[str(row.get(key, ""))] = row
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(values) + 2), 3.6))
-    try:
-        for label, by_value in lines.items():
-            xs = [i for i, v in enumerate(values) if v in by_value]
-            means = [by_value[values[i]][f"{metric}_mean"] for i in xs]
-            stds = [np.nan_to_num(by_value[values[i]][f"{metric}_std"]) for i in xs]
-            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
-        ax.set_xticks(range(len(values)), values)
-        ax.set_xlabel(key)
-        ax.set_ylabel(f"test {metric} (%)")
-        ax.grid(alpha=0.3)
-        if len(lines) > 1:
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(max(4.0, 1.2 * len(values) + 2), 3.6))
+    ax = fig.add_subplot()
+    for label, by_value in lines.items():
+        xs = [i for i, v in enumerate(values) if v in by_value]
+        means = [by_value[values[i]][f"{metric}_mean"] for i in xs]
+        stds = [np.nan_to_num(by_value[values[i]][f"{metric}_std"]) for i in xs]
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+    ax.set_xticks(range(len(values)), values)
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.grid(alpha=0.3)
+    if len(lines) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools.coco import COCO
 
 from probmcl_med.data.base import MultiLabelDataset, normalize_split
 from probmcl_med.data.csv_dataset import check_root
@@ -42,8 +43,6 @@ def read_coco(path: Path) -> Any:
     Raises:
         DataError: missing file, not JSON, or JSON that is not a COCO instances file.
     """
-    from pycocotools.coco import COCO
-
     if not path.is_file():
         raise DataError(f"COCO annotations {path} do not exist; expected ROOT/annotations/instances_<split><year>.json")
     try:

@@ -1,22 +1,27 @@
-"""The built-in dataset factories, registered in DATASETS (imported lazily by the registry on first use).
+"""The built-in dataset factories, registered in DATASETS (imported by the registry on first use).
 
 Every factory has the same shape::
 
     factory(root: str | None, split: str = "train", **options) -> MultiLabelDataset
 
 with ``split`` one of train, valid, test and ``options`` the config's ``dataset.options`` (plus ``skip_bad``, the
-config's ``dataset.skip_bad``). The heavy readers (pycocotools, OpenSlide) are imported only when their dataset is
-built.
+config's ``dataset.skip_bad``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import difflib
+import inspect
+from typing import Any
 
+from probmcl_med.data.adp import load_adp
+from probmcl_med.data.base import MultiLabelDataset
+from probmcl_med.data.coco import load_coco
+from probmcl_med.data.csv_dataset import load_csv_dataset
+from probmcl_med.data.demo import load_demo
+from probmcl_med.data.slides import load_slides
+from probmcl_med.errors import DataError
 from probmcl_med.registry import DATASETS
-
-if TYPE_CHECKING:  # importing the registry's built-ins (config validation does) must not pull in torch
-    from probmcl_med.data.base import MultiLabelDataset
 
 
 @DATASETS.register("demo")
@@ -26,8 +31,6 @@ def demo(root: str | None = None, split: str = "train", **options: Any) -> Multi
     Options: seed, n_train, n_valid, n_test, tile (see probmcl_med.data.demo). ``root``: cache folder (default
     $PROBMCL_MED_CACHE/demo or ~/.cache/probmcl-med/demo).
     """
-    from probmcl_med.data.demo import load_demo
-
     return load_demo(root, split, **_known(options, load_demo, "demo"))
 
 
@@ -38,8 +41,6 @@ def csv(root: str | None, split: str = "train", **options: Any) -> MultiLabelDat
     Options: csv, image_column, labels_column, classes, split_column, images_dir, seed, valid_fraction,
     test_fraction, skip_bad (see probmcl_med.data.csv_dataset).
     """
-    from probmcl_med.data.csv_dataset import load_csv_dataset
-
     return load_csv_dataset(root, split, **_known(options, load_csv_dataset, "csv"))
 
 
@@ -50,8 +51,6 @@ def adp(root: str | None, split: str = "train", **options: Any) -> MultiLabelDat
     Options: level (L3), drop_unlabeled (False), csv, images_dir, classes, seed, valid_fraction, test_fraction,
     skip_bad (see probmcl_med.data.adp).
     """
-    from probmcl_med.data.adp import load_adp
-
     return load_adp(root, split, **_known(options, load_adp, "adp"))
 
 
@@ -61,8 +60,6 @@ def coco(root: str | None, split: str = "train", **options: Any) -> MultiLabelDa
 
     Options: year (auto), annotations, images_dir, keep_empty (False), skip_bad (see probmcl_med.data.coco).
     """
-    from probmcl_med.data.coco import load_coco
-
     return load_coco(root, split, **_known(options, load_coco, "coco"))
 
 
@@ -73,18 +70,11 @@ def slides(root: str | None, split: str = "train", **options: Any) -> MultiLabel
     Options: manifest, classes, labels_column, size, level, split_column, seed, valid_fraction, test_fraction,
     skip_bad (see probmcl_med.data.slides).
     """
-    from probmcl_med.data.slides import load_slides
-
     return load_slides(root, split, **_known(options, load_slides, "slides"))
 
 
 def _known(options: dict[str, Any], loader: Any, name: str) -> dict[str, Any]:
     """``options`` after checking every key is a keyword of ``loader`` (one-line error with close matches)."""
-    import difflib
-    import inspect
-
-    from probmcl_med.errors import DataError
-
     params = [
         p.name
         for p in inspect.signature(loader).parameters.values()
@@ -107,8 +97,6 @@ def build_dataset(
     ``dataset.options``. Typical use: ``build_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.train_split,
     cfg.dataset.options, cfg.dataset.skip_bad)``.
     """
-    import inspect
-
     factory = DATASETS.get(name)
     kwargs = dict(options or {})
     params = inspect.signature(factory).parameters

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openslide
 from PIL import Image, UnidentifiedImageError
 
 from probmcl_med.errors import DataError
@@ -118,8 +119,6 @@ def open_slide(path: str | Path) -> Any:
     Raises:
         DataError: the file is missing, or OpenSlide cannot read it (unsupported format, corrupt file).
     """
-    import openslide
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"slide {path} does not exist; check dataset.root and the slide paths in the manifest")

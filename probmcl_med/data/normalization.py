@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from probmcl_med.data.imageio import read_any
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -94,8 +96,6 @@ def compute_mean_std(dataset: Any, max_images: int = 500, seed: int = 0) -> tupl
     Returns:
         (mean, std), each a tuple of 3 floats.
     """
-    from probmcl_med.data.imageio import read_any
-
     n = len(dataset)
     order = np.random.default_rng(seed).permutation(n)[: min(max_images, n)]
     counts, means, variances = [], [], []

@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 from torch.utils.data import Dataset
 
 from probmcl_med.data.base import MultiLabelDataset, logger, normalize_split, seeded_split
 from probmcl_med.data.csv_dataset import check_root, find_column, labels_from_rows, read_table, resolve_image_path
 from probmcl_med.data.imageio import SLIDES, slide_location_check
 from probmcl_med.errors import DataError
+from probmcl_med.fileio import atomic_write
 
 SLIDE_COLUMNS = ("slide", "path", "slide_path", "file", "filename")
 MIN_SATURATION = 0.05
@@ -373,9 +375,6 @@ def write_pyramidal_tiff(
         compression: None, "zlib" or "jpeg".
         mpp: microns per pixel of level 0 (None: no resolution tags).
     """
-    import tifffile
-
-    from probmcl_med.fileio import atomic_write
 
     def write(handle: Any) -> None:
         buffer = io.BytesIO()  # tifffile wants a named file or a seekable buffer; the fd of atomic_write has no name

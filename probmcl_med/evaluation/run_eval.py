@@ -22,11 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from probmcl_med.bundle import DatasetSource, ModelBundle
+from probmcl_med.bundle import (
+    DatasetSource,
+    ModelBundle,
+    load_model_bundle,
+    resolve_bundle_path,
+    set_bundle_thresholds,
+)
+from probmcl_med.core.metrics import multilabel_metrics
 from probmcl_med.data.base import normalize_split
 from probmcl_med.data.datasets import build_dataset
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import CheckpointError, DataError
+from probmcl_med.evaluation.complexity import model_cost
+from probmcl_med.evaluation.thresholds import threshold_tradeoff, tune_thresholds
 from probmcl_med.inference.inputs import eval_transform, make_loader
 from probmcl_med.inference.loop import ProgressHook, run_bundle
 from probmcl_med.inference.predict import decision_thresholds
@@ -210,11 +219,6 @@ def evaluate_checkpoint(
         CheckpointError: missing/corrupt checkpoint, or classes that differ from the dataset's.
         DataError: bad split, threshold or data.
     """
-    from probmcl_med.bundle import load_model_bundle, resolve_bundle_path, set_bundle_thresholds
-    from probmcl_med.core.metrics import multilabel_metrics
-    from probmcl_med.evaluation.complexity import model_cost
-    from probmcl_med.evaluation.thresholds import threshold_tradeoff, tune_thresholds
-
     if threshold is not None and tune_recall is not None:
         raise DataError("give either --threshold or --tune-thresholds, not both")
     path = resolve_bundle_path(checkpoint)

@@ -29,8 +29,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 import torch.nn.functional as F
+import torchvision
+from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
 from probmcl_med.errors import CheckpointError, ConfigError
@@ -117,8 +120,6 @@ def measure_num_features(model: nn.Module, input_size: tuple[int, ...] = (3, 224
 
 def timm_knows(name: str) -> bool:
     """True when ``timm.create_model(name)`` would find an architecture."""
-    import timm
-
     return bool(timm.is_model(name))
 
 
@@ -145,8 +146,6 @@ def create_timm_encoder(name: str, pretrained: bool = False, **options: Any) -> 
         pretrained: download timm's weights (fails at once when offline, see :func:`_check_hub_reachable`).
         **options: keyword arguments for ``timm.create_model`` (e.g. ``drop_path_rate``); ``normalize`` is ours.
     """
-    import timm
-
     normalize = bool(options.pop("normalize", True))
     options.pop("num_classes", None)
     if pretrained:
@@ -203,8 +202,6 @@ def create_torchvision_encoder(name: str, pretrained: bool = False, **options: A
     The module is wrapped as a :class:`TimmEncoder` (same contract: ``num_features`` measured, ImageNet mean/std,
     unit-norm ``forward``); :func:`load_weights` loads into the torchvision model, so its keys are torchvision's.
     """
-    import torchvision
-
     normalize = bool(options.pop("normalize", True))
     options.pop("num_classes", None)
     if pretrained:
@@ -233,8 +230,6 @@ for _name, _arch in TORCHVISION_ARCHS.items():
 
 def unknown_encoder_message(name: str) -> str:
     """One line: the unknown name, close matches among registered encoders and timm models, how plugins load."""
-    import timm
-
     registered = ENCODERS.names()
     close = difflib.get_close_matches(name, registered, n=3, cutoff=0.5)
     close += [m for m in difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6) if m not in close]
@@ -287,10 +282,8 @@ def read_state_file(path: str | Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} not found; set encoder.weights to an existing file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
-            return load_file(str(path))
+            return load_safetensors(str(path))
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"weights file {path} is not a readable safetensors file ({exc})") from None
     try:
