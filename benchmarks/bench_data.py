@@ -4,7 +4,7 @@ Run: ``python benchmarks/bench_data.py`` (options: ``--patches``, ``--size``, ``
 
 1. Slide patches per second, same patch list for every row:
    - bare: ``OpenSlide.read_region`` in a loop in this process (the floor any loader pays);
-   - in process: the ``slides`` dataset (manifest -> items -> LoadImaged -> uint8 tensor -> label), indexed in a loop
+   - in process: the ``slides`` dataset (manifest -> items -> ReadImaged -> uint8 tensor -> label), indexed in a loop
      here (the data layer's own overhead over the bare loop);
    - DataLoader: the same dataset through a DataLoader with ``--workers`` workers (persistent; one warm-up pass);
    - DataLoader, normalised: the full evaluation transform (float32, normalised: 4x the bytes between processes).
@@ -30,7 +30,7 @@ import torch
 from probmcl_med import DATASETS
 from probmcl_med.data import TwoViews, build_eval_transform, build_train_transform, make_loader
 from probmcl_med.data.imageio import SLIDES
-from probmcl_med.data.transforms import Compose, LabelToTensord, LoadImaged, ToTensorImaged
+from probmcl_med.data.transforms import Compose, LabelToTensord, ReadImaged, ToTensorImaged
 
 REAL_SLIDE = Path(__file__).resolve().parents[2] / "shared/data/slides/cmu_small_region.svs"
 
@@ -84,7 +84,7 @@ def main() -> None:
                 slide.read_region((int(x), int(y)), 0, (args.size, args.size))
 
         ds = DATASETS.get("slides")(str(tmp), "train", valid_fraction=0, test_fraction=0)
-        raw = Compose([LoadImaged(), ToTensorImaged(), LabelToTensord()])
+        raw = Compose([ReadImaged(), ToTensorImaged(), LabelToTensord()])
         normalised = build_eval_transform(args.size, (0.5,) * 3, (0.25,) * 3)
 
         def in_process() -> None:

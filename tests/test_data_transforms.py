@@ -162,3 +162,20 @@ def test_compute_mean_std_and_resolution(tmp_path):
     assert resolve_normalization("encoder").mean == IMAGENET_MEAN
     none = resolve_normalization("none")
     assert none.mean is None and Normalization.from_dict(none.to_dict()) == none
+
+
+def test_no_transform_of_ours_takes_a_monai_transform_name() -> None:
+    """A name MONAI uses means MONAI's behaviour to a reader; ours differ (ReadImaged returns HWC uint8 pixels)."""
+    import inspect
+
+    import monai.transforms
+
+    from probmcl_med.data import augment, transforms
+
+    ours = {
+        name
+        for module in (transforms, augment)
+        for name, obj in vars(module).items()
+        if inspect.isclass(obj) and obj.__module__ == module.__name__
+    }
+    assert "ReadImaged" in ours and not ours & set(dir(monai.transforms)), sorted(ours & set(dir(monai.transforms)))

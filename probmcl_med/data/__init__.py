@@ -29,7 +29,7 @@ _EXPORTS = {
     "build_train_transform": "probmcl_med.data.transforms",
     "build_eval_transform": "probmcl_med.data.transforms",
     "TwoViews": "probmcl_med.data.transforms",
-    "LoadImaged": "probmcl_med.data.transforms",
+    "ReadImaged": "probmcl_med.data.transforms",
     "IMAGENET_MEAN": "probmcl_med.data.normalization",
     "IMAGENET_STD": "probmcl_med.data.normalization",
     "ADP_MEAN": "probmcl_med.data.normalization",

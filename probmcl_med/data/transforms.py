@@ -34,8 +34,11 @@ from probmcl_med.data.imageio import read_any
 KeysType = str | Sequence[Hashable]
 
 
-class LoadImaged(MapTransform):
+class ReadImaged(MapTransform):
     """Read ``data[key]`` (a path, a slide location dict or an array) into an (H, W, 3) uint8 RGB array.
+
+    Not MONAI's ``LoadImaged`` (whose name it must not take): it reads through this package's readers (OpenSlide
+    regions, one-line errors naming the file) and returns channel-last uint8 pixels, not a channel-first MetaTensor.
 
     Raises:
         DataError: missing, truncated or corrupt image; unreadable slide; location outside the slide.
@@ -154,7 +157,7 @@ def build_train_transform(
     augment = [AugmentImaged(pipeline)] if pipeline is not None else []
     return _compose(
         [
-            LoadImaged(),
+            ReadImaged(),
             ToTensorImaged(),
             ResizeImaged(image_size),
             *augment,
@@ -168,14 +171,14 @@ def build_train_transform(
 def build_eval_transform(image_size: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> Compose:
     """Deterministic pipeline: load -> resize to (3, S, S) -> normalise -> label tensor."""
     return _compose(
-        [LoadImaged(), ToTensorImaged(), ResizeImaged(image_size), NormalizeImaged(mean, std), LabelToTensord()], None
+        [ReadImaged(), ToTensorImaged(), ResizeImaged(image_size), NormalizeImaged(mean, std), LabelToTensord()], None
     )
 
 
 class TwoViews(Randomizable):
     """Two independent augmentations of one image, for the contrastive stage.
 
-    The image is read once: when ``transform`` is a Compose starting with :class:`LoadImaged`, the load runs once and
+    The image is read once: when ``transform`` is a Compose starting with :class:`ReadImaged`, the load runs once and
     the rest of the pipeline twice; any other callable is simply called twice on a copy of the item.
 
     Returns (from ``__call__``):
@@ -186,7 +189,7 @@ class TwoViews(Randomizable):
         self.transform = transform
         self.load: Callable | None = None
         self.rest: Callable = transform
-        if isinstance(transform, Compose) and transform.transforms and isinstance(transform.transforms[0], LoadImaged):
+        if isinstance(transform, Compose) and transform.transforms and isinstance(transform.transforms[0], ReadImaged):
             self.load = transform.transforms[0]
             self.rest = Compose(list(transform.transforms[1:]), log_stats=False)
             self.rest.set_random_state(state=transform.R)
