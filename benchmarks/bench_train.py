@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from probmcl_med.config import load_config
-from probmcl_med.core.losses import AsymmetricLoss
+from probmcl_med.core.classification import AsymmetricLoss
 from probmcl_med.core.mdn import MixtureDensityNetwork
 from probmcl_med.engine.amp import amp_settings, backward, optimizer_step
 from probmcl_med.engine.contrastive import ContrastiveModel, build_objective, stack_views

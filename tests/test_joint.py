@@ -10,7 +10,7 @@ from config_reads import reads_outside, recording
 from test_train import check_trained_bundle, tiny_config
 
 from probmcl_med.config import load_config
-from probmcl_med.core.losses import AsymmetricLoss
+from probmcl_med.core.classification import AsymmetricLoss
 from probmcl_med.engine import train
 from probmcl_med.engine.checkpoint import CheckpointManager
 from probmcl_med.engine.joint import JointObjective

@@ -12,13 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probmcl_med.core.losses import (
-    AsymmetricLoss,
-    ContrastiveStats,
-    ProbContrastiveLoss,
-    ProbMCLObjective,
-    classification_loss,
-)
+from probmcl_med.core.classification import AsymmetricLoss, classification_loss
+from probmcl_med.core.losses import ContrastiveStats, ProbContrastiveLoss, ProbMCLObjective
 from probmcl_med.core.mixture import GaussianMixture
 from probmcl_med.errors import ConfigError, UserError
 

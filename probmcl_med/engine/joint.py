@@ -39,7 +39,7 @@ class JointObjective(nn.Module):
     """``ASL(logits, y) + ProbMCLObjective(mixture, h, y)`` over the 2N views; returns the terms for the logs.
 
     Args:
-        asl: the asymmetric loss (``probmcl_med.core.losses.AsymmetricLoss``).
+        asl: the asymmetric loss (``probmcl_med.core.classification.AsymmetricLoss``).
         objective: ``NLL + lambda * PCL`` (:func:`probmcl_med.engine.contrastive.build_objective`).
     """
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from probmcl_med.config import RunConfig
-from probmcl_med.core.losses import classification_loss
+from probmcl_med.core.classification import classification_loss
 from probmcl_med.engine.session import STAGES, Resume, Session
 from probmcl_med.engine.stages import HeadTraining, JointTerms, train_classifier, train_contrastive
 from probmcl_med.errors import ConfigError
