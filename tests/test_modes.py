@@ -113,7 +113,9 @@ def test_stage_typo_is_refused() -> None:
 
 @pytest.mark.parametrize("mode", ["asl", "joint"])
 def test_a_one_stage_config_with_stage_epochs_but_no_epochs_is_refused(mode: str) -> None:
-    with pytest.raises(ConfigError, match=r"mode .* does not read; its length is 'epochs'") as info:
+    with pytest.raises(
+        ConfigError, match=r"of mode two-stage, which mode .* does not read; its length is 'epochs'"
+    ) as info:
         load_config(overrides=[f"mode={mode}", "contrastive.epochs=3", "classifier.epochs=5"])
     assert "epochs: 8" in str(info.value) and "\n" not in str(info.value)
     assert load_config(overrides=[f"mode={mode}", "classifier.epochs=5", "epochs=8"]).epochs == 8

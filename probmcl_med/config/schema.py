@@ -266,7 +266,7 @@ def check_stage_epochs(config: RunConfig, source: str) -> None:
     if stale:
         total = config.contrastive.epochs + config.classifier.epochs
         raise ConfigError(
-            f"{source}: {' and '.join(stale)} set the two-stage mode's stage lengths, which mode {config.mode} does not "
-            f"read; its length is 'epochs' (passes over the training set): set epochs (e.g. epochs: {total} for "
-            "the old contrastive + classifier budget)"
+            f"{source}: {' and '.join(stale)} {'are stage lengths' if len(stale) > 1 else 'is a stage length'} of "
+            f"mode two-stage, which mode {config.mode} does not read; its length is 'epochs' (passes over the "
+            f"training set): set epochs (e.g. epochs: {total} for the old contrastive + classifier budget)"
         )
