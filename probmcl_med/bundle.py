@@ -289,6 +289,7 @@ def _build_mdn(spec: Mapping[str, Any]) -> MixtureDensityNetwork:
         latent_dim=spec.get("latent_dim"),
         hidden=hidden,
         input_norm=str(spec.get("input_norm", "none")),
+        mean_directions=bool(spec.get("mean_directions", False)),
     )
     mdn.load_state_dict(spec["state_dict"], strict=True)
     return mdn.eval()

@@ -148,20 +148,26 @@ def test_incompatible_checkpoint_refused(tmp_path):
         check_compatible(state, NAMES, "resnet18", tmp_path)
 
 
-def test_bundle_keeps_an_mdn_with_standardised_input(tmp_path):
+@pytest.mark.parametrize("options", [{"input_norm": "batch"}, {"mean_directions": True}])
+def test_bundle_keeps_an_mdn_with_its_deviations(tmp_path, options):
     from probmcl_med.core.mdn import MixtureDensityNetwork
 
     _, encoder, head = _parts(tmp_path)
-    mdn = MixtureDensityNetwork(encoder.num_features, len(NAMES), hidden=(16, 8), input_norm="batch")
+    mdn = MixtureDensityNetwork(encoder.num_features, len(NAMES), hidden=(16, 8), **options)
     mdn(torch.nn.functional.normalize(torch.randn(32, encoder.num_features), dim=1))  # running statistics move
+    if mdn.directions is not None:
+        with torch.no_grad():
+            mdn.directions.add_(0.1 * torch.randn_like(mdn.directions))  # learned away from the diagonal
     mdn.eval()
     parts = {"encoder": encoder, "head": head, "class_names": NAMES, "mean": (0.5,) * 3, "std": (0.5,) * 3}
     save_model_bundle(tmp_path, **parts, image_size=32, encoder_name="test_resnet", mdn=mdn)
     loaded = load_model_bundle(tmp_path).mdn
     h = torch.nn.functional.normalize(torch.randn(5, encoder.num_features), dim=1)
-    assert loaded.input_norm == "batch"
+    assert loaded.spec == mdn.spec
     with torch.no_grad():
         torch.testing.assert_close(loaded(h).means, mdn(h).means, rtol=0, atol=0)
+        if mdn.directions is not None:
+            torch.testing.assert_close(loaded(h).directions, mdn(h).directions, rtol=0, atol=0)
 
 
 def _save_plain(path, encoder, head, training_config):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from probmcl_med.errors import ConfigError
 from probmcl_med.registry import DATASETS, LIKELIHOODS, OVERLAPS, SIMILARITIES, Registry
@@ -104,6 +104,12 @@ class ContrastiveConfig(_Section):
         description="what the MDN reads: the unit-norm h (the paper) or h standardised per feature over the batch "
         "(a deviation: breaks the identical-mixture start, docs/math.md s.1)",
     )
+    component_means: Literal["diagonal", "learned_directions"] = Field(
+        "diagonal",
+        description="where component k's mean lies: mu_k 1 on the diagonal (the paper; the density then sees h only "
+        "through sum_i h_i) or mu_k sqrt(n) u_k along a learned class direction (a deviation, docs/math.md s.2b; "
+        "needs a similarity that supports it: bhattacharyya)",
+    )
     mdn_input_gain: float = Field(
         1.0,
         gt=0,
@@ -126,6 +132,15 @@ class ContrastiveConfig(_Section):
     @classmethod
     def _known_likelihood(cls, v: str) -> str:
         return _registered(LIKELIHOODS, v)
+
+    @model_validator(mode="after")
+    def _directions_need_a_similarity_that_supports_them(self) -> ContrastiveConfig:
+        if self.component_means == "learned_directions" and self.similarity == "correlation":
+            raise ValueError(
+                "component_means: learned_directions needs a similarity that supports mean directions; the "
+                "correlation kernel assumes the diagonal: set contrastive.similarity=bhattacharyya"
+            )
+        return self
 
 
 class ClassifierConfig(_Section):

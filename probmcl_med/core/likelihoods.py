@@ -17,10 +17,11 @@ from probmcl_med.registry import LIKELIHOODS
 
 
 def component_log_densities(mixture: GaussianMixture, z: Tensor) -> Tensor:
-    """``log pi_k + log N(z; mu_k 1, var_k I_n)`` for every sample and component, ``(B, C)`` (docs/math.md s.2).
+    """``log pi_k + log N(z; m_k, var_k I_n)`` for every sample and component, ``(B, C)`` (docs/math.md s.2).
 
-    ``||z - mu 1||^2`` is formed as ``||z - zbar 1||^2 + n (zbar - mu)^2`` (``zbar`` the mean coordinate of ``z``),
-    which has no cancellation even for ``|mu| = 1e3``.
+    ``m_k = mu_k 1`` (the paper), or ``mu_k sqrt(n) u_k`` when the mixture has learned mean directions (s.2b).
+    ``||z - m_k||^2`` is formed as ``ortho_k + (along_k - sqrt(n) mu_k)^2`` (:meth:`GaussianMixture.mean_offsets`; for
+    the diagonal ``||z - zbar 1||^2 + n (zbar - mu)^2``), which has no cancellation even for ``|mu| = 1e3``.
 
     Raises:
         ValueError: when ``z`` is not ``(len(mixture), mixture.dim)``.
@@ -31,9 +32,8 @@ def component_log_densities(mixture: GaussianMixture, z: Tensor) -> Tensor:
     dtype = compute_dtype(z, mixture.weights, mixture.means, mixture.variances)
     z = z.to(dtype)
     var = mixture.variances.to(dtype)
-    zbar = z.mean(dim=1, keepdim=True)
-    spread = (z - zbar).square().sum(dim=1, keepdim=True)  # (B, 1)
-    sq_dist = spread + n * (zbar - mixture.means.to(dtype)).square()
+    ortho, along = mixture.mean_offsets(z, dtype)
+    sq_dist = ortho + (along - math.sqrt(n) * mixture.means.to(dtype)).square()
     log_normal = -0.5 * n * torch.log(2 * math.pi * var) - 0.5 * sq_dist / var
     return mixture.log_weights.to(dtype) + log_normal
 

@@ -114,7 +114,7 @@ def _gather_likelihood_inputs(
     logw, means, variances, z_all = gathered.split([c, c, c, z.shape[1]], dim=1)
     with torch.no_grad():
         labels_all = _GatherWithGrad.apply(labels.to(device=packed.device, dtype=compute_dtype(labels)), counts)
-    return GaussianMixture(logw.exp(), means, variances, local.dim, logw), z_all, labels_all
+    return GaussianMixture(logw.exp(), means, variances, local.dim, logw, local.directions), z_all, labels_all
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ class ProbContrastiveLoss(nn.Module):
         offset = sum(counts[:rank])
         gathered = _GatherWithGrad.apply(packed, counts)
         logw, means, variances = gathered.split(c, dim=1)
-        everyone = GaussianMixture(logw.exp(), means, variances, local.dim, logw)
+        everyone = GaussianMixture(logw.exp(), means, variances, local.dim, logw, local.directions)
         labels = labels.to(device=packed.device, dtype=compute_dtype(labels))
         with torch.no_grad():
             all_labels = _GatherWithGrad.apply(labels, counts)

@@ -52,6 +52,9 @@ class MixtureDensityNetwork(nn.Module):
         hidden: hidden layer widths, the paper's ``(2048, 128)``.
         var_weight_init: constant for the variance output weights; ``None`` means ``1 / hidden[-1]``.
         input_norm: ``"none"`` (the paper) or ``"batch"`` (standardise each input feature over the batch).
+        mean_directions: learn one unit direction ``u_k`` in ``R^n`` per component (shared by every sample) along
+            which component k's mean lies, ``mu_k sqrt(n) u_k`` (docs/math.md s.2b, a deviation); initialised at the
+            diagonal ``1 / sqrt(n)``, i.e. at the paper's model.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class MixtureDensityNetwork(nn.Module):
         hidden: tuple[int, ...] = (2048, 128),
         var_weight_init: float | None = None,
         input_norm: str = "none",
+        mean_directions: bool = False,
     ) -> None:
         super().__init__()
         if input_norm not in ("none", "batch"):
@@ -86,6 +90,12 @@ class MixtureDensityNetwork(nn.Module):
         self.hidden = nn.Sequential(*layers)
         self.out = nn.Linear(width, 3 * num_classes)
         self.var_weight_init = 1.0 / width if var_weight_init is None else float(var_weight_init)
+        self.mean_directions = bool(mean_directions)
+        self.directions = (
+            nn.Parameter(torch.full((num_classes, self.latent_dim), 1.0 / math.sqrt(self.latent_dim)))
+            if self.mean_directions
+            else None
+        )
         self.reset_output()
 
     @property
@@ -98,6 +108,7 @@ class MixtureDensityNetwork(nn.Module):
             "hidden": list(self.hidden_sizes),
             "var_weight_init": self.var_weight_init,
             "input_norm": self.input_norm,
+            "mean_directions": self.mean_directions,
         }
 
     def reset_output(self) -> None:
@@ -124,7 +135,8 @@ class MixtureDensityNetwork(nn.Module):
             params = self.out(self.hidden(h.float())).float()
         a_pi, a_mu, a_var = params.split(self.num_classes, dim=1)
         log_pi = F.log_softmax(a_pi, dim=1)
-        return GaussianMixture(log_pi.exp(), a_mu, F.elu(a_var) + 2.0, self.latent_dim, log_pi)
+        directions = None if self.directions is None else F.normalize(self.directions.float(), dim=1)
+        return GaussianMixture(log_pi.exp(), a_mu, F.elu(a_var) + 2.0, self.latent_dim, log_pi, directions)
 
 
 __all__ = ["MixtureDensityNetwork"]

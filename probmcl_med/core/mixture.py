@@ -7,6 +7,11 @@ Sample ``i`` of a batch holds the mixture (paper Eq. 1, docs/math.md section 2)
 one scalar mean and one scalar variance per component, the component mean sitting on the diagonal ``mu_ik * 1``.
 Every integral of such mixtures reduces to scalars, so the batch is four things: weights, means, variances (each
 ``(B, C)``) and the dimension ``n``.
+
+A deviation from the paper, off by default (docs/math.md s.2b, ``contrastive.component_means: learned_directions``):
+component k's mean may lie along a learned unit direction ``u_k`` shared by every sample instead of the diagonal,
+``mu_ik sqrt(n) u_k`` (``u_k = 1 / sqrt(n)`` is the paper's ``mu_ik 1``), so that the density sees ``z`` through C
+directions instead of through ``sum_i z_i`` alone. The batch then carries ``directions``, ``(C, n)`` unit rows.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ class GaussianMixture:
         dim: ``n``, the dimension of the space the mixture lives in.
         logw: optional ``(B, C)`` log-weights, kept when the producer has them exactly (``log_softmax``), so that a
             weight that underflows to 0 in ``weights`` keeps a finite log. Use :attr:`log_weights` to read them.
+        directions: optional ``(C, n)`` unit vectors ``u_k`` shared by the batch: component k's mean vector is then
+            ``mu_ik * sqrt(n) * u_k`` instead of ``mu_ik * 1``. None (the paper) means the diagonal. A similarity
+            that assumes diagonal means calls :meth:`require_diagonal_means`.
 
     Example:
         >>> m = GaussianMixture(torch.full((2, 3), 1 / 3), torch.zeros(2, 3), torch.ones(2, 3), dim=16)
@@ -53,6 +61,7 @@ class GaussianMixture:
     variances: Tensor
     dim: int
     logw: Tensor | None = field(default=None, repr=False, compare=False)
+    directions: Tensor | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ basic protocol
     def __len__(self) -> int:
@@ -90,10 +99,12 @@ class GaussianMixture:
             fn(self.variances),
             self.dim,
             None if self.logw is None else fn(self.logw),
+            self.directions,
         )
 
     def __getitem__(self, index: IndexLike) -> GaussianMixture:
-        """Select samples along the batch: an int (kept as a batch of one), slice, bool mask or index tensor."""
+        """Select samples along the batch: an int (kept as a batch of one), slice, bool mask or index tensor (the
+        shared ``directions`` stay as they are)."""
         if isinstance(index, int):
             index = slice(index, index + 1) if index != -1 else slice(-1, None)
         elif not isinstance(index, (slice, Tensor)):
@@ -110,17 +121,30 @@ class GaussianMixture:
         if len(dims) != 1 or len(comps) != 1:
             raise ValueError(f"cannot concatenate mixtures with dims {sorted(dims)} and components {sorted(comps)}")
         keep_log = all(m.logw is not None for m in mixtures)
+        directions = mixtures[0].directions
+        if any((m.directions is None) != (directions is None) for m in mixtures) or (
+            directions is not None and any(not torch.equal(m.directions, directions) for m in mixtures)
+        ):
+            raise ValueError("cannot concatenate mixtures whose component directions differ")
         return GaussianMixture(
             torch.cat([m.weights for m in mixtures]),
             torch.cat([m.means for m in mixtures]),
             torch.cat([m.variances for m in mixtures]),
             mixtures[0].dim,
             torch.cat([m.log_weights for m in mixtures]) if keep_log else None,
+            directions,
         )
 
     def to(self, *args: Any, **kwargs: Any) -> GaussianMixture:
-        """``Tensor.to`` applied to every parameter (dtype and/or device)."""
-        return self._map(lambda t: t.to(*args, **kwargs))
+        """``Tensor.to`` applied to every parameter (dtype and/or device), the directions included."""
+        moved = self._map(lambda t: t.to(*args, **kwargs))
+        if self.directions is None:
+            return moved
+        return GaussianMixture(*self._fields(moved), self.directions.to(*args, **kwargs))
+
+    @staticmethod
+    def _fields(m: GaussianMixture) -> tuple[Any, ...]:
+        return (m.weights, m.means, m.variances, m.dim, m.logw)
 
     def float(self) -> GaussianMixture:
         """The mixture in float32."""
@@ -131,8 +155,41 @@ class GaussianMixture:
         return self.to(torch.float64)
 
     def detach(self) -> GaussianMixture:
-        """The mixture with every parameter detached from the autograd graph."""
-        return self._map(lambda t: t.detach())
+        """The mixture with every parameter detached from the autograd graph, the directions included."""
+        detached = self._map(lambda t: t.detach())
+        if self.directions is None:
+            return detached
+        return GaussianMixture(*self._fields(detached), self.directions.detach())
+
+    def with_directions(self, directions: Tensor | None) -> GaussianMixture:
+        """The same mixtures with component means along ``directions`` (``(C, n)`` unit rows, or None: diagonal)."""
+        return GaussianMixture(*self._fields(self), directions)
+
+    def require_diagonal_means(self, what: str) -> None:
+        """Raise ValueError naming ``what`` when the component means are not on the diagonal (``directions`` set)."""
+        if self.directions is not None:
+            raise ValueError(
+                f"{what} assumes component means on the diagonal (mu 1); these mixtures have learned mean directions "
+                "(contrastive.component_means: learned_directions): use a similarity that supports them "
+                "(bhattacharyya)"
+            )
+
+    def mean_offsets(self, z: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Each point's offset from each component's mean direction, split along and across it (docs/math.md s.2b).
+
+        Returns ``(ortho, along)`` with ``||z - mu_k sqrt(n) u_k||^2 = ortho_k + (along_k - sqrt(n) mu_k)^2``:
+        ``along_k = u_k . z`` and ``ortho_k = ||z||^2 - along_k^2 >= 0`` (``(B, C)`` each; for the diagonal,
+        ``along = sqrt(n) zbar`` and ``ortho = ||z - zbar 1||^2``, formed without cancellation).
+        """
+        n = self.dim
+        if self.directions is None:
+            zbar = z.mean(dim=1, keepdim=True)
+            ortho = (z - zbar).square().sum(dim=1, keepdim=True).expand(-1, self.num_components)
+            return ortho, (n**0.5) * zbar.expand(-1, self.num_components)
+        u = self.directions.to(dtype)
+        along = z @ u.T
+        ortho = (z.square().sum(dim=1, keepdim=True) - along.square()).clamp_min(0.0)
+        return ortho, along
 
     def upcast(self) -> GaussianMixture:
         """The mixture in its compute dtype (float64 stays, everything else becomes float32)."""
@@ -155,6 +212,15 @@ class GaussianMixture:
                 raise ValueError(f"GaussianMixture.{name} has shape {tuple(t.shape)}, weights {tuple(w.shape)}")
         if not isinstance(self.dim, int) or self.dim < 1:
             raise ValueError(f"GaussianMixture.dim must be a positive int, got {self.dim!r}")
+        if self.directions is not None:
+            if tuple(self.directions.shape) != (w.shape[1], self.dim):
+                raise ValueError(
+                    f"GaussianMixture.directions must be (C, n) = ({w.shape[1]}, {self.dim}), got "
+                    f"{tuple(self.directions.shape)}"
+                )
+            norms = self.directions.detach().double().norm(dim=1)
+            if (norms - 1).abs().max() > atol:
+                raise ValueError("GaussianMixture.directions rows must be unit vectors")
         with torch.no_grad():
             if not (torch.isfinite(w).all() and torch.isfinite(m).all() and torch.isfinite(v).all()):
                 raise ValueError("GaussianMixture has non-finite weights, means or variances")

@@ -289,6 +289,7 @@ def log_correlation_similarity(a: GaussianMixture, b: GaussianMixture, block_siz
     """``log Sim(p_i, q_j)`` of the correlation coefficient, ``(len(a), len(b))``, <= 0; see
     :func:`correlation_similarity`."""
     _check_pair(a, b)
+    a.require_diagonal_means("the correlation similarity")
     dtype = compute_dtype(a.weights, a.means, a.variances, b.weights, b.means, b.variances)
     n = a.dim
     block = block_size or default_block_size(a.num_components, device=a.device.type)
@@ -340,7 +341,9 @@ def bhattacharyya_similarity(a: GaussianMixture, b: GaussianMixture) -> Tensor:
     mixtures, so matching k with k is the natural pairing. With
     ``log BC(N_k, M_k) = -n (mu_k - nu_k)^2 / (4 (var_k + s_k)) - (n/2) log((var_k + s_k) / (2 sqrt(var_k s_k)))``.
     This is a LOWER bound: it equals the coefficient for single-component mixtures and when ``p == q`` (then 1),
-    and is below it otherwise. (The all-pairs sum is an upper bound that can exceed 1; it is not offered.)
+    and is below it otherwise. With learned mean directions (docs/math.md s.2b) component k of both mixtures lies
+    along the same unit ``u_k``, the squared distance of the matched means is still ``n (mu_k - nu_k)^2`` and the
+    formula holds unchanged. (The all-pairs sum is an upper bound that can exceed 1; it is not offered.)
     Cost O(B M C), memory a few ``(B, M, C)`` tensors.
 
     Returns:
@@ -365,6 +368,11 @@ def _check_pair(a: GaussianMixture, b: GaussianMixture) -> None:
         raise ValueError(f"cannot compare mixtures in R^{a.dim} and R^{b.dim}")
     if a.num_components != b.num_components:
         raise ValueError(f"cannot compare mixtures with {a.num_components} and {b.num_components} components")
+    same = a.directions is b.directions or (
+        a.directions is not None and b.directions is not None and torch.equal(a.directions, b.directions)
+    )
+    if not same:
+        raise ValueError("cannot compare mixtures whose component mean directions differ")
 
 
 SIMILARITIES.register("correlation", correlation_similarity)

@@ -126,6 +126,7 @@ class Session:
             len(self.class_names),
             hidden=hidden,
             input_norm="batch" if c.mdn_input == "standardized" else "none",
+            mean_directions=c.component_means == "learned_directions",
         )
         if c.mdn_input_gain != 1.0:  # unit-norm h: scale the first layer's initial weights (see the config field)
             first = next(m for m in mdn.modules() if isinstance(m, nn.Linear))
