@@ -15,6 +15,9 @@ head on the frozen unit-norm features (30 epochs on cached features, lr 0.1). Ar
                (benchmarks/evidence/plugins/supcon_features.py), no MDN term
     std        the paper with the MDN reading h standardised over the batch (contrastive.mdn_input: standardized),
                the fix proposed for the identical-mixture start
+    paper_bc   the paper with the Bhattacharyya similarity (the reference of the next arm)
+    directions the density sees the whole feature: component means along learned class directions
+               (contrastive.component_means: learned_directions, docs/math.md s.2b), Bhattacharyya similarity
     paper_lr   (pretrained only) the paper's optimiser for pretrained encoders: Adam at 1e-4, OneCycle
     warm       the paper's stage 1 started from the encoder of the defaults study's ``bce-flip`` run (same seed):
                does stage 1 improve an encoder that ASL training already made good?
@@ -46,7 +49,20 @@ sys.path.insert(0, str(HERE))
 
 import defaults_study as base  # noqa: E402
 
-ARMS = ["none", "paper", "nll", "pcl", "supcon", "std", "paper_lr", "warm", "paper_ft", "std_ft"]
+ARMS = [
+    "none",
+    "paper",
+    "nll",
+    "pcl",
+    "supcon",
+    "std",
+    "paper_bc",
+    "directions",
+    "paper_lr",
+    "warm",
+    "paper_ft",
+    "std_ft",
+]
 FROZEN_HEAD = [
     "classifier.loss=bce",
     "classifier.encoder_lr=0",
@@ -75,6 +91,7 @@ def arm_sets(arm: str, init: str, epochs: int, warm_from: Path | None) -> list[s
         f"classifier.epochs={epochs}",
     ]
     std = ["contrastive.mdn_input=standardized"]
+    bhattacharyya = ["contrastive.similarity=bhattacharyya"]
     table = {
         "none": ["mode=two-stage", "contrastive.epochs=0", *FROZEN_HEAD],
         "paper": [*stage1, *FROZEN_HEAD],
@@ -82,6 +99,8 @@ def arm_sets(arm: str, init: str, epochs: int, warm_from: Path | None) -> list[s
         "pcl": [*stage1, "contrastive.nll_weight=0", *FROZEN_HEAD],
         "supcon": [*stage1, "contrastive.likelihood=supcon_features", "contrastive.lambda=0", *FROZEN_HEAD],
         "std": [*stage1, *std, *FROZEN_HEAD],
+        "paper_bc": [*stage1, *bhattacharyya, *FROZEN_HEAD],
+        "directions": [*stage1, *bhattacharyya, "contrastive.component_means=learned_directions", *FROZEN_HEAD],
         "paper_lr": [*stage1, "contrastive.lr=0.0001", *FROZEN_HEAD] if init == "pretrained" else None,
         "warm": [*stage1, f"encoder.weights={warm_from}", *FROZEN_HEAD] if warm_from is not None else None,
         "paper_ft": [*stage1, *fine_tune],
