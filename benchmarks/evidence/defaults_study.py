@@ -62,6 +62,8 @@ AUGMENTS = {
 }
 GRID_ARMS = ["plain", "bce-flip", "bce-ra5", "bce-ra9", "focal-flip", "focal-ra9", "asl-flip", "asl-ra9"]
 """RandAugment at M = 5 only with BCE: the full 3 x 3 grid did not fit the 2-core budget (see the README)."""
+SCHEDULE_ARMS = ["bce-flip-constant", "bce-flip-cosine"]
+"""``bce-flip`` with another lr_schedule than OneCycle (added when seed 0 showed the plain loop's constant lr ahead)."""
 EPOCHS = 6
 HEAD_LR = 1e-3
 UNIT_NORM_HEAD_LR = 0.1  # heads reading unit-norm features (two-stage, joint): benchmarks/evidence issue-7 study
@@ -150,8 +152,9 @@ def arm_sets(arm: str, init: str, epochs: int, selection: dict[str, str] | None 
             f"classifier.loss={loss}",
             *AUGMENTS[aug],
         ]
-    loss, aug = arm.split("-")
+    loss, aug, *schedule = arm.split("-")
     return [
+        *(f"lr_schedule={kind}" for kind in schedule),
         "mode=asl",
         f"epochs={epochs}",
         f"classifier.lr={HEAD_LR}",
@@ -244,7 +247,7 @@ def make_job(phase: str, dataset: str, init: str, arm: str, seed: int, ctx: dict
 def grid_jobs(seed: int, ctx: dict) -> Iterator[dict]:
     for dataset in ctx["datasets"]:
         for init in ctx["inits"]:
-            for arm in GRID_ARMS:
+            for arm in [*GRID_ARMS, *SCHEDULE_ARMS]:
                 if ctx["arms"] and arm not in ctx["arms"]:
                     continue
                 sets = [] if arm == "plain" else arm_sets(arm, init, ctx["epochs"])
@@ -340,7 +343,8 @@ def report(out: Path, results: Path) -> str:
             lines.append(f"\n### {dataset}, {init} ({INITS[init]['encoder']})\n")
             lines.append("| arm | n | valid mAP | mAP | CP | CR | CF1 | OF1 | Δ mAP vs plain | p |")
             lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-            arms = [a for a in [*GRID_ARMS, "two-stage", "joint", "default"] if any(r["arm"] == a for r in block)]
+            names = [*GRID_ARMS, *SCHEDULE_ARMS, "two-stage", "joint", "default"]
+            arms = [a for a in names if any(r["arm"] == a for r in block)]
             for arm in arms:
                 runs = [r for r in block if r["arm"] == arm]
 

@@ -185,6 +185,11 @@ class RunConfig(_Section):
         description="asl, joint: the run's length in passes over the training set (two-stage reads "
         "contrastive.epochs and classifier.epochs instead)",
     )
+    lr_schedule: Literal["onecycle", "cosine", "constant"] = Field(
+        "onecycle",
+        description="learning rate over each stage, stepped per iteration: onecycle (OneCycleLR, 20 % warm-up, the "
+        "ASL training script's), cosine (cosine annealing from the lr to 0, no warm-up), constant",
+    )
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     output_dir: str = Field("runs/run", description="run folder (config, checkpoints, metrics, logs)")

@@ -36,11 +36,24 @@ from probmcl_med.models.heads import Classifier, LinearHead
 ONE_CYCLE_PCT_START = 0.2
 
 
-def one_cycle(optimizer: torch.optim.Optimizer, max_lrs: list[float], total_steps: int) -> Any:
-    """OneCycleLR stepped per iteration over the whole stage."""
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lrs, total_steps=max(1, total_steps), pct_start=ONE_CYCLE_PCT_START
-    )
+def lr_scheduler(kind: str, optimizer: torch.optim.Optimizer, max_lrs: list[float], total_steps: int) -> Any:
+    """The per-iteration learning-rate schedule of a stage (``lr_schedule``), over ``total_steps`` iterations.
+
+    - ``onecycle``: ``OneCycleLR`` peaking at ``max_lrs`` after 20 % of the steps (``pct_start`` of the ASL training
+      script; it also cycles Adam's beta1 between 0.85 and 0.95);
+    - ``cosine``: ``max_lr * (1 + cos(pi t / T)) / 2`` from the first step, no warm-up;
+    - ``constant``: ``max_lrs`` throughout.
+    """
+    steps = max(1, total_steps)
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=max_lrs, total_steps=steps, pct_start=ONE_CYCLE_PCT_START
+        )
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=0.0)
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    raise ValueError(f"lr_schedule {kind!r}: use onecycle, cosine or constant")
 
 
 def train_contrastive(session: Session, c: ContrastiveConfig, resume: Resume | None) -> None:
@@ -52,7 +65,7 @@ def train_contrastive(session: Session, c: ContrastiveConfig, resume: Resume | N
     s.mdn = s.build_mdn(c)
     network = s.wrap(ContrastiveModel(s.encoder_fwd, s.mdn))
     optimizer = torch.optim.Adam([*s.encoder.parameters(), *s.mdn.parameters()], lr=c.lr, weight_decay=c.weight_decay)
-    scheduler = one_cycle(optimizer, [c.lr], c.epochs * len(loader))
+    scheduler = lr_scheduler(s.config.lr_schedule, optimizer, [c.lr], c.epochs * len(loader))
     stats = EpochStats(s.ctx)
     trainer = make_trainer(
         ContrastiveStep(s.amp, s.ctx.world_size),
@@ -166,7 +179,7 @@ def train_classifier(session: Session, plan: HeadTraining, resume: Resume | None
         loss_function = plan.loss
         step = ClassifierStep(classifier, frozen, amp=s.amp, world_size=s.ctx.world_size)
     optimizer = torch.optim.Adam(groups, lr=plan.head_lr, weight_decay=plan.weight_decay)
-    scheduler = one_cycle(optimizer, [g["lr"] for g in groups], plan.epochs * len(loader))
+    scheduler = lr_scheduler(s.config.lr_schedule, optimizer, [g["lr"] for g in groups], plan.epochs * len(loader))
     stats = EpochStats(s.ctx)
 
     def val_batches() -> Any:
