@@ -19,7 +19,11 @@ Examples:
   probmcl-med sweep --config configs/demo.yaml --grid mode=two-stage,joint \\
       --grid contrastive.likelihood=density,responsibility --seeds 2 --set contrastive.epochs=2 --set epochs=4
 
+  probmcl-med sweep --config my.yaml --grid classifier.loss=bce,focal,asl \\
+      --grid dataset.augment.policy=flip,randaugment --seeds 3 --pick-by mAP --write-best best.yaml
+
 Run it again with the same --out to finish an interrupted sweep: runs with a test_metrics.json are not run again.
+--pick-by ranks on the validation split only; the test split is reported, never used to choose.
 """
 
 
@@ -37,17 +41,38 @@ def sweep_command(
         "runs/sweep"
     ),
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plot per swept key.")] = False,
+    pick_by: Annotated[
+        str | None,
+        typer.Option("--pick-by", help="Rank the grid points by this metric on the VALIDATION split (mAP, CF1, ...)."),
+    ] = None,
+    write_best: Annotated[
+        Path | None,
+        typer.Option("--write-best", help="Write the winning point's config here (implies --pick-by mAP)."),
+    ] = None,
 ) -> None:
     """Train every grid point with every seed, evaluate each on the test split, and aggregate mean ± std over seeds.
 
     Writes OUT/runs.csv (one row per run), OUT/sweep.csv and OUT/sweep.md (mean ± std of mAP, CF1, OF1 and mean
-    per-class recall per grid point) and OUT/plot_<key>.png per swept key; prints the table.
+    per-class recall per grid point) and OUT/plot_<key>.png per swept key; prints the table. With --pick-by, the
+    grid point with the best mean validation metric wins; --write-best FILE saves its config for `train --config`.
     """
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.sweep import grid_points, parse_grid, run_sweep
 
     points = grid_points(parse_grid(list(grid or [])))
-    run_sweep(config, points, seeds, out, list(overrides or []), console=Console(), plots=not no_plots)
+    if write_best is not None and pick_by is None:
+        pick_by = "mAP"
+    run_sweep(
+        config,
+        points,
+        seeds,
+        out,
+        list(overrides or []),
+        console=Console(),
+        plots=not no_plots,
+        pick_by=pick_by,
+        write_best=write_best,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from matplotlib.figure import Figure
 from rich.table import Table
 
@@ -43,7 +44,7 @@ from probmcl_med.bundle import load_model_bundle
 from probmcl_med.config import load_config
 from probmcl_med.core.metrics import multilabel_metrics
 from probmcl_med.engine.run import train
-from probmcl_med.errors import ConfigError
+from probmcl_med.errors import ConfigError, DataError
 from probmcl_med.evaluation.run_eval import score_split
 from probmcl_med.fileio import atomic_write_bytes, atomic_write_text
 
@@ -90,6 +91,7 @@ class SweepResult:
     rows: list[dict[str, Any]]
     files: list[Path] = field(default_factory=list)
     trained: int = 0
+    best: dict[str, Any] | None = None
 
 
 def _safe(text: str) -> str:
@@ -166,10 +168,10 @@ def summarize_metrics(metrics: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
-def evaluate_run(run_dir: Path, device: str = "auto") -> dict[str, Any]:
-    """Test-split metrics of a finished run folder (its ``model.pt``), at threshold 0.5."""
+def evaluate_run(run_dir: Path, device: str = "auto", split: str = "test") -> dict[str, Any]:
+    """Metrics of a finished run folder (its ``model.pt``) on one split (the test split by default), threshold 0.5."""
     bundle = load_model_bundle(run_dir)
-    scored = score_split(bundle, "test", checkpoint=run_dir, device=device, workers=0)
+    scored = score_split(bundle, split, checkpoint=run_dir, device=device, workers=0)
     metrics = multilabel_metrics(scored.scores, scored.targets, threshold=0.5, class_names=bundle.class_names)
     return {**summarize_metrics(metrics), "num_samples": metrics["num_samples"], "skipped": scored.skipped}
 
@@ -189,6 +191,8 @@ def run_sweep(
     console: Any = None,
     plots: bool = True,
     point_sets: PointSets | None = None,
+    pick_by: str | None = None,
+    write_best: str | Path | None = None,
 ) -> SweepResult:
     """Train and evaluate every (point, seed) not finished yet, then aggregate and write the outputs.
 
@@ -202,6 +206,8 @@ def run_sweep(
         plots: write one PNG per swept key.
         point_sets: maps a point to its ``--set`` overrides when its keys are labels rather than config keys
             (e.g. ``(("arm", "joint"), ("init", "pretrained"))`` -> several overrides); default ``key=value``.
+        pick_by: rank the points by this metric's mean on the VALIDATION split (:func:`pick_best`).
+        write_best: with ``pick_by``, write the winner's config here (:func:`write_best_config`).
 
     Raises:
         ConfigError: a bad override in any run (all configs are validated before anything trains).
@@ -232,18 +238,72 @@ def run_sweep(
                 "seed": run.seed,
                 "overrides": dict(run.point),
                 **evaluate_run(run_dir, device=config.device),
+                "valid": _valid_metrics(run_dir, config),
                 "train_seconds": round(seconds, 2),
             }
             atomic_write_text(marker, json.dumps(record, indent=2) + "\n")
             _say(console, f"    mAP {_fmt(record['mAP'])}  CF1 {_fmt(record['CF1'])}  ({seconds:.0f} s)")
+        if pick_by is not None and "valid" not in record:  # a run finished by an older sweep: score it now
+            record = {**record, "valid": _valid_metrics(run_dir, config)}
+            atomic_write_text(marker, json.dumps(record, indent=2) + "\n")
         records.append(record)
     keys = _swept_keys(points)
     rows = aggregate(records, keys)
     files = write_outputs(out, records, rows, keys, plots=plots)
+    best = None
+    if pick_by is not None:
+        best = pick_best(rows, pick_by)
+        if write_best is not None:
+            files.append(write_best_config(out, best, pick_by, Path(write_best)))
     if console is not None:
         console.print(rich_table(rows, keys))
+        if best is not None:
+            console.print(best_line(best, pick_by), highlight=False, markup=False)
         console.print(f"wrote {', '.join(str(f) for f in files)}", highlight=False)
-    return SweepResult(records, rows, files, trained)
+    return SweepResult(records, rows, files, trained, best)
+
+
+def _valid_metrics(run_dir: Path, config: Any) -> dict[str, Any] | None:
+    """The run's validation-split metrics, or None when its dataset has no validation split."""
+    try:
+        return evaluate_run(run_dir, device=config.device, split=config.dataset.val_split)
+    except DataError:
+        return None
+
+
+def pick_best(rows: Sequence[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The grid point with the highest mean VALIDATION ``metric`` over its seeds (the test split never ranks).
+
+    Raises:
+        ConfigError: an unknown metric, or no point has validation numbers (a dataset without a validation split).
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"--pick-by {metric!r}: use one of {', '.join(METRICS)}")
+    scored = [r for r in rows if not math.isnan(r.get(f"valid_{metric}_mean", float("nan")))]
+    if not scored:
+        raise ConfigError(
+            f"--pick-by {metric}: no run has validation metrics (the dataset has no validation split); give it one "
+            "(e.g. dataset.options.valid_fraction) so the sweep never ranks on the test split"
+        )
+    return max(scored, key=lambda r: r[f"valid_{metric}_mean"])
+
+
+def best_line(best: dict[str, Any], metric: str) -> str:
+    """``best by validation mAP: <point> (valid m ± s, test m ± s)``."""
+    valid = f"{_fmt(best[f'valid_{metric}_mean'])} ± {_fmt(best[f'valid_{metric}_std'])}"
+    test = f"{_fmt(best[f'{metric}_mean'])} ± {_fmt(best[f'{metric}_std'])}"
+    return f"best by validation {metric}: {best['point']} (validation {valid}; test {test}, not used to choose)"
+
+
+def write_best_config(out: Path, best: dict[str, Any], metric: str, path: Path) -> Path:
+    """The winning point's resolved config (its first seed's ``config.yaml`` without ``seed`` and ``output_dir``)
+    as a YAML file that ``probmcl-med train --config`` takes, written atomically."""
+    run_dir = out / f"{best['point']}__seed{min(best['seeds'])}"  # SweepRun.name of the point's first seed
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for key in ("seed", "output_dir"):
+        config.pop(key, None)
+    header = f"# {best_line(best, metric)}\n# from the sweep in {out}; train with: probmcl-med train --config {path}\n"
+    return atomic_write_text(path, header + yaml.safe_dump(config, sort_keys=False))
 
 
 def _say(console: Any, text: str) -> None:
@@ -268,7 +328,8 @@ def _swept_keys(points: Sequence[Point]) -> list[str]:
 
 
 def aggregate(records: Sequence[dict[str, Any]], keys: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """One row per grid point (first-seen order): its overrides, ``n`` seeds, ``<metric>_mean`` and ``<metric>_std``.
+    """One row per grid point (first-seen order): its overrides, ``n`` seeds, ``<metric>_mean`` and ``<metric>_std``
+    (test split) and ``valid_<metric>_mean``/``_std`` (validation split, when the runs have it).
 
     The std is the sample standard deviation over seeds (``ddof=1``), NaN with one seed; a metric that is None in
     some run (no class with positives) is averaged over the runs that have it.
@@ -281,10 +342,12 @@ def aggregate(records: Sequence[dict[str, Any]], keys: Sequence[str] = ()) -> li
         row: dict[str, Any] = {"point": point, **{k: group[0]["overrides"].get(k, "") for k in keys}}
         row["n"] = len(group)
         row["seeds"] = [g["seed"] for g in group]
-        for metric in METRICS:
-            values = np.array([g[metric] for g in group if g.get(metric) is not None], dtype=np.float64)
-            row[f"{metric}_mean"] = float(values.mean()) if values.size else float("nan")
-            row[f"{metric}_std"] = float(values.std(ddof=1)) if values.size > 1 else float("nan")
+        for name, source in [(m, lambda g, m=m: g.get(m)) for m in METRICS] + [
+            (f"valid_{m}", lambda g, m=m: (g.get("valid") or {}).get(m)) for m in METRICS
+        ]:
+            values = np.array([source(g) for g in group if source(g) is not None], dtype=np.float64)
+            row[f"{name}_mean"] = float(values.mean()) if values.size else float("nan")
+            row[f"{name}_std"] = float(values.std(ddof=1)) if values.size > 1 else float("nan")
         rows.append(row)
     return rows
 

@@ -72,7 +72,7 @@ def test_second_invocation_runs_nothing_new(tmp_path, monkeypatch):
         out.mkdir(parents=True, exist_ok=True)
         (out / "model.pt").write_bytes(b"x")
 
-    def fake_eval(run_dir, device="auto"):
+    def fake_eval(run_dir, device="auto", split="test"):
         return dict.fromkeys(sweep.METRICS, 10.0 * len(calls))
 
     monkeypatch.setattr(sweep, "train_run", fake_train)
@@ -122,3 +122,36 @@ def test_tiny_real_sweep_through_the_cli(tmp_path):
     before = (out / "sweep.csv").read_text()
     assert main(args) == 0
     assert (out / "sweep.csv").read_text() == before
+
+    # ranking on the validation split, independently: scikit-learn on each run's validation scores
+    valid_map = {}
+    for mode in ("two-stage", "asl"):
+        scored = score_split(load_model_bundle(out / f"mode={mode}__seed0"), "valid", device="cpu")
+        has_pos = scored.targets.sum(axis=0) > 0
+        aps = [average_precision_score(scored.targets[:, c], scored.scores[:, c]) for c in np.flatnonzero(has_pos)]
+        valid_map[mode] = 100 * np.mean(aps)
+    best_yaml = tmp_path / "best.yaml"
+    assert main([*args, "--write-best", str(best_yaml)]) == 0
+    winner = max(valid_map, key=valid_map.get)
+    from probmcl_med.config import load_config
+
+    best = load_config(best_yaml)
+    assert best.mode == winner and best.output_dir != str(out / f"mode={winner}__seed0")
+    assert f"validation mAP: mode={winner}" in best_yaml.read_text().splitlines()[0]
+
+
+def test_pick_best_ranks_by_validation_never_by_test():
+    records = [
+        {"point": "a", "seed": 0, "overrides": {"k": "a"}, "mAP": 90.0, "valid": {"mAP": 70.0}},
+        {"point": "a", "seed": 1, "overrides": {"k": "a"}, "mAP": 92.0, "valid": {"mAP": 72.0}},
+        {"point": "b", "seed": 0, "overrides": {"k": "b"}, "mAP": 60.0, "valid": {"mAP": 75.0}},
+        {"point": "b", "seed": 1, "overrides": {"k": "b"}, "mAP": 61.0, "valid": {"mAP": 69.0}},
+    ]
+    rows = sweep.aggregate(records, ["k"])
+    assert [r["valid_mAP_mean"] for r in rows] == [71.0, 72.0]
+    assert sweep.pick_best(rows, "mAP")["point"] == "b"  # b wins on validation (72 > 71), a on test
+    with pytest.raises(ConfigError, match="--pick-by 'AUC'"):
+        sweep.pick_best(rows, "AUC")
+    no_valid = sweep.aggregate([{**r, "valid": None} for r in records], ["k"])
+    with pytest.raises(ConfigError, match="no run has validation metrics"):
+        sweep.pick_best(no_valid, "mAP")
