@@ -184,6 +184,13 @@ def _side_grads(sq: Tensor, squ: Tensor, squv: Tensor, v: Tensor, n: int, sign: 
     return sq, (sign * n) * squ, (0.5 * n) * squv + (0.25 * n) * sq / v
 
 
+def fold_symmetric_grad(grad: Tensor) -> Tensor:
+    """The upstream gradient of a symmetric ``logK_ij = f(theta_i, theta_j)`` folded onto the pairs a symmetric
+    kernel evaluates: pair ``(i, j)``, ``i < j``, carries ``G_ij + G_ji`` to both of its samples; the diagonal pair
+    carries ``G_ii`` to both of its (identical) sides; below the diagonal 0."""
+    return torch.triu(grad + grad.T, diagonal=1) + torch.diag_embed(grad.diagonal())
+
+
 # ---------------------------------------------------------------------------------------------------- kernels
 class _SelfLogK(torch.autograd.Function):
     """``log K(p_i, p_i)`` up to the row shift, ``(B,)``: a ``(B, C, C)`` evaluation (small), analytic backward.
@@ -258,9 +265,7 @@ class _CrossLogK(torch.autograd.Function):
         n, block, symmetric = ctx.n, ctx.block, ctx.symmetric
         grad = grad.to(out.dtype)
         if symmetric:
-            # logK_ij = f(theta_i, theta_j) with f symmetric: pair (i, j), i < j, carries G_ij + G_ji to both of its
-            # samples; the diagonal pair carries G_ii to both of its (identical) sides.
-            grad = torch.triu(grad + grad.T, diagonal=1) + torch.diag_embed(grad.diagonal())
+            grad = fold_symmetric_grad(grad)
         ga = [torch.zeros_like(wa), torch.zeros_like(ma), torch.zeros_like(va)]
         gb = [torch.zeros_like(wb), torch.zeros_like(mb), torch.zeros_like(vb)]
         rows, cols = _blocks(wa.shape[0], block), _blocks(wb.shape[0], block)
@@ -285,11 +290,40 @@ class _CrossLogK(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------------------------------- similarities
-def log_correlation_similarity(a: GaussianMixture, b: GaussianMixture, block_size: int | None = None) -> Tensor:
+BACKENDS = ("auto", "torch", "triton")
+"""Implementations of the correlation similarity's ``log K``: ``torch`` (the blockwise kernel above), ``triton`` (one
+fused kernel, :mod:`probmcl_med.core.triton_correlation`), ``auto`` (triton for CUDA tensors when Triton imports, else
+torch)."""
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``torch`` or ``triton`` for ``backend`` in :data:`BACKENDS` and tensors on ``device``; ``auto`` picks triton
+    only for a CUDA device with Triton importable."""
+    if backend not in BACKENDS:
+        raise ValueError(f"correlation backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and _triton_available() else "torch"
+    if backend == "triton" and not _triton_available():
+        raise RuntimeError("correlation backend 'triton' needs the triton package (CUDA builds of torch ship it)")
+    return backend
+
+
+def log_correlation_similarity(
+    a: GaussianMixture, b: GaussianMixture, block_size: int | None = None, backend: str = "auto"
+) -> Tensor:
     """``log Sim(p_i, q_j)`` of the correlation coefficient, ``(len(a), len(b))``, <= 0; see
     :func:`correlation_similarity`."""
     _check_pair(a, b)
     a.require_diagonal_means("the correlation similarity")
+    use_triton = resolve_backend(backend, a.device) == "triton"
     dtype = compute_dtype(a.weights, a.means, a.variances, b.weights, b.means, b.variances)
     n = a.dim
     block = block_size or default_block_size(a.num_components, device=a.device.type)
@@ -297,21 +331,25 @@ def log_correlation_similarity(a: GaussianMixture, b: GaussianMixture, block_siz
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     symmetric = a is b
     wa, ma, va = _row_terms(a, dtype)
-    self_a = _SelfLogK.apply(wa, ma, va, n)
-    if symmetric:
-        cross = _CrossLogK.apply(wa, ma, va, wa, ma, va, n, block, True)
-        self_b = self_a
+    wb, mb, vb = (wa, ma, va) if symmetric else _row_terms(b, dtype)
+    if use_triton:
+        from probmcl_med.core.triton_correlation import cross_log_k
+
+        cross = cross_log_k((wa, ma, va), (wb, mb, vb), n, symmetric)
     else:
-        wb, mb, vb = _row_terms(b, dtype)
-        cross = _CrossLogK.apply(wa, ma, va, wb, mb, vb, n, block, False)
-        self_b = _SelfLogK.apply(wb, mb, vb, n)
+        cross = _CrossLogK.apply(wa, ma, va, wb, mb, vb, n, block, symmetric)
+    # the fused kernel's symmetric diagonal is K(p_i, p_i) itself (the same pairs): no separate self term needed
+    self_a = cross.diagonal() if symmetric and use_triton else _SelfLogK.apply(wa, ma, va, n)
+    self_b = self_a if symmetric else _SelfLogK.apply(wb, mb, vb, n)
     log_sim = (cross - 0.5 * self_a[:, None] - 0.5 * self_b[None, :]).clamp(max=0.0)
     if symmetric:  # Sim(p, p) = 1 exactly, a constant
         log_sim = log_sim.masked_fill(torch.eye(len(a), dtype=torch.bool, device=log_sim.device), 0.0)
     return log_sim
 
 
-def correlation_similarity(a: GaussianMixture, b: GaussianMixture, block_size: int | None = None) -> Tensor:
+def correlation_similarity(
+    a: GaussianMixture, b: GaussianMixture, block_size: int | None = None, backend: str = "auto"
+) -> Tensor:
     """Correlation coefficient ``K(p, q) / sqrt(K(p, p) K(q, q))`` between mixtures, exact (docs/math.md s.4).
 
     ``K(p, q) = integral p q = sum_k sum_l pi_k rho_l N(mu_k 1; nu_l 1, (var_k + s_l) I_n)``, evaluated as a
@@ -324,13 +362,15 @@ def correlation_similarity(a: GaussianMixture, b: GaussianMixture, block_size: i
 
     Args:
         a: ``B`` mixtures; b: ``M`` mixtures with the same ``dim`` and number of components.
-        block_size: rows/columns per tile; default :func:`default_block_size` (tiles of about 2^21 pairs on CPU,
-            2^24 on a GPU). Peak extra memory is about 6 buffers of ``block^2 C^2`` floats.
+        block_size: rows/columns per tile of the torch backend; default :func:`default_block_size` (tiles of about
+            2^21 pairs on CPU, 2^24 on a GPU). Peak extra memory is about 6 buffers of ``block^2 C^2`` floats.
+        backend: ``torch``, ``triton`` (one fused kernel per direction, :mod:`probmcl_med.core.triton_correlation`;
+            CUDA tensors) or ``auto`` (triton on CUDA when Triton imports, else torch); same values and gradients.
 
     Returns:
         ``(B, M)`` similarities in [0, 1], float32 (float64 for float64 inputs); 1 iff the mixtures are equal.
     """
-    return log_correlation_similarity(a, b, block_size).exp()
+    return log_correlation_similarity(a, b, block_size, backend).exp()
 
 
 def bhattacharyya_similarity(a: GaussianMixture, b: GaussianMixture) -> Tensor:
@@ -379,6 +419,7 @@ SIMILARITIES.register("correlation", correlation_similarity)
 SIMILARITIES.register("bhattacharyya", bhattacharyya_similarity)
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_TILE_ELEMENTS",
     "DEFAULT_TILE_ELEMENTS_CUDA",
     "bhattacharyya_similarity",
@@ -386,4 +427,5 @@ __all__ = [
     "default_block_size",
     "log_correlation_similarity",
     "log_variance_ratio",
+    "resolve_backend",
 ]
