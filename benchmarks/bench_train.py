@@ -7,6 +7,14 @@ claim checked: stage-1 time per view <= 1.15x the plain step's at C = 80 classes
 
     python benchmarks/bench_train.py          # CPU (1 thread): test_resnet at 64 px, resnet18 at 112 px; GPU too when present
     python benchmarks/bench_train.py --encoder tresnet_m --image-size 224 --batch 64 --device cuda
+
+``--threads-sweep`` measures instead what the ``threads`` config key decides on the CPU: the plain ASL step fed by a
+real DataLoader (``--workers`` worker processes running the training transform, RandAugment, on in-memory images),
+once per intra-op thread setting -- torch's default (one per core), the project's default (the cores left after the
+workers, :func:`probmcl_med.threads.auto_threads`) and 1 -- in interleaved rounds in one process, as images/s and
+the ratio to torch's default:
+
+    python benchmarks/bench_train.py --threads-sweep --encoder resnet18 --image-size 112 --batch 32 --workers 1
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -52,10 +61,7 @@ def make_steps(encoder_name: str, image_size: int, images: int, classes: int, de
     objective = build_objective(config.contrastive)
     opt1 = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-    enc2 = get_encoder(encoder_name).to(device)
-    plain = Classifier(enc2, LinearHead(enc2.num_features, classes).to(device), normalize_features=False).train()
-    asl = AsymmetricLoss()
-    opt2 = torch.optim.Adam(plain.parameters(), lr=1e-4)
+    plain_step = make_plain_step(encoder_name, classes, device, settings)
     views, view_labels = stack_views(x, y)
 
     def stage1() -> None:
@@ -67,14 +73,27 @@ def make_steps(encoder_name: str, image_size: int, images: int, classes: int, de
         optimizer_step(opt1, settings)
 
     def supervised() -> None:
-        opt2.zero_grad(set_to_none=True)
-        with settings.autocast():
-            logits = plain(views)
-        loss = asl(logits, view_labels)
-        backward(loss, settings)
-        optimizer_step(opt2, settings)
+        plain_step(views, view_labels)
 
     return stage1, supervised, settings.name
+
+
+def make_plain_step(encoder_name: str, classes: int, device: torch.device, settings: Any) -> Any:
+    """One plain supervised step (encoder -> linear head -> ASL -> Adam) on a batch ``(images, labels)``."""
+    encoder = get_encoder(encoder_name).to(device)
+    plain = Classifier(encoder, LinearHead(encoder.num_features, classes).to(device), normalize_features=False).train()
+    asl = AsymmetricLoss()
+    opt = torch.optim.Adam(plain.parameters(), lr=1e-4)
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        with settings.autocast():
+            logits = plain(images)
+        loss = asl(logits, labels)
+        backward(loss, settings)
+        optimizer_step(opt, settings)
+
+    return step
 
 
 def time_steps(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
@@ -121,6 +140,78 @@ def bench(
     }
 
 
+class _SyntheticImages(torch.utils.data.Dataset):
+    """``size`` items of random 256 x 256 uint8 RGB images (16 distinct) with random labels, through ``transform``."""
+
+    def __init__(self, size: int, classes: int, transform: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        rng = np.random.default_rng(0)
+        self.images = rng.integers(0, 256, (16, 256, 256, 3), dtype=np.uint8)
+        self.labels = (rng.random((size, classes)) < 0.05).astype(np.float32)
+        self.size, self.transform = size, transform
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.transform({"image": self.images[index % 16], "label": self.labels[index]})
+
+
+def threads_sweep(
+    encoder: str, image_size: int, batch: int, classes: int, workers: int, steps: int, rounds: int
+) -> list[dict[str, Any]]:
+    """Images/s of the plain step fed by a ``workers``-process DataLoader, per intra-op thread setting (see the
+    module docstring); median over ``rounds`` interleaved rounds of ``steps`` steps, after one warm-up round."""
+    from probmcl_med.data import make_loader
+    from probmcl_med.data.transforms import build_train_transform
+    from probmcl_med.threads import auto_threads, available_cores
+
+    device = torch.device("cpu")
+    step = make_plain_step(encoder, classes, device, amp_settings(device, False))
+    transform = build_train_transform(image_size, (0.5,) * 3, (0.25,) * 3, policy="randaugment", seed=0)
+    loader = make_loader(_SyntheticImages(10**6, classes, transform), batch, shuffle=False, workers=workers)
+    batches = iter(loader)
+    cores = available_cores()
+    settings = {
+        f"torch default ({cores} = cores)": cores,
+        f"auto ({cores} cores - {workers} workers)": auto_threads(workers),
+    }
+    if 1 not in settings.values():
+        settings["1"] = 1
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    for round_index in range(rounds + 1):
+        for name, count in settings.items():
+            torch.set_num_threads(count)
+            start = time.perf_counter()
+            for _ in range(steps):
+                b = next(batches)
+                step(b["image"], b["label"])
+            if round_index:  # round 0 warms up the workers, the allocator and every thread pool
+                times[name].append(time.perf_counter() - start)
+    baseline = statistics.median(next(iter(times.values())))
+    return [
+        {
+            "setting": name,
+            "threads": settings[name],
+            "images_per_s": steps * batch / statistics.median(t),
+            "ratio": baseline / statistics.median(t),
+        }
+        for name, t in times.items()
+    ]
+
+
+def print_threads_sweep(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(
+        f"plain ASL step + DataLoader ({args.workers} workers, RandAugment), {args.encoder} at {args.image_size} px, "
+        f"{args.batch} images per step, CPU; median of {args.repeats} rounds of {args.steps} steps"
+    )
+    table = Table()
+    for column in ("intra-op threads", "n", "images/s", "vs torch default"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(r["setting"], str(r["threads"]), f"{r['images_per_s']:.1f}", f"{r['ratio']:.2f}x")
+    Console(width=200).print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", default=None, help="one encoder (default: test_resnet on CPU, tresnet_m on GPU)")
@@ -139,7 +230,20 @@ def main() -> None:
         help="CPU threads (default 1: on a busy machine OpenMP threads that wait for each other make multi-thread "
         "timings swing by 10x and more)",
     )
+    parser.add_argument("--threads-sweep", action="store_true", help="time the thread settings (see the docstring)")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of --threads-sweep")
+    parser.add_argument("--steps", type=int, default=4, help="steps per round of --threads-sweep")
     args = parser.parse_args()
+    if args.threads_sweep:
+        args.encoder, args.image_size, args.batch = args.encoder or "resnet18", args.image_size or 112, args.batch or 32
+        rows = threads_sweep(
+            args.encoder, args.image_size, args.batch, args.classes, args.workers, args.steps, args.repeats
+        )
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print_threads_sweep(rows, args)
+        return
     torch.set_num_threads(args.threads)
 
     runs = []

@@ -25,13 +25,13 @@ def _train_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str
     [
         (
             "two-stage",
-            ["contrastive.epochs", "contrastive.tau", "classifier.epochs", "classifier.cache_features"],
+            ["contrastive.epochs", "contrastive.tau", "classifier.epochs", "classifier.cache_features", "threads"],
             ["epochs"],
         ),
-        ("asl", ["epochs", "classifier.lr", "classifier.augment", "classifier.encoder_lr"], ["contrastive"]),
+        ("asl", ["epochs", "classifier.lr", "classifier.augment", "classifier.encoder_lr", "threads"], ["contrastive"]),
         (
             "joint",
-            ["epochs", "contrastive.batch_size", "contrastive.tau", "contrastive.lr", "classifier.lr"],
+            ["epochs", "contrastive.batch_size", "contrastive.tau", "contrastive.lr", "classifier.lr", "threads"],
             ["contrastive.epochs", "classifier.epochs", "classifier.augment", "classifier.cache_features"],
         ),
     ],

@@ -194,6 +194,12 @@ class RunConfig(_Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     output_dir: str = Field("runs/run", description="run folder (config, checkpoints, metrics, logs)")
     workers: int = Field(2, ge=0)
+    threads: int | None = Field(
+        0,
+        ge=0,
+        description="CPU intra-op threads of each training process (torch.set_num_threads); 0 or null: the cores "
+        "left after the DataLoader workers, at least 1 (probmcl_med.threads)",
+    )
     amp: bool = Field(True, description="mixed precision on GPU (bf16 where supported, else fp16 + GradScaler)")
     compile: bool = Field(False, description="torch.compile the encoder")
     deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible CPU runs)")

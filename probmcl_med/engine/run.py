@@ -37,6 +37,7 @@ from probmcl_med.config import RunConfig
 from probmcl_med.engine.distributed import barrier, cleanup_distributed, setup_distributed
 from probmcl_med.engine.modes import MODES, stages_for
 from probmcl_med.engine.session import Session
+from probmcl_med.threads import configure_threads
 
 
 @dataclass
@@ -76,6 +77,7 @@ def train(config: RunConfig, *, stage: str = "all", resume: bool = False, consol
     stages = stages_for(config.mode, stage)
     mode = MODES[config.mode](config)
     ctx = setup_distributed(config.device)
+    configure_threads(config.threads, config.workers)
     try:
         session = Session(config, ctx, console)
         seed_everything(config.seed, config.deterministic)

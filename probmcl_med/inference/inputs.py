@@ -21,6 +21,7 @@ from probmcl_med.data.base import find_data_error
 from probmcl_med.data.base import make_loader as data_loader
 from probmcl_med.data.transforms import build_eval_transform
 from probmcl_med.errors import DataError
+from probmcl_med.threads import configure_threads
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 """Extensions listed as images in a folder (case-insensitive)."""
@@ -98,7 +99,12 @@ def eval_transform(bundle: ModelBundle) -> Callable[[dict[str, Any]], dict[str, 
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
-    """A deterministic (unshuffled) DataLoader over ``dataset`` (the data layer's collate drops skipped samples)."""
+    """A deterministic (unshuffled) DataLoader over ``dataset`` (the data layer's collate drops skipped samples).
+
+    On the CPU it also sizes torch's threads to the cores the ``workers`` leave free (:mod:`probmcl_med.threads`).
+    """
     if batch_size < 1:
         raise DataError(f"--batch-size {batch_size}: give a positive number of images per batch")
+    if device.type == "cpu":
+        configure_threads(None, workers)
     return data_loader(dataset, batch_size, shuffle=False, workers=workers, pin_memory=device.type == "cuda")

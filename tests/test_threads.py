@@ -1,0 +1,89 @@
+"""torch's CPU threads sized to the cores the DataLoader workers leave: the rule, the config key, where it applies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+import probmcl_med.threads as threads
+from probmcl_med.config import load_config
+from probmcl_med.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def restore_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "workers, cores, local, expected",
+    [(0, 2, 1, 2), (1, 2, 1, 1), (2, 2, 1, 1), (8, 16, 1, 8), (8, 4, 1, 1), (2, 16, 4, 2), (0, 16, 3, 5)],
+)
+def test_auto_threads_is_the_share_of_cores_minus_workers(workers: int, cores: int, local: int, expected: int) -> None:
+    assert threads.auto_threads(workers, cores, local) == expected
+
+
+def test_auto_threads_reads_torchrun_local_world_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert threads.auto_threads(1, cores=8) == 3
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert threads.auto_threads(1, cores=8) == 7
+
+
+def test_configure_threads_explicit_or_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "available_cores", lambda: 6)
+    assert threads.configure_threads(1, workers=4) == 1 and torch.get_num_threads() == 1
+    for auto in (0, None):
+        assert threads.configure_threads(auto, workers=2) == 4 and torch.get_num_threads() == 4
+
+
+def test_config_key_accepts_zero_null_and_counts_rejects_negative() -> None:
+    assert load_config().threads == 0
+    assert load_config(overrides=["threads=null"]).threads is None
+    assert load_config(overrides=["threads=3"]).threads == 3
+    with pytest.raises(ConfigError, match="threads"):
+        load_config(overrides=["threads=-1"])
+
+
+@pytest.mark.parametrize("mode", ["two-stage", "asl", "joint"])
+def test_every_mode_reads_and_prints_the_key(mode: str) -> None:
+    from probmcl_med.config import UNUSED_KEYS
+
+    config = load_config(overrides=[f"mode={mode}", "threads=3"])
+    assert "threads" not in UNUSED_KEYS[mode]
+    assert config.to_dict()["threads"] == 3  # what --print-config, config.yaml and the bundle show
+    assert "threads: 3" in config.to_yaml().splitlines()
+
+
+def test_training_applies_the_setting_before_the_run(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import probmcl_med.engine.run as run_module
+
+    seen: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_session(*args, **kwargs):  # the first thing of the run after the shared set-up
+        seen.append(torch.get_num_threads())
+        raise Stop
+
+    monkeypatch.setattr(run_module, "Session", fake_session)
+    monkeypatch.setattr(threads, "available_cores", lambda: 5)
+    for overrides, expected in ((["threads=1"], 1), (["workers=2"], 3), (["threads=0", "workers=0"], 5)):
+        config = load_config(overrides=[*overrides, "device=cpu", f"output_dir={tmp_path / 'run'}"])
+        with pytest.raises(Stop):
+            run_module.train(config)
+        assert seen[-1] == expected
+
+
+def test_cpu_inference_loader_applies_the_automatic_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    from probmcl_med.inference.inputs import make_loader
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    torch.set_num_threads(1)
+    make_loader(list(range(4)), batch_size=2, workers=1, device=torch.device("cpu"))  # type: ignore[arg-type]
+    assert torch.get_num_threads() == 3
