@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test test-slow lint format bench clean venv
+.PHONY: demo test test-slow lint format bench gpu-check clean venv
 
 venv: $(STAMP)
 
@@ -48,6 +48,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py
+
+# On a machine with CUDA: the CUDA-marked tests, the GPU benchmarks and a Triton launch-shape sweep, one JSON report
+# (gpu-check.json), under 10 minutes; elsewhere one line and exit 0. Uses .venv when there is one, else python3 with
+# the repository on PYTHONPATH (GPU machines often come with torch and triton and without network).
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

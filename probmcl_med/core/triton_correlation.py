@@ -34,6 +34,7 @@ compiled on first use. Import it only where Triton is wanted:
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,16 @@ from torch import Tensor
 
 from probmcl_med.core.similarities import _side_grads, fold_symmetric_grad
 
-INTERPRETED = bool(triton.knobs.runtime.interpret)
-"""Whether the kernels were built for Triton's interpreter (``TRITON_INTERPRET=1`` when this module was imported)."""
+
+def _interpreting() -> bool:
+    knobs = getattr(triton, "knobs", None)  # Triton >= 3.4; before, the environment variable itself
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+INTERPRETED = _interpreting()
+"""Whether the kernels were built for Triton's interpreter (``TRITON_INTERPRET=1`` when triton was imported)."""
 
 
 @dataclass(frozen=True)
