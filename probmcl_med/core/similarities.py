@@ -7,7 +7,8 @@ Each registered entry is ``f(a: GaussianMixture, b: GaussianMixture) -> Tensor (
   ``K(p, q) / sqrt(K(p, p) K(q, q))`` with ``K(p, q) = integral p q``. It runs a blockwise kernel that never holds
   the ``(B, M, C, C)`` tensor of component pairs: tiles of rows x columns are evaluated, reduced and dropped, and
   recomputed in backward, so peak memory is ``O(B M + block^2 C^2)``. When ``a is b`` only the upper triangle of
-  tiles is evaluated.
+  tiles is evaluated. ``backend="triton"`` (the default ``auto`` on CUDA) computes the same ``log K`` in one fused
+  Triton kernel per direction (:mod:`probmcl_med.core.triton_correlation`).
 * ``bhattacharyya`` (docs/math.md section 5): the matched-component LOWER BOUND
   ``sum_k sqrt(pi_k rho_k) BC(N_k, M_k)`` of the Bhattacharyya coefficient (there is no closed form between
   mixtures). It is exact for single-component mixtures and never exceeds the true coefficient.
