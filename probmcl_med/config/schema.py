@@ -33,7 +33,7 @@ class AugmentConfig(_Section):
     """How training views are augmented: a named policy (probmcl_med.data.augment) and its settings."""
 
     policy: Literal["none", "flip", "randaugment", "pathology"] = Field(
-        "randaugment",
+        "flip",
         description="none; flip (hflip/vflip); randaugment (the flips + num_ops operations at magnitude); pathology "
         "(both flips, 90-degree rotations, H&E stain jitter, mild intensity, blur and JPEG artefacts)",
     )
@@ -148,10 +148,10 @@ class ClassifierConfig(_Section):
 
     epochs: int = Field(40, ge=0, description="two-stage: passes over the training set of the classifier stage")
     batch_size: int = Field(128, ge=1, description="images per batch (joint: of the validation passes only)")
-    lr: float = Field(1e-4, gt=0, description="the head's learning rate (OneCycle peak)")
+    lr: float = Field(1e-3, gt=0, description="the head's learning rate (the peak under onecycle)")
     weight_decay: float = Field(0.0, ge=0)
     loss: Literal["bce", "focal", "asl"] = Field(
-        "asl",
+        "bce",
         description="bce (binary cross-entropy), focal (Lin et al., focal_gamma), asl (asymmetric loss, Ridnik et "
         "al.: gamma_neg, gamma_pos, clip; the published values are for highly imbalanced data)",
     )
@@ -186,7 +186,7 @@ class RunConfig(_Section):
         "contrastive.epochs and classifier.epochs instead)",
     )
     lr_schedule: Literal["onecycle", "cosine", "constant"] = Field(
-        "onecycle",
+        "constant",
         description="learning rate over each stage, stepped per iteration: onecycle (OneCycleLR, 20 % warm-up, the "
         "ASL training script's), cosine (cosine annealing from the lr to 0, no warm-up), constant",
     )
