@@ -105,30 +105,43 @@ def harmonic_mean(p: np.ndarray | float, r: np.ndarray | float) -> np.ndarray:
     return _ratio(2.0 * p * r, p + r)
 
 
-def _ranked(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sort each class by descending score and find the end of each run of tied scores.
+def ranking(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the samples in descending-score order and the end of each run of tied scores.
 
     Works on the transposed (C, N) layout so that every sort runs over contiguous memory. The order inside a run of
     tied scores is arbitrary (an unstable sort, several times faster); nothing computed from it depends on that
     order, because every quantity is read at the end of a run.
 
+    Args:
+        scores: (N, C) scores.
+
     Returns:
-        t_sorted: (C, N) targets in descending-score order per class.
-        tp: (C, N) cumulative true positives down the ranking.
+        order: (C, N) sample indices, descending score per class.
         group_end: (C, N) for each rank i, the last rank whose score equals the score at rank i.
     """
     s = np.ascontiguousarray(scores.T)
     order = np.argsort(-s, axis=1)
     s_sorted = np.take_along_axis(s, order, axis=1)
-    t_sorted = np.take_along_axis(np.ascontiguousarray(targets.T), order, axis=1)
-    tp = np.cumsum(t_sorted, axis=1)
     n = s.shape[1]
     is_end = np.ones_like(s_sorted, dtype=bool)
     is_end[:, :-1] = s_sorted[:, :-1] != s_sorted[:, 1:]
     # next run end at or after each rank: a running minimum taken from the bottom of the ranking
     ends = np.where(is_end, np.arange(n), n)
     group_end = np.minimum.accumulate(ends[:, ::-1], axis=1)[:, ::-1]
-    return t_sorted, tp, group_end
+    return order, group_end
+
+
+def _ranked(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`ranking` plus the targets in that order and the cumulative true positives down it.
+
+    Returns:
+        t_sorted: (C, N) targets in descending-score order per class.
+        tp: (C, N) cumulative true positives down the ranking.
+        group_end: (C, N) for each rank i, the last rank whose score equals the score at rank i.
+    """
+    order, group_end = ranking(scores)
+    t_sorted = np.take_along_axis(np.ascontiguousarray(targets.T), order, axis=1)
+    return t_sorted, np.cumsum(t_sorted, axis=1), group_end
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
