@@ -17,7 +17,7 @@ from rich.table import Table
 
 EXAMPLE = (
     "Examples: probmcl-med evaluate --checkpoint runs/adp --split test --report reports/adp-test; "
-    "probmcl-med evaluate --checkpoint runs/adp --tune-thresholds recall=0.95 --report reports/adp-r95; "
+    "probmcl-med evaluate --checkpoint runs/adp --tune-thresholds recall=0.95 --save --report reports/adp-r95; "
     "probmcl-med evaluate --scores scores.csv --targets targets.csv"
 )
 
@@ -92,7 +92,7 @@ def evaluate_command(
     threshold: Annotated[
         float | None,
         typer.Option(
-            "--threshold", help="Decision threshold for every class (default: the checkpoint's tuned ones, else 0.5)."
+            "--threshold", help="Decision threshold for every class (default: the run's thresholds.json, else 0.5)."
         ),
     ] = None,
     recall_floor: Annotated[
@@ -102,10 +102,14 @@ def evaluate_command(
         str | None,
         typer.Option(
             "--tune-thresholds",
-            help="recall=R: per class, the highest threshold keeping recall >= R on the valid split; saved into the "
-            "checkpoint and used here.",
+            help="recall=R: per class, the highest threshold keeping recall >= R on the valid split, used here; "
+            "reported only, unless --save.",
         ),
     ] = None,
+    save: Annotated[
+        bool,
+        typer.Option("--save", help="With --tune-thresholds: write them to thresholds.json beside model.pt."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (no tables).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
@@ -128,9 +132,9 @@ def evaluate_command(
     if scores is not None or targets is not None:
         if scores is None or targets is None:
             raise typer.BadParameter("--scores and --targets go together")
-        if checkpoint is not None or tune_thresholds is not None:
+        if checkpoint is not None or tune_thresholds is not None or save:
             raise typer.BadParameter(
-                "--scores/--targets evaluate saved predictions: drop --checkpoint/--tune-thresholds"
+                "--scores/--targets evaluate saved predictions: drop --checkpoint/--tune-thresholds/--save"
             )
         from probmcl_med.cli.evaluate_files import evaluate_files
 
@@ -152,12 +156,15 @@ def evaluate_command(
             split,
             threshold=threshold,
             tune_recall=recall_target,
+            save=save,
             batch_size=batch_size,
             device=device,
             workers=workers,
             root=data_root,
             progress=progress,
         )
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     if report is not None:
         write_report(
             report,
@@ -175,17 +182,23 @@ def evaluate_command(
             "model_cost": result.cost.to_dict(),
             "recall_floor": recall_floor,
             "below_recall_floor": below_recall_floor(result.metrics, recall_floor),
+            "thresholds_saved": None if result.saved is None else str(result.saved),
+            "warnings": result.warnings,
             "report": None if report is None else str(report),
         }
         sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
         return
     out = Console()
     out.print(f"[bold]{result.meta['checkpoint']}[/bold] on {result.meta['dataset']}, split {result.meta['split']}")
+    out.print(f"thresholds: {result.threshold_source}", highlight=False, soft_wrap=True, markup=False)
     render_summary(result.metrics, recall_floor, out)
     render_per_class_table(result.metrics, recall_floor, out)
     if result.tradeoff is not None:
         render_tradeoff(result.tradeoff, out)
-        out.print(f"thresholds saved into {result.meta['checkpoint']} ({result.threshold_source})")
+        if result.saved is None:
+            out.print(f"thresholds not saved: add --save to write them beside {result.meta['checkpoint']}")
+        else:
+            out.print(f"thresholds saved to {result.saved} (model.pt unchanged)")
     out.print(f"model cost: {result.meta['model cost']}")
     if report is not None:
         out.print(f"report written to {report}/report.html")

@@ -32,11 +32,15 @@ def explain_command(
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
     from probmcl_med.errors import DataError
     from probmcl_med.inference.explain import explain_image
+    from probmcl_med.inference.predict import describe_thresholds
 
     if not image.is_file():
         raise DataError(f"image {image} does not exist")
     path = resolve_bundle_path(checkpoint)
     bundle = load_model_bundle(path)
+    Console().print(
+        f"thresholds: {describe_thresholds(bundle, threshold)}", highlight=False, soft_wrap=True, markup=False
+    )
     folder = out if out is not None else Path(f"gradcam-{image.stem}")
     results = explain_image(bundle, image, folder, classes or None, threshold=threshold, device=device, checkpoint=path)
     console = Console()

@@ -51,6 +51,7 @@ def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import BUNDLE_FORMAT, load_model_bundle, read_checkpoint, resolve_bundle_path
     from probmcl_med.evaluation.complexity import model_cost
+    from probmcl_med.inference.predict import describe_thresholds
 
     path = resolve_bundle_path(checkpoint)
     raw = read_checkpoint(path, expected_format=BUNDLE_FORMAT)
@@ -88,6 +89,9 @@ def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
             "mode": (cfg.get("dataset") or {}).get("normalization"),
         },
         "thresholds": bundle.thresholds,
+        "thresholds_source": f"not applied: {bundle.threshold_problem}"
+        if bundle.threshold_problem
+        else describe_thresholds(bundle, None),
         "training": {k: v for k, v in training.items() if v is not None},
         "model_cost": {
             **cost.to_dict(),
@@ -123,7 +127,11 @@ def info_command(
         ("classes", f"{info['num_classes']}: {', '.join(info['classes'])}"),
         ("input", f"{info['image_size']} x {info['image_size']} px"),
         ("normalisation", f"mean {info['normalization']['mean']}, std {info['normalization']['std']}"),
-        ("thresholds", "0.5 (none tuned)" if thresholds is None else ", ".join(f"{x:.3g}" for x in thresholds)),
+        (
+            "thresholds",
+            info["thresholds_source"]
+            + ("" if thresholds is None else ": " + ", ".join(f"{x:.3g}" for x in thresholds)),
+        ),
         ("training", run),
         *(
             (

@@ -59,7 +59,7 @@ def predict_command(
     from probmcl_med.devices import resolve_device
     from probmcl_med.inference.inputs import input_kind, list_images
     from probmcl_med.inference.loop import require_mdn
-    from probmcl_med.inference.predict import predict_images, predict_slide
+    from probmcl_med.inference.predict import describe_thresholds, predict_images, predict_slide
     from probmcl_med.inference.writers import check_output_folder, write_predictions
 
     check_output_folder(out)
@@ -67,6 +67,9 @@ def predict_command(
     path = resolve_bundle_path(checkpoint)
     dev = resolve_device(device)
     bundle = load_model_bundle(path, device=dev)
+    Console().print(
+        f"thresholds: {describe_thresholds(bundle, threshold)}", highlight=False, soft_wrap=True, markup=False
+    )
     if uncertainty:
         require_mdn(bundle, path)
     options = {

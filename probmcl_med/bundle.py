@@ -8,7 +8,9 @@ The bundle (``format: probmcl-med/model``) is a dict of tensors, numbers, string
 * ``head``: ``{in_features, num_classes, normalize_features, state_dict}``;
 * ``mdn``: the stage-1 mixture density network's constructor spec and weights, or None (``predict --uncertainty``);
 * preprocessing: ``image_size``, ``mean``, ``std`` (what the model was trained on, never recomputed);
-* ``class_names``, optional per-class ``thresholds`` (``evaluate --tune-thresholds`` stores them here);
+* ``class_names``; ``thresholds`` only in bundles of earlier versions (still read). Tuned thresholds now live in
+  ``RUN/thresholds.json`` (:mod:`probmcl_med.operating_point`), written by ``evaluate --tune-thresholds --save``:
+  ``model.pt`` is never rewritten after training;
 * ``dataset``: where the training data came from (:class:`DatasetSource`), so ``evaluate --checkpoint`` can rebuild
   a split;
 * ``config``: the run's resolved training config, a plain dict kept for information. Loading never validates it
@@ -35,6 +37,7 @@ from probmcl_med.errors import CheckpointError
 from probmcl_med.fileio import atomic_write
 from probmcl_med.models.encoders import get_encoder
 from probmcl_med.models.heads import Classifier, LinearHead
+from probmcl_med.operating_point import TunedThresholds, read_thresholds
 
 BUNDLE_FORMAT = "probmcl-med/model"
 FORMAT_VERSION = 1
@@ -152,12 +155,16 @@ class ModelBundle:
         mean: per-channel normalisation mean the model was trained with (RGB, in [0, 1] units).
         std: per-channel normalisation std.
         image_size: side of the square input, pixels.
-        thresholds: per-class decision thresholds (C,), or None (use 0.5).
+        thresholds: per-class decision thresholds (C,) from ``thresholds.json`` (else from a bundle of an earlier
+            version), or None (use 0.5).
         encoder_name: the ENCODERS/timm name.
         encoder_options: the keyword arguments the encoder was built with.
         normalize_features: whether the head reads unit-norm features (two-stage) or raw pooled ones (asl mode).
         dataset: where the training data came from (rebuilds a split for ``evaluate --checkpoint``).
         training_config: the run's resolved config as a plain dict, for information (never validated on load).
+        tuned: the ``thresholds.json`` that ``thresholds`` came from, or None.
+        threshold_problem: why a ``thresholds.json`` beside the model was not applied (stale, malformed), or None;
+            commands that need the model's thresholds refuse with this message.
     """
 
     encoder: nn.Module
@@ -173,6 +180,8 @@ class ModelBundle:
     normalize_features: bool = True
     dataset: DatasetSource | None = None
     training_config: dict[str, Any] = field(default_factory=dict)
+    tuned: TunedThresholds | None = None
+    threshold_problem: str | None = None
 
     def classifier(self) -> Classifier:
         """Encoder + head as one module: images (B, 3, H, W) -> logits (B, C)."""
@@ -298,6 +307,11 @@ def _build_mdn(spec: Mapping[str, Any]) -> MixtureDensityNetwork:
 def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
     """Rebuild encoder, head and (if stored) MDN from a bundle written by :func:`save_model_bundle`.
 
+    The thresholds come from ``thresholds.json`` beside the file when there is one and it was tuned for this very
+    ``model.pt`` (:func:`~probmcl_med.operating_point.read_thresholds`); a stale or malformed one is not applied and
+    its problem is kept in ``threshold_problem`` (the caller decides: predict refuses, info shows it, re-tuning
+    replaces it).
+
     Args:
         path: a run folder (its ``model.pt`` is read) or a ``.pt`` bundle.
         device: where to put the modules.
@@ -335,6 +349,12 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         source = DatasetSource.from_config_dict(training_config)
     else:
         source = None
+    tuned, problem = None, None
+    try:
+        tuned = read_thresholds(path, names)
+    except CheckpointError as exc:
+        problem = str(exc)
+    stored = data.get("thresholds")
     bundle = ModelBundle(
         encoder=encoder.eval(),
         head=head.eval(),
@@ -343,27 +363,13 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         mean=tuple(float(v) for v in data["mean"]),
         std=tuple(float(v) for v in data["std"]),
         image_size=int(data["image_size"]),
-        thresholds=None if data.get("thresholds") is None else [float(t) for t in data["thresholds"]],
+        thresholds=list(tuned.values) if tuned else None if stored is None else [float(t) for t in stored],
         encoder_name=str(data["encoder_name"]),
         encoder_options=options,
         normalize_features=bool(data["head"].get("normalize_features", True)),
         dataset=source,
         training_config=training_config,
+        tuned=tuned,
+        threshold_problem=problem,
     )
     return bundle.to(device)
-
-
-def set_bundle_thresholds(path: str | Path, thresholds: Sequence[float] | None) -> Path:
-    """Store per-class thresholds (C,) in an existing bundle, atomically (``evaluate --tune-thresholds``)."""
-    path = resolve_bundle_path(path)
-    data = read_checkpoint(path, expected_format=BUNDLE_FORMAT)
-    if thresholds is not None:
-        values = [float(t) for t in thresholds]
-        if len(values) != len(data["class_names"]):
-            raise CheckpointError(f"{len(values)} thresholds for the {len(data['class_names'])} classes of {path}")
-        if not all(0.0 <= t <= 1.0 for t in values):
-            raise CheckpointError(f"thresholds for {path} must lie in [0, 1]")
-        data["thresholds"] = values
-    else:
-        data["thresholds"] = None
-    return save_torch(path, data)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from probmcl_med.bundle import load_model_bundle, read_checkpoint, save_model_bundle, set_bundle_thresholds
+from probmcl_med.bundle import load_model_bundle, read_checkpoint, save_model_bundle
 from probmcl_med.config import load_config
 from probmcl_med.engine.checkpoint import CheckpointManager, capture_rng_state, check_compatible, restore_rng_state
 from probmcl_med.errors import CheckpointError
@@ -58,11 +58,6 @@ def test_bundle_round_trip_restores_identical_logits(tmp_path):
     assert bundle.image_size == 32 and bundle.thresholds == [0.3, 0.5, 0.7]
     assert bundle.encoder_name == "test_resnet" and bundle.mdn is None
     assert bundle.training_config == config.to_dict() and bundle.dataset.name == config.dataset.name
-
-    set_bundle_thresholds(tmp_path, [0.1, 0.2, 0.9])
-    assert load_model_bundle(path).thresholds == [0.1, 0.2, 0.9]
-    with pytest.raises(CheckpointError, match="2 thresholds for the 3 classes"):
-        set_bundle_thresholds(tmp_path, [0.1, 0.2])
 
 
 def test_missing_bundle_in_run_folder_says_what_to_do(tmp_path):

@@ -180,10 +180,10 @@ def test_predict_folder_probabilities_equal_the_hand_run_model(tmp_path: Path) -
 
 
 def test_predict_single_image_resized_and_stored_thresholds_used(tmp_path: Path) -> None:
-    from probmcl_med.bundle import set_bundle_thresholds
+    from probmcl_med.operating_point import save_thresholds
 
     encoder, head = make_bundle(tmp_path / "run")
-    set_bundle_thresholds(tmp_path / "run", [0.2, 0.5, 0.9])
+    save_thresholds(tmp_path / "run" / "model.pt", CLASSES, [0.2, 0.5, 0.9], rule="by hand", split="valid")
     [big] = write_images(tmp_path / "imgs", 1, size=(64, 64))
     assert cli(["predict", str(big), "-c", str(tmp_path / "run"), "--out", str(tmp_path / "out"),
                 "--device", "cpu"]) == 0  # fmt: skip

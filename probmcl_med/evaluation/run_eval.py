@@ -8,8 +8,10 @@
    it was trained on). A dataset whose classes differ from the checkpoint's is a one-line CheckpointError.
 2. :func:`score_split` runs the model over it (:func:`probmcl_med.inference.loop.run_bundle`: batched, no grad, GPU
    when present) and returns (N, C) probabilities and (N, C) labels.
-3. :func:`evaluate_checkpoint` adds the metrics, optionally tunes per-class thresholds on the validation split for a
-   recall target (stored back into the checkpoint atomically), and the model cost.
+3. :func:`evaluate_checkpoint` adds the metrics, optionally tunes
+   per-class thresholds on the validation split for a recall target (written to ``RUN/thresholds.json`` only when
+   asked, never into ``model.pt``), and the model cost; it says which thresholds it used, and warns when it reports
+   on the split the thresholds were tuned on.
 """
 
 from __future__ import annotations
@@ -22,13 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from probmcl_med.bundle import (
-    DatasetSource,
-    ModelBundle,
-    load_model_bundle,
-    resolve_bundle_path,
-    set_bundle_thresholds,
-)
+from probmcl_med.bundle import DatasetSource, ModelBundle, load_model_bundle, resolve_bundle_path
 from probmcl_med.core.metrics import multilabel_metrics
 from probmcl_med.data.base import normalize_split
 from probmcl_med.data.datasets import build_dataset
@@ -38,7 +34,8 @@ from probmcl_med.evaluation.complexity import model_cost
 from probmcl_med.evaluation.thresholds import threshold_tradeoff, tune_thresholds
 from probmcl_med.inference.inputs import eval_transform, make_loader
 from probmcl_med.inference.loop import ProgressHook, run_bundle
-from probmcl_med.inference.predict import decision_thresholds
+from probmcl_med.inference.predict import decision_thresholds, describe_thresholds
+from probmcl_med.operating_point import save_thresholds, thresholds_path
 
 
 def dataset_source(bundle: ModelBundle, checkpoint: Any = "checkpoint") -> DatasetSource:
@@ -101,13 +98,16 @@ def build_split_dataset(bundle: Any, split: str, checkpoint: Any = "checkpoint",
 
 @dataclass
 class SplitScores:
-    """Model outputs on one split: ``scores`` (N, C) probabilities and ``targets`` (N, C) 0/1 labels."""
+    """Model outputs on one split: ``scores`` (N, C) probabilities and ``targets`` (N, C) 0/1 labels; ``indices``
+    (N,) the dataset index of each row, ``dataset`` the split's dataset (with the eval transform)."""
 
     split: str
     scores: np.ndarray
     targets: np.ndarray
     source: str
     skipped: int = 0
+    indices: np.ndarray | None = None
+    dataset: Any = None
 
 
 def score_split(
@@ -128,7 +128,8 @@ def score_split(
     out = run_bundle(bundle, loader, dev, progress=progress, description=f"scoring the {split} split")
     if out.targets is None or len(out.probs) == 0:
         raise DataError(f"dataset {dataset.source}: no readable sample in split {split!r}")
-    return SplitScores(split, out.probs, out.targets, str(dataset.source), len(dataset) - len(out.probs))
+    skipped = len(dataset) - len(out.probs)
+    return SplitScores(split, out.probs, out.targets, str(dataset.source), skipped, out.indices, dataset)
 
 
 def parse_recall_target(text: str) -> float:
@@ -158,10 +159,13 @@ class Evaluation:
             (plus ``threshold_tuning`` when thresholds were tuned).
         test: the evaluated split's scores and targets.
         thresholds: (C,) thresholds used.
-        threshold_source: "--threshold", "tuned on valid for recall >= R", "stored in the checkpoint" or "default".
+        threshold_source: which thresholds, in words (the line every command prints).
         tradeoff: :func:`~probmcl_med.evaluation.thresholds.threshold_tradeoff` vs 0.5 when thresholds were tuned.
         cost: :class:`~probmcl_med.evaluation.complexity.ModelCost` of encoder + head.
         meta: the report header (checkpoint, dataset, split, thresholds, model cost, ...).
+        bundle: the loaded model.
+        warnings: what the user should know before reading the numbers (one line each).
+        saved: the thresholds file written (``--save``), or None.
     """
 
     metrics: dict[str, Any]
@@ -171,6 +175,9 @@ class Evaluation:
     tradeoff: dict[str, Any] | None
     cost: Any
     meta: dict[str, Any] = field(default_factory=dict)
+    bundle: Any = None
+    warnings: list[str] = field(default_factory=list)
+    saved: Path | None = None
 
 
 def _tradeoff_text(tradeoff: dict[str, Any]) -> tuple[str, str]:
@@ -194,6 +201,7 @@ def evaluate_checkpoint(
     *,
     threshold: float | None = None,
     tune_recall: float | None = None,
+    save: bool = False,
     batch_size: int = 64,
     device: Any = "auto",
     workers: int | None = None,
@@ -205,10 +213,12 @@ def evaluate_checkpoint(
     Args:
         checkpoint: a run folder or its ``model.pt``.
         split: the split to evaluate (train, valid, test).
-        threshold: one threshold for every class; None uses the checkpoint's stored thresholds, else 0.5.
+        threshold: one threshold for every class; None uses ``thresholds.json`` beside the model, else 0.5.
         tune_recall: if given, per class the highest threshold keeping recall >= ``tune_recall`` on the validation
-            split (:func:`~probmcl_med.evaluation.thresholds.tune_thresholds`); they are saved into the checkpoint
-            (atomically) and used for ``split``. Excludes ``threshold``.
+            split (:func:`~probmcl_med.evaluation.thresholds.tune_thresholds`), used for ``split``. Excludes
+            ``threshold``.
+        save: with ``tune_recall``, write the tuned thresholds to ``thresholds.json`` beside ``model.pt``
+            (atomically; ``model.pt`` is never rewritten). Without it, nothing is written.
         batch_size: images per forward pass.
         device: auto (GPU when present), cpu, cuda:N.
         workers: DataLoader workers (None: the run config's ``workers``).
@@ -216,32 +226,53 @@ def evaluate_checkpoint(
         progress: progress hook (:class:`~probmcl_med.inference.loop.ProgressHook`).
 
     Raises:
-        CheckpointError: missing/corrupt checkpoint, or classes that differ from the dataset's.
-        DataError: bad split, threshold or data.
+        CheckpointError: missing/corrupt checkpoint, classes that differ from the dataset's, or a stale
+            ``thresholds.json`` when it would be used.
+        DataError: bad split, threshold or data; ``save`` without ``tune_recall``.
     """
     if threshold is not None and tune_recall is not None:
         raise DataError("give either --threshold or --tune-thresholds, not both")
+    if save and tune_recall is None:
+        raise DataError("--save writes tuned thresholds: add --tune-thresholds recall=R")
+    evaluated = normalize_split(split, where="--split")
     path = resolve_bundle_path(checkpoint)
     dev = resolve_device(device)
     bundle = load_model_bundle(path, device=dev)
     data = dataset_source(bundle, path)
     n_workers = int(bundle.training_config.get("workers", 0)) if workers is None else workers
     kwargs = {"checkpoint": path, "batch_size": batch_size, "device": dev, "workers": n_workers, "root": root}
-    tradeoff = None
+    tradeoff, saved = None, None
+    op: dict[str, Any] = {"checkpoint": str(path.parent), "tuned": False}
     if tune_recall is not None:
         valid = score_split(bundle, "valid", progress=progress, **kwargs)
         thresholds = tune_thresholds(valid.scores, valid.targets, recall=tune_recall)
-        set_bundle_thresholds(path, thresholds)
-        bundle.thresholds = [float(t) for t in thresholds]
-        source = f"tuned per class on the {split_name(data, 'valid')} split for recall >= {tune_recall:g}"
+        rule = f"recall >= {tune_recall:g} per class"
+        op.update(tuned=True, rule=rule, tuned_on=split_name(data, "valid"), recall_target=tune_recall)
+        if save:
+            tuned = save_thresholds(path, bundle.class_names, thresholds, rule=rule, split="valid",
+                                    split_name=split_name(data, "valid"), samples=len(valid.scores))  # fmt: skip
+            saved = tuned.path
+            source = f"{tuned.describe()}, just saved"
+        else:
+            source = (
+                f"per class, tuned now for {rule} on the {split_name(data, 'valid')} split (not saved: add --save to "
+                f"write {thresholds_path(path)})"
+            )
+        same_split = evaluated == "valid"
     else:
         thresholds = decision_thresholds(bundle, threshold)
-        source = (
-            "--threshold"
-            if threshold is not None
-            else "stored in the checkpoint"
-            if bundle.thresholds is not None
-            else "default 0.5"
+        source = describe_thresholds(bundle, threshold)
+        same_split = False
+        if threshold is None and bundle.tuned is not None:
+            t = bundle.tuned
+            op.update(tuned=True, rule=t.rule, tuned_on=t.split_name)
+            same_split = normalize_split(t.split) == evaluated
+    op.update(description=source, same_split=same_split)
+    warnings = []
+    if same_split:
+        warnings.append(
+            f"the thresholds were tuned on the {op['tuned_on']} split and this evaluation reads the same split: its "
+            "recall and precision are optimistic; evaluate --split test for numbers that carry over"
         )
     test = score_split(bundle, split, progress=progress, **kwargs)
     metrics = multilabel_metrics(test.scores, test.targets, threshold=thresholds, class_names=bundle.class_names)
@@ -262,4 +293,7 @@ def evaluate_checkpoint(
         meta["precision cost of the recall target"] = summary
         meta["precision cost per class"] = per_class
         metrics["threshold_tuning"] = {"recall_target": tune_recall, "tuned_on": "valid", **tradeoff}
-    return Evaluation(metrics, test, np.asarray(thresholds, dtype=np.float64), source, tradeoff, cost, meta)
+    metrics["operating_point"] = op
+    return Evaluation(
+        metrics, test, np.asarray(thresholds, dtype=np.float64), source, tradeoff, cost, meta, bundle, warnings, saved
+    )

@@ -16,7 +16,13 @@ from __future__ import annotations
 from probmcl_med.inference.explain import Explanation, explain_image
 from probmcl_med.inference.inputs import input_kind, list_images
 from probmcl_med.inference.loop import BatchOutputs, predict_batches, run_bundle
-from probmcl_med.inference.predict import Predictions, decision_thresholds, predict_images, predict_slide
+from probmcl_med.inference.predict import (
+    Predictions,
+    decision_thresholds,
+    describe_thresholds,
+    predict_images,
+    predict_slide,
+)
 from probmcl_med.inference.writers import write_predictions
 
 __all__ = [
@@ -24,6 +30,7 @@ __all__ = [
     "Explanation",
     "Predictions",
     "decision_thresholds",
+    "describe_thresholds",
     "explain_image",
     "input_kind",
     "list_images",

@@ -19,9 +19,10 @@ import torch
 from probmcl_med.bundle import ModelBundle
 from probmcl_med.data.slides import tile_slide
 from probmcl_med.devices import resolve_device
-from probmcl_med.errors import DataError
+from probmcl_med.errors import CheckpointError, DataError
 from probmcl_med.inference.inputs import ItemDataset, eval_transform, make_loader
 from probmcl_med.inference.loop import ProgressHook, require_mdn, run_bundle
+from probmcl_med.operating_point import DEFAULT_THRESHOLD, THRESHOLDS_FILE
 
 
 @dataclass
@@ -58,15 +59,45 @@ class Predictions:
 
 
 def decision_thresholds(bundle: ModelBundle, threshold: float | None) -> np.ndarray:
-    """(C,) thresholds: ``threshold`` for every class when given, else the bundle's tuned ones, else 0.5."""
+    """(C,) thresholds: ``threshold`` for every class when given, else the model's tuned ones, else 0.5.
+
+    The tuned ones come from ``thresholds.json`` beside ``model.pt`` (:mod:`probmcl_med.operating_point`), or from a
+    bundle written by an earlier version that stored them inside.
+
+    Raises:
+        DataError: ``threshold`` outside [0, 1].
+        CheckpointError: no ``threshold`` given and the model's ``thresholds.json`` is stale or malformed.
+    """
     num_classes = len(bundle.class_names)
     if threshold is not None:
         if not 0.0 <= float(threshold) <= 1.0:
             raise DataError(f"--threshold {threshold}: give a probability in [0, 1]")
         return np.full(num_classes, float(threshold))
+    if bundle.threshold_problem is not None:
+        raise CheckpointError(bundle.threshold_problem)
     if bundle.thresholds is not None:
         return np.asarray(bundle.thresholds, dtype=np.float64)
-    return np.full(num_classes, 0.5)
+    return np.full(num_classes, DEFAULT_THRESHOLD)
+
+
+def describe_thresholds(bundle: ModelBundle, threshold: float | None) -> str:
+    """Which thresholds :func:`decision_thresholds` uses, in words, for the line every command prints.
+
+    ``--threshold 0.3 for every class``, ``per class from RUN/thresholds.json (recall >= 0.9 per class, tuned on the
+    valid split, 2026-05-01)``, or ``0.5 for every class (the default: no thresholds.json beside model.pt)``.
+
+    Raises:
+        What :func:`decision_thresholds` raises: a bad ``threshold``, or a stale ``thresholds.json`` when no
+        ``threshold`` overrides it (so a command stops before it works with thresholds it cannot use).
+    """
+    decision_thresholds(bundle, threshold)
+    if threshold is not None:
+        return f"--threshold {float(threshold):g} for every class"
+    if bundle.tuned is not None:
+        return bundle.tuned.describe()
+    if bundle.thresholds is not None:
+        return "per class, stored inside model.pt by an earlier probmcl-med (re-tune with --save to move them out)"
+    return f"{DEFAULT_THRESHOLD:g} for every class (the default: no {THRESHOLDS_FILE} beside model.pt)"
 
 
 def predict_images(
