@@ -58,10 +58,12 @@ class RichProgress:
 
 def render_tradeoff(tradeoff: dict[str, Any], console: Console) -> None:
     """Per class: tuned threshold, precision and recall at it and at the baseline, and the precision paid."""
+    from probmcl_med.evaluation.render import print_table
+
     b = tradeoff["baseline_threshold"]
     table = Table(title=f"What the recall target costs: tuned thresholds vs {b:g} (percent)")
     for col in ("class", "threshold", f"recall @{b:g}", "recall tuned", f"precision @{b:g}", "precision tuned", "cost"):
-        table.add_column(col, justify="left" if col == "class" else "right")
+        table.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
 
     def fmt(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.1f}"
@@ -76,7 +78,7 @@ def render_tradeoff(tradeoff: dict[str, Any], console: Console) -> None:
             fmt(r["precision_tuned"]),
             f"{r['precision_cost']:+.1f}",
         )
-    console.print(table)
+    print_table(table, console)
 
 
 def evaluate_command(
@@ -98,6 +100,10 @@ def evaluate_command(
     recall_floor: Annotated[
         float, typer.Option("--recall-floor", help="Highlight classes whose recall is under this fraction.")
     ] = 0.8,
+    precision_floor: Annotated[
+        float,
+        typer.Option("--precision-floor", help="Classes called with a precision under this fraction are over-called."),
+    ] = 0.5,
     tune_thresholds: Annotated[
         str | None,
         typer.Option(
@@ -110,6 +116,13 @@ def evaluate_command(
         bool,
         typer.Option("--save", help="With --tune-thresholds: write them to thresholds.json beside model.pt."),
     ] = False,
+    gallery: Annotated[
+        int,
+        typer.Option(
+            "--gallery",
+            help="With --report: per class, this many confident misses and false alarms with Grad-CAM (0: none).",
+        ),
+    ] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (no tables).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
@@ -138,16 +151,19 @@ def evaluate_command(
             )
         from probmcl_med.cli.evaluate_files import evaluate_files
 
-        evaluate_files(scores, targets, report, 0.5 if threshold is None else threshold, recall_floor, as_json)
+        evaluate_files(scores, targets, report, threshold, recall_floor, as_json, precision_floor=precision_floor)
         return
     if checkpoint is None:
         raise typer.BadParameter("give --checkpoint RUN (or --scores S --targets T)")
     check_recall_floor(recall_floor)
+    check_recall_floor(precision_floor)
+    if gallery < 0:
+        raise typer.BadParameter("--gallery N: give 0 or more examples per class")
     recall_target = parse_recall_target(tune_thresholds) if tune_thresholds is not None else None
 
+    from probmcl_med.evaluation.findings import findings
     from probmcl_med.evaluation.render import render_per_class_table, render_summary
-    from probmcl_med.evaluation.report import write_report
-    from probmcl_med.evaluation.run_eval import evaluate_checkpoint
+    from probmcl_med.evaluation.run_eval import evaluate_checkpoint, write_checkpoint_report
 
     err = Console(stderr=True)
     with RichProgress(err, enabled=not as_json) as progress:
@@ -166,22 +182,17 @@ def evaluate_command(
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     if report is not None:
-        write_report(
-            report,
-            result.metrics,
-            result.test.scores,
-            result.test.targets,
-            [r["name"] for r in result.metrics["per_class"]],
-            result.meta,
-            recall_floor=recall_floor,
-        )
+        write_checkpoint_report(report, result, recall_floor, precision_floor, gallery)
+    op = result.metrics["operating_point"]
     if as_json:
         document = {
             **result.metrics,
             "meta": result.meta,
             "model_cost": result.cost.to_dict(),
             "recall_floor": recall_floor,
+            "precision_floor": precision_floor,
             "below_recall_floor": below_recall_floor(result.metrics, recall_floor),
+            "findings": findings(result.metrics, recall_floor, precision_floor, op).to_dict(),
             "thresholds_saved": None if result.saved is None else str(result.saved),
             "warnings": result.warnings,
             "report": None if report is None else str(report),
@@ -191,8 +202,8 @@ def evaluate_command(
     out = Console()
     out.print(f"[bold]{result.meta['checkpoint']}[/bold] on {result.meta['dataset']}, split {result.meta['split']}")
     out.print(f"thresholds: {result.threshold_source}", highlight=False, soft_wrap=True, markup=False)
-    render_summary(result.metrics, recall_floor, out)
-    render_per_class_table(result.metrics, recall_floor, out)
+    render_summary(result.metrics, recall_floor, out, precision_floor, op)
+    render_per_class_table(result.metrics, recall_floor, out, precision_floor)
     if result.tradeoff is not None:
         render_tradeoff(result.tradeoff, out)
         if result.saved is None:

@@ -28,17 +28,10 @@ def best_validation_map(raw: dict[str, Any], bundle_path: Path) -> tuple[float |
             for key in BEST_MAP_KEYS:
                 if source.get(key) is not None:
                     return float(source[key]), "checkpoint"
+    from probmcl_med.fileio import read_json_lines
+
     log = bundle_path.parent / "metrics.jsonl"
-    if not log.is_file():
-        return None, None
-    values = []
-    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("val_mAP"), int | float):
-            values.append(float(record["val_mAP"]))
+    values = [float(r["val_mAP"]) for r in read_json_lines(log) if isinstance(r.get("val_mAP"), int | float)]
     return (max(values), str(log)) if values else (None, None)
 
 

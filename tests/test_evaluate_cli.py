@@ -92,7 +92,7 @@ def test_tuned_thresholds_report_their_cost_against_the_baseline(
     shutil.copytree(setup["root"] / "run", run)
     report = tmp_path / "report"
     code = cli(["evaluate", "-c", str(run), "--tune-thresholds", "recall=0.9", "--report", str(report), "--json",
-                "--device", "cpu"])  # fmt: skip
+                "--gallery", "0", "--device", "cpu"])  # fmt: skip
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     vs, vt = setup["expected"]["valid"]
@@ -107,6 +107,8 @@ def test_tuned_thresholds_report_their_cost_against_the_baseline(
     np.testing.assert_allclose(costs, base["precision"] - ref["precision"], atol=1e-9)
     written = json.loads((report / "metrics.json").read_text())
     assert "precision cost per class" in written["meta"]
+    page = (report / "report.html").read_text()
+    assert "The operating point: tuned thresholds against 0.5" in page
 
 
 def test_scores_and_targets_files(tmp_path: Path, setup: dict, capsys: pytest.CaptureFixture[str]) -> None:
@@ -136,3 +138,45 @@ def test_missing_checkpoint_and_bad_recall_target(tmp_path: Path, capsys: pytest
     assert str(tmp_path / "nope") in error_line(capsys)
     assert cli(["evaluate", "-c", str(tmp_path / "nope"), "--tune-thresholds", "recal=0.9"]) == 1
     assert re.search(r"did you mean recall", error_line(capsys))
+
+
+def test_report_gallery_and_training_curves(tmp_path: Path, setup: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    """--gallery 2: per class the two positives with the lowest hand-computed scores under 0.5 and the two negatives
+    with the highest scores at or above it, each an embedded [image | Grad-CAM] thumbnail whose caption says so;
+    training curves from the run's metrics.jsonl."""
+    import base64
+    import io
+    import shutil
+
+    from PIL import Image
+
+    run = tmp_path / "run"
+    shutil.copytree(setup["root"] / "run", run)
+    records = [
+        {"stage": "classifier", "epoch": e, "loss": 1.0 / e, "asl": 1.0 / e, "val_mAP": 50.0 + e} for e in (1, 2)
+    ]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n{torn")
+    report = tmp_path / "report"
+    assert cli(["evaluate", "-c", str(run), "--report", str(report), "--gallery", "2", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    scores, targets = setup["expected"]["test"]
+    rows = setup["rows"]["test"]
+    md = (report / "report.md").read_text()
+    page = (report / "report.html").read_text()
+    for k in range(3):
+        missed = sorted((scores[i, k], i) for i in range(len(rows)) if targets[i, k] == 1 and scores[i, k] < 0.5)
+        alarms = sorted((-scores[i, k], i) for i in range(len(rows)) if targets[i, k] == 0 and scores[i, k] >= 0.5)
+        for kind, chosen in (("missed", missed[:2]), ("false_alarm", alarms[:2])):
+            for j, (_, i) in enumerate(chosen):
+                name = f"gallery/class{k:03d}_{kind}_{j}.png"
+                thumb = Image.open(report / name)
+                assert thumb.size == (2 * 120 + 4, 120)
+                caption = f"{rows[i][0].name}: p = {scores[i, k]:.2f} (threshold 0.50), "
+                caption += "has the class" if kind == "missed" else "lacks the class"
+                assert f"![{caption}]({name})" in md
+                data = base64.b64encode((report / name).read_bytes()).decode()
+                assert data in page
+            assert not (report / f"gallery/class{k:03d}_{kind}_{len(chosen)}.png").exists()
+    assert "Grad-CAM layer: <code>encoder.model.layer4</code>" in page
+    curves = Image.open(io.BytesIO((report / "training_curves.png").read_bytes()))
+    assert curves.format == "PNG" and "Training curves" in page

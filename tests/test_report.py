@@ -56,7 +56,13 @@ def fast_plots(monkeypatch):
         Image.new("RGB", (4, 3), "red").save(buf, format="PNG")
         return buf.getvalue()
 
-    for name in ("recall_precision_bars", "precision_recall_grid", "cooccurrence_heatmaps"):
+    for name in (
+        "recall_precision_bars",
+        "precision_recall_grid",
+        "reliability_diagram",
+        "training_curves",
+        "cooccurrence_heatmaps",
+    ):
         monkeypatch.setattr(plots_module, name, tiny_png)
 
 
@@ -78,7 +84,7 @@ class _Links(HTMLParser):
         elif tag == "a":
             self.links.append(a["href"])
         elif tag == "tr":
-            self._row, self._floor = [], a.get("class") == "floor"
+            self._row, self._floor = [], "floor" in (a.get("class") or "").split()
         elif tag in ("td", "th"):
             self._cell = []
 
@@ -113,7 +119,7 @@ def test_report_folder_complete_and_consistent(tmp_path):
     page = (out / "report.html").read_text(encoding="utf-8")
     parser = _Links()
     parser.feed(page)
-    assert len(parser.images) == 3
+    assert len(parser.images) == len(report_module.FIGURES)  # no training log, no gallery
     for src in parser.images:
         if src.startswith("data:"):
             header, data = src.split(",", 1)
@@ -137,11 +143,17 @@ def test_report_folder_complete_and_consistent(tmp_path):
     assert {row[1] for row in parser.floor_rows} == expected_under
     table = [row for row in parser.rows if len(row) == len(report_module.PER_CLASS_COLUMNS) and row[1] in NAMES]
     assert len(table) == len(NAMES)
-    shown = [float(row[2]) for row in table if row[2] != "n/a"]
+    shown = [float(row[2].split()[0]) for row in table if row[2] != "n/a"]
     assert shown == sorted(shown) and table[-1][1] == "necrosis"  # recall ascending, the class without positives last
 
     document = json.loads((out / "metrics.json").read_text())
-    assert {k: document[k] for k in metrics} == json.loads(json.dumps(metrics))
+    plain = json.loads(json.dumps(metrics))
+    assert {k: document[k] for k in metrics if k not in ("per_class", "summary")} == {
+        k: v for k, v in plain.items() if k not in ("per_class", "summary")
+    }
+    for written, computed in zip(document["per_class"], plain["per_class"], strict=True):
+        assert {k: written[k] for k in computed} == computed
+    assert {k: document["summary"][k] for k in plain["summary"]} == plain["summary"]
     assert document["meta"] == meta and document["recall_floor"] == 0.8
     evaluated = [c for c in range(len(NAMES)) if targets[:, c].sum() > 0]
     ap = [average_precision_score(targets[:, c], scores[:, c]) for c in evaluated]
@@ -201,7 +213,7 @@ def test_failure_while_writing_keeps_old_report(tmp_path, monkeypatch, fast_plot
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report_module, "_html", boom)  # fails after metrics.json, csv, npz, PNGs, md are written
+    monkeypatch.setattr(report_module, "to_html", boom)  # fails after metrics.json, csv, npz, PNGs, md are written
     with pytest.raises(OSError, match="disk full"):
         write_report(tmp_path / "rep", metrics, scores, targets, NAMES, {"split": "new"})
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before
@@ -242,7 +254,7 @@ def test_render_sorted_by_recall_with_floor_in_red():
     order = [NAMES[c] for c in np.argsort(recall) if targets[:, c].sum() > 0] + ["necrosis"]
     positions = [plain.rindex(f"│ {name}") for name in order]
     assert positions == sorted(positions)
-    assert "under the recall floor of 80 %" in plain and "necrosis" in plain
+    assert "Under the recall floor of 80 %" in plain and "necrosis" in plain
     pairs = list(zip(plain.splitlines(), styled.splitlines(), strict=True))
     table_lines = [(p, s) for p, s in pairs if "│" in p and any(f"│ {n} " in p for n in NAMES)]
     assert len(table_lines) == len(NAMES)

@@ -129,7 +129,7 @@ def test_default_is_named_when_there_is_no_file(run: Path, tmp_path: Path, capsy
 def test_reporting_on_the_tuning_split_warns(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc, err = _evaluate_json(["-c", str(run), "--tune-thresholds", "recall=0.9", "--split", "valid"], capsys)
     assert "warning:" in err and "tuned on the valid split" in err
-    assert doc["warnings"] and doc["operating_point"]["same_split"] is True
+    assert doc["warnings"] and doc["findings"]["lines"][0].startswith("**Caution")
     # the same later, from the saved file
     _evaluate_json(["-c", str(run), "--tune-thresholds", "recall=0.9", "--save"], capsys)
     doc, err = _evaluate_json(["-c", str(run), "--split", "val"], capsys)

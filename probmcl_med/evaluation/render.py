@@ -1,22 +1,46 @@
-"""Rich rendering of evaluation metrics for the terminal: the summary line of the paper's tables and a per-class
-table sorted by recall, classes under the recall floor in red (recall is what a pathologist reads first)."""
+"""Rich rendering of evaluation metrics for the terminal: what the model does at its operating point (the report's
+first lines), the summary line of the paper's tables, and a per-class table sorted by recall, classes under the
+recall floor in red and over-called ones in yellow (recall is what a pathologist reads first)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from probmcl_med.core.metrics import SUMMARY_KEYS, below_recall_floor, sorted_by_recall
+from probmcl_med.core.metrics import SUMMARY_KEYS, sorted_by_recall
+from probmcl_med.evaluation.findings import PRECISION_FLOOR, findings, over_called
 
-PER_CLASS_COLUMNS = ("", "class", "recall %", "precision %", "F1 %", "AP %", "support", "predicted", "TP", "threshold")
+PER_CLASS_COLUMNS = (
+    "",
+    "class",
+    "recall % (95 % CI)",
+    "precision % (95 % CI)",
+    "F1 %",
+    "AP % (95 % CI)",
+    "present",
+    "called",
+    "TP",
+    "ECE %",
+    "threshold",
+)
 UNDER_FLOOR = "UNDER FLOOR"
+OVER_CALLED = "OVER-CALLED"
 
 
 def fmt(x: float | int | None) -> str:
     """A metric for display: one decimal for floats, ``n/a`` for an undefined value (a class without positives)."""
     return "n/a" if x is None else f"{x:.1f}" if isinstance(x, float) else str(x)
+
+
+def fmt_ci(value: float | None, ci: list[float] | None) -> str:
+    """``72.1 (60.3–83.0)``: a value and its interval; the value alone when there is no interval."""
+    if value is None or ci is None:
+        return fmt(value)
+    return f"{value:.1f} ({ci[0]:.1f}–{ci[1]:.1f})"
 
 
 def threshold_text(metrics: dict[str, Any]) -> str:
@@ -26,67 +50,110 @@ def threshold_text(metrics: dict[str, Any]) -> str:
     return f"{which} (positive when {metrics['threshold_rule']})"
 
 
-def per_class_rows(metrics: dict[str, Any], recall_floor: float) -> list[tuple[bool, list[str]]]:
-    """Per-class table rows sorted by recall ascending: (under the floor?, cells in PER_CLASS_COLUMNS order).
+def per_class_rows(
+    metrics: dict[str, Any], recall_floor: float, precision_floor: float = PRECISION_FLOOR
+) -> list[tuple[str, list[str]]]:
+    """Per-class table rows sorted by recall ascending: (marks, cells in PER_CLASS_COLUMNS order).
 
-    The one tabulation behind the terminal table, report.md and report.html. Under-floor rows carry a text marker
-    in the first cell as well as colour, so the mark survives piping, printing and colour blindness.
+    The one tabulation behind the terminal table, report.md and report.html. ``marks`` is ``""``, ``"floor"``
+    (recall under the floor), ``"over"`` (over-called) or ``"floor over"``; the first cell says the same in words,
+    so the mark survives piping, printing and colour blindness. Intervals appear when the metrics carry them
+    (:func:`probmcl_med.evaluation.bootstrap.bootstrap_intervals`).
     """
-    under = set(below_recall_floor(metrics, recall_floor))
+    over = set(over_called(metrics, precision_floor))
     rows = []
     for r in sorted_by_recall(metrics):
-        flag = r["name"] in under
-        cells = [UNDER_FLOOR if flag else "", r["name"]]
-        cells += [fmt(r[k]) for k in ("recall", "precision", "f1", "ap", "support", "predicted", "tp")]
-        rows.append((flag, [*cells, f"{r['threshold']:.4g}"]))
+        under = r["recall"] is not None and r["recall"] < 100.0 * recall_floor
+        marks = " ".join(m for m, on in (("floor", under), ("over", r["name"] in over)) if on)
+        words = ", ".join(w for w, on in ((UNDER_FLOOR, under), (OVER_CALLED, r["name"] in over)) if on)
+        cells = [
+            words,
+            r["name"],
+            fmt_ci(r["recall"], r.get("recall_ci")),
+            fmt_ci(r["precision"], r.get("precision_ci")),
+            fmt(r["f1"]),
+            fmt_ci(r["ap"], r.get("ap_ci")),
+            fmt(r["support"]),
+            fmt(r["predicted"]),
+            fmt(r["tp"]),
+            fmt(r.get("ece")),
+            f"{r['threshold']:.4g}",
+        ]
+        rows.append((marks, cells))
     return rows
 
 
-def render_summary(metrics: dict[str, Any], recall_floor: float, console: Console) -> None:
-    """Print mAP, CP, CR, CF1, OP, OR, OF1 (percent), the threshold, and which classes are under the recall floor.
+def rich_text(line: str) -> str:
+    """A findings line (markdown ``**bold**`` and ```code``` spans) as rich markup, everything else escaped."""
+    text = escape(line)
+    return re.sub(r"`([^`]+)`", r"[cyan]\1[/cyan]", re.sub(r"\*\*(.+?)\*\*", r"[bold]\1[/bold]", text))
+
+
+def render_summary(
+    metrics: dict[str, Any],
+    recall_floor: float,
+    console: Console,
+    precision_floor: float = PRECISION_FLOOR,
+    operating_point: dict[str, Any] | None = None,
+) -> None:
+    """Print what the model does at its operating point (the report's first lines), then mAP, CP, CR, CF1, OP, OR,
+    OF1 (percent; mAP with its interval when known) and the threshold.
 
     Args:
         metrics: the dict from :func:`.metrics.multilabel_metrics`.
         recall_floor: a fraction in [0, 1].
         console: where to print.
+        precision_floor: a fraction; classes called with precision under it are over-called.
+        operating_point: what the thresholds are (see :func:`probmcl_med.evaluation.findings.findings`).
     """
     table = Table(title=f"{metrics['num_samples']} samples, {metrics['num_classes']} classes (percent)")
     for key in SUMMARY_KEYS:
         table.add_column(key, justify="right")
-    table.add_row(*(fmt(metrics["summary"][k]) for k in SUMMARY_KEYS))
+    summary = metrics["summary"]
+    table.add_row(*(fmt_ci(summary[k], summary.get(f"{k}_ci")) for k in SUMMARY_KEYS))
     console.print(table)
     console.print(f"threshold: {threshold_text(metrics)}", highlight=False)
     for item in metrics["excluded_from_map"]:
         console.print(f"[yellow]excluded from mAP/CP/CR:[/yellow] {item['name']}: {item['reason']}", highlight=False)
-    under = below_recall_floor(metrics, recall_floor)
-    if under:
-        console.print(
-            f"[bold red]{len(under)} class(es) under the recall floor of {100 * recall_floor:g} %:[/bold red] "
-            + ", ".join(under),
-            highlight=False,
-        )
-    else:
-        console.print(f"[green]every class reaches the recall floor of {100 * recall_floor:g} %[/green]")
+    for line in findings(metrics, recall_floor, precision_floor, operating_point).lines:
+        console.print(rich_text(line), highlight=False)
 
 
-def render_per_class_table(metrics: dict[str, Any], recall_floor: float, console: Console) -> None:
-    """Print a per-class table sorted by recall ascending (worst first), rows under the recall floor in red.
+def render_per_class_table(
+    metrics: dict[str, Any], recall_floor: float, console: Console, precision_floor: float = PRECISION_FLOOR
+) -> None:
+    """Print a per-class table sorted by recall ascending (worst first), rows under the recall floor in red and
+    over-called rows in yellow.
 
     Args:
         metrics: the dict from :func:`.metrics.multilabel_metrics`.
         recall_floor: a fraction in [0, 1].
         console: where to print.
+        precision_floor: a fraction; classes called with precision under it are over-called.
     """
-    rows = per_class_rows(metrics, recall_floor)
+    rows = per_class_rows(metrics, recall_floor, precision_floor)
     table = Table(title=f"Per class, lowest recall first (floor {100 * recall_floor:g} %)")
     for i, col in enumerate(PER_CLASS_COLUMNS):
         # Class names and numbers are never cut: a pathologist must read every name and every recall.
         longest = max((len(cells[i]) for _, cells in rows), default=0)
         table.add_column(col, justify="left" if i < 2 else "right", no_wrap=True, min_width=max(longest, len(col), 1))
-    for flag, cells in rows:
-        table.add_row(*cells, style="bold red" if flag else None)
-    # A terminal wraps at its width; piped output (a log, `make demo`) gets the table's natural width instead of 80.
+    for marks, cells in rows:
+        style = "bold red" if "floor" in marks else "yellow" if "over" in marks else None
+        table.add_row(*(escape(c) for c in cells), style=style)
+    print_table(table, console)
+
+
+def print_table(table: Table, console: Console) -> None:
+    """Print ``table`` at the terminal's width, or, when piped (a log, `make demo`), at its natural width instead of
+    80 columns, so that no name or number is cut."""
     if console.is_terminal:
         console.print(table)
-    else:
-        console.print(table, width=max(console.width, console.measure(table).maximum), crop=False)
+        return
+    # print(width=) is capped at the console's width, so the console is widened for this one table
+    natural = console.measure(table, options=console.options.update(max_width=100_000)).maximum
+    width = console.width
+    console.width = max(width, natural)
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width

@@ -8,7 +8,7 @@
    it was trained on). A dataset whose classes differ from the checkpoint's is a one-line CheckpointError.
 2. :func:`score_split` runs the model over it (:func:`probmcl_med.inference.loop.run_bundle`: batched, no grad, GPU
    when present) and returns (N, C) probabilities and (N, C) labels.
-3. :func:`evaluate_checkpoint` adds the metrics, optionally tunes
+3. :func:`evaluate_checkpoint` adds the metrics with their bootstrap intervals and calibration, optionally tunes
    per-class thresholds on the validation split for a recall target (written to ``RUN/thresholds.json`` only when
    asked, never into ``model.pt``), and the model cost; it says which thresholds it used, and warns when it reports
    on the split the thresholds were tuned on.
@@ -31,7 +31,10 @@ from probmcl_med.data.datasets import build_dataset
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import CheckpointError, DataError
 from probmcl_med.evaluation.complexity import model_cost
+from probmcl_med.evaluation.gallery import DEFAULT_PER_KIND, build_gallery
+from probmcl_med.evaluation.report import add_statistics, write_report
 from probmcl_med.evaluation.thresholds import threshold_tradeoff, tune_thresholds
+from probmcl_med.fileio import read_json_lines
 from probmcl_med.inference.inputs import eval_transform, make_loader
 from probmcl_med.inference.loop import ProgressHook, run_bundle
 from probmcl_med.inference.predict import decision_thresholds, describe_thresholds
@@ -163,7 +166,7 @@ class Evaluation:
         tradeoff: :func:`~probmcl_med.evaluation.thresholds.threshold_tradeoff` vs 0.5 when thresholds were tuned.
         cost: :class:`~probmcl_med.evaluation.complexity.ModelCost` of encoder + head.
         meta: the report header (checkpoint, dataset, split, thresholds, model cost, ...).
-        bundle: the loaded model.
+        bundle: the loaded model (for the report's Grad-CAM gallery).
         warnings: what the user should know before reading the numbers (one line each).
         saved: the thresholds file written (``--save``), or None.
     """
@@ -276,6 +279,7 @@ def evaluate_checkpoint(
         )
     test = score_split(bundle, split, progress=progress, **kwargs)
     metrics = multilabel_metrics(test.scores, test.targets, threshold=thresholds, class_names=bundle.class_names)
+    metrics = add_statistics(metrics, test.scores, test.targets)
     cost = model_cost(bundle.classifier(), bundle.image_size)
     meta: dict[str, Any] = {
         "checkpoint": str(path),
@@ -296,4 +300,44 @@ def evaluate_checkpoint(
     metrics["operating_point"] = op
     return Evaluation(
         metrics, test, np.asarray(thresholds, dtype=np.float64), source, tradeoff, cost, meta, bundle, warnings, saved
+    )
+
+
+def read_training_log(checkpoint: str | Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` beside the model (one JSON object per epoch per stage); [] when absent.
+
+    Torn or non-JSON lines (a run killed mid-write) are skipped; records without an integer ``epoch`` too.
+    """
+    path = resolve_bundle_path(checkpoint).parent / "metrics.jsonl"
+    return [r for r in read_json_lines(path) if isinstance(r.get("epoch"), int)]
+
+
+def write_checkpoint_report(
+    out_dir: str | Path,
+    result: Evaluation,
+    recall_floor: float = 0.8,
+    precision_floor: float = 0.5,
+    gallery: int = DEFAULT_PER_KIND,
+) -> Path:
+    """The report folder of an :func:`evaluate_checkpoint` result: its metrics, the training curves from the run's
+    ``metrics.jsonl`` and, with ``gallery`` > 0, the most confident mistakes per class with their Grad-CAM
+    (:func:`~probmcl_med.evaluation.gallery.build_gallery`). See :func:`~probmcl_med.evaluation.report.write_report`.
+    """
+    test = result.test
+    examples = None
+    if gallery > 0 and test.dataset is not None and test.indices is not None:
+        examples = build_gallery(
+            result.bundle, test.dataset, test.indices, test.scores, test.targets, result.thresholds, gallery
+        )
+    return write_report(
+        out_dir,
+        result.metrics,
+        test.scores,
+        test.targets,
+        list(result.bundle.class_names),
+        result.meta,
+        recall_floor,
+        precision_floor=precision_floor,
+        training_log=read_training_log(result.meta["checkpoint"]),
+        gallery=examples,
     )
