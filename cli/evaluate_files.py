@@ -35,6 +35,7 @@ def evaluate_files(
     json_out: bool,
     console: Console | None = None,
     precision_floor: float = 0.5,
+    resamples: int = 1000,
 ) -> int:
     """Load scores and targets, compute the metrics, print them, and write a report folder if asked.
 
@@ -47,6 +48,7 @@ def evaluate_files(
         json_out: print the metrics dict as JSON on stdout instead of tables (for scripts).
         console: where tables go (stdout by default).
         precision_floor: a fraction in [0, 1]; classes called with precision under it are over-called.
+        resamples: bootstrap resamples for the 95 % intervals (0: none).
 
     Returns:
         0. Bad input raises :class:`probmcl_med.errors.UserError` (DataError) for ``main()`` to print in one line.
@@ -56,7 +58,7 @@ def evaluate_files(
     s, t, names = load_scores_targets(scores, targets)
     source = f"--threshold {threshold:g} for every class" if threshold is not None else "0.5 for every class (default)"
     metrics = multilabel_metrics(s, t, threshold=0.5 if threshold is None else threshold, class_names=names)
-    metrics = add_statistics(metrics, s, t)
+    metrics = add_statistics(metrics, s, t, resamples=resamples)
     metrics["operating_point"] = {"tuned": False, "description": source, "checkpoint": None}
     if report is not None:
         meta = {

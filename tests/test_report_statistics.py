@@ -132,3 +132,14 @@ def test_add_statistics_keeps_the_metrics_and_adds_the_keys() -> None:
     for row, plain in zip(full["per_class"], metrics["per_class"], strict=True):
         assert {k: row[k] for k in plain} == plain and {"recall_ci", "precision_ci", "ap_ci", "ece"} <= set(row)
     assert full["bootstrap"]["resamples"] == 20 and "reliability" in full["calibration"]
+
+
+def test_no_bootstrap_gives_no_intervals_and_the_report_still_reads(tmp_path) -> None:
+    scores, targets = _data()
+    metrics = add_statistics(multilabel_metrics(scores, targets), scores, targets, resamples=0)
+    assert metrics["bootstrap"] is None and metrics["summary"]["mAP_ci"] is None
+    assert all(r["recall_ci"] is None and r["ece"] is not None for r in metrics["per_class"])
+    out = write_report(tmp_path / "rep", metrics, scores, targets, [f"c{i}" for i in range(4)], {})
+    cells = (out / "per_class.csv").read_text().splitlines()[1].split(",")
+    assert cells[2:4] == ["", ""]  # ap_lo, ap_hi empty
+    assert "Intervals:" not in (out / "report.md").read_text()

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from probmcl_med.core.metrics import SUMMARY_KEYS, as_numpy, below_recall_floor, check_recall_floor
+from probmcl_med.errors import DataError
 from probmcl_med.evaluation import plots
 from probmcl_med.evaluation.bootstrap import bootstrap_intervals
 from probmcl_med.evaluation.calibration import calibration_summary
@@ -116,11 +117,18 @@ def add_statistics(
     """``metrics`` with 95 % bootstrap intervals and calibration added (a new dict; ``metrics`` is not changed).
 
     Adds per class ``recall_ci``, ``precision_ci``, ``ap_ci`` ([lo, hi] percent or None) and ``ece`` (percent);
-    ``summary.mAP_ci``; ``bootstrap`` (the method) and ``calibration`` (overall ECE and the reliability table). The
-    intervals are at the thresholds the metrics were computed with.
+    ``summary.mAP_ci``; ``bootstrap`` (the method; None with ``resamples=0``, which leaves every interval None) and
+    ``calibration`` (overall ECE and the reliability table). The intervals are at the thresholds the metrics were
+    computed with.
     """
+    if resamples < 0:
+        raise DataError(f"--bootstrap {resamples}: give a number of resamples, or 0 for no intervals")
     thresholds = np.array([r["threshold"] for r in metrics["per_class"]])
-    intervals = bootstrap_intervals(scores, targets, thresholds, resamples=resamples, seed=seed)
+    if resamples:
+        intervals = bootstrap_intervals(scores, targets, thresholds, resamples=resamples, seed=seed)
+    else:
+        none = dict.fromkeys(("recall_ci", "precision_ci", "ap_ci"))
+        intervals = {"per_class": [dict(none) for _ in metrics["per_class"]], "mAP_ci": None, "method": None}
     calibration = calibration_summary(scores, targets)
     per_class = [
         {**row, **ci, "ece": ece}

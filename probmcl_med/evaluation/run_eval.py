@@ -205,6 +205,7 @@ def evaluate_checkpoint(
     threshold: float | None = None,
     tune_recall: float | None = None,
     save: bool = False,
+    resamples: int = 1000,
     batch_size: int = 64,
     device: Any = "auto",
     workers: int | None = None,
@@ -222,6 +223,7 @@ def evaluate_checkpoint(
             ``threshold``.
         save: with ``tune_recall``, write the tuned thresholds to ``thresholds.json`` beside ``model.pt``
             (atomically; ``model.pt`` is never rewritten). Without it, nothing is written.
+        resamples: bootstrap resamples for the 95 % intervals (0: none).
         batch_size: images per forward pass.
         device: auto (GPU when present), cpu, cuda:N.
         workers: DataLoader workers (None: the run config's ``workers``).
@@ -279,7 +281,7 @@ def evaluate_checkpoint(
         )
     test = score_split(bundle, split, progress=progress, **kwargs)
     metrics = multilabel_metrics(test.scores, test.targets, threshold=thresholds, class_names=bundle.class_names)
-    metrics = add_statistics(metrics, test.scores, test.targets)
+    metrics = add_statistics(metrics, test.scores, test.targets, resamples=resamples)
     cost = model_cost(bundle.classifier(), bundle.image_size)
     meta: dict[str, Any] = {
         "checkpoint": str(path),
