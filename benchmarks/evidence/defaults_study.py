@@ -270,8 +270,8 @@ def selection(ctx: dict) -> dict[str, dict[str, str]]:
     if path.is_file():
         return json.loads(path.read_text())
     chosen = {}
-    for dataset in ctx["datasets"]:
-        for init in ctx["inits"]:
+    for dataset in DATASETS:  # every block, whatever --datasets this call runs: the file is written once, complete
+        for init in INITS:
             scores = {}
             for arm in [*GRID_ARMS[1:], *EXTRA_ARMS]:
                 result = ctx["out"] / "grid" / dataset / init / f"{arm}__seed0" / "result.json"
@@ -282,7 +282,7 @@ def selection(ctx: dict) -> dict[str, dict[str, str]]:
                 loss, aug, *schedule = best.split("-")
                 pick = {"loss": loss, "augment": aug, "schedule": schedule[0] if schedule else "onecycle"}
                 chosen[f"{dataset}/{init}"] = {**pick, "arm": best, "valid_mAP": scores[best]}
-    if len(chosen) == len(ctx["datasets"]) * len(ctx["inits"]):
+    if len(chosen) == len(DATASETS) * len(INITS):
         path.write_text(json.dumps(chosen, indent=2) + "\n")
     return chosen
 
