@@ -60,6 +60,11 @@ class DatasetConfig(_Section):
         "encoder", description="mean/std: the encoder's (timm config), the dataset's own (e.g. ADP), or none"
     )
     skip_bad: bool = Field(False, description="skip unreadable samples (each logged and counted) instead of failing")
+    stain_normalize: str | None = Field(
+        None,
+        description="Macenko stain normalisation to the stains of this H&E image or folder of images (fitted once; "
+        "the reference travels in model.pt, so evaluate and predict apply the same)",
+    )
 
     @field_validator("name")
     @classmethod

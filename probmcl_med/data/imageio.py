@@ -25,6 +25,14 @@ from probmcl_med.errors import DataError
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm")
 """File endings that OpenSlide reads (used to tell a slide path from an image path in a manifest)."""
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+"""Extensions listed as images in a folder (case-insensitive)."""
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Files with an image extension (:data:`IMAGE_SUFFIXES`) directly inside ``folder``, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
 
 def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file to RGB.
@@ -125,6 +133,10 @@ def open_slide(path: str | Path) -> Any:
     try:
         return openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError:
+        if path.suffix.lower() in (".tif", ".tiff"):  # a plain (untiled or single-level) TIFF: read piecewise
+            from probmcl_med.data.plaintiff import PlainTiff
+
+            return PlainTiff(path)
         raise DataError(
             f"slide {path} is not a format OpenSlide reads (SVS, tiled pyramidal TIFF, NDPI, MRXS, ...); "
             "convert it, e.g. to a tiled pyramidal TIFF"
@@ -169,7 +181,8 @@ def read_slide_region(location: dict[str, Any], cache: SlideCache | None = None)
 
     Args:
         location: ``{"path", "x", "y", "level", "size"}``: x, y in level-0 pixels; ``size`` an int or (w, h) in
-            pixels of ``level`` (default level 0).
+            pixels of ``level`` (default level 0); optional ``out_size`` (int or (w, h)): the region is resized to it
+            (bilinear, antialiased by PIL), e.g. to reach a requested microns per pixel.
         cache: slide cache (default: the process-wide :data:`SLIDES`).
 
     Returns:
@@ -186,8 +199,13 @@ def read_slide_region(location: dict[str, Any], cache: SlideCache | None = None)
     slide_location_check(slide, path, x, y, level, width, height)
     try:
         region = slide.read_region((x, y), level, (width, height))
+    except DataError:
+        raise
     except Exception as exc:  # openslide.OpenSlideError: a corrupt tile deep inside the file
         raise DataError(f"slide {path}: reading x={x}, y={y} at level {level} failed ({exc})") from None
+    out_size = location.get("out_size")
+    if out_size is not None and patch_size(out_size) != (width, height):  # read at a level, resized to a given mpp
+        region = region.resize(patch_size(out_size), Image.Resampling.BILINEAR)
     return rgba_to_rgb(np.asarray(region))
 
 

@@ -30,6 +30,7 @@ from torchvision.transforms.v2 import functional as tvf
 
 from probmcl_med.data.augment import AugmentImaged, build_policy
 from probmcl_med.data.imageio import read_any
+from probmcl_med.data.stain import StainNormalized, StainReference
 
 KeysType = str | Sequence[Hashable]
 
@@ -139,8 +140,10 @@ def build_train_transform(
     vflip: bool = False,
     *,
     seed: int | None = None,
+    stain: StainReference | Mapping[str, Any] | None = None,
 ) -> Compose:
-    """Training pipeline: load -> (3, H, W) uint8 -> resize -> augmentation policy -> normalise -> label.
+    """Training pipeline: load -> (stain normalisation) -> (3, H, W) uint8 -> resize -> augmentation policy ->
+    normalise -> label.
 
     Args:
         image_size: side of the square output, pixels.
@@ -149,6 +152,8 @@ def build_train_transform(
         num_ops, magnitude: RandAugment's N and M (``randaugment`` only).
         hflip, vflip: random flips of the ``flip`` and ``randaugment`` policies, probability 0.5 each.
         seed: seed of the random parts (None: MONAI's ``set_determinism`` seed, as every MONAI Compose).
+        stain: a Macenko stain reference (:class:`~probmcl_med.data.stain.StainReference` or its dict) applied to
+            every image right after loading, or None.
 
     Returns:
         A MONAI Compose: item dict -> ``{"image": (3, S, S) float32, "label": (C,) float32, ...}``.
@@ -158,6 +163,7 @@ def build_train_transform(
     return _compose(
         [
             ReadImaged(),
+            *_stain(stain),
             ToTensorImaged(),
             ResizeImaged(image_size),
             *augment,
@@ -168,11 +174,28 @@ def build_train_transform(
     )
 
 
-def build_eval_transform(image_size: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> Compose:
-    """Deterministic pipeline: load -> resize to (3, S, S) -> normalise -> label tensor."""
+def build_eval_transform(
+    image_size: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    stain: StainReference | Mapping[str, Any] | None = None,
+) -> Compose:
+    """Deterministic pipeline: load -> (stain normalisation) -> resize to (3, S, S) -> normalise -> label tensor."""
     return _compose(
-        [ReadImaged(), ToTensorImaged(), ResizeImaged(image_size), NormalizeImaged(mean, std), LabelToTensord()], None
+        [
+            ReadImaged(),
+            *_stain(stain),
+            ToTensorImaged(),
+            ResizeImaged(image_size),
+            NormalizeImaged(mean, std),
+            LabelToTensord(),
+        ],
+        None,
     )
+
+
+def _stain(reference: StainReference | Mapping[str, Any] | None) -> list[Callable]:
+    return [] if reference is None else [StainNormalized(reference)]
 
 
 class TwoViews(Randomizable):

@@ -19,12 +19,10 @@ from torch.utils.data import DataLoader, Dataset
 from probmcl_med.bundle import ModelBundle
 from probmcl_med.data.base import find_data_error
 from probmcl_med.data.base import make_loader as data_loader
+from probmcl_med.data.imageio import IMAGE_SUFFIXES, image_files
 from probmcl_med.data.transforms import build_eval_transform
 from probmcl_med.errors import DataError
 from probmcl_med.threads import configure_threads
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-"""Extensions listed as images in a folder (case-insensitive)."""
 
 SLIDE_ONLY_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".svslide", ".bif")
 """Extensions that only ever name whole slides (a ``.tif`` may be either; OpenSlide's format detection decides)."""
@@ -62,7 +60,7 @@ def list_images(folder: str | Path) -> list[Path]:
         DataError: the folder holds no file with an image extension (:data:`IMAGE_SUFFIXES`).
     """
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise DataError(
             f"folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); give a folder of images, one image "
