@@ -38,8 +38,8 @@ def demo(root: str | None = None, split: str = "train", **options: Any) -> Multi
 def csv(root: str | None, split: str = "train", **options: Any) -> MultiLabelDataset:
     """Your own images + a labels CSV (0/1 columns or a |-separated labels column; optional split column).
 
-    Options: csv, image_column, labels_column, classes, split_column, images_dir, seed, valid_fraction,
-    test_fraction, skip_bad (see probmcl_med.data.csv_dataset).
+    Options: csv, image_column, labels_column, classes, split_column, group_column, images_dir, seed,
+    valid_fraction, test_fraction, skip_bad (see probmcl_med.data.csv_dataset).
     """
     return load_csv_dataset(root, split, **_known(options, load_csv_dataset, "csv"))
 
@@ -67,8 +67,8 @@ def coco(root: str | None, split: str = "train", **options: Any) -> MultiLabelDa
 def slides(root: str | None, split: str = "train", **options: Any) -> MultiLabelDataset:
     """Patches read lazily from whole-slide images (OpenSlide) listed in a manifest of slide, x, y, level, size, labels.
 
-    Options: manifest, classes, labels_column, size, level, split_column, seed, valid_fraction, test_fraction,
-    skip_bad (see probmcl_med.data.slides).
+    Options: manifest, classes, labels_column, size, level, mpp, slide_mpp, split_column, seed, valid_fraction,
+    test_fraction, skip_bad (see probmcl_med.data.slides).
     """
     return load_slides(root, split, **_known(options, load_slides, "slides"))
 

@@ -17,7 +17,14 @@ Patches are read lazily through ``openslide.OpenSlide.read_region``; each slide 
 outside its slide fails at once with the manifest row, not hours into training.
 
 The grid tiler :func:`tile_slide` lists the patch locations of one slide for prediction, keeping those whose tissue
-fraction (Otsu threshold on the saturation of a low-resolution thumbnail) reaches ``tissue_threshold``.
+fraction (Otsu threshold on the saturation of a low-resolution thumbnail) reaches ``tissue_threshold``. The thumbnail
+is built region by region (:func:`slide_thumbnail`), so a one-level 20 000-pixel image is never decoded whole.
+
+Microns per pixel (option ``mpp``, ``predict --mpp``): slides from different scanners differ in level-0 resolution,
+so a patch of N level-0 pixels covers different tissue on each. With ``mpp`` a patch is N pixels *at that many
+microns per pixel*: the slide's own resolution comes from OpenSlide's ``openslide.mpp-x``/``-y`` (or ``slide_mpp``
+when the file has none), the region is read at the coarsest level still at least as fine as ``mpp`` and resized
+(:func:`plan_mpp`, :class:`MppPlan`; the location then carries ``out_size``). 224 px at 0.5 um/px covers 112 um.
 """
 
 from __future__ import annotations
@@ -111,8 +118,15 @@ def load_slides(
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
     skip_bad: bool = False,
+    mpp: float | None = None,
+    slide_mpp: float | None = None,
 ) -> MultiLabelDataset:
-    """Labelled slide patches from a manifest (layout in the module docstring)."""
+    """Labelled slide patches from a manifest (layout in the module docstring).
+
+    With ``mpp`` (microns per pixel), ``size`` is the patch side in pixels at that resolution and each slide is read
+    at its own level nearest above it (:func:`plan_mpp`), so a patch covers the same tissue on every scanner;
+    ``slide_mpp`` stands in for slides that do not record their resolution.
+    """
     folder = check_root(root, "slides")
     path = _find_manifest(folder, manifest)
     header, rows = read_manifest(path)
@@ -123,6 +137,11 @@ def load_slides(
         if needed not in lower:
             raise DataError(f"{path}: no '{needed}' column (level-0 pixels); columns found: {', '.join(header)}")
     level_col, size_col = lower.get("level"), lower.get("size")
+    if mpp is not None and level_col is not None:
+        raise DataError(
+            f"{path}: a 'level' column and dataset.options.mpp={mpp} both choose the resolution; drop the column "
+            "(with mpp each slide is read at the level nearest its mpp) or the option"
+        )
     split_col = lower.get((split_column or "split").lower())
     if split_column and split_col is None:
         raise DataError(f"{path}: no split column '{split_column}'; columns found: {', '.join(header)}")
@@ -147,6 +166,9 @@ def load_slides(
         }
         try:
             slide = SLIDES.get(location["path"])
+            if mpp is not None:
+                plan = plan_mpp(slide, location["path"], mpp, location["size"], slide_mpp)
+                location.update(level=plan.level, size=plan.read_size, out_size=plan.size)
             slide_location_check(
                 slide,
                 location["path"],
@@ -214,21 +236,150 @@ def tissue_mask(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     return sat > threshold, threshold
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Microns per pixel
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def level0_mpp(slide: Any, path: str | Path, override: float | None = None) -> float:
+    """Microns per pixel of level 0: ``override`` when given, else OpenSlide's ``openslide.mpp-x``/``-y`` (mean).
+
+    Raises:
+        DataError: the slide records no resolution and no override is given, or a value is not positive.
+    """
+    if override is not None:
+        if not float(override) > 0:
+            raise DataError(f"slide {path}: --slide-mpp {override} must be a positive number of microns per pixel")
+        return float(override)
+    props = getattr(slide, "properties", {}) or {}
+    values = []
+    for key in ("openslide.mpp-x", "openslide.mpp-y"):
+        try:
+            values.append(float(props[key]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    values = [v for v in values if v > 0]
+    if not values:
+        raise DataError(
+            f"slide {path} records no microns per pixel (no openslide.mpp-x property); give the scan's resolution "
+            "with --slide-mpp (dataset.options.slide_mpp), e.g. 0.25 for 40x or 0.5 for 20x"
+        )
+    return float(np.mean(values))
+
+
+@dataclass(frozen=True)
+class MppPlan:
+    """How patches of ``size`` pixels at ``mpp`` microns per pixel are read from one slide.
+
+    Attributes:
+        mpp: requested microns per pixel of the patches.
+        slide_mpp: microns per pixel of the slide's level 0.
+        level: the pyramid level read: the coarsest whose resolution is at least the requested one (its mpp at most
+            ``mpp``), level 0 when even level 0 is coarser (then patches are upsampled).
+        level_mpp: microns per pixel of ``level``.
+        size: patch side at ``mpp``, pixels (what the reader returns).
+        read_size: side of the region read at ``level``, ``round(size * mpp / level_mpp)`` pixels.
+    """
+
+    mpp: float
+    slide_mpp: float
+    level: int
+    level_mpp: float
+    size: int
+    read_size: int
+
+    @property
+    def extent(self) -> float:
+        """Side of the region read, in level-0 pixels (``read_size`` times the level's downsample)."""
+        return self.read_size * self.level_mpp / self.slide_mpp
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mpp": self.mpp, "slide_mpp": self.slide_mpp, "level": self.level, "level_mpp": self.level_mpp,
+                "size": self.size, "read_size": self.read_size}  # fmt: skip
+
+
+def plan_mpp(slide: Any, path: str | Path, mpp: float, size: int, slide_mpp_override: float | None = None) -> MppPlan:
+    """Choose the level and region size that give ``size``-pixel patches at ``mpp`` microns per pixel (MppPlan).
+
+    A level's mpp is ``slide_mpp * level_downsample``; a level within 0.1 % of the request counts as reaching it (so
+    a 0.2500 and a 0.2502 um/px scan read the same level).
+    """
+    if not float(mpp) > 0:
+        raise DataError(f"slide {path}: mpp {mpp} must be a positive number of microns per pixel")
+    base = level0_mpp(slide, path, slide_mpp_override)
+    level = 0
+    for k, ds in enumerate(slide.level_downsamples):
+        if base * float(ds) <= float(mpp) * 1.001:
+            level = k
+    level_mpp = base * float(slide.level_downsamples[level])
+    read_size = max(1, round(size * float(mpp) / level_mpp))
+    if level_mpp > float(mpp) * 1.001:
+        logger.warning(
+            "slide %s: scanned at %.4g um/px, coarser than the requested %.4g um/px; patches are upsampled",
+            path, base, mpp,
+        )  # fmt: skip
+    return MppPlan(float(mpp), base, level, level_mpp, int(size), int(read_size))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Thumbnails without decoding a whole level
+# ---------------------------------------------------------------------------------------------------------------------
+
+THUMBNAIL_READ_PIXELS = 4096 * 4096
+"""Largest region read at once to build a thumbnail (a level above this is read in bands of this many pixels)."""
+
+
+def slide_thumbnail(slide: Any, size: int) -> np.ndarray:
+    """(h, w, 3) uint8 RGB thumbnail whose longer side is at most ``size``, with bounded memory.
+
+    OpenSlide's ``get_thumbnail`` reads the best level whole, which for a one-level 20 000-pixel image is 1.6 GB of
+    RGBA. Here the level is read in regions of at most :data:`THUMBNAIL_READ_PIXELS` pixels, each shrunk (PIL,
+    bilinear with antialiasing) into its exact share of the thumbnail; small levels go through OpenSlide directly.
+    """
+    from PIL import Image
+
+    from probmcl_med.data.imageio import rgba_to_rgb
+
+    width, height = slide.dimensions
+    scale = max(width / size, height / size, 1.0)
+    tw, th = max(1, round(width / scale)), max(1, round(height / scale))
+    level = slide.get_best_level_for_downsample(scale)
+    lw, lh = slide.level_dimensions[level]
+    ds = float(slide.level_downsamples[level])
+    if lw * lh <= THUMBNAIL_READ_PIXELS and hasattr(slide, "get_thumbnail"):
+        return np.asarray(slide.get_thumbnail((size, size)).convert("RGB"))
+    thumb = np.zeros((th, tw, 3), dtype=np.uint8)
+    fx, fy = lw / tw, lh / th  # level pixels per thumbnail pixel
+    band = max(1, int(np.sqrt(THUMBNAIL_READ_PIXELS) / max(fx, fy)))  # thumbnail pixels per band side
+    for r0 in range(0, th, band):
+        for c0 in range(0, tw, band):
+            r1, c1 = min(r0 + band, th), min(c0 + band, tw)
+            x0, x1 = round(c0 * fx), min(round(c1 * fx), lw)
+            y0, y1 = round(r0 * fy), min(round(r1 * fy), lh)
+            region = slide.read_region((round(x0 * ds), round(y0 * ds)), level, (max(x1 - x0, 1), max(y1 - y0, 1)))
+            small = region.resize((c1 - c0, r1 - r0), Image.Resampling.BILINEAR)
+            thumb[r0:r1, c0:c1] = rgba_to_rgb(np.asarray(small))
+    return thumb
+
+
 @dataclass
 class SlideGrid:
     """The patch grid of one slide for prediction, with the tissue mask for heat maps.
 
     Attributes:
         path: the slide file.
-        level: pyramid level the patches are read at; ``patch_size``/``stride`` are in pixels of that level.
-        patch_size, stride: patch side and step, pixels of ``level``.
-        locations: kept patches, each ``{"x", "y", "level", "size", "tissue_fraction"}`` (x, y in level-0 pixels).
+        level: pyramid level the patches are read at.
+        patch_size, stride: patch side and step, pixels of ``level`` (with an mpp plan: pixels at its mpp).
+        locations: kept patches, each ``{"x", "y", "level", "size", "tissue_fraction"}`` (x, y in level-0 pixels;
+            ``size``: the region read, pixels of ``level``); with an mpp plan also ``out_size`` (``patch_size``).
         mask: (h, w) bool tissue mask at thumbnail resolution.
         thumbnail: (h, w, 3) uint8 RGB thumbnail the mask was computed on.
         downsample: (sx, sy): level-0 pixels per thumbnail pixel along x and y.
         dimensions: (W, H) of level 0.
         level_downsample: level-0 pixels per pixel of ``level``.
         threshold: the saturation threshold used.
+        candidates: patches in the full grid, before the tissue filter.
+        mpp_plan: how patches are read at a requested mpp (:class:`MppPlan`), or None (level pixels).
     """
 
     path: str
@@ -243,14 +394,20 @@ class SlideGrid:
     level_downsample: float
     threshold: float
     candidates: int = field(default=0)
+    mpp_plan: MppPlan | None = None
 
     def items(self) -> list[dict[str, Any]]:
-        """Dataset items ``{"image": {"path", "x", "y", "level", "size"}, "location": index}`` of the kept patches."""
+        """Dataset items ``{"image": {"path", "x", "y", "level", "size", "out_size"?}, "location": index}``."""
+        keys = ("x", "y", "level", "size", "out_size")
         return [
-            {"image": {"path": self.path, "x": loc["x"], "y": loc["y"], "level": loc["level"], "size": loc["size"]},
-             "location": i}
+            {"image": {"path": self.path, **{k: loc[k] for k in keys if k in loc}}, "location": i}
             for i, loc in enumerate(self.locations)
-        ]  # fmt: skip
+        ]
+
+    @property
+    def extent(self) -> float:
+        """Side of a patch in level-0 pixels."""
+        return self.mpp_plan.extent if self.mpp_plan is not None else self.patch_size * self.level_downsample
 
     def to_thumbnail(self, x: float, y: float) -> tuple[float, float]:
         """Level-0 coordinates -> thumbnail pixel coordinates (for drawing heat maps)."""
@@ -264,22 +421,32 @@ def tile_slide(
     stride: int | None = None,
     tissue_threshold: float = 0.5,
     thumbnail_size: int = 1024,
+    *,
+    mpp: float | None = None,
+    slide_mpp: float | None = None,
 ) -> SlideGrid:
     """List the patch locations of a slide on a regular grid, keeping the patches that are mostly tissue.
 
     Args:
-        path: slide file (anything OpenSlide reads).
-        patch_size: patch side in pixels of ``level``.
-        level: pyramid level the patches will be read at.
-        stride: grid step in pixels of ``level`` (default ``patch_size``: no overlap).
+        path: slide file (anything OpenSlide reads, or a plain TIFF: :class:`~probmcl_med.data.plaintiff.PlainTiff`).
+        patch_size: patch side in pixels of ``level``, or with ``mpp`` in pixels at ``mpp`` microns per pixel.
+        level: pyramid level the patches will be read at (ignored with ``mpp``: the level comes from the mpp).
+        stride: grid step in pixels of the patches (default ``patch_size``: no overlap).
         tissue_threshold: minimum fraction of tissue pixels (by the thumbnail mask) under a patch; 0 keeps all.
         thumbnail_size: the longer side of the thumbnail the mask is computed on, pixels.
+        mpp: read patches at this many microns per pixel (:func:`plan_mpp`): each location then has ``size`` (the
+            region side at the chosen level) and ``out_size`` (``patch_size``, what the reader resizes to).
+        slide_mpp: level-0 microns per pixel when the slide does not record it (or to override it).
 
     Raises:
-        DataError: unreadable slide, a level it lacks, a patch larger than the slide.
+        DataError: unreadable slide, a level it lacks, a patch larger than the slide, no mpp to plan with.
     """
     path = str(path)
     slide = SLIDES.get(path)
+    plan = None
+    if mpp is not None:
+        plan = plan_mpp(slide, path, mpp, patch_size, slide_mpp)
+        level = plan.level
     if not 0 <= level < slide.level_count:
         raise DataError(f"slide {path}: level {level} does not exist (the slide has levels 0..{slide.level_count - 1})")
     stride = int(stride or patch_size)
@@ -287,10 +454,14 @@ def tile_slide(
         raise DataError(f"slide {path}: patch size {patch_size} and stride {stride} must be positive")
     width, height = slide.dimensions
     ds = float(slide.level_downsamples[level])
-    extent, step = patch_size * ds, stride * ds
+    if plan is None:
+        extent, step, read_size = patch_size * ds, stride * ds, patch_size
+    else:
+        extent, step, read_size = plan.extent, stride * plan.mpp / plan.slide_mpp, plan.read_size
     if extent > width + 0.5 * ds or extent > height + 0.5 * ds:
-        raise DataError(f"slide {path}: a {patch_size}-pixel patch at level {level} is larger than the slide")
-    thumb = np.asarray(slide.get_thumbnail((thumbnail_size, thumbnail_size)).convert("RGB"))
+        what = f"at level {level}" if plan is None else f"at {plan.mpp:g} um/px"
+        raise DataError(f"slide {path}: a {patch_size}-pixel patch {what} is larger than the slide")
+    thumb = slide_thumbnail(slide, thumbnail_size)
     mask, threshold = tissue_mask(thumb)
     th, tw = mask.shape
     sx, sy = width / tw, height / th
@@ -307,15 +478,11 @@ def tile_slide(
             tissue = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
             fraction = float(tissue / area) if area > 0 else 0.0
             if fraction >= tissue_threshold:
-                locations.append(
-                    {
-                        "x": round(float(x)),
-                        "y": round(float(y)),
-                        "level": level,
-                        "size": patch_size,
-                        "tissue_fraction": fraction,
-                    }
-                )
+                location = {"x": round(float(x)), "y": round(float(y)), "level": level, "size": read_size}
+                if plan is not None:
+                    location["out_size"] = patch_size
+                location["tissue_fraction"] = fraction
+                locations.append(location)
     return SlideGrid(
         path=path,
         level=level,
@@ -329,6 +496,7 @@ def tile_slide(
         level_downsample=ds,
         threshold=threshold,
         candidates=len(xs) * len(ys),
+        mpp_plan=plan,
     )
 
 

@@ -1,0 +1,158 @@
+"""Large plain TIFF images (a region exported at full resolution, no pyramid) read region by region, like a slide.
+
+OpenSlide reads tiled TIFFs with one page per level; a TIFF export of a region from QuPath, ImageJ or a scanner's
+viewer is often a single stripped (untiled) page of 20 000 x 20 000 pixels, which OpenSlide rejects and which PIL
+would decode whole (1.2 GB of RGB). :class:`PlainTiff` gives such a file the small part of OpenSlide's interface
+that the tiler and the patch reader use (``dimensions``, ``level_count``, ``level_dimensions``,
+``level_downsamples``, ``properties``, ``read_region``, ``get_best_level_for_downsample``, ``close``) and decodes, for
+each region, only the TIFF segments (strips or tiles) the region touches, through tifffile's per-segment decoder.
+
+Memory bound: one segment is decoded at a time and copied into the region; a file whose single segment is larger
+than :data:`MAX_SEGMENT_PIXELS` (e.g. the whole image in one strip) is refused with a one-line error saying how to
+re-save it. :attr:`PlainTiff.decoded_pixels` counts the pixels decoded so far (tests bound it).
+
+Resolution: ``openslide.mpp-x``/``-y`` are derived from the TIFF resolution tags when the unit is centimetre or inch
+(as OpenSlide does for generic TIFFs).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from probmcl_med.errors import DataError
+
+MAX_SEGMENT_PIXELS = 16 * 1024 * 1024
+"""Largest strip or tile decoded at once (pixels): 48 MB of RGB."""
+
+_MICRONS_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
+
+
+class PlainTiff:
+    """A single-page RGB(A)/grey TIFF read region by region (see the module docstring).
+
+    Args:
+        path: the TIFF file.
+
+    Raises:
+        DataError: not a TIFF tifffile reads, not 8-bit, or a segment above :data:`MAX_SEGMENT_PIXELS`.
+    """
+
+    level_count = 1
+    level_downsamples = (1.0,)
+
+    def __init__(self, path: str | Path) -> None:
+        import tifffile
+
+        self.path = str(path)
+        try:
+            self._tif = tifffile.TiffFile(self.path)
+        except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error, ...
+            raise DataError(f"image {self.path} is not a readable TIFF ({type(exc).__name__}: {exc})") from None
+        page = self._tif.pages[0]
+        self._page = page
+        if page.dtype != np.uint8:
+            self.close()
+            raise DataError(f"image {self.path}: {page.dtype} samples; large images are read as 8-bit RGB only")
+        height, width = int(page.imagelength), int(page.imagewidth)
+        self.dimensions = (width, height)
+        self.level_dimensions = ((width, height),)
+        length, seg_width = int(page.chunks[-3]), int(page.chunks[-2])
+        if length * seg_width > MAX_SEGMENT_PIXELS:
+            self.close()
+            raise DataError(
+                f"image {self.path}: one {'tile' if page.is_tiled else 'strip'} holds {seg_width}x{length} pixels, "
+                "too many to decode piecewise; re-save it tiled (e.g. `vips tiffsave in.tif out.tif --tile "
+                "--pyramid`, or tifffile with tile=(256, 256))"
+            )
+        self.segment_shape = (length, seg_width)
+        self.segments_across = -(-width // seg_width)
+        self.properties = self._mpp_properties(page)
+        self.decoded_pixels = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _mpp_properties(page: Any) -> dict[str, str]:
+        unit = _MICRONS_PER_UNIT.get(int(page.resolutionunit))
+        x_res, y_res = page.resolution
+        if unit is None or not x_res or not y_res:
+            return {}
+        return {"openslide.mpp-x": repr(unit / x_res), "openslide.mpp-y": repr(unit / y_res)}
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        """Always 0: one level."""
+        return 0
+
+    def _segment(self, index: int) -> tuple[np.ndarray, int, int]:
+        page = self._page
+        handle = self._tif.filehandle
+        with self._lock:
+            handle.seek(page.dataoffsets[index])
+            data = handle.read(page.databytecounts[index])
+        segment, indices, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        if segment is None:
+            raise DataError(f"image {self.path}: segment {index} is missing from the file")
+        self.decoded_pixels += segment.shape[1] * segment.shape[2]
+        return segment[0], int(indices[2]), int(indices[3])
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        """The RGBA region at level-0 ``location`` (x, y) of ``size`` (w, h), as OpenSlide returns it (opaque)."""
+        if level != 0:
+            raise DataError(f"image {self.path}: level {level} does not exist (a plain TIFF has level 0 only)")
+        x, y = int(location[0]), int(location[1])
+        width, height = int(size[0]), int(size[1])
+        out = np.zeros((height, width, 4), dtype=np.uint8)  # outside the image: transparent, as OpenSlide
+        length, seg_width = self.segment_shape
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + width, self.dimensions[0]), min(y + height, self.dimensions[1])
+        if x0 >= x1 or y0 >= y1:
+            return Image.fromarray(out, "RGBA")
+        for row in range(y0 // length, (y1 - 1) // length + 1):
+            for col in range(x0 // seg_width, (x1 - 1) // seg_width + 1):
+                index = row * self.segments_across + col if self._page.is_tiled else row
+                segment, top, left = self._segment(index)
+                rgb = _as_rgba(segment)
+                sy0, sy1 = max(y0, top), min(y1, top + segment.shape[0])
+                sx0, sx1 = max(x0, left), min(x1, left + segment.shape[1])
+                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = rgb[sy0 - top : sy1 - top, sx0 - left : sx1 - left]
+        return Image.fromarray(out, "RGBA")
+
+    def close(self) -> None:
+        """Close the file."""
+        self._tif.close()
+
+
+def _as_rgba(segment: np.ndarray) -> np.ndarray:
+    """(h, w, samples) uint8 -> (h, w, 4): grey repeated, RGB made opaque, RGBA kept."""
+    if segment.ndim == 2:
+        segment = segment[..., None]
+    samples = segment.shape[2]
+    if samples == 1:
+        rgb = np.repeat(segment, 3, axis=2)
+    elif samples >= 3:
+        rgb = segment[..., :3]
+    else:
+        raise DataError(f"a TIFF with {samples} samples per pixel is neither grey nor RGB")
+    alpha = segment[..., 3:4] if samples >= 4 else np.full((*rgb.shape[:2], 1), 255, np.uint8)
+    return np.concatenate([rgb, alpha], axis=2)
+
+
+def image_dimensions(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of an image file from its header, without decoding pixels; None if unreadable."""
+    try:
+        with Image.open(path) as img:
+            return int(img.width), int(img.height)
+    except Exception:  # PIL refuses some TIFF layouts that tifffile reads
+        pass
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            page = tif.pages[0]
+            return int(page.imagewidth), int(page.imagelength)
+    except Exception:
+        return None
