@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from probmcl_med.config import load_config
-from probmcl_med.data.checks import check_dataset
+from probmcl_med.data.checks import check_dataset, group_leaks
 from probmcl_med.data.datasets import build_dataset
 from probmcl_med.errors import ConfigError
 
@@ -42,11 +42,17 @@ def run_check(
     if split not in ("all", "train", "valid", "test"):
         raise ConfigError(f"--split {split!r}: use train, valid, test or all")
     results = []
+    built = {}
     for name in splits:
         ds = build_dataset(cfg.name, cfg.root, name, cfg.options, skip_bad=True)
+        built[name] = ds
         result = check_dataset(ds, sample=sample, workers=workers)
         result["split"] = name
         results.append(result)
+    leaks = group_leaks(built) if len(built) > 1 else []
+    for result in results:  # a group in two splits fails every split it is in
+        result["group_leaks"] = [leak for leak in leaks if result["split"] in leak["splits"]]
+        result["ok"] = result["ok"] and not result["group_leaks"]
     return results
 
 
@@ -71,6 +77,8 @@ def _print(results: list[dict[str, Any]], console: Console) -> None:
                     f"{sizes['min_height']}x{sizes['min_width']} .. {sizes['max_height']}x{sizes['max_width']}",
                 )
             )
+        if r.get("groups") is not None:
+            rows.append(("groups (patients / slides)", str(r["groups"])))
         if r["classes_without_positives"]:
             rows.append(("classes with no positive", ", ".join(r["classes_without_positives"])))
         for what, value in rows:
@@ -91,6 +99,13 @@ def _print(results: list[dict[str, Any]], console: Console) -> None:
             for p in r["top_pairs"]:
                 pairs.add_row(p["a"], p["b"], str(p["count"]))
             console.print(pairs)
+        if r.get("group_leaks"):
+            leaks = Table(title=f"groups in more than one split ({len(r['group_leaks'])})", style="red")
+            leaks.add_column("group", overflow="fold")
+            leaks.add_column("rows per split", overflow="fold")
+            for leak in r["group_leaks"][:50]:
+                leaks.add_row(leak["group"], ", ".join(f"{k}: {v}" for k, v in leak["splits"].items()))
+            console.print(leaks)
         bad = [(u["where"], u["error"]) for u in r["unreadable"]] + [
             (m.split(": ", 1)[0], m) for m in r["skipped_at_load"]
         ]
@@ -128,7 +143,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check a dataset: classes, positives per class, label cardinality, co-occurring pairs, unreadable files.
 
-        Every image (or a --sample) is read; the exit code is 1 when a file cannot be read.
+        Every image (or a --sample) is read; the exit code is 1 when a file cannot be read, or when a group
+        (dataset.options.group_column: patient, slide) appears in two splits.
         """
         results = run_check(config, dataset, root, split, list(overrides or []), sample, workers)
         if as_json:

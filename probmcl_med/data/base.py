@@ -64,6 +64,19 @@ def seeded_split(
     return np.sort(parts[normalize_split(split)])
 
 
+def grouped_split(
+    groups: Sequence[str], split: str, seed: int = 0, valid_fraction: float = 0.1, test_fraction: float = 0.1
+) -> np.ndarray:
+    """Row indices of ``split`` when whole groups (patients, slides) are assigned to splits, never divided.
+
+    The distinct groups, sorted, are split by :func:`seeded_split` (so the fractions are fractions of groups, not of
+    rows); every row goes where its group went. Sorted row indices are returned.
+    """
+    names = sorted(set(groups))
+    chosen = {names[i] for i in seeded_split(len(names), split, seed, valid_fraction, test_fraction)}
+    return np.array([i for i, g in enumerate(groups) if g in chosen], dtype=np.int64)
+
+
 def image_path_of(image: Any) -> str | None:
     """The file behind an item's ``image`` (a path, or a slide location's ``path``), or None for arrays."""
     if isinstance(image, dict):

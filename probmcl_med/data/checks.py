@@ -45,6 +45,30 @@ def label_statistics(labels: np.ndarray, class_names: list[str], top_pairs: int 
     }
 
 
+def group_counts(dataset: MultiLabelDataset) -> dict[str, int] | None:
+    """Rows per group (patient, slide) of a dataset whose items carry ``group``; None when they carry none."""
+    groups = [item["group"] for item in dataset.items if "group" in item]
+    if not groups:
+        return None
+    counts: dict[str, int] = {}
+    for group in groups:
+        counts[str(group)] = counts.get(str(group), 0) + 1
+    return counts
+
+
+def group_leaks(splits: dict[str, MultiLabelDataset]) -> list[dict[str, Any]]:
+    """Groups found in more than one split: ``[{"group", "splits": {split: rows}}]``, sorted by group.
+
+    Patches of one patient in train and test inflate every test metric; an automatic grouped split never does this,
+    a user's split column may.
+    """
+    where: dict[str, dict[str, int]] = {}
+    for split, dataset in splits.items():
+        for group, count in (group_counts(dataset) or {}).items():
+            where.setdefault(group, {})[split] = count
+    return [{"group": g, "splits": where[g]} for g in sorted(where) if len(where[g]) > 1]
+
+
 def _try_read(dataset: MultiLabelDataset, index: int) -> tuple[int, tuple[int, int] | None, str | None]:
     item = dataset.items[index]
     try:
@@ -71,7 +95,8 @@ def check_dataset(
         top_pairs: how many co-occurring pairs to list.
 
     Returns:
-        A JSON-ready dict: name, source, images, classes, class_names, positives, label_cardinality,
+        A JSON-ready dict: name, source, images, classes, class_names, groups (distinct ``group`` values of the
+        items, None without groups), positives, label_cardinality,
         images_without_label, top_pairs, classes_without_positives, checked, unreadable (each ``{"index", "row",
         "file", "error"}``), image_sizes (min and max height/width seen), skipped_at_load (files a skip_bad dataset
         already dropped), ok.
@@ -101,6 +126,7 @@ def check_dataset(
                 heights.append(shape[0])
                 widths.append(shape[1])
     stats = label_statistics(dataset.labels, dataset.class_names, top_pairs)
+    groups = group_counts(dataset)
     sizes = (
         {"min_height": min(heights), "max_height": max(heights), "min_width": min(widths), "max_width": max(widths)}
         if heights
@@ -112,6 +138,7 @@ def check_dataset(
         "images": n,
         "classes": dataset.num_classes,
         "class_names": list(dataset.class_names),
+        "groups": None if groups is None else len(groups),
         **stats,
         "checked": len(indices),
         "sampled": len(indices) < n,

@@ -15,6 +15,9 @@ Layout (``root`` is the folder; every option below goes under ``dataset.options`
 - Class order: ``classes`` when given, else the header order (0/1 style) or the sorted names seen (names style).
 - Split: a ``split`` column (``split_column``; train/valid/test, val accepted); without one, a seeded random split
   with ``valid_fraction`` = ``test_fraction`` = 0.1 and ``seed`` = 0 (``base.seeded_split``).
+- Groups: ``group_column`` (a patient or slide id): the automatic split keeps each group whole in one split (the
+  fractions are then of groups, ``base.grouped_split``); items carry ``group``, and ``data check`` reports groups
+  that a split column puts in two splits.
 
 Every bad value is a one-line DataError naming the CSV, the row (and its line in the file) and the column.
 """
@@ -28,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from probmcl_med.data.base import MultiLabelDataset, normalize_split, seeded_split
+from probmcl_med.data.base import MultiLabelDataset, grouped_split, normalize_split, seeded_split
 from probmcl_med.errors import DataError
 
 IMAGE_COLUMN_CANDIDATES = ("image", "path", "filename", "file", "image_path", "patch names", "patch_name")
@@ -202,6 +205,7 @@ def load_csv_dataset(
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
     skip_bad: bool = False,
+    group_column: str | None = None,
     name: str = "csv",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -216,7 +220,12 @@ def load_csv_dataset(
     split_col = lower.get((split_column or "split").lower())
     if split_column and split_col is None:
         raise DataError(f"{table}: no split column '{split_column}'; columns found: {', '.join(header)}")
-    exclude = [image_col] + ([split_col] if split_col else [])
+    group_col = find_column(header, group_column, (), table, "group") if group_column else None
+    groups = [r[group_col] for r in rows] if group_col else None
+    if groups is not None and "" in groups:
+        i = groups.index("")
+        raise DataError(f"{table}, row {i} (line {i + 2}), column '{group_col}': empty group; give every row its id")
+    exclude = [c for c in (image_col, split_col, group_col) if c]
     class_names, labels = labels_from_rows(
         header, rows, table, exclude=exclude, labels_column=labels_column, classes=classes
     )
@@ -224,6 +233,8 @@ def load_csv_dataset(
         chosen = [
             i for i, r in enumerate(rows) if normalize_split(r[split_col], f"{table}, row {i} (line {i + 2})") == split
         ]
+    elif groups is not None:
+        chosen = grouped_split(groups, split, seed, valid_fraction, test_fraction).tolist()
     else:
         chosen = seeded_split(len(rows), split, seed, valid_fraction, test_fraction).tolist()
     base = folder / images_dir if images_dir else folder
@@ -233,6 +244,8 @@ def load_csv_dataset(
         if not value:
             raise DataError(f"{table}, row {i} (line {i + 2}), column '{image_col}': empty image path")
         items.append({"image": resolve_image_path(value, base), "label": labels[i], "row": i})
+        if groups is not None:
+            items[-1]["group"] = groups[i]
     if not items:
         raise DataError(f"{table}: the split '{split}' has no rows ({len(rows)} rows in the file)")
     return MultiLabelDataset(items, class_names, mean=mean, std=std, name=name, source=table, skip_bad=skip_bad)
