@@ -10,8 +10,15 @@ Run: ``python benchmarks/bench_data.py`` (options: ``--patches``, ``--size``, ``
    - DataLoader, normalised: the full evaluation transform (float32, normalised: 4x the bytes between processes).
    Rows are timed interleaved, best of ``--repeats``.
    Target: the dataset row at >= 0.8x the bare loop.
-2. Augmented images per second at 224 px from in-memory uint8 images (no decoding), one process, one torch thread:
-   the training transform (flips + RandAugment N=2, M=9 + normalise) and the two-view wrapper (images, not pairs).
+2. Augmented images per second at 224 px from in-memory uint8 images (no decoding), one process, one torch thread,
+   the whole training transform (load, resize, augment, normalise), rows timed interleaved, best of ``--repeats``:
+   - baseline: the previous torchvision path, rebuilt here as it was (random flips on the uint8 CHW tensor, then
+     ``torchvision.transforms.v2.RandAugment(2, 9, 31 bins)`` run inside ``torch.random.fork_rng`` with a seed from
+     the MONAI ``self.R``, as the old ``RandAugmentd`` did);
+   - the albumentations policies ``randaugment`` (flips + N=2, M=9) and ``pathology`` (flips, rot90, HEStain,
+     brightness/contrast/gamma, blur, JPEG), as ratios to the baseline;
+   - the two-view wrapper around ``randaugment`` (images, not pairs).
+   ``--augment-only`` runs this section alone.
 3. Per core, the full training transform from encoded files (one process, one torch and one OpenCV thread, timed
    in this process's CPU time, so the rate is what one loader core delivers whatever else the machine runs):
    ADP-like 1088 x 1088 PNG patches, COCO-like 640 x 480 JPEGs and pre-resized 256 px JPEGs (quality 90), all cut
@@ -32,11 +39,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.transforms import MapTransform, Randomizable
+from monai.utils import MAX_SEED
+from torchvision.transforms import v2
 
 from probmcl_med import DATASETS
 from probmcl_med.data import TwoViews, build_eval_transform, build_train_transform, make_loader
 from probmcl_med.data.imageio import SLIDES
-from probmcl_med.data.transforms import Compose, LabelToTensord, ReadImaged, ToTensorImaged
+from probmcl_med.data.transforms import (
+    Compose,
+    LabelToTensord,
+    NormalizeImaged,
+    ReadImaged,
+    ResizeImaged,
+    ToTensorImaged,
+)
 
 REAL_SLIDE = Path(__file__).resolve().parents[2] / "shared/data/slides/cmu_small_region.svs"
 
@@ -99,8 +116,6 @@ def per_core_rows(slide_path: Path | None, images: int, repeats: int) -> list[tu
     """Section 3 of the module docstring: ``(label, per second, unit)`` rows."""
     import cv2
 
-    from probmcl_med.data.transforms import ResizeImaged
-
     cv2.setNumThreads(1)
     rows: list[tuple[str, float, str]] = []
     mean, std = (0.5,) * 3, (0.25,) * 3
@@ -122,16 +137,8 @@ def per_core_rows(slide_path: Path | None, images: int, repeats: int) -> list[tu
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patches", type=int, default=600)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--aug-images", type=int, default=300)
-    parser.add_argument("--per-core-images", type=int, default=48, help="images per timing of section 3")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+def slide_rows(args: argparse.Namespace) -> tuple[list[tuple[str, float, str]], str]:
+    """Section 1: slide patches per second, as (label, rate, ratio to the bare loop) rows, and the slide used."""
     rows: list[tuple[str, float, str]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -188,23 +195,91 @@ def main() -> None:
             rows.append((labels[name], args.patches / t, f"{best['bare'] / t:.2f}x"))
         loaders.clear()
         SLIDES.clear()
+    return rows, what
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patches", type=int, default=600)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--aug-images", type=int, default=300)
+    parser.add_argument("--per-core-images", type=int, default=48, help="images per timing of section 3")
+    parser.add_argument("--augment-only", action="store_true", help="run section 2 alone")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows, what = slide_rows(args) if not args.augment_only else ([], "")
     images = np.random.default_rng(1).integers(0, 256, (16, 224, 224, 3), dtype=np.uint8)
     items = [{"image": images[i % 16], "label": np.array([1, 0], np.float32)} for i in range(args.aug_images)]
-    train = build_train_transform(224, (0.5,) * 3, (0.25,) * 3, seed=0)
-    views = TwoViews(build_train_transform(224, (0.5,) * 3, (0.25,) * 3, seed=0))
-    t_train = _timed(lambda: [train(it) for it in items], args.repeats)
-    t_views = _timed(lambda: [views(it) for it in items], args.repeats)
-    rows.append(("train transform 224 px (RandAugment 2/9, flips)", args.aug_images / t_train, "images/s"))
-    rows.append(("two-view wrapper 224 px (2 augmented images each)", 2 * args.aug_images / t_views, "images/s"))
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    pipelines = {
+        "torchvision": torchvision_randaugment_transform(224, mean, std),
+        "randaugment": build_train_transform(224, mean, std, policy="randaugment", seed=0),
+        "pathology": build_train_transform(224, mean, std, policy="pathology", seed=0),
+    }
+    views = TwoViews(build_train_transform(224, mean, std, seed=0))
+    aug_best = dict.fromkeys([*pipelines, "views"], float("inf"))
+    for _ in range(args.repeats):  # interleaved, as section 1
+        for name, pipeline in pipelines.items():
+            aug_best[name] = min(aug_best[name], _timed(lambda p=pipeline: [p(it) for it in items], 1))
+        aug_best["views"] = min(aug_best["views"], _timed(lambda: [views(it) for it in items], 1))
+    base = aug_best["torchvision"]
+    aug_rows = [
+        ("torchvision v2.RandAugment 2/9 + flips (previous path)", "torchvision", 1),
+        ("albumentations randaugment 2/9 + flips", "randaugment", 1),
+        ("albumentations pathology (HEStain, rot90, ...)", "pathology", 1),
+        ("two-view wrapper, randaugment (2 images each)", "views", 2),
+    ]
+    aug_table = [(label, count * args.aug_images / aug_best[key], f"{base * count / aug_best[key]:.2f}x")
+                 for label, key, count in aug_rows]  # fmt: skip
 
-    rows += per_core_rows(REAL_SLIDE if REAL_SLIDE.is_file() else None, args.per_core_images, args.repeats)
+    if not args.augment_only:
+        rows += per_core_rows(REAL_SLIDE if REAL_SLIDE.is_file() else None, args.per_core_images, args.repeats)
+        print(f"slide: {what}; {args.patches} patches of {args.size} px at level 0; best of {args.repeats}")
+        print(f"{'what':<72} {'per second':>11}  {'vs bare':>9}")
+        print("-" * 96)
+        for name, rate, ratio in rows:
+            print(f"{name:<72} {rate:>11.1f}  {ratio:>9}")
+        print()
+    print(f"augmentation, 224 px, {args.aug_images} images, 1 process, 1 torch thread; best of {args.repeats}")
+    print(f"{'what':<62} {'images/s':>11}  {'vs torchvision':>14}")
+    print("-" * 91)
+    for name, rate, ratio in aug_table:
+        print(f"{name:<62} {rate:>11.1f}  {ratio:>14}")
 
-    print(f"slide: {what}; {args.patches} patches of {args.size} px at level 0; best of {args.repeats}")
-    print(f"{'what':<72} {'per second':>11}  {'vs bare':>9}")
-    print("-" * 96)
-    for name, rate, ratio in rows:
-        print(f"{name:<72} {rate:>11.1f}  {ratio:>9}")
+
+class TorchvisionRandAugmentd(Randomizable, MapTransform):
+    """The previous augmentation path, kept here as the benchmark's baseline: random flips, then torchvision's
+    ``v2.RandAugment`` on a (3, H, W) uint8 tensor, seeded from MONAI's ``self.R`` inside ``torch.random.fork_rng``."""
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 9, hflip: bool = True, vflip: bool = False) -> None:
+        MapTransform.__init__(self, "image")
+        self.policy = v2.RandAugment(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=31)
+        self.hflip, self.vflip = hflip, vflip
+        self._seed, self._flips = 0, (False, False)
+
+    def randomize(self, data: object = None) -> None:
+        self._flips = (bool(self.hflip and self.R.rand() < 0.5), bool(self.vflip and self.R.rand() < 0.5))
+        self._seed = int(self.R.randint(MAX_SEED, dtype="uint32"))
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        self.randomize()
+        dims = [dim for dim, on in zip((-1, -2), self._flips, strict=True) if on]
+        image = torch.flip(d["image"], dims=dims) if dims else d["image"]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed)
+            d["image"] = self.policy(image)
+        return d
+
+
+def torchvision_randaugment_transform(size: int, mean: tuple, std: tuple) -> Compose:
+    """read -> CHW uint8 -> resize -> flips + torchvision RandAugment(2, 9) -> normalise -> label (the old pipeline)."""
+    pipeline = Compose([ReadImaged(), ToTensorImaged(), ResizeImaged(size), TorchvisionRandAugmentd(),
+                        NormalizeImaged(mean, std), LabelToTensord()], log_stats=False)  # fmt: skip
+    pipeline.set_random_state(seed=0)
+    return pipeline
 
 
 if __name__ == "__main__":

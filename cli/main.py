@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from probmcl_med import __version__
-from probmcl_med.cli import data, evaluate, explain, info, predict, sweep, train
+from probmcl_med.cli import data, evaluate, explain, export, info, predict, sweep, train
 from probmcl_med.errors import UserError, one_line_message
 from probmcl_med.plugins import load_plugins
 from probmcl_med.registry import ALL_REGISTRIES
@@ -103,7 +103,7 @@ def _register_commands() -> None:
     if _state.get("registered"):
         return
     _state["registered"] = True
-    for module in (train, evaluate, predict, explain, info, data, sweep):
+    for module in (train, evaluate, predict, explain, export, info, data, sweep):
         module.register(app)
 
 

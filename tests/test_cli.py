@@ -116,7 +116,18 @@ def test_an_error_from_a_dataloader_worker_keeps_its_original_message() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [["plugins"], ["train"], ["evaluate"], ["predict"], ["explain"], ["info"], ["sweep"], ["data", "check"]]
+    "command",
+    [
+        ["plugins"],
+        ["train"],
+        ["evaluate"],
+        ["predict"],
+        ["explain"],
+        ["info"],
+        ["sweep"],
+        ["data", "check"],
+        ["export"],
+    ],
 )
 def test_every_command_help_shows_an_example(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*command, "--help"]) == 0

@@ -7,6 +7,8 @@
 - :mod:`~probmcl_med.inference.predict`: probabilities for images and slides (:class:`Predictions`).
 - :mod:`~probmcl_med.inference.writers`: prediction folders (CSV, heat maps), whole or not at all.
 - :mod:`~probmcl_med.inference.explain`: Grad-CAM overlays (the paper's Figure 3).
+- :mod:`~probmcl_med.inference.geojson`: slide predictions as QuPath GeoJSON.
+- :mod:`~probmcl_med.inference.export`: the model as ONNX or TorchScript, checked against PyTorch.
 
 It reads :mod:`probmcl_med.bundle`, :mod:`probmcl_med.data` and :mod:`probmcl_med.models`, never the engine.
 """

@@ -1,0 +1,171 @@
+"""Export a trained model (encoder + head) to ONNX or TorchScript, to run without this package.
+
+The exported graph maps a normalised image batch to per-class probabilities::
+
+    input  "image":         (B, 3, S, S) float32, RGB, (pixel / 255 - mean) / std   (B free; S = input size)
+    output "probabilities": (B, C) float32, sigmoid of the logits; class k is predicted when >= thresholds[k]
+
+Everything a deployment needs to prepare inputs and read outputs is written beside it as ``FILE.json``
+(:func:`export_metadata`): input size, mean/std, class names, decision thresholds, the microns per pixel the model
+was trained at (read slide patches at it), the Macenko stain reference (normalise patches with it first), the encoder.
+
+:func:`export_model` writes both files atomically, then runs the exported model (onnxruntime on CPU, or
+``torch.jit.load``) and the PyTorch model on the same seeded batch and reports the largest absolute difference.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from probmcl_med.errors import UserError
+from probmcl_med.fileio import atomic_write_bytes, atomic_write_text
+
+FORMATS = ("onnx", "torchscript")
+ONNX_OPSET = 17
+
+
+class ExportError(UserError):
+    """The model cannot be exported or the exporter is missing (one line, with what to do)."""
+
+
+class ProbabilityModel(nn.Module):
+    """The bundle's classifier with a sigmoid: (B, 3, S, S) normalised images -> (B, C) probabilities."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.classifier(image))
+
+
+def export_metadata(bundle: Any, fmt: str, file_name: str) -> dict[str, Any]:
+    """The preprocessing and decoding constants written as ``FILE.json``."""
+    num_classes = len(bundle.class_names)
+    return {
+        "format": fmt,
+        "file": file_name,
+        "input": {
+            "name": "image",
+            "shape": ["batch", 3, bundle.image_size, bundle.image_size],
+            "dtype": "float32",
+            "layout": "NCHW, RGB",
+            "preprocessing": "(pixel / 255 - mean) / std per channel",
+        },
+        "output": {"name": "probabilities", "shape": ["batch", num_classes], "meaning": "sigmoid(logits)"},
+        "input_size": int(bundle.image_size),
+        "mean": [float(v) for v in bundle.mean],
+        "std": [float(v) for v in bundle.std],
+        "class_names": list(bundle.class_names),
+        "thresholds": [float(t) for t in bundle.thresholds] if bundle.thresholds is not None else [0.5] * num_classes,
+        "threshold_rule": "probability >= threshold",
+        "mpp": getattr(bundle, "mpp", None),
+        "stain_reference": getattr(bundle, "stain_reference", None),
+        "encoder": bundle.encoder_name,
+    }
+
+
+def _onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+    except ImportError:
+        raise ExportError("--format onnx needs the onnx package: pip install 'probmcl-med[export]'") from None
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            input_names=["image"],
+            output_names=["probabilities"],
+            dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+        )
+    return buffer.getvalue()
+
+
+def _torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings; torch.jit's deprecation notice
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, buffer)
+    return buffer.getvalue()
+
+
+def run_exported(path: str | Path, fmt: str, batch: np.ndarray) -> np.ndarray:
+    """Probabilities of the exported model at ``path`` for a (B, 3, S, S) float32 batch, on CPU."""
+    if fmt == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ExportError("checking an ONNX export needs onnxruntime: pip install 'probmcl-med[export]'") from None
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.asarray(session.run(["probabilities"], {"image": batch})[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.inference_mode():
+        return module(torch.from_numpy(batch)).numpy()
+
+
+def export_model(
+    bundle: Any, out: str | Path, fmt: str = "onnx", check_batch: int = 4, seed: int = 0
+) -> dict[str, Any]:
+    """Write the bundle's encoder + head to ``out`` (and ``out.json``), then compare it with PyTorch.
+
+    Args:
+        bundle: a loaded model bundle (on any device; exported from a CPU copy in eval mode).
+        out: the model file (``.onnx`` / ``.pt``); ``out`` + ``.json`` receives :func:`export_metadata`.
+        fmt: ``onnx`` or ``torchscript``.
+        check_batch: images in the comparison batch (standard normal, seeded: the normalised-input scale).
+        seed: seed of the comparison batch.
+
+    Returns:
+        ``{"file", "metadata", "format", "max_abs_difference", "batch"}``.
+
+    Raises:
+        ExportError: unknown format, missing exporter, or a model the exporter cannot trace.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r}: use onnx or torchscript")
+    out = Path(out)
+    if out.is_dir():
+        raise ExportError(f"--out {out} is a folder; give a file name, e.g. {out / ('model.' + fmt[:4])}")
+    bundle.to("cpu")
+    model = ProbabilityModel(bundle.classifier()).eval()
+    size = int(bundle.image_size)
+    generator = torch.Generator().manual_seed(seed)
+    example = torch.randn(2, 3, size, size, generator=generator)
+    try:
+        data = _onnx_bytes(model, example) if fmt == "onnx" else _torchscript_bytes(model, example)
+    except ExportError:
+        raise
+    except Exception as exc:  # tracer/exporter failures: unsupported operators, data-dependent control flow
+        text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ExportError(f"exporting encoder {bundle.encoder_name} to {fmt} failed ({text})") from None
+    atomic_write_bytes(out, data)
+    meta_path = out.with_name(out.name + ".json")
+    metadata = export_metadata(bundle, fmt, out.name)
+    atomic_write_text(meta_path, json.dumps(metadata, indent=2) + "\n")
+    batch = torch.randn(check_batch, 3, size, size, generator=generator)
+    with torch.inference_mode():
+        expected = model(batch).numpy()
+    got = run_exported(out, fmt, batch.numpy())
+    return {
+        "file": str(out),
+        "metadata": str(meta_path),
+        "format": fmt,
+        "batch": int(check_batch),
+        "max_abs_difference": float(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max()),
+    }

@@ -1,0 +1,49 @@
+"""export: ONNX run by onnxruntime and TorchScript run by torch.jit against the PyTorch model; the metadata file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_inference import CLASSES, MEAN, SIZE, STD, cli, make_bundle
+
+from probmcl_med.bundle import load_model_bundle
+from probmcl_med.inference.export import export_model
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_model_matches_pytorch(tmp_path, fmt, capsys):
+    encoder, head = make_bundle(tmp_path / "run")[:2]
+    out = tmp_path / f"model.{fmt}"
+    assert cli(["export", "--checkpoint", str(tmp_path / "run"), "--format", fmt, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "largest difference from PyTorch" in printed and out.is_file()
+    meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
+    assert meta["class_names"] == CLASSES and meta["input_size"] == SIZE
+    assert meta["mean"] == pytest.approx(MEAN) and meta["std"] == pytest.approx(STD)
+    assert meta["thresholds"] == [0.5] * 3 and meta["format"] == fmt
+    # an independent run: the runtime on a batch of another size than the export's example, vs the hand-run model
+    x = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = torch.sigmoid(head(encoder(x))).numpy()
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = session.run(["probabilities"], {"image": x.numpy()})[0]
+    else:
+        got = torch.jit.load(str(out)).eval()(x).detach().numpy()
+    assert got.shape == (5, 3) and np.abs(got - expected).max() < 1e-4
+    report = export_model(load_model_bundle(tmp_path / "run"), tmp_path / "again", fmt)
+    assert report["max_abs_difference"] < 1e-4
+
+
+def test_bad_export_requests_are_one_line_errors(tmp_path, capsys):
+    make_bundle(tmp_path / "run")
+    assert cli(["export", "-c", str(tmp_path / "run"), "--format", "tflite", "--out", str(tmp_path / "m")]) == 1
+    assert "--format 'tflite': use onnx or torchscript" in capsys.readouterr().err
+    assert cli(["export", "-c", str(tmp_path / "run"), "--out", str(tmp_path)]) == 1
+    assert "is a folder; give a file name" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.json"))
