@@ -85,6 +85,8 @@ def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
         "thresholds_source": f"not applied: {bundle.threshold_problem}"
         if bundle.threshold_problem
         else describe_thresholds(bundle, None),
+        "mpp": bundle.mpp,
+        "stain_reference": bundle.stain_reference,
         "training": {k: v for k, v in training.items() if v is not None},
         "model_cost": {
             **cost.to_dict(),
@@ -118,7 +120,12 @@ def info_command(
     rows = [
         ("encoder", f"{info['encoder']} ({info['feature_width']} features, head reads {info['head_reads']})"),
         ("classes", f"{info['num_classes']}: {', '.join(info['classes'])}"),
-        ("input", f"{info['image_size']} x {info['image_size']} px"),
+        (
+            "input",
+            f"{info['image_size']} x {info['image_size']} px"
+            + (f" at {info['mpp']:g} um/px" if info.get("mpp") else " (mpp not recorded)")
+            + (f", Macenko-normalised to {info['stain_reference']['source']}" if info.get("stain_reference") else ""),
+        ),
         ("normalisation", f"mean {info['normalization']['mean']}, std {info['normalization']['std']}"),
         (
             "thresholds",

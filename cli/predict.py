@@ -9,10 +9,11 @@ import typer
 from rich.console import Console
 
 from probmcl_med.cli.evaluate import RichProgress
+from probmcl_med.errors import UserError
 
 EXAMPLE = (
     "Examples: probmcl-med predict patches/ --checkpoint runs/adp --out preds/; "
-    "probmcl-med predict slide.svs --checkpoint runs/adp --out slide-preds/ --patch-size 224 --level 0"
+    "probmcl-med predict slide.svs --checkpoint runs/adp --out slide-preds/ --patch-size 224 --mpp 0.5"
 )
 
 UNCERTAINTY_HELP = (
@@ -38,7 +39,26 @@ def predict_command(
     patch_size: Annotated[
         int | None, typer.Option("--patch-size", help="Slides: patch side in pixels of --level (default: model input).")
     ] = None,
-    level: Annotated[int, typer.Option("--level", help="Slides: pyramid level the patches are read at.")] = 0,
+    level: Annotated[
+        int | None,
+        typer.Option("--level", help="Slides: read patches at this pyramid level, in its pixels (instead of an mpp)."),
+    ] = None,
+    mpp: Annotated[
+        float | None,
+        typer.Option(
+            "--mpp",
+            help="Slides: microns per pixel of the patches (read from the nearest finer level and resized); default: "
+            "the mpp the model was trained at when model.pt records one, else level 0 pixels.",
+        ),
+    ] = None,
+    slide_mpp: Annotated[
+        float | None,
+        typer.Option("--slide-mpp", help="Slides: level-0 microns per pixel, for a slide that does not record it."),
+    ] = None,
+    tile_above: Annotated[
+        float,
+        typer.Option("--tile-above", help="Plain TIFF images above this many megapixels are tiled like slides."),
+    ] = 25.0,
     tissue_threshold: Annotated[
         float, typer.Option("--tissue-threshold", help="Slides: minimum tissue fraction of a patch (0 keeps all).")
     ] = 0.5,
@@ -50,9 +70,10 @@ def predict_command(
 ) -> None:
     """Predict per-class probabilities and labels; for a slide, per-patch probabilities and a heat map per class.
 
-    Images: predictions.csv (one probability column per class), labels.csv, meta.json. Slides: patches.csv (x, y in
-    level-0 pixels, level, size in pixels of that level, tissue fraction, probabilities, labels), thumbnail.png,
-    heatmaps/CLASS.png, meta.json.
+    Images: predictions.csv (one probability column per class), labels.csv, meta.json. Slides (and plain TIFFs above
+    --tile-above): patches.csv (x, y in level-0 pixels, level, size in pixels of that level, tissue fraction,
+    probabilities, labels), predictions.geojson (QuPath: File > Import objects), thumbnail.png, heatmaps/CLASS.png,
+    meta.json (with the slide's mpp, the requested mpp and the level read).
     """
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
@@ -63,7 +84,9 @@ def predict_command(
     from probmcl_med.inference.writers import check_output_folder, write_predictions
 
     check_output_folder(out)
-    kind = input_kind(input_path)
+    if mpp is not None and level is not None:
+        raise UserError("give --mpp (patches at a resolution) or --level (patches in a level's pixels), not both")
+    kind = input_kind(input_path, large_pixels=int(tile_above * 1e6))
     path = resolve_bundle_path(checkpoint)
     dev = resolve_device(device)
     bundle = load_model_bundle(path, device=dev)
@@ -82,11 +105,14 @@ def predict_command(
     err = Console(stderr=True)
     with RichProgress(err) as progress:
         if kind == "slide":
+            use_mpp = mpp if mpp is not None else (bundle.mpp if level is None else None)
             predictions = predict_slide(
                 bundle,
                 input_path,
                 patch_size=patch_size,
-                level=level,
+                level=level or 0,
+                mpp=use_mpp,
+                slide_mpp=slide_mpp,
                 tissue_threshold=tissue_threshold,
                 stride=stride,
                 progress=progress,
@@ -100,9 +126,15 @@ def predict_command(
     console = Console()
     if kind == "slide":
         info = predictions.slide or {}
+        plan = info.get("mpp")
+        where = (
+            f"at {plan['mpp']:g} um/px, read from level {plan['level']} ({plan['level_mpp']:.4g} um/px)"
+            if plan
+            else f"at level {info.get('level')}"
+        )
         console.print(
             f"{info.get('patches_on_tissue')} tissue patches of {info.get('patches_in_grid')} in the grid "
-            f"({info.get('patch_size')} px at level {level}); written to {out}/patches.csv and {out}/heatmaps/"
+            f"({info.get('patch_size')} px {where}); written to {out}/patches.csv, predictions.geojson and heatmaps/"
         )
     else:
         console.print(f"{len(predictions.ids)} image(s) predicted; written to {out}/predictions.csv and labels.csv")

@@ -7,7 +7,9 @@ The bundle (``format: probmcl-med/model``) is a dict of tensors, numbers, string
   get_encoder` (timm names need no plugin; a plugin encoder needs its plugin, being code);
 * ``head``: ``{in_features, num_classes, normalize_features, state_dict}``;
 * ``mdn``: the stage-1 mixture density network's constructor spec and weights, or None (``predict --uncertainty``);
-* preprocessing: ``image_size``, ``mean``, ``std`` (what the model was trained on, never recomputed);
+* preprocessing: ``image_size``, ``mean``, ``std`` (what the model was trained on, never recomputed), the microns
+  per pixel of the network input (``mpp``: slides are read at it by default) and the Macenko stain reference
+  (``stain_reference``: every input is normalised to it first, as in training);
 * ``class_names``; ``thresholds`` only in bundles of earlier versions (still read). Tuned thresholds now live in
   ``RUN/thresholds.json`` (:mod:`probmcl_med.operating_point`), written by ``evaluate --tune-thresholds --save``:
   ``model.pt`` is never rewritten after training;
@@ -165,6 +167,8 @@ class ModelBundle:
         tuned: the ``thresholds.json`` that ``thresholds`` came from, or None.
         threshold_problem: why a ``thresholds.json`` beside the model was not applied (stale, malformed), or None;
             commands that need the model's thresholds refuse with this message.
+        mpp: microns per pixel of the network input the model was trained on, or None (not recorded).
+        stain_reference: the Macenko stain reference (``StainReference.to_dict()``) applied to every input, or None.
     """
 
     encoder: nn.Module
@@ -182,6 +186,8 @@ class ModelBundle:
     training_config: dict[str, Any] = field(default_factory=dict)
     tuned: TunedThresholds | None = None
     threshold_problem: str | None = None
+    mpp: float | None = None
+    stain_reference: dict[str, Any] | None = None
 
     def classifier(self) -> Classifier:
         """Encoder + head as one module: images (B, 3, H, W) -> logits (B, C)."""
@@ -222,10 +228,13 @@ def bundle_dict(
     training_config: Mapping[str, Any] | None = None,
     best_val_map: float | None = None,
     best_epoch: int | None = None,
+    mpp: float | None = None,
+    stain_reference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The plain (weights_only-loadable) dict that :func:`save_model_bundle` writes.
 
-    ``best_val_map`` (percent) and ``best_epoch`` record which classifier epoch the saved head comes from.
+    ``best_val_map`` (percent) and ``best_epoch`` record which classifier epoch the saved head comes from; ``mpp``
+    the microns per pixel of the network input; ``stain_reference`` the Macenko reference as a plain dict.
     """
     head = unwrap(head)
     if len(class_names) != head.out_features:
@@ -258,6 +267,8 @@ def bundle_dict(
         "thresholds": None if thresholds is None else [float(t) for t in thresholds],
         "best_val_map": None if best_val_map is None else float(best_val_map),
         "best_epoch": None if best_epoch is None else int(best_epoch),
+        "mpp": None if mpp is None else float(mpp),
+        "stain_reference": None if stain_reference is None else dict(stain_reference),
     }
 
 
@@ -266,7 +277,7 @@ def save_model_bundle(path: str | Path, **parts: Any) -> Path:
 
     Keyword arguments are those of :func:`bundle_dict`: ``encoder, head, class_names, mean, std, image_size,
     encoder_name`` and optionally ``encoder_options, mdn, thresholds, normalize_features, dataset, training_config,
-    best_val_map, best_epoch``.
+    best_val_map, best_epoch, mpp, stain_reference``.
     """
     path = Path(path)
     if path.suffix != ".pt":
@@ -371,5 +382,7 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         training_config=training_config,
         tuned=tuned,
         threshold_problem=problem,
+        mpp=None if data.get("mpp") is None else float(data["mpp"]),
+        stain_reference=data.get("stain_reference"),
     )
     return bundle.to(device)

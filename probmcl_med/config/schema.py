@@ -60,6 +60,12 @@ class DatasetConfig(_Section):
         "encoder", description="mean/std: the encoder's (timm config), the dataset's own (e.g. ADP), or none"
     )
     skip_bad: bool = Field(False, description="skip unreadable samples (each logged and counted) instead of failing")
+    mpp: float | None = Field(
+        None,
+        gt=0,
+        description="microns per pixel of the network input, recorded in model.pt so predict reads slides at it; "
+        "the slides dataset with options.mpp sets it (options.mpp * options.size / image_size)",
+    )
     stain_normalize: str | None = Field(
         None,
         description="Macenko stain normalisation to the stains of this H&E image or folder of images (fitted once; "

@@ -7,9 +7,11 @@ that the tiler and the patch reader use (``dimensions``, ``level_count``, ``leve
 ``level_downsamples``, ``properties``, ``read_region``, ``get_best_level_for_downsample``, ``close``) and decodes, for
 each region, only the TIFF segments (strips or tiles) the region touches, through tifffile's per-segment decoder.
 
-Memory bound: one segment is decoded at a time and copied into the region; a file whose single segment is larger
-than :data:`MAX_SEGMENT_PIXELS` (e.g. the whole image in one strip) is refused with a one-line error saying how to
-re-save it. :attr:`PlainTiff.decoded_pixels` counts the pixels decoded so far (tests bound it).
+Memory bound: segments are decoded one at a time and copied into the region; the most recently used ones are kept
+up to :data:`SEGMENT_CACHE_BYTES` (neighbouring patches of a grid row share strips, so each strip is decoded about
+once per row of patches, not once per patch). A file whose single segment is larger than
+:data:`MAX_SEGMENT_PIXELS` (e.g. the whole image in one strip) is refused with a one-line error saying how to re-save
+it. :attr:`PlainTiff.decoded_pixels` counts the pixels decoded so far (tests bound it).
 
 Resolution: ``openslide.mpp-x``/``-y`` are derived from the TIFF resolution tags when the unit is centimetre or inch
 (as OpenSlide does for generic TIFFs).
@@ -18,6 +20,7 @@ Resolution: ``openslide.mpp-x``/``-y`` are derived from the TIFF resolution tags
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,9 @@ from probmcl_med.errors import DataError
 
 MAX_SEGMENT_PIXELS = 16 * 1024 * 1024
 """Largest strip or tile decoded at once (pixels): 48 MB of RGB."""
+
+SEGMENT_CACHE_BYTES = 64 * 1024 * 1024
+"""Decoded segments kept per open image (least recently used dropped first)."""
 
 _MICRONS_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
 
@@ -53,6 +59,10 @@ class PlainTiff:
             self._tif = tifffile.TiffFile(self.path)
         except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error, ...
             raise DataError(f"image {self.path} is not a readable TIFF ({type(exc).__name__}: {exc})") from None
+        self.decoded_pixels = 0
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[int, tuple[np.ndarray, int, int]] = OrderedDict()
+        self._cached_bytes = 0
         page = self._tif.pages[0]
         self._page = page
         if page.dtype != np.uint8:
@@ -72,8 +82,6 @@ class PlainTiff:
         self.segment_shape = (length, seg_width)
         self.segments_across = -(-width // seg_width)
         self.properties = self._mpp_properties(page)
-        self.decoded_pixels = 0
-        self._lock = threading.Lock()
 
     @staticmethod
     def _mpp_properties(page: Any) -> dict[str, str]:
@@ -88,16 +96,28 @@ class PlainTiff:
         return 0
 
     def _segment(self, index: int) -> tuple[np.ndarray, int, int]:
-        page = self._page
-        handle = self._tif.filehandle
+        """Segment ``index`` as ((h, w, 4) RGBA, top, left), from the cache or decoded."""
         with self._lock:
+            hit = self._cache.get(index)
+            if hit is not None:
+                self._cache.move_to_end(index)
+                return hit
+            page = self._page
+            handle = self._tif.filehandle
             handle.seek(page.dataoffsets[index])
             data = handle.read(page.databytecounts[index])
         segment, indices, _ = page.decode(data, index, jpegtables=page.jpegtables)
         if segment is None:
             raise DataError(f"image {self.path}: segment {index} is missing from the file")
-        self.decoded_pixels += segment.shape[1] * segment.shape[2]
-        return segment[0], int(indices[2]), int(indices[3])
+        entry = (_as_rgba(segment[0]), int(indices[2]), int(indices[3]))
+        with self._lock:
+            self.decoded_pixels += segment.shape[1] * segment.shape[2]
+            self._cache[index] = entry
+            self._cached_bytes += entry[0].nbytes
+            while self._cached_bytes > SEGMENT_CACHE_BYTES and len(self._cache) > 1:
+                _, (old, _, _) = self._cache.popitem(last=False)
+                self._cached_bytes -= old.nbytes
+        return entry
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
         """The RGBA region at level-0 ``location`` (x, y) of ``size`` (w, h), as OpenSlide returns it (opaque)."""
@@ -114,15 +134,16 @@ class PlainTiff:
         for row in range(y0 // length, (y1 - 1) // length + 1):
             for col in range(x0 // seg_width, (x1 - 1) // seg_width + 1):
                 index = row * self.segments_across + col if self._page.is_tiled else row
-                segment, top, left = self._segment(index)
-                rgb = _as_rgba(segment)
-                sy0, sy1 = max(y0, top), min(y1, top + segment.shape[0])
-                sx0, sx1 = max(x0, left), min(x1, left + segment.shape[1])
+                rgb, top, left = self._segment(index)
+                sy0, sy1 = max(y0, top), min(y1, top + rgb.shape[0])
+                sx0, sx1 = max(x0, left), min(x1, left + rgb.shape[1])
                 out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = rgb[sy0 - top : sy1 - top, sx0 - left : sx1 - left]
         return Image.fromarray(out, "RGBA")
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file and drop the cached segments."""
+        self._cache.clear()
+        self._cached_bytes = 0
         self._tif.close()
 
 
@@ -143,16 +164,26 @@ def _as_rgba(segment: np.ndarray) -> np.ndarray:
 
 def image_dimensions(path: str | Path) -> tuple[int, int] | None:
     """(width, height) of an image file from its header, without decoding pixels; None if unreadable."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(str(path)) as tif:
+                page = tif.pages[0]
+                return int(page.imagewidth), int(page.imagelength)
+        except Exception:
+            return None
     try:
         with Image.open(path) as img:
             return int(img.width), int(img.height)
-    except Exception:  # PIL refuses some TIFF layouts that tifffile reads
-        pass
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(str(path)) as tif:
-            page = tif.pages[0]
-            return int(page.imagewidth), int(page.imagelength)
+    except Image.DecompressionBombError:  # PIL refuses to even open it; the header is all we read
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(path) as img:
+                return int(img.width), int(img.height)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
     except Exception:
         return None

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 from probmcl_med.data.base import MultiLabelDataset, logger, normalize_split, seeded_split
 from probmcl_med.data.csv_dataset import check_root, find_column, labels_from_rows, read_table, resolve_image_path
 from probmcl_med.data.imageio import SLIDES, slide_location_check
-from probmcl_med.errors import DataError
+from probmcl_med.errors import ConfigError, DataError
 from probmcl_med.fileio import atomic_write
 
 SLIDE_COLUMNS = ("slide", "path", "slide_path", "file", "filename")
@@ -321,20 +321,42 @@ def plan_mpp(slide: Any, path: str | Path, mpp: float, size: int, slide_mpp_over
     return MppPlan(float(mpp), base, level, level_mpp, int(size), int(read_size))
 
 
+def input_mpp(dataset: str, options: Mapping[str, Any], image_size: int, declared: float | None) -> float | None:
+    """Microns per pixel of the network input, as recorded in model.pt (``predict`` reads slides at it).
+
+    The ``slides`` dataset with ``options.mpp`` reads ``options.size``-pixel patches at that mpp and the transform
+    resizes them to ``image_size``: the input mpp is ``mpp * size / image_size``. Any other dataset: ``declared``
+    (the config's ``dataset.mpp``), or None.
+
+    Raises:
+        ConfigError: ``dataset.mpp`` contradicts what the slides options give.
+    """
+    if dataset != "slides" or options.get("mpp") is None:
+        return None if declared is None else float(declared)
+    derived = float(options["mpp"]) * float(options.get("size", 224)) / float(image_size)
+    if declared is not None and abs(float(declared) - derived) > 1e-3 * derived:
+        raise ConfigError(
+            f"dataset.mpp={declared} but the slides options give {derived:g} um/px at the network input "
+            f"(options.mpp * options.size / image_size); drop dataset.mpp or make them agree"
+        )
+    return derived
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Thumbnails without decoding a whole level
 # ---------------------------------------------------------------------------------------------------------------------
 
-THUMBNAIL_READ_PIXELS = 4096 * 4096
-"""Largest region read at once to build a thumbnail (a level above this is read in bands of this many pixels)."""
+THUMBNAIL_READ_PIXELS = 2048 * 2048
+"""Largest region read at once to build a thumbnail (16 MB of RGBA); a larger level is read in bands."""
 
 
 def slide_thumbnail(slide: Any, size: int) -> np.ndarray:
     """(h, w, 3) uint8 RGB thumbnail whose longer side is at most ``size``, with bounded memory.
 
     OpenSlide's ``get_thumbnail`` reads the best level whole, which for a one-level 20 000-pixel image is 1.6 GB of
-    RGBA. Here the level is read in regions of at most :data:`THUMBNAIL_READ_PIXELS` pixels, each shrunk (PIL,
-    bilinear with antialiasing) into its exact share of the thumbnail; small levels go through OpenSlide directly.
+    RGBA. Here a level above :data:`THUMBNAIL_READ_PIXELS` is read in full-width bands of at most that many pixels
+    (full width, so a stripped TIFF decodes each strip about once), each shrunk (PIL, bilinear with antialiasing)
+    into its exact rows of the thumbnail; small levels go through OpenSlide's ``get_thumbnail``.
     """
     from PIL import Image
 
@@ -349,16 +371,13 @@ def slide_thumbnail(slide: Any, size: int) -> np.ndarray:
     if lw * lh <= THUMBNAIL_READ_PIXELS and hasattr(slide, "get_thumbnail"):
         return np.asarray(slide.get_thumbnail((size, size)).convert("RGB"))
     thumb = np.zeros((th, tw, 3), dtype=np.uint8)
-    fx, fy = lw / tw, lh / th  # level pixels per thumbnail pixel
-    band = max(1, int(np.sqrt(THUMBNAIL_READ_PIXELS) / max(fx, fy)))  # thumbnail pixels per band side
+    fy = lh / th  # level rows per thumbnail row
+    band = max(1, int(THUMBNAIL_READ_PIXELS / lw / fy))  # thumbnail rows per band
     for r0 in range(0, th, band):
-        for c0 in range(0, tw, band):
-            r1, c1 = min(r0 + band, th), min(c0 + band, tw)
-            x0, x1 = round(c0 * fx), min(round(c1 * fx), lw)
-            y0, y1 = round(r0 * fy), min(round(r1 * fy), lh)
-            region = slide.read_region((round(x0 * ds), round(y0 * ds)), level, (max(x1 - x0, 1), max(y1 - y0, 1)))
-            small = region.resize((c1 - c0, r1 - r0), Image.Resampling.BILINEAR)
-            thumb[r0:r1, c0:c1] = rgba_to_rgb(np.asarray(small))
+        r1 = min(r0 + band, th)
+        y0, y1 = round(r0 * fy), min(round(r1 * fy), lh)
+        region = slide.read_region((0, round(y0 * ds)), level, (lw, max(y1 - y0, 1)))
+        thumb[r0:r1] = rgba_to_rgb(np.asarray(region.resize((tw, r1 - r0), Image.Resampling.BILINEAR)))
     return thumb
 
 

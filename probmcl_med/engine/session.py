@@ -33,6 +33,8 @@ from probmcl_med.core.mdn import MixtureDensityNetwork
 from probmcl_med.data.base import make_loader
 from probmcl_med.data.datasets import build_dataset
 from probmcl_med.data.normalization import resolve_normalization
+from probmcl_med.data.slides import input_mpp
+from probmcl_med.data.stain import fit_reference
 from probmcl_med.data.transforms import build_eval_transform, build_train_transform
 from probmcl_med.engine.amp import AmpSettings, amp_settings
 from probmcl_med.engine.checkpoint import CheckpointManager, capture_rng_state, check_compatible, restore_rng_state
@@ -103,6 +105,9 @@ class Session:
             raise ConfigError(f"dataset {d.name}: the {d.val_split} split has other classes than {d.train_split}")
         mean, std = self.encoder.normalization
         self.normalization = resolve_normalization(d.normalization, mean, std, dataset=self.train_ds)
+        # fitted once here; the same reference goes into model.pt for evaluate and predict
+        self.stain = fit_reference(d.stain_normalize).to_dict() if d.stain_normalize else None
+        self.input_mpp = input_mpp(d.name, d.options, d.image_size, d.mpp)
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -112,11 +117,11 @@ class Session:
     def train_transform(self) -> Any:
         """The augmented training transform (``dataset.augment``) at the image size, normalised."""
         d = self.config.dataset
-        return build_train_transform(d.image_size, *self.mean_std, **d.augment.model_dump())
+        return build_train_transform(d.image_size, *self.mean_std, **d.augment.model_dump(), stain=self.stain)
 
     def eval_transform(self) -> Any:
-        """The deterministic transform (load, resize, normalise)."""
-        return build_eval_transform(self.config.dataset.image_size, *self.mean_std)
+        """The deterministic transform (load, stain normalisation when configured, resize, normalise)."""
+        return build_eval_transform(self.config.dataset.image_size, *self.mean_std, self.stain)
 
     def build_mdn(self, c: ContrastiveConfig) -> nn.Module:
         """The mixture density network of the ``contrastive`` section (z = h(x): it lives in the encoder's space)."""
@@ -390,4 +395,6 @@ class Session:
             training_config=config,
             best_val_map=best.get("map"),
             best_epoch=best.get("epoch"),
+            mpp=self.input_mpp,
+            stain_reference=self.stain,
         )

@@ -3,7 +3,8 @@
 A file is a slide when OpenSlide recognises its format (``openslide.OpenSlide.detect_format``, which tells a tiled
 pyramidal TIFF from a plain TIFF image) or when its extension only ever names a slide (``.svs``, ``.ndpi``,
 ``.mrxs``, ...: then OpenSlide is asked to open it and a file it cannot read is a one-line :class:`DataError`).
-Every input goes through the bundle's deterministic eval transform: its image size and its stored mean/std.
+A plain TIFF above ``--tile-above`` megapixels is a slide too (read piece by piece). Every input goes through the
+bundle's deterministic eval transform: its stain reference, image size and stored mean/std.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from probmcl_med.bundle import ModelBundle
 from probmcl_med.data.base import find_data_error
 from probmcl_med.data.base import make_loader as data_loader
 from probmcl_med.data.imageio import IMAGE_SUFFIXES, image_files
+from probmcl_med.data.plaintiff import image_dimensions
 from probmcl_med.data.transforms import build_eval_transform
 from probmcl_med.errors import DataError
 from probmcl_med.threads import configure_threads
+
+LARGE_IMAGE_PIXELS = 25_000_000
+"""A plain image above this many pixels (5000 x 5000) is predicted like a slide, tiled on tissue (``--tile-above``)."""
 
 SLIDE_ONLY_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".svslide", ".bif")
 """Extensions that only ever name whole slides (a ``.tif`` may be either; OpenSlide's format detection decides)."""
@@ -39,18 +44,32 @@ def is_slide(path: str | Path) -> bool:
         return False
 
 
-def input_kind(path: str | Path) -> str:
+def input_kind(path: str | Path, large_pixels: int = LARGE_IMAGE_PIXELS) -> str:
     """``"folder"``, ``"slide"`` or ``"image"`` for an existing input path.
 
+    A plain TIFF image larger than ``large_pixels`` (a region exported at full resolution) is a ``"slide"``: it is
+    tiled on tissue and read strip by strip (:class:`~probmcl_med.data.plaintiff.PlainTiff`), never decoded whole.
+
     Raises:
-        DataError: the path does not exist.
+        DataError: the path does not exist, or it is a non-TIFF image above ``large_pixels`` (it would be decoded
+            whole).
     """
     path = Path(path)
     if path.is_dir():
         return "folder"
     if not path.exists():
         raise DataError(f"input {path} does not exist; give an image, a folder of images or a whole slide")
-    return "slide" if is_slide(path) else "image"
+    if is_slide(path):
+        return "slide"
+    size = image_dimensions(path)
+    if size is not None and size[0] * size[1] > large_pixels:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return "slide"
+        raise DataError(
+            f"image {path} is {size[0]}x{size[1]} pixels, more than predict decodes at once "
+            f"({large_pixels / 1e6:g} Mpx); save it as a TIFF, which is tiled and read piece by piece like a slide"
+        )
+    return "image"
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -92,8 +111,8 @@ class ItemDataset(Dataset):
 
 
 def eval_transform(bundle: ModelBundle) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The deterministic transform the bundle's model expects: its image size and its stored mean/std."""
-    return build_eval_transform(bundle.image_size, bundle.mean, bundle.std)
+    """The deterministic transform the bundle's model expects: its stain reference, image size and mean/std."""
+    return build_eval_transform(bundle.image_size, bundle.mean, bundle.std, bundle.stain_reference)
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:

@@ -151,6 +151,8 @@ def predict_slide(
     level: int = 0,
     tissue_threshold: float = 0.5,
     stride: int | None = None,
+    mpp: float | None = None,
+    slide_mpp: float | None = None,
     threshold: float | None = None,
     batch_size: int = 32,
     device: torch.device | str | None = "auto",
@@ -167,10 +169,13 @@ def predict_slide(
     Args:
         bundle: the loaded model bundle.
         path: the slide file.
-        patch_size: patch side in pixels of ``level`` (default: the model's input size, so nothing is resized).
-        level: pyramid level the patches are read at.
+        patch_size: patch side in pixels of ``level``, or at ``mpp`` when given (default: the model's input size).
+        level: pyramid level the patches are read at (without ``mpp``).
         tissue_threshold: minimum tissue fraction of a kept patch, in [0, 1].
-        stride: grid step in pixels of ``level`` (default: ``patch_size``, no overlap).
+        stride: grid step in pixels of the patches (default: ``patch_size``, no overlap).
+        mpp: read patches at this many microns per pixel, from the level nearest above it
+            (:func:`probmcl_med.data.slides.plan_mpp`); None: level pixels.
+        slide_mpp: the slide's level-0 microns per pixel when the file does not record it.
         threshold, batch_size, device, workers, uncertainty, progress: as in :func:`predict_images`.
 
     Returns:
@@ -187,10 +192,13 @@ def predict_slide(
     dev = resolve_device(device)
     thresholds = decision_thresholds(bundle, threshold)
     size = int(patch_size or bundle.image_size)
-    grid = tile_slide(path, size, level=level, stride=stride, tissue_threshold=tissue_threshold)
+    grid = tile_slide(
+        path, size, level=level, stride=stride, tissue_threshold=tissue_threshold, mpp=mpp, slide_mpp=slide_mpp
+    )
     if not grid.locations:
+        where = f"at level {grid.level}" if mpp is None else f"at {mpp:g} um/px"
         raise DataError(
-            f"slide {path}: none of its {grid.candidates} patches of {size} px at level {level} reaches the tissue "
+            f"slide {path}: none of its {grid.candidates} patches of {size} px {where} reaches the tissue "
             f"fraction {tissue_threshold:g}; lower --tissue-threshold or the --patch-size"
         )
     loader = make_loader(ItemDataset(grid.items(), eval_transform(bundle)), batch_size, workers, dev)
@@ -202,9 +210,11 @@ def predict_slide(
     info = {
         "path": str(path),
         "dimensions": list(grid.dimensions),
-        "level": level,
+        "level": grid.level,
         "level_downsample": grid.level_downsample,
         "patch_size": size,
+        "patch_extent_level0": grid.extent,
+        "mpp": None if grid.mpp_plan is None else grid.mpp_plan.to_dict(),
         "stride": grid.stride,
         "tissue_threshold": float(tissue_threshold),
         "patches_on_tissue": len(grid.locations),

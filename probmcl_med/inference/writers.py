@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from probmcl_med.fileio import atomic_directory, check_replaceable_folder
+from probmcl_med.inference.geojson import geojson_text, patch_features
 from probmcl_med.inference.predict import Predictions
 
 OUTPUT_MARKER = ".probmcl-med-output"
@@ -122,7 +123,8 @@ def write_predictions(
     the labels style of the csv dataset). For a slide: ``patches.csv`` (``x, y, level, size`` in OpenSlide's
     convention, x/y in level-0 pixels and size in pixels of ``level``, then the probabilities and ``labels``).
     With uncertainty: ``uncertainty.csv`` (the id columns, then ``pi_<class>`` and ``var_<class>`` per class).
-    A slide also gets ``thumbnail.png`` and ``heatmaps/<class>.png`` (:func:`write_heatmaps`). Always:
+    A slide also gets ``thumbnail.png``, ``heatmaps/<class>.png`` (:func:`write_heatmaps`) and
+    ``predictions.geojson``, one polygon per patch in level-0 pixels for QuPath (:mod:`.geojson`). Always:
     ``meta.json`` (checkpoint, thresholds, classes, date, the slide grid, ...). ``extra_files(tmp_dir)`` adds more.
 
     Raises:
@@ -172,6 +174,9 @@ def write_predictions(
             )
         if p.kind == "slide" and p.slide is not None:
             write_heatmaps(tmp, p)
+            extent = float(p.slide["grid"].extent)
+            collection = patch_features(p.ids, p.probs, p.predicted, p.class_names, extent)
+            (tmp / "predictions.geojson").write_text(geojson_text(collection))
         if extra_files is not None:
             extra_files(tmp)
         (tmp / "meta.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
