@@ -38,6 +38,19 @@ def test_exported_model_matches_pytorch(tmp_path, fmt, capsys):
     assert got.shape == (5, 3) and np.abs(got - expected).max() < 1e-4
     report = export_model(load_model_bundle(tmp_path / "run"), tmp_path / "again", fmt)
     assert report["max_abs_difference"] < 1e-4
+    assert meta["mpp"] is None and meta["stain_reference"] is None
+
+
+def test_metadata_carries_the_models_mpp_and_stain_reference(tmp_path):
+    from test_predict_pathology import set_bundle_entries
+
+    make_bundle(tmp_path / "run")
+    stain = {"method": "macenko", "stain_matrix": [[0.6, 0.2], [0.7, 0.8], [0.4, 0.6]],
+             "max_concentrations": [1.9, 1.0], "io": 240.0, "source": "ref.png"}  # fmt: skip
+    set_bundle_entries(tmp_path / "run", mpp=0.5, stain_reference=stain, thresholds=[0.3, 0.5, 0.7])
+    export_model(load_model_bundle(tmp_path / "run"), tmp_path / "m.pt", "torchscript", check_batch=1)
+    meta = json.loads((tmp_path / "m.pt.json").read_text())
+    assert meta["mpp"] == 0.5 and meta["stain_reference"] == stain and meta["thresholds"] == [0.3, 0.5, 0.7]
 
 
 def test_bad_export_requests_are_one_line_errors(tmp_path, capsys):

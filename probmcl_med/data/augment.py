@@ -20,15 +20,15 @@ A policy is named by ``dataset.augment.policy``:
     rescaled and shifted), mild brightness / contrast / gamma, occasional blur and JPEG artefacts.
 
 Every pipeline is an ``albumentations.Compose``; :class:`AugmentImaged` wraps it as a MONAI ``Randomizable``: each
-call draws a seed from the transform's own ``self.R`` and reseeds every member of the Compose from it
-(:func:`seed_pipeline`), so the augmentations are
-seeded like every MONAI transform (``set_random_state``, MONAI's ``set_determinism``, per-sample seeds of the
+call draws a seed from the transform's own ``self.R`` and seeds the one random stream that every member of the
+Compose draws from (:func:`seed_pipeline`), so the augmentations are seeded like every MONAI transform (``set_random_state``, MONAI's ``set_determinism``, per-sample seeds of the
 resumable sampler) and never touch numpy's or torch's global random streams.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -190,18 +190,17 @@ def build_policy(
     return A.Compose(ops, p=1.0) if ops else None
 
 
-def seed_pipeline(transform: A.BasicTransform | A.BaseCompose, seed: int, path: tuple[int, ...] = ()) -> None:
-    """Give every transform of an albumentations tree its own random stream, derived from ``seed`` and its position.
+def seed_pipeline(transform: A.BasicTransform | A.BaseCompose, seed: int) -> None:
+    """Give a whole albumentations tree one numpy and one Python random stream, both seeded from ``seed``.
 
     albumentations' own ``set_random_seed`` hands the same seed to every member of a Compose, so members draw
-    identical numbers: a horizontal and a vertical flip at p = 0.5 would always fire together. Here each member is
-    seeded from ``(seed, its path in the tree)`` instead (parents first, so each call overrides what its parent
-    propagated).
+    identical numbers: a horizontal and a vertical flip at p = 0.5 would always fire together. Here every member
+    shares the same two generator objects (``set_random_state`` propagates them down the tree), so the members draw
+    successive numbers of one stream: independent of each other, and the same sequence for the same seed. Two
+    generators are built per call, not two per member (seeding every member was most of the pipeline's cost at
+    224 px: benchmarks/bench_data.py).
     """
-    state = np.random.SeedSequence([int(seed), *path]).generate_state(1)[0]
-    transform.set_random_seed(int(state))
-    for index, child in enumerate(getattr(transform, "transforms", ()) if isinstance(transform, A.BaseCompose) else ()):
-        seed_pipeline(child, seed, (*path, index + 1))
+    transform.set_random_state(np.random.default_rng(int(seed)), random.Random(int(seed)))
 
 
 class AugmentImaged(Randomizable, MapTransform):
