@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +85,28 @@ def test_data_check_reports_groups_and_fails_on_a_leaking_split_column(tmp_path,
     assert main(args[:-1]) == 1
     table = capsys.readouterr().out
     assert "groups in more than one split" in table and "P001" in table and "groups (patients / slides)" in table
+
+
+def test_slides_manifest_grouped_by_slide(tmp_path):
+    from probmcl_med.data.slides import write_pyramidal_tiff
+
+    first = write_pyramidal_tiff(tmp_path / "s0.tif", np.full((256, 256, 3), 200, np.uint8), levels=1, tile=128)
+    lines = ["slide,x,y,labels"]
+    for s in range(10):
+        if s:
+            (tmp_path / f"s{s}.tif").write_bytes(first.read_bytes())
+        lines += [f"s{s}.tif,{16 * k},0,{'a' if k % 2 else 'b'}" for k in range(3 + s % 4)]
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    splits = {
+        s: DATASETS.get("slides")(
+            str(tmp_path), s, group_column="slide", size=32, valid_fraction=0.2, test_fraction=0.2
+        )
+        for s in ("train", "valid", "test")
+    }
+    slides = {s: {Path(item["image"]["path"]).name for item in d.items} for s, d in splits.items()}
+    assert [len(v) for v in slides.values()] == [6, 2, 2]
+    assert not (
+        slides["train"] & slides["valid"] or slides["train"] & slides["test"] or slides["valid"] & slides["test"]
+    )
+    assert sum(len(d) for d in splits.values()) == len(lines) - 1 and group_leaks(splits) == []
+    assert all(item["group"] == Path(item["image"]["path"]).name for d in splits.values() for item in d.items)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -34,7 +35,9 @@ def test_exported_model_matches_pytorch(tmp_path, fmt, capsys):
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         got = session.run(["probabilities"], {"image": x.numpy()})[0]
     else:
-        got = torch.jit.load(str(out)).eval()(x).detach().numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+            got = torch.jit.load(str(out)).eval()(x).detach().numpy()
     assert got.shape == (5, 3) and np.abs(got - expected).max() < 1e-4
     report = export_model(load_model_bundle(tmp_path / "run"), tmp_path / "again", fmt)
     assert report["max_abs_difference"] < 1e-4

@@ -157,6 +157,44 @@ def labels_from_rows(
     return class_columns, labels
 
 
+def read_groups(
+    header: Sequence[str], rows: Sequence[dict[str, str]], group_column: str | None, path: Path
+) -> tuple[str | None, list[str] | None]:
+    """The group column (patient, slide) and each row's group, or (None, None) without ``group_column``.
+
+    Raises:
+        DataError: the column is missing, or a row has an empty group.
+    """
+    if not group_column:
+        return None, None
+    column = find_column(header, group_column, (), path, "group")
+    groups = [r[column] for r in rows]
+    if "" in groups:
+        i = groups.index("")
+        raise DataError(f"{path}, row {i} (line {i + 2}), column '{column}': empty group; give every row its id")
+    return column, groups
+
+
+def split_rows(
+    rows: Sequence[dict[str, str]],
+    split: str,
+    path: Path,
+    split_col: str | None,
+    groups: Sequence[str] | None,
+    seed: int,
+    valid_fraction: float,
+    test_fraction: float,
+) -> list[int]:
+    """Indices of the rows in ``split``: the split column's, else a seeded split of whole groups, else of rows."""
+    if split_col is not None:
+        return [
+            i for i, r in enumerate(rows) if normalize_split(r[split_col], f"{path}, row {i} (line {i + 2})") == split
+        ]
+    if groups is not None:
+        return grouped_split(groups, split, seed, valid_fraction, test_fraction).tolist()
+    return seeded_split(len(rows), split, seed, valid_fraction, test_fraction).tolist()
+
+
 def resolve_image_path(value: str, base: Path) -> str:
     """An image cell as a path: absolute paths kept, relative ones joined to ``base``."""
     p = Path(value)
@@ -220,23 +258,12 @@ def load_csv_dataset(
     split_col = lower.get((split_column or "split").lower())
     if split_column and split_col is None:
         raise DataError(f"{table}: no split column '{split_column}'; columns found: {', '.join(header)}")
-    group_col = find_column(header, group_column, (), table, "group") if group_column else None
-    groups = [r[group_col] for r in rows] if group_col else None
-    if groups is not None and "" in groups:
-        i = groups.index("")
-        raise DataError(f"{table}, row {i} (line {i + 2}), column '{group_col}': empty group; give every row its id")
+    group_col, groups = read_groups(header, rows, group_column, table)
     exclude = [c for c in (image_col, split_col, group_col) if c]
     class_names, labels = labels_from_rows(
         header, rows, table, exclude=exclude, labels_column=labels_column, classes=classes
     )
-    if split_col is not None:
-        chosen = [
-            i for i, r in enumerate(rows) if normalize_split(r[split_col], f"{table}, row {i} (line {i + 2})") == split
-        ]
-    elif groups is not None:
-        chosen = grouped_split(groups, split, seed, valid_fraction, test_fraction).tolist()
-    else:
-        chosen = seeded_split(len(rows), split, seed, valid_fraction, test_fraction).tolist()
+    chosen = split_rows(rows, split, table, split_col, groups, seed, valid_fraction, test_fraction)
     base = folder / images_dir if images_dir else folder
     items: list[dict[str, Any]] = []
     for i in chosen:

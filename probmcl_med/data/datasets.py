@@ -67,8 +67,8 @@ def coco(root: str | None, split: str = "train", **options: Any) -> MultiLabelDa
 def slides(root: str | None, split: str = "train", **options: Any) -> MultiLabelDataset:
     """Patches read lazily from whole-slide images (OpenSlide) listed in a manifest of slide, x, y, level, size, labels.
 
-    Options: manifest, classes, labels_column, size, level, mpp, slide_mpp, split_column, seed, valid_fraction,
-    test_fraction, skip_bad (see probmcl_med.data.slides).
+    Options: manifest, classes, labels_column, size, level, mpp, slide_mpp, split_column, group_column, seed,
+    valid_fraction, test_fraction, skip_bad (see probmcl_med.data.slides).
     """
     return load_slides(root, split, **_known(options, load_slides, "slides"))
 

@@ -9,7 +9,8 @@ Manifest (``root/manifest.csv`` or ``.json``, option ``manifest``), one row per 
 - ``x``, ``y``: top-left corner in level-0 pixels (OpenSlide's convention); ``level``: pyramid level (default option
   ``level``, 0); ``size``: patch side in pixels of that level (default option ``size``, 224).
 - labels as in the csv dataset (``labels`` column of ``|``-separated names, or 0/1 class columns); split column
-  optional, else a seeded split.
+  optional, else a seeded split; ``group_column`` (e.g. ``slide`` itself, or a patient column) keeps each group's
+  patches in one split, as in the csv dataset.
 A JSON manifest is a list of such objects (``labels`` may be a list of names), or ``{"patches": [...]}``.
 
 Patches are read lazily through ``openslide.OpenSlide.read_region``; each slide is opened once per process (see
@@ -40,8 +41,16 @@ import numpy as np
 import tifffile
 from torch.utils.data import Dataset
 
-from probmcl_med.data.base import MultiLabelDataset, logger, normalize_split, seeded_split
-from probmcl_med.data.csv_dataset import check_root, find_column, labels_from_rows, read_table, resolve_image_path
+from probmcl_med.data.base import MultiLabelDataset, logger, normalize_split
+from probmcl_med.data.csv_dataset import (
+    check_root,
+    find_column,
+    labels_from_rows,
+    read_groups,
+    read_table,
+    resolve_image_path,
+    split_rows,
+)
 from probmcl_med.data.imageio import SLIDES, slide_location_check
 from probmcl_med.errors import ConfigError, DataError
 from probmcl_med.fileio import atomic_write
@@ -114,6 +123,7 @@ def load_slides(
     size: int = 224,
     level: int = 0,
     split_column: str | None = None,
+    group_column: str | None = None,
     seed: int = 0,
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
@@ -145,14 +155,12 @@ def load_slides(
     split_col = lower.get((split_column or "split").lower())
     if split_column and split_col is None:
         raise DataError(f"{path}: no split column '{split_column}'; columns found: {', '.join(header)}")
-    exclude = [slide_col, lower["x"], lower["y"], *(c for c in (level_col, size_col, split_col) if c)]
+    group_col, groups = read_groups(header, rows, group_column, path)
+    exclude = [slide_col, lower["x"], lower["y"], *(c for c in (level_col, size_col, split_col, group_col) if c)]
     class_names, labels = labels_from_rows(
         header, rows, path, exclude=exclude, labels_column=labels_column, classes=classes
     )
-    if split_col is not None:
-        chosen = [i for i, r in enumerate(rows) if normalize_split(r[split_col], f"{path}, row {i}") == split]
-    else:
-        chosen = seeded_split(len(rows), split, seed, valid_fraction, test_fraction).tolist()
+    chosen = split_rows(rows, split, path, split_col, groups, seed, valid_fraction, test_fraction)
     items: list[dict[str, Any]] = []
     bad: list[str] = []
     for i in chosen:
@@ -185,6 +193,8 @@ def load_slides(
             bad.append(message)
             continue
         items.append({"image": location, "label": labels[i], "row": i})
+        if groups is not None:
+            items[-1]["group"] = groups[i]
     if not items:
         raise DataError(f"{path}: the split '{split}' has no usable patches ({len(bad)} bad, {len(rows)} rows)")
     dataset = MultiLabelDataset(items, class_names, name="slides", source=path, skip_bad=skip_bad, check_files=False)
