@@ -10,10 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from probmcl_med.cli.grammar import Command, Group
 from probmcl_med.config import load_config
 from probmcl_med.data.checks import check_dataset, group_leaks
 from probmcl_med.data.datasets import build_dataset
-from probmcl_med.errors import ConfigError
+from probmcl_med.errors import ConfigError, EmptySplit
 
 CHECK_EPILOG = (
     "Examples: probmcl-med data check --dataset csv --root ~/my_patches;  "
@@ -31,7 +32,12 @@ def run_check(
     sample: int | None,
     workers: int,
 ) -> list[dict[str, Any]]:
-    """Build the configured dataset for each requested split and check it (skip_bad on, so all bad files are listed)."""
+    """Build the configured dataset for each requested split, as training names it (``dataset.train_split``,
+    ``val_split``, ``test_split``), and check it (skip_bad on, so all bad files are listed).
+
+    A split with no rows is reported as empty, with what training does about it (:data:`EMPTY_SPLIT`): an error for
+    the training split only.
+    """
     sets = list(overrides)
     if dataset is not None:
         sets.append(f"dataset.name={dataset}")
@@ -41,13 +47,18 @@ def run_check(
     splits = ["train", "valid", "test"] if split == "all" else [split]
     if split not in ("all", "train", "valid", "test"):
         raise ConfigError(f"--split {split!r}: use train, valid, test or all")
+    own_names = {"train": cfg.train_split, "valid": cfg.val_split, "test": cfg.test_split}
     results = []
     built = {}
     for name in splits:
-        ds = build_dataset(cfg.name, cfg.root, name, cfg.options, skip_bad=True)
+        try:
+            ds = build_dataset(cfg.name, cfg.root, own_names[name], cfg.options, skip_bad=True)
+        except EmptySplit as exc:
+            results.append(empty_split_result(cfg.name, name, str(exc)))
+            continue
         built[name] = ds
         result = check_dataset(ds, sample=sample, workers=workers)
-        result["split"] = name
+        result.update(split=name, empty=False)
         results.append(result)
     leaks = group_leaks(built) if len(built) > 1 else []
     for result in results:  # a group in two splits fails every split it is in
@@ -56,8 +67,36 @@ def run_check(
     return results
 
 
+EMPTY_SPLIT = {
+    "train": "training cannot run without training images",
+    "valid": "training goes on without validation and keeps its last epoch (a warning says so)",
+    "test": "`probmcl-med evaluate --split test` will have nothing to score",
+}
+"""What an empty split means for training and evaluation, per split."""
+
+
+def empty_split_result(dataset: str, split: str, reason: str) -> dict[str, Any]:
+    """The check result of a split with no rows: empty, what that means, an error only for the training split."""
+    return {
+        "name": dataset,
+        "split": split,
+        "empty": True,
+        "images": 0,
+        "reason": reason,
+        "consequence": EMPTY_SPLIT[split],
+        "ok": split != "train",
+    }
+
+
 def _print(results: list[dict[str, Any]], console: Console) -> None:
     for r in results:
+        if r["empty"]:
+            style = "red" if not r["ok"] else "yellow"
+            console.print(
+                f"[{style}]{r['name']} / {r['split']}: empty[/{style}] ({r['reason']}): {r['consequence']}",
+                highlight=False,
+            )
+            continue
         summary = Table(title=f"{r['name']} / {r['split']}  ({r['source']})", show_header=False)
         summary.add_column("what")
         summary.add_column("value", overflow="fold")
@@ -122,18 +161,23 @@ def _print(results: list[dict[str, Any]], console: Console) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the ``data`` command group (``data check``) to the CLI."""
-    data_app = typer.Typer(help="Inspect and validate datasets.", no_args_is_help=True)
+    data_app = typer.Typer(help="Inspect and validate datasets.", no_args_is_help=True, cls=Group)
 
-    @data_app.command("check", epilog=CHECK_EPILOG)
+    @data_app.command("check", cls=Command, epilog=CHECK_EPILOG)
     def check(
         dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="A registered dataset name.")] = None,
-        root: Annotated[str | None, typer.Option("--root", "-r", help="The dataset folder.")] = None,
+        root: Annotated[
+            str | None, typer.Option("--root", "-r", help="The dataset folder (the same as --set dataset.root=PATH).")
+        ] = None,
         split: Annotated[str, typer.Option("--split", help="train, valid, test or all.")] = "all",
         config: Annotated[
             Path | None, typer.Option("--config", "-c", help="A run config to take dataset.* from.")
         ] = None,
         overrides: Annotated[
-            list[str] | None, typer.Option("--set", help="Config override, e.g. dataset.options.level=L2 (repeatable).")
+            list[str] | None,
+            typer.Option(
+                "--set", metavar="KEY=VALUE", help="Config override, e.g. dataset.options.level=L2 (repeatable)."
+            ),
         ] = None,
         sample: Annotated[
             int | None, typer.Option("--sample", min=1, help="Read only N random images per split (default: all).")
@@ -144,7 +188,8 @@ def register(app: typer.Typer) -> None:
         """Check a dataset: classes, positives per class, label cardinality, co-occurring pairs, unreadable files.
 
         Every image (or a --sample) is read; the exit code is 1 when a file cannot be read, or when a group
-        (dataset.options.group_column: patient, slide) appears in two splits.
+        (dataset.options.group_column: patient, slide) appears in two splits. A split with no rows is reported as
+        empty with what training does about it (an error only for the training split).
         """
         results = run_check(config, dataset, root, split, list(overrides or []), sample, workers)
         if as_json:

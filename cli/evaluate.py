@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from probmcl_med.cli.grammar import Command
+
 EXAMPLE = (
     "Examples: probmcl-med evaluate --checkpoint runs/adp --split test --report reports/adp-test; "
     "probmcl-med evaluate --checkpoint runs/adp --tune-thresholds recall=0.95 --save --report reports/adp-r95; "
@@ -137,8 +139,9 @@ def evaluate_command(
     workers: Annotated[
         int | None, typer.Option("--workers", help="DataLoader workers (default: the run config's).")
     ] = None,
-    data_root: Annotated[
-        str | None, typer.Option("--data-root", help="Dataset folder, if it moved since training.")
+    root: Annotated[
+        str | None,
+        typer.Option("--root", help="The dataset folder, if it moved since training (default: the one it trained on)."),
     ] = None,
     scores: Annotated[
         Path | None, typer.Option("--scores", help="Saved probabilities (CSV with class-name header, or .npy).")
@@ -194,7 +197,7 @@ def evaluate_command(
             batch_size=batch_size,
             device=device,
             workers=workers,
-            root=data_root,
+            root=root,
             progress=progress,
         )
     for warning in result.warnings:
@@ -235,4 +238,4 @@ def evaluate_command(
 
 def register(app: typer.Typer) -> None:
     """Attach ``evaluate`` to the app."""
-    app.command("evaluate", epilog=EXAMPLE)(evaluate_command)
+    app.command("evaluate", cls=Command, epilog=EXAMPLE)(evaluate_command)

@@ -8,18 +8,20 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from probmcl_med.cli.grammar import Command
+
 EXAMPLE = "Example: probmcl-med explain patch.png --checkpoint runs/adp --class stroma --class necrosis --out cams/"
 
 
 def explain_command(
     image: Annotated[Path, typer.Argument(help="The image to explain.")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Run folder (or its model.pt).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder: one overlay PNG per class and explain.json.")
+    ],
     classes: Annotated[
         list[str] | None,
         typer.Option("--class", help="Class to explain (repeatable); default: the predicted classes."),
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder (default: gradcam-IMAGE_STEM).")
     ] = None,
     threshold: Annotated[
         float | None,
@@ -27,7 +29,11 @@ def explain_command(
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
-    """Grad-CAM of the encoder's last stage for each class, blended over the image (the paper's Figure 3)."""
+    """Grad-CAM for each class, blended over the image (the paper's Figure 3).
+
+    The target layer is the deepest whose output map is at least 7x7 at the model's input size (at 224 px a ResNet's
+    last stage; at 32 px an earlier one, since the last is 1x1); explain.json records it and its size.
+    """
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
     from probmcl_med.errors import DataError
@@ -41,13 +47,18 @@ def explain_command(
     Console().print(
         f"thresholds: {describe_thresholds(bundle, threshold)}", highlight=False, soft_wrap=True, markup=False
     )
-    folder = out if out is not None else Path(f"gradcam-{image.stem}")
-    results = explain_image(bundle, image, folder, classes or None, threshold=threshold, device=device, checkpoint=path)
+    results = explain_image(bundle, image, out, classes or None, threshold=threshold, device=device, checkpoint=path)
     console = Console()
+    layer = results[0].layer
+    if layer.warning:
+        Console(stderr=True).print(f"warning: {layer.warning}", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"Grad-CAM of {layer.name} ({layer.height}x{layer.width} at {layer.input_size} px input)", highlight=False
+    )
     for r in results:
-        console.print(f"{r.name}: p = {r.probability:.3f} -> {r.path}")
+        console.print(f"{r.name}: p = {r.probability:.3f} -> {r.path}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
     """Attach ``explain`` to the app."""
-    app.command("explain", epilog=EXAMPLE)(explain_command)
+    app.command("explain", cls=Command, epilog=EXAMPLE)(explain_command)

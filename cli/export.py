@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from probmcl_med.cli.grammar import Command
+
 EXAMPLE = (
     "Examples: probmcl-med export --checkpoint runs/adp --format onnx --out adp.onnx; "
     "probmcl-med export -c runs/adp --format torchscript --out adp.pt"
@@ -43,4 +45,4 @@ def export_command(
 
 def register(app: typer.Typer) -> None:
     """Attach ``export`` to the app."""
-    app.command("export", epilog=EXAMPLE)(export_command)
+    app.command("export", cls=Command, epilog=EXAMPLE)(export_command)

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from probmcl_med.cli.grammar import Command
+
 EXAMPLE = "Example: probmcl-med info --checkpoint runs/adp --json"
 
 BEST_MAP_KEYS = ("best_val_map", "best_val_mAP", "best_map")
@@ -167,4 +169,4 @@ def info_command(
 
 def register(app: typer.Typer) -> None:
     """Attach ``info`` to the app."""
-    app.command("info", epilog=EXAMPLE)(info_command)
+    app.command("info", cls=Command, epilog=EXAMPLE)(info_command)

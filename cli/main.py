@@ -7,7 +7,7 @@ Commands live in sibling modules, each with a ``register(app)`` function.
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
 import sys
 import traceback
@@ -16,13 +16,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from probmcl_med import __version__
-from probmcl_med.cli import data, evaluate, explain, export, info, predict, sweep, train
-from probmcl_med.errors import UserError, one_line_message
+from probmcl_med.cli import data, evaluate, explain, export, info, plugins, predict, sweep, train
+from probmcl_med.cli.grammar import GLOBAL_PANEL, Group, is_flag
+from probmcl_med.errors import TrainingInterrupted, UserError, one_line_message
 from probmcl_med.plugins import load_plugins
-from probmcl_med.registry import ALL_REGISTRIES
 
 try:  # Typer >= 0.20 vendors click as typer._click; older releases use click itself.
     from typer._click import exceptions as _click_exceptions
@@ -40,6 +39,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=Group,
 )
 
 stdout = Console()
@@ -54,48 +54,65 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+def _debug_callback(value: bool) -> None:
+    if value:
+        _state["debug"] = True
+
+
+def _plugins_dir_callback(value: list[Path] | None) -> None:
+    """Load the folders of ``--plugins-dir`` where the option stands (before or after the command's name)."""
+    if value:
+        load_plugins(extra_dirs=list(value), autoload=False)
+        _warn_plugin_failures()
+
+
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            expose_value=False,
+            help="Print the version and exit.",
+            rich_help_panel=GLOBAL_PANEL,
+        ),
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            callback=_debug_callback,
+            expose_value=False,
+            help="Show full tracebacks for errors.",
+            rich_help_panel=GLOBAL_PANEL,
+        ),
+    ] = False,
     plugins_dir: Annotated[
         list[Path] | None,
-        typer.Option("--plugins-dir", help="Extra folder of plugin files to load (repeatable)."),
+        typer.Option(
+            "--plugins-dir",
+            callback=_plugins_dir_callback,
+            expose_value=False,
+            metavar="DIR",
+            help="Extra folder of plugin files to load (repeatable).",
+            rich_help_panel=GLOBAL_PANEL,
+        ),
     ] = None,
 ) -> None:
     """ProbMCL multi-label classification for medical images.
 
-    Plugins are loaded before any command from ./plugins, --plugins-dir, $PROBMCL_MED_PLUGINS and installed packages
-    (set PROBMCL_MED_NO_AUTOLOAD=1 to load only --plugins-dir).
+    Plugins are loaded before any command from ./plugins, $PROBMCL_MED_PLUGINS and installed packages (set
+    PROBMCL_MED_NO_AUTOLOAD=1 to load only --plugins-dir). The global options (--debug, --plugins-dir, --version)
+    go before or after the command's name.
     """
-    _state["debug"] = debug or bool(_state["debug"])
-    load_plugins(extra_dirs=list(plugins_dir or []))
+    load_plugins()
+    _warn_plugin_failures()
 
 
-@app.command(
-    "plugins",
-    epilog="Example: probmcl-med --plugins-dir my_plugins plugins --json",
-)
-def plugins_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """List every registered encoder, overlap, similarity, likelihood and dataset, with where it came from."""
-    rows = [
-        {"registry": reg_name, "name": e.name, "source": e.source, "summary": e.summary}
-        for reg_name, registry in ALL_REGISTRIES.items()
-        for e in registry.entries()
-    ]
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(title="Registered components")
-    for column in ("registry", "name", "source", "summary"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(row["registry"], row["name"], row["source"], row["summary"])
-    stdout.print(table)
+def _warn_plugin_failures() -> None:
+    plugins.warn_plugin_failures(stderr, debug=bool(_state["debug"]))
 
 
 def _register_commands() -> None:
@@ -103,8 +120,23 @@ def _register_commands() -> None:
     if _state.get("registered"):
         return
     _state["registered"] = True
-    for module in (train, evaluate, predict, explain, export, info, data, sweep):
+    for module in (plugins, train, evaluate, predict, explain, export, info, data, sweep):
         module.register(app)
+
+
+_BOOLEAN_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+
+
+def _flag_value_hint(ctx: object, argv: list[str]) -> str | None:
+    """``--json true``: Click reports an unexpected extra argument; say instead that the flag takes no value."""
+    command = getattr(ctx, "command", None)
+    if command is None:
+        return None
+    flags = {opt for p in command.get_params(ctx) if is_flag(p) for opt in p.opts}
+    for flag, value in itertools.pairwise(argv):
+        if flag in flags and value.lower() in _BOOLEAN_WORDS:
+            return f"{flag} is a flag and takes no value: write {flag} alone (drop {value!r}), leave it out for off"
+    return None
 
 
 def _wants_debug(argv: list[str]) -> bool:
@@ -117,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     _state["debug"] = _wants_debug(args)
     try:
         _register_commands()
-        result = app(args=args, prog_name="probmcl-med", standalone_mode=False)
+        # make_context + invoke rather than app(...): Typer's main turns Ctrl-C into a silent exit code 130, and the
+        # KeyboardInterrupt (with what training kept) must reach the handler below
+        command = typer.main.get_command(app)
+        with command.make_context("probmcl-med", args, obj={"argv": args}) as ctx:
+            result = command.invoke(ctx)
         return int(result) if isinstance(result, int) else 0
     except _EXIT as exc:
         return int(exc.exit_code)
@@ -130,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx = getattr(exc, "ctx", None)
         if ctx is not None:
             stderr.print(ctx.get_usage(), markup=False, highlight=False)
-        stderr.print(f"error: {exc.format_message()}", markup=False, highlight=False)
+        message = _flag_value_hint(ctx, args) or exc.format_message()
+        stderr.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except _click_exceptions.ClickException as exc:
         stderr.print(f"error: {exc.format_message()}", markup=False, highlight=False)
@@ -143,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         if not _state["debug"]:
             stderr.print("(run with --debug for the traceback)", style="dim")
         return 1
-    except KeyboardInterrupt:
-        stderr.print("interrupted")
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line (training says what it kept and how to continue)
+        message = str(exc) if isinstance(exc, TrainingInterrupted) else "interrupted"
+        stderr.print(message, markup=False, highlight=False, soft_wrap=True)
         return 130
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from probmcl_med.cli.evaluate import RichProgress
+from probmcl_med.cli.grammar import Command
+from probmcl_med.cli.tables import print_table
 from probmcl_med.errors import UserError
 
 EXAMPLE = (
@@ -22,6 +24,31 @@ UNCERTAINTY_HELP = (
     "signal. Not a calibrated probability and not validated here as a predictor of errors. Needs a checkpoint that "
     "kept its MDN."
 )
+
+
+TABLE_LIMIT = 20
+"""Up to this many images, ``predict`` prints each one's predicted classes."""
+
+
+def predicted_cell(names: list[str], probs: Any, thresholds: Any) -> str:
+    """``stroma 0.91, necrosis 0.62`` (the classes at or over their threshold, most probable first), or ``none
+    (highest: stroma 0.41)``."""
+    order = sorted(range(len(names)), key=lambda k: -float(probs[k]))
+    chosen = [k for k in order if probs[k] >= thresholds[k]]
+    if not chosen:
+        return f"none (highest: {names[order[0]]} {float(probs[order[0]]):.2f})"
+    return ", ".join(f"{names[k]} {float(probs[k]):.2f}" for k in chosen)
+
+
+def print_predictions(predictions: Any, console: Console) -> None:
+    """Per image (when there are at most :data:`TABLE_LIMIT`): its name and its predicted classes."""
+    if not 0 < len(predictions.ids) <= TABLE_LIMIT:
+        return
+    rows = [
+        [Path(row["image"]).name, predicted_cell(predictions.class_names, probs, predictions.thresholds)]
+        for row, probs in zip(predictions.ids, predictions.probs, strict=True)
+    ]
+    print_table(console, ["image", "predicted (probability)"], rows)
 
 
 def predict_command(
@@ -67,13 +94,20 @@ def predict_command(
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
+    skip_bad: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad", help="Predict the readable images (or patches), list the others (also in meta.json)."
+        ),
+    ] = False,
 ) -> None:
     """Predict per-class probabilities and labels; for a slide, per-patch probabilities and a heat map per class.
 
-    Images: predictions.csv (one probability column per class), labels.csv, meta.json. Slides (and plain TIFFs above
-    --tile-above): patches.csv (x, y in level-0 pixels, level, size in pixels of that level, tissue fraction,
-    probabilities, labels), predictions.geojson (QuPath: File > Import objects), thumbnail.png, heatmaps/CLASS.png,
-    meta.json (with the slide's mpp, the requested mpp and the level read).
+    Images: predictions.csv (one probability column per class), labels.csv, meta.json; for up to 20 images a table
+    of the predicted classes with their probabilities. Slides (and plain TIFFs above --tile-above): patches.csv (x, y
+    in level-0 pixels, level, size in pixels of that level, tissue fraction, probabilities, labels),
+    predictions.geojson (QuPath: File > Import objects), thumbnail.png, heatmaps/CLASS.png, meta.json (with the
+    slide's mpp, the requested mpp and the level read).
     """
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
@@ -116,11 +150,12 @@ def predict_command(
                 tissue_threshold=tissue_threshold,
                 stride=stride,
                 progress=progress,
+                skip_bad=skip_bad,
                 **options,
             )
         else:
             paths = list_images(input_path) if kind == "folder" else [input_path]
-            predictions = predict_images(bundle, paths, progress=progress, **options)
+            predictions = predict_images(bundle, paths, progress=progress, skip_bad=skip_bad, **options)
     meta = {"checkpoint": str(path), "input": str(input_path), "encoder": bundle.encoder_name, "device": str(dev)}
     write_predictions(out, predictions, meta)
     console = Console()
@@ -137,9 +172,17 @@ def predict_command(
             f"({info.get('patch_size')} px {where}); written to {out}/patches.csv, predictions.geojson and heatmaps/"
         )
     else:
-        console.print(f"{len(predictions.ids)} image(s) predicted; written to {out}/predictions.csv and labels.csv")
+        print_predictions(predictions, console)
+        console.print(
+            f"{len(predictions.ids)} image(s) predicted; written to {out}/predictions.csv and labels.csv",
+            highlight=False,
+        )
+    if predictions.skipped:
+        err.print(f"skipped {len(predictions.skipped)} unreadable input(s):", highlight=False)
+        for item in predictions.skipped:
+            err.print(f"  {item['error']}", markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
     """Attach ``predict`` to the app."""
-    app.command("predict", epilog=EXAMPLE)(predict_command)
+    app.command("predict", cls=Command, epilog=EXAMPLE)(predict_command)

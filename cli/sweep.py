@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from probmcl_med.cli.grammar import Command
+
 EPILOG = """\
 Examples:
 
@@ -31,11 +33,20 @@ def sweep_command(
     config: Annotated[Path | None, typer.Option("--config", help="Base YAML run config (or a named config).")] = None,
     grid: Annotated[
         list[str] | None,
-        typer.Option("--grid", help="KEY=V1,V2,... swept values of a config key (repeatable; Cartesian product)."),
+        typer.Option(
+            "--grid",
+            metavar="KEY=V1,V2",
+            help="KEY=V1,V2,... swept values of a config key (repeatable; Cartesian product).",
+        ),
     ] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per grid point (0 .. N-1).")] = 3,
     overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Override for every run, e.g. --set contrastive.epochs=2.")
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="Override for every run, e.g. --set contrastive.epochs=2."),
+    ] = None,
+    root: Annotated[
+        str | None,
+        typer.Option("--root", help="The dataset folder of every run (the same as --set dataset.root=PATH)."),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Sweep folder: one run folder per point and seed.")] = Path(
         "runs/sweep"
@@ -62,12 +73,13 @@ def sweep_command(
     points = grid_points(parse_grid(list(grid or [])))
     if write_best is not None and pick_by is None:
         pick_by = "mAP"
+    sets = [*(overrides or []), *([f"dataset.root={root}"] if root is not None else [])]
     run_sweep(
         config,
         points,
         seeds,
         out,
-        list(overrides or []),
+        sets,
         console=Console(),
         plots=not no_plots,
         pick_by=pick_by,
@@ -77,4 +89,4 @@ def sweep_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``sweep`` to the Typer app."""
-    app.command("sweep", epilog=EPILOG)(sweep_command)
+    app.command("sweep", cls=Command, epilog=EPILOG)(sweep_command)

@@ -6,6 +6,7 @@ Under ``torchrun --nproc_per_node=K -m probmcl_med.cli train ...`` the same comm
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,20 +14,22 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from probmcl_med.cli.grammar import Command
 from probmcl_med.config import RunConfig, find_named_config, load_config, with_run_length
+from probmcl_med.errors import TrainingInterrupted
 
 EPILOG = """\
 Examples:
 
   probmcl-med train --dataset demo
 
-  probmcl-med train --dataset csv --set dataset.root=~/patches --epochs 8
+  probmcl-med train --dataset csv --root ~/patches --epochs 8
 
-  probmcl-med train --dataset adp --set dataset.root=/data/ADP --set contrastive.tau=0.1
+  probmcl-med train --dataset adp --root /data/ADP --set contrastive.tau=0.1
 
   probmcl-med train --config my.yaml --stage classifier --resume --output-dir runs/exp1
 
-  torchrun --nproc_per_node=4 -m probmcl_med.cli train --dataset coco --set dataset.root=/data/coco
+  torchrun --nproc_per_node=4 -m probmcl_med.cli train --dataset coco --root /data/coco
 """
 
 
@@ -36,29 +39,47 @@ def resolve_train_config(
     overrides: list[str] | None,
     output_dir: Path | None,
     epochs: int | None = None,
+    root: str | None = None,
 ) -> RunConfig:
-    """The run config from ``--config`` or ``configs/DATASET.yaml``, ``--dataset``, ``--set``, ``--output-dir`` and
-    ``--epochs`` (the run's length, applied last: :func:`probmcl_med.config.with_run_length`)."""
+    """The run config from ``--config`` or ``configs/DATASET.yaml``, ``--dataset``, ``--set``, ``--root``,
+    ``--output-dir`` and ``--epochs`` (the run's length, applied last: :func:`probmcl_med.config.with_run_length`).
+    The options win over ``--set`` of the same key."""
     sets = list(overrides or [])
     path: Path | None = config
     if path is None and dataset is not None:
         path = find_named_config(dataset)  # None: defaults + dataset.name, e.g. a plugin dataset without a config
     if dataset is not None:
         sets.insert(0, f"dataset.name={dataset}")
+    if root is not None:
+        sets.append(f"dataset.root={root}")
     if output_dir is not None:
         sets.append(f"output_dir={output_dir}")
     resolved = load_config(path, overrides=sets)
     return resolved if epochs is None else with_run_length(resolved, epochs)
 
 
+def resume_command(argv: list[str] | None, cfg: RunConfig) -> str:
+    """The command line that continues an interrupted run: the same arguments with ``--resume`` (or, when they are
+    not known, the run folder's resolved config)."""
+    if argv is None:
+        return shlex.join(["probmcl-med", "train", "--config", f"{cfg.output_dir}/config.yaml", "--resume"])
+    return shlex.join(["probmcl-med", *argv, *([] if "--resume" in argv else ["--resume"])])
+
+
 def train_command(
+    ctx: typer.Context,
     dataset: Annotated[
         str | None, typer.Option("--dataset", help="Dataset name; also picks configs/NAME.yaml when it exists.")
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML run config (overrides --dataset's).")] = None,
+    root: Annotated[
+        str | None, typer.Option("--root", help="The dataset folder (the same as --set dataset.root=PATH).")
+    ] = None,
     overrides: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Override a config key, e.g. --set contrastive.tau=0.1 (repeatable)."),
+        typer.Option(
+            "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set contrastive.tau=0.1 (repeatable)."
+        ),
     ] = None,
     epochs: Annotated[
         int | None,
@@ -86,7 +107,7 @@ def train_command(
     The run folder gets config.yaml, class_names.json, run.json, metrics.jsonl, tensorboard/, checkpoints/ and
     model.pt (what `probmcl-med evaluate --checkpoint RUN` reads).
     """
-    cfg = resolve_train_config(dataset, config, overrides, output_dir, epochs)
+    cfg = resolve_train_config(dataset, config, overrides, output_dir, epochs, root)
     if print_config:
         sys.stdout.write(cfg.to_yaml())
         return
@@ -94,7 +115,11 @@ def train_command(
     from probmcl_med.engine.run import train
 
     console = Console(stderr=True)
-    result = train(cfg, stage=stage, resume=resume, console=console)
+    try:
+        result = train(cfg, stage=stage, resume=resume, console=console)
+    except TrainingInterrupted as exc:
+        argv = ctx.obj.get("argv") if isinstance(ctx.obj, dict) else None
+        raise TrainingInterrupted(f"{exc}; continue with: {resume_command(argv, cfg)}", exc.checkpoint) from None
     out = Console()
     if result.model_path is not None:
         best = f" (best validation mAP {result.best_map:.2f} at epoch {result.best_epoch})" if result.best_map else ""
@@ -106,4 +131,4 @@ def train_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``train`` to the Typer app."""
-    app.command("train", epilog=EPILOG)(train_command)
+    app.command("train", cls=Command, epilog=EPILOG)(train_command)

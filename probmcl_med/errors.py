@@ -19,12 +19,38 @@ class DataError(UserError):
     """A dataset, image, slide, CSV or manifest that cannot be used as it is."""
 
 
+class EmptySplit(DataError):
+    """A dataset split with no rows (a CSV with train and test rows only has no valid split): training goes on
+    without validation when it is the validation split, and ``data check`` reports it as empty, not as an error."""
+
+
 class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt or belongs to another run (classes, encoder)."""
 
 
 class PluginError(UserError):
     """A plugin file or entry point that failed to import."""
+
+
+class ContractError(PluginError):
+    """A component (built-in or plugin) that breaks its registry's contract on a tiny batch
+    (:mod:`probmcl_med.testing`)."""
+
+
+class TrainingDiverged(UserError):
+    """A training step whose loss is not finite: the run stops before a checkpoint of that step is written."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the message says where the run stopped and which checkpoint a ``--resume`` continues
+    from. A KeyboardInterrupt, so whatever stops on Ctrl-C stops on it too; the CLI prints it and exits with 130."""
+
+    def __init__(self, message: str, checkpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "interrupted"
 
 
 def one_line_message(exc: BaseException) -> str:

@@ -9,18 +9,26 @@ Where plugins come from, in this order:
 
 ``PROBMCL_MED_NO_AUTOLOAD=1`` turns 1, 2 and 4 off; folders given explicitly are still loaded.
 
-Every ``*.py`` file of a folder (not starting with ``_``) is imported by its path under a unique module name derived
+Every ``*.py`` file of a folder (not starting with ``_`` or ``test_``: a plugin's tests may live beside it) is
+imported by its path under a unique module name derived
 from the resolved path, never as ``plugins.<name>``: two projects with a top-level ``plugins`` package would
 otherwise silently import each other's code. Importing a file registers whatever it decorates. Loading the same file
-twice is harmless (the module is reused). A file that fails to import does not stop the others; after all are tried,
-one :class:`~probmcl_med.errors.PluginError` names each failure with its exception.
+twice is harmless (the module is reused).
+
+A file that fails to import is contained: the others still load, the failure is kept (:func:`plugin_failures`,
+for the CLI's one warning line per file) and told to the registries together with the names the file would have
+registered (read from its source text), so that a command asking for one of those names says which file failed
+instead of "unknown name". ``strict=True`` raises one :class:`~probmcl_med.errors.PluginError` naming every failure
+instead. Where each call looked is kept too (:func:`searched_places`, for ``probmcl-med plugins``).
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -28,6 +36,7 @@ from pathlib import Path
 from types import ModuleType
 
 from probmcl_med.errors import PluginError
+from probmcl_med.registry import forget_failed_plugin, note_failed_plugin
 
 ENTRY_POINT_GROUP = "probmcl_med.plugins"
 ENV_PLUGIN_DIRS = "PROBMCL_MED_PLUGINS"
@@ -43,7 +52,31 @@ class LoadedPlugin:
     kind: str  # "file" or "entry point"
 
 
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that failed to import: its file (or entry point), the error in one line, the names it registers."""
+
+    source: str
+    error: str
+    names: tuple[str, ...]
+    exception: BaseException
+
+
+@dataclass(frozen=True)
+class SearchedPlace:
+    """Where plugins were looked for: ``origin`` (working directory, PROBMCL_MED_PLUGINS, --plugins-dir, entry
+    points), the folder or entry-point group, whether it exists and the plugin files (or entry points) found."""
+
+    origin: str
+    place: str
+    exists: bool
+    found: tuple[str, ...]
+
+
 _loaded: dict[str, LoadedPlugin] = {}
+_failures: dict[str, PluginFailure] = {}
+_searched: dict[tuple[str, str], SearchedPlace] = {}
+_REGISTER_CALL = re.compile(r"""\.register\(\s*(?:name\s*=\s*)?["']([^"']+)["']""")
 
 
 def autoload_enabled() -> bool:
@@ -51,23 +84,56 @@ def autoload_enabled() -> bool:
     return os.environ.get(ENV_NO_AUTOLOAD, "").strip().lower() not in {"1", "true", "yes", "on"}
 
 
-def plugin_folders(extra: list[str | Path] | None = None, autoload: bool | None = None) -> list[Path]:
-    """The folders to scan, deduplicated by resolved path, in load order."""
-    autoload = autoload_enabled() if autoload is None else autoload
-    candidates: list[Path] = []
+def _folders_with_origin(extra: list[str | Path] | None, autoload: bool) -> list[tuple[str, Path]]:
+    """(origin, folder) pairs to scan, deduplicated by resolved path, in load order."""
+    candidates: list[tuple[str, Path]] = []
     if autoload:
-        candidates.append(Path.cwd() / "plugins")
+        candidates.append(("working directory", Path.cwd() / "plugins"))
         env = os.environ.get(ENV_PLUGIN_DIRS, "")
-        candidates.extend(Path(p).expanduser() for p in env.split(os.pathsep) if p.strip())
-    candidates.extend(Path(p).expanduser() for p in extra or [])
+        candidates.extend((ENV_PLUGIN_DIRS, Path(p).expanduser()) for p in env.split(os.pathsep) if p.strip())
+    candidates.extend(("--plugins-dir", Path(p).expanduser()) for p in extra or [])
     seen: set[Path] = set()
-    folders: list[Path] = []
-    for folder in candidates:
+    folders: list[tuple[str, Path]] = []
+    for origin, folder in candidates:
         resolved = folder.resolve()
         if resolved not in seen:
             seen.add(resolved)
-            folders.append(folder)
+            folders.append((origin, folder))
     return folders
+
+
+def plugin_folders(extra: list[str | Path] | None = None, autoload: bool | None = None) -> list[Path]:
+    """The folders to scan, deduplicated by resolved path, in load order."""
+    autoload = autoload_enabled() if autoload is None else autoload
+    return [folder for _, folder in _folders_with_origin(extra, autoload)]
+
+
+def registered_names_in(path: str | Path) -> tuple[str, ...]:
+    """The names a plugin file registers, read from its source: the string first argument of every
+    ``X.register("name")`` call or decorator (a file that does not parse is read with a regular expression)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ()
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return tuple(dict.fromkeys(_REGISTER_CALL.findall(text)))
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "register":
+            args = [*node.args[:1], *(k.value for k in node.keywords if k.arg == "name")]
+            names.extend(a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str))
+    return tuple(dict.fromkeys(names))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (what a run folder records for each plugin file it used)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def module_name_for(path: Path) -> str:
@@ -104,59 +170,99 @@ def load_plugin_file(path: str | Path) -> ModuleType:
             raise
         raise PluginError(f"plugin {path} failed to import: {type(exc).__name__}: {exc}") from exc
     _loaded[name] = LoadedPlugin(module=name, source=str(path.resolve()), kind="file")
+    _forget_failure(str(path.resolve()))
     return module
+
+
+def _record_failure(source: str, error: PluginError, names: tuple[str, ...]) -> PluginFailure:
+    cause = error.__cause__ if error.__cause__ is not None else error
+    text = f"{type(cause).__name__}: {cause}" if cause is not error else str(error)
+    failure = PluginFailure(
+        source=source, error=text.strip().splitlines()[0] if text.strip() else text, names=names, exception=error
+    )
+    _failures[source] = failure
+    note_failed_plugin(source, failure.error, names)
+    return failure
+
+
+def _forget_failure(source: str) -> None:
+    _failures.pop(source, None)
+    forget_failed_plugin(source)
+
+
+def is_plugin_file(path: Path) -> bool:
+    """A ``*.py`` file not starting with ``_`` (private helpers) or ``test_`` (the plugin's own tests, run by pytest)."""
+    return path.suffix == ".py" and not path.name.startswith(("_", "test_"))
 
 
 def _plugin_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*.py") if not p.name.startswith("_"))
+    return sorted(p for p in folder.glob("*.py") if is_plugin_file(p))
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
     return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
 
 
-def load_plugins(extra_dirs: list[str | Path] | None = None, autoload: bool | None = None) -> list[LoadedPlugin]:
+def _load_entry_points(failures: list[PluginError]) -> None:
+    points = _entry_points()
+    _searched[("entry points", ENTRY_POINT_GROUP)] = SearchedPlace(
+        "entry points", ENTRY_POINT_GROUP, True, tuple(f"{ep.name} ({ep.value})" for ep in points)
+    )
+    for ep in points:
+        key = f"entry-point:{ep.name}={ep.value}"
+        if key in _loaded:
+            continue
+        source = f"entry point {ep.name} ({ep.value})"
+        try:
+            obj = ep.load()
+            if callable(obj) and not isinstance(obj, ModuleType):
+                obj()
+        except Exception as exc:
+            error = PluginError(f"plugin {source} failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            failures.append(error)
+            _record_failure(source, error, ())
+            continue
+        _loaded[key] = LoadedPlugin(module=ep.value, source=source, kind="entry point")
+        _forget_failure(source)
+
+
+def load_plugins(
+    extra_dirs: list[str | Path] | None = None, autoload: bool | None = None, *, strict: bool = False
+) -> list[LoadedPlugin]:
     """Load every plugin file and entry point; return what was loaded.
+
+    A file or entry point that fails to import does not stop the others: it is kept for :func:`plugin_failures`
+    and told to the registries with the names it would have registered.
 
     Args:
         extra_dirs: folders given explicitly (``--plugins-dir``); a folder that does not exist is an error.
         autoload: override ``PROBMCL_MED_NO_AUTOLOAD`` (None reads the environment).
+        strict: raise on failures (one line naming each) after all the others were loaded.
 
     Raises:
-        PluginError: one line naming every plugin that failed, after all the others were loaded.
+        PluginError: a folder of ``extra_dirs`` that does not exist; with ``strict``, any plugin that failed.
     """
     autoload = autoload_enabled() if autoload is None else autoload
     for folder in extra_dirs or []:
         if not Path(folder).expanduser().is_dir():
             raise PluginError(f"plugins folder {folder} does not exist (given with --plugins-dir)")
     failures: list[PluginError] = []
-    for folder in plugin_folders(extra_dirs, autoload):
-        for path in _plugin_files(folder):
+    for origin, folder in _folders_with_origin(extra_dirs, autoload):
+        files = _plugin_files(folder)
+        resolved = str(folder.resolve())
+        _searched[(origin, resolved)] = SearchedPlace(origin, resolved, folder.is_dir(), tuple(p.name for p in files))
+        for path in files:
             try:
                 load_plugin_file(path)
             except PluginError as exc:
                 failures.append(exc)
+                _record_failure(str(path.resolve()), exc, registered_names_in(path))
     if autoload:
-        for ep in _entry_points():
-            key = f"entry-point:{ep.name}={ep.value}"
-            if key in _loaded:
-                continue
-            try:
-                obj = ep.load()
-                if callable(obj) and not isinstance(obj, ModuleType):
-                    obj()
-            except Exception as exc:
-                failures.append(
-                    PluginError(f"plugin entry point {ep.name!r} ({ep.value}) failed: {type(exc).__name__}: {exc}")
-                )
-                failures[-1].__cause__ = exc
-                continue
-            _loaded[key] = LoadedPlugin(
-                module=ep.value, source=f"entry point {ep.name} ({ep.value})", kind="entry point"
-            )
-    if failures:
+        _load_entry_points(failures)
+    if failures and strict:
         message = "; ".join(str(f) for f in failures)
         error = PluginError(message if len(failures) == 1 else f"{len(failures)} plugins failed: {message}")
         raise error from failures[0].__cause__
@@ -166,3 +272,20 @@ def load_plugins(extra_dirs: list[str | Path] | None = None, autoload: bool | No
 def loaded_plugins() -> list[LoadedPlugin]:
     """Everything loaded so far in this process."""
     return list(_loaded.values())
+
+
+def plugin_failures() -> list[PluginFailure]:
+    """Every plugin that failed to import in this process (and has not loaded since)."""
+    return list(_failures.values())
+
+
+def clear_plugin_failures() -> None:
+    """Forget every recorded failure (and where plugins were looked for): a fresh start for a long-lived process."""
+    for source in list(_failures):
+        _forget_failure(source)
+    _searched.clear()
+
+
+def searched_places() -> list[SearchedPlace]:
+    """Where plugins were looked for in this process, in the order of the first look."""
+    return list(_searched.values())

@@ -25,9 +25,38 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 PLUGIN_HINT = (
-    "plugins are loaded from ./plugins, from folders given with --plugins-dir or PROBMCL_MED_PLUGINS, "
-    "and from installed packages (entry-point group 'probmcl_med.plugins'); `probmcl-med plugins` lists what is loaded"
+    "plugins are loaded from ./plugins of the working directory, from folders given with --plugins-dir or "
+    "PROBMCL_MED_PLUGINS, and from installed packages (entry-point group 'probmcl_med.plugins'); "
+    "`probmcl-med plugins` lists what is loaded"
 )
+
+
+@dataclass(frozen=True)
+class FailedPlugin:
+    """A plugin file (or entry point) that failed to import, the error in one line, and the names it registers."""
+
+    source: str
+    error: str
+    names: tuple[str, ...]
+
+
+_FAILED_PLUGINS: dict[str, FailedPlugin] = {}
+"""Told by :mod:`probmcl_med.plugins`; read by :meth:`Registry.unknown_message` (shared by every registry)."""
+
+
+def note_failed_plugin(source: str, error: str, names: tuple[str, ...] = ()) -> None:
+    """Remember that ``source`` failed to import with ``error``; ``names``: what it would have registered."""
+    _FAILED_PLUGINS[source] = FailedPlugin(source, error, tuple(names))
+
+
+def forget_failed_plugin(source: str) -> None:
+    """``source`` imported after all (a later load, a fixed file)."""
+    _FAILED_PLUGINS.pop(source, None)
+
+
+def failed_plugins() -> list[FailedPlugin]:
+    """The plugins that failed to import in this process."""
+    return list(_FAILED_PLUGINS.values())
 
 
 class RegistryError(KeyError):
@@ -143,12 +172,23 @@ class Registry:
             raise RegistryError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
-        """One line: the unknown name, close matches, what is registered and how plugins are loaded."""
+        """One line: the unknown name, close matches, what is registered and how plugins are loaded; when a plugin
+        file that registers ``name`` failed to import, that file and its error instead."""
         self._load_builtins()
+        owners = [f for f in _FAILED_PLUGINS.values() if name in f.names]
+        if owners:
+            f = owners[0]
+            return (
+                f"{self.kind} {name!r} is registered by plugin {f.source}, which failed to import ({f.error}); "
+                "fix that file (`probmcl-med plugins` shows what loaded)"
+            )
         close = difflib.get_close_matches(str(name), list(self._entries), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
         known = ", ".join(sorted(self._entries)) or "none"
-        return f"unknown {self.kind} {name!r}: {hint}registered: {known} ({PLUGIN_HINT})"
+        failed = ""
+        if _FAILED_PLUGINS:
+            failed = "; plugins that failed to import: " + ", ".join(f.source for f in _FAILED_PLUGINS.values())
+        return f"unknown {self.kind} {name!r}: {hint}registered: {known}{failed} ({PLUGIN_HINT})"
 
     def entry(self, name: str) -> Entry:
         """The full :class:`Entry` for ``name`` (object, source, summary)."""

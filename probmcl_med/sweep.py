@@ -43,8 +43,9 @@ from rich.table import Table
 from probmcl_med.bundle import load_model_bundle
 from probmcl_med.config import load_config
 from probmcl_med.core.metrics import multilabel_metrics
+from probmcl_med.engine.checkpoint import IncompatibleCheckpoint
 from probmcl_med.engine.run import train
-from probmcl_med.errors import ConfigError, DataError
+from probmcl_med.errors import CheckpointError, ConfigError, DataError
 from probmcl_med.evaluation.run_eval import score_split
 from probmcl_med.fileio import atomic_write_bytes, atomic_write_text
 
@@ -177,8 +178,17 @@ def evaluate_run(run_dir: Path, device: str = "auto", split: str = "test") -> di
 
 
 def train_run(config: Any, resume: bool) -> Any:
-    """Train one run (the engine's :func:`~probmcl_med.engine.run.train`, no console output)."""
-    return train(config, resume=resume)
+    """Train one run (the engine's :func:`~probmcl_med.engine.run.train`, no console output).
+
+    Raises:
+        CheckpointError: the run folder holds the checkpoints of another run (other classes or encoder).
+    """
+    try:
+        return train(config, resume=resume)
+    except IncompatibleCheckpoint as exc:
+        raise CheckpointError(
+            f"{exc.reason}: the sweep folder holds another sweep's run {config.output_dir}; give another --out"
+        ) from None
 
 
 def run_sweep(

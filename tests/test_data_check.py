@@ -102,3 +102,47 @@ def test_cli_json_and_exit_codes(tmp_path):
     assert json.loads(opts.output)[0]["class_names"] == ["a", "b"]
     helptext = runner.invoke(_app(), ["data", "check", "--help"])
     assert "Examples: probmcl-med data check" in helptext.output
+
+
+def _retag(root, splits):
+    """Rewrite the split column of labels.csv row by row from ``splits`` (a function of the row index)."""
+    lines = (root / "labels.csv").read_text().splitlines()
+    body = [line.rsplit(",", 1)[0] + "," + splits(i) for i, line in enumerate(lines[1:])]
+    (root / "labels.csv").write_text("\n".join([lines[0], *body]) + "\n")
+
+
+def test_an_empty_split_is_reported_as_training_treats_it(tmp_path):
+    import warnings
+
+    from probmcl_med.config import load_config
+    from probmcl_med.engine.distributed import setup_distributed
+    from probmcl_med.engine.session import Session
+
+    root, _ = _root(tmp_path)
+    _retag(root, lambda i: "test" if i % 3 == 0 else "train")  # train and test rows only
+    result = CliRunner().invoke(_app(), ["data", "check", "-d", "csv", "-r", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    by_split = {r["split"]: r for r in json.loads(result.output)}
+    assert by_split["train"]["images"] == 20 and by_split["test"]["images"] == 10
+    assert by_split["valid"]["empty"] and by_split["valid"]["ok"] and by_split["valid"]["images"] == 0
+    assert "without validation" in by_split["valid"]["consequence"]
+    # what training does with the same file: a warning, no validation set, and it goes on
+    config = load_config(overrides=["dataset.name=csv", f"dataset.root={root}", "encoder.name=test_resnet"])
+    session = Session(config, setup_distributed("cpu"))
+    session.build_encoder()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        session.build_data()
+    assert session.val_ds is None and len(session.train_ds) == 20
+    assert any("no validation split" in str(w.message) for w in caught)
+    table = CliRunner().invoke(_app(), ["data", "check", "-d", "csv", "-r", str(root)])
+    assert table.exit_code == 0 and "csv / valid: empty" in table.output
+
+
+def test_an_empty_training_split_is_an_error(tmp_path):
+    root, _ = _root(tmp_path)
+    _retag(root, lambda i: "test")
+    result = CliRunner().invoke(_app(), ["data", "check", "-d", "csv", "-r", str(root), "--json"])
+    assert result.exit_code == 1
+    by_split = {r["split"]: r for r in json.loads(result.output)}
+    assert by_split["train"]["empty"] and not by_split["train"]["ok"] and by_split["test"]["images"] == 30

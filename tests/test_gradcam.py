@@ -13,7 +13,14 @@ from PIL import Image
 from test_inference import CLASSES, cli, error_line, hand_probs, make_bundle, write_images
 from torch import nn
 
-from probmcl_med.inference.explain import find_target_layer, grad_cam_maps, minmax_scale, overlay
+from probmcl_med.inference.explain import (
+    choose_target_layer,
+    explain_image,
+    find_target_layer,
+    grad_cam_maps,
+    minmax_scale,
+    overlay,
+)
 from probmcl_med.models.encoders import get_encoder
 from probmcl_med.models.heads import Classifier, LinearHead
 
@@ -98,7 +105,7 @@ def test_explain_writes_overlays_of_the_image_size(tmp_path: Path, capsys: pytes
             assert img.size == (40, 48)  # (width, height) of the input image
     doc = json.loads((out / "explain.json").read_text())
     assert [e["class"] for e in doc["explained"]] == ["stroma", "necrosis"]
-    assert doc["target_layer"] == "encoder.model.layer4"
+    assert doc["target_layer"] == "encoder.model.layer1"  # 8 x 8 at 32 px (strides 4); layer2 would be 4 x 4
     # default: the predicted classes (p >= 0.5) of a SIZE x SIZE image, by hand
     [small] = write_images(tmp_path / "small", 1, seed=5)
     probs = hand_probs(encoder, head, [small])[0]
@@ -116,3 +123,76 @@ def test_class_typo_suggests_the_close_match(tmp_path: Path, capsys: pytest.Capt
     line = error_line(capsys)
     assert "'strom'" in line and "did you mean 'stroma'" in line and str(tmp_path / "run") in line
     assert not (tmp_path / "o").exists()
+
+
+RESNET_STRIDES = {"act1": 2, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+"""A ResNet's stage outputs: input side / stride (timm's test_resnet: stem stride 2, max-pool 2, then 1, 2, 2, 2)."""
+
+
+@pytest.mark.parametrize("size", [32, 64, 96, 128, 224, 256])
+def test_the_target_layer_is_the_deepest_at_least_7x7(size: int) -> None:
+    encoder = get_encoder("test_resnet")
+    layer = choose_target_layer(Classifier(encoder, LinearHead(encoder.num_features, 2)), size)
+    expected = [name for name, stride in RESNET_STRIDES.items() if size // stride >= 7][-1]
+    assert layer.name == f"encoder.model.{expected}" and layer.warning is None
+    assert (layer.height, layer.width) == (size // RESNET_STRIDES[expected],) * 2
+
+
+def test_no_layer_of_7x7_takes_the_largest_with_a_warning() -> None:
+    class Strided(nn.Module):  # 32 px -> 8 x 8 -> 4 x 4 -> pooled
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = nn.Conv2d(3, 4, 4, stride=4)
+            self.deeper = nn.Conv2d(4, 8, 2, stride=2)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.num_features = 8
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pool(self.deeper(self.down(x))).flatten(1)
+
+    classifier = Classifier(Strided(), LinearHead(8, 2))
+    at64 = choose_target_layer(classifier, 64)  # down 16 x 16, deeper 8 x 8: the deepest >= 7
+    assert (at64.name, at64.height, at64.warning) == ("encoder.deeper", 8, None)
+    assert choose_target_layer(classifier, 32).name == "encoder.down"  # 8 x 8 and 4 x 4
+    layer = choose_target_layer(classifier, 24)  # 6 x 6 and 3 x 3: none reaches 7
+    assert (layer.name, layer.height, layer.width) == ("encoder.down", 6, 6)
+    assert "encoder.down" in layer.warning and "6x6" in layer.warning
+
+
+def test_at_32px_the_maps_differ_where_the_last_stage_gives_identical_ones(tmp_path: Path) -> None:
+    make_bundle(tmp_path / "run")  # test_resnet at 32 px: layer4 is 1 x 1
+    from test_inference import SIZE
+
+    from probmcl_med.bundle import load_model_bundle
+
+    bundle = load_model_bundle(tmp_path / "run")
+    [image] = write_images(tmp_path / "imgs", 1, seed=3)
+    results = explain_image(bundle, image, tmp_path / "cams", CLASSES, device="cpu")
+    doc = json.loads((tmp_path / "cams" / "explain.json").read_text())
+    assert doc["target_layer"] == "encoder.model.layer1" and doc["target_layer_size"] == [SIZE // 4, SIZE // 4]
+    assert doc["target_layer_warning"] is None and results[0].layer.name == "encoder.model.layer1"
+    pictures = [np.asarray(Image.open(r.path)) for r in results]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(pictures) for b in pictures[i + 1 :])
+    # what the last stage gives at this size: one constant map, the same for every class
+    classifier = bundle.classifier().eval()
+    from probmcl_med.data.imageio import read_image
+    from probmcl_med.inference.inputs import eval_transform
+
+    x = eval_transform(bundle)({"image": read_image(image)})["image"].unsqueeze(0)
+    last = grad_cam_maps(classifier, x, [0, 1, 2], "encoder.model.layer4")
+    assert all(np.ptp(m) == 0 for m in last) and np.array_equal(last[0], last[1])
+    chosen = grad_cam_maps(classifier, x, [0, 1, 2], "encoder.model.layer1")
+    assert all(np.ptp(m) > 0 for m in chosen)
+
+
+def test_explain_needs_out_and_writes_nothing_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_bundle(tmp_path / "run")
+    [image] = write_images(tmp_path / "imgs", 1)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert cli(["explain", str(image), "-c", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert list(work.iterdir()) == []

@@ -100,7 +100,7 @@ def test_broken_plugin_is_named_and_the_others_still_load(tmp_path: Path, clean_
         ''',
     )
     with pytest.raises(PluginError) as info:
-        load_plugins([tmp_path], autoload=False)
+        load_plugins([tmp_path], autoload=False, strict=True)
     message = str(info.value)
     assert "a_broken.py" in message and "ModuleNotFoundError" in message and "\n" not in message
     assert isinstance(info.value.__cause__, ModuleNotFoundError)

@@ -25,11 +25,16 @@ from test_data_adp_coco import adp_root, coco_root  # noqa: F401 - fixtures used
 from test_data_slides import _manifest, pyramid  # noqa: F401 - fixture and helper of the slides builder
 from test_inference import make_csv_dataset
 
-from probmcl_med import DATASETS, ENCODERS, LIKELIHOODS, OVERLAPS, SIMILARITIES, GaussianMixture, Registry
+from probmcl_med import DATASETS, ENCODERS, LIKELIHOODS, OVERLAPS, SIMILARITIES, GaussianMixture, Registry, testing
 from probmcl_med.data.transforms import build_eval_transform
+from probmcl_med.plugins import is_plugin_file
 
 REPO = Path(__file__).resolve().parents[1]
-PLUGIN_FILES = sorted([*(REPO / "plugins").glob("*.py"), *(REPO / "benchmarks" / "evidence" / "plugins").glob("*.py")])
+PLUGIN_FILES = sorted(
+    p
+    for p in [*(REPO / "plugins").glob("*.py"), *(REPO / "benchmarks" / "evidence" / "plugins").glob("*.py")]
+    if is_plugin_file(p)
+)
 REGISTRIES: dict[str, Registry] = {
     "similarities": SIMILARITIES,
     "overlaps": OVERLAPS,
@@ -78,6 +83,7 @@ def _mixture(batch: int, components: int, dim: int, seed: int) -> tuple[Gaussian
 
 @pytest.mark.parametrize(("name", "similarity"), ENTRIES["similarities"], ids=_ids("similarities"))
 def test_similarity_contract(name: str, similarity: Any) -> None:
+    testing.check_similarity(similarity, name=name)  # what training runs before it starts
     a, params_a = _mixture(5, 4, 16, seed=0)
     b, params_b = _mixture(3, 4, 16, seed=1)
     s = similarity(a, b)
@@ -93,6 +99,7 @@ def test_similarity_contract(name: str, similarity: Any) -> None:
 
 @pytest.mark.parametrize(("name", "overlap"), ENTRIES["overlaps"], ids=_ids("overlaps"))
 def test_overlap_contract(name: str, overlap: Any) -> None:
+    testing.check_overlap(overlap, name=name)
     g = torch.Generator().manual_seed(2)
     ya = (torch.rand(6, 5, generator=g) < 0.4).float()
     yb = (torch.rand(4, 5, generator=g) < 0.4).float()
@@ -105,6 +112,7 @@ def test_overlap_contract(name: str, overlap: Any) -> None:
 
 @pytest.mark.parametrize(("name", "likelihood"), ENTRIES["likelihoods"], ids=_ids("likelihoods"))
 def test_likelihood_contract(name: str, likelihood: Any) -> None:
+    testing.check_likelihood(likelihood, name=name)
     mixture, params = _mixture(8, 3, 16, seed=3)
     g = torch.Generator().manual_seed(4)
     z = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=1).requires_grad_(True)
@@ -121,6 +129,7 @@ def test_likelihood_contract(name: str, likelihood: Any) -> None:
 @pytest.mark.parametrize(("name", "factory"), ENTRIES["encoders"], ids=_ids("encoders"))
 def test_encoder_contract(name: str, factory: Any) -> None:
     torch.manual_seed(0)
+    testing.check_encoder(factory, name=name, image_size=64)
     encoder = factory().eval()
     with torch.no_grad():
         h = encoder(torch.randn(2, 3, 64, 64))
@@ -163,6 +172,7 @@ def test_dataset_contract(name: str, factory: Any, tmp_path: Path, request: pyte
     assert name in DATASET_BUILDERS, f"dataset {name!r} is registered but has no tiny builder in this test: add one"
     root, options = DATASET_BUILDERS[name](request, tmp_path)
     dataset = factory(root, "train", **options)
+    testing.check_dataset(dataset, name=name)
     assert len(dataset) > 0 and len(dataset.class_names) > 0
     raw = dataset.items[0]
     assert {"image", "label"} <= set(raw)

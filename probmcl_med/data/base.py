@@ -223,7 +223,7 @@ class MultiLabelDataset(Dataset):
                     "skipping sample %d (%d skipped so far in this process): %s", index, self.num_skipped, message
                 )
                 return None
-            raise DataError(message) from None
+            raise DataError(f"{message}; set dataset.skip_bad=true to skip such files") from None
 
     def describe(self) -> dict[str, Any]:
         """Size, classes, positives per class and label cardinality (what ``data check`` prints first)."""
@@ -258,8 +258,8 @@ def collate_skip_none(batch: list[Any]) -> Any:
     """
     kept = [item for item in batch if item is not None]
     skipped = len(batch) - len(kept)
-    if skipped:
-        logger.warning("dropped %d unreadable sample(s) from a batch of %d", skipped, len(batch))
+    if skipped:  # each was reported by its dataset (a warning naming it), so this is only a debug note
+        logger.debug("dropped %d unreadable sample(s) from a batch of %d", skipped, len(batch))
     if not kept:
         return None
     out = default_collate(kept)

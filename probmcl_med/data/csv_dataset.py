@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from probmcl_med.data.base import MultiLabelDataset, grouped_split, normalize_split, seeded_split
-from probmcl_med.errors import DataError
+from probmcl_med.errors import DataError, EmptySplit
 
 IMAGE_COLUMN_CANDIDATES = ("image", "path", "filename", "file", "image_path", "patch names", "patch_name")
 LABEL_SEPARATOR = "|"
@@ -274,5 +274,5 @@ def load_csv_dataset(
         if groups is not None:
             items[-1]["group"] = groups[i]
     if not items:
-        raise DataError(f"{table}: the split '{split}' has no rows ({len(rows)} rows in the file)")
+        raise EmptySplit(f"{table}: the split '{split}' has no rows ({len(rows)} rows in the file)")
     return MultiLabelDataset(items, class_names, mean=mean, std=std, name=name, source=table, skip_bad=skip_bad)

@@ -48,7 +48,7 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"image {path} does not exist; check dataset.root and the image paths in the CSV")
+        raise DataError(f"image {path} does not exist")
     try:
         with Image.open(path) as img:
             img.load()  # decodes fully: a truncated file fails here, not later in a worker
@@ -59,9 +59,7 @@ def read_image(path: str | Path) -> np.ndarray:
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(
-            f"image {path} is truncated or corrupt ({detail}); replace it, or set dataset.skip_bad=true to skip it"
-        ) from None
+        raise DataError(f"image {path} is truncated or corrupt ({detail}); replace it") from None
     return np.asarray(rgb, dtype=np.uint8)
 
 

@@ -52,7 +52,7 @@ from probmcl_med.data.csv_dataset import (
     split_rows,
 )
 from probmcl_med.data.imageio import SLIDES, slide_location_check
-from probmcl_med.errors import ConfigError, DataError
+from probmcl_med.errors import ConfigError, DataError, EmptySplit
 from probmcl_med.fileio import atomic_write
 
 SLIDE_COLUMNS = ("slide", "path", "slide_path", "file", "filename")
@@ -195,6 +195,8 @@ def load_slides(
         items.append({"image": location, "label": labels[i], "row": i})
         if groups is not None:
             items[-1]["group"] = groups[i]
+    if not chosen:
+        raise EmptySplit(f"{path}: the split '{split}' has no rows ({len(rows)} rows in the manifest)")
     if not items:
         raise DataError(f"{path}: the split '{split}' has no usable patches ({len(bad)} bad, {len(rows)} rows)")
     dataset = MultiLabelDataset(items, class_names, name="slides", source=path, skip_bad=skip_bad, check_files=False)

@@ -148,19 +148,27 @@ class CheckpointManager:
         return None
 
 
+class IncompatibleCheckpoint(CheckpointError):
+    """A training state of another run (other classes or encoder); ``reason`` says what differs, without advice."""
+
+    def __init__(self, reason: str, advice: str) -> None:
+        super().__init__(f"{reason}; {advice}")
+        self.reason = reason
+
+
 def check_compatible(state: Mapping[str, Any], class_names: Sequence[str], encoder_name: str, path: Path) -> None:
-    """Refuse a checkpoint from another run: different classes or encoder -> one-line CheckpointError."""
+    """Refuse a checkpoint from another run: different classes or encoder -> one-line IncompatibleCheckpoint."""
     stored = [str(c) for c in state.get("class_names", [])]
+    advice = "use another --output-dir or drop --resume"
     if stored != [str(c) for c in class_names]:
         diff = (
             f"{len(stored)} classes vs {len(class_names)}" if len(stored) != len(class_names) else "class names differ"
         )
-        raise CheckpointError(
-            f"checkpoint {path} was trained on other classes ({diff}) than the configured dataset; use another "
-            f"--output-dir or drop --resume"
+        raise IncompatibleCheckpoint(
+            f"checkpoint {path} was trained on other classes ({diff}) than the configured dataset", advice
         )
     if str(state.get("encoder_name")) != str(encoder_name):
-        raise CheckpointError(
-            f"checkpoint {path} holds encoder {state.get('encoder_name')!r} but the config asks for {encoder_name!r}; "
-            f"use another --output-dir or drop --resume"
+        raise IncompatibleCheckpoint(
+            f"checkpoint {path} holds encoder {state.get('encoder_name')!r} but the config asks for {encoder_name!r}",
+            advice,
         )

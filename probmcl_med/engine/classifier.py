@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from probmcl_med.engine.divergence import classifier_cause
 from probmcl_med.engine.steps import TrainStep
 from probmcl_med.models.heads import Classifier
 
@@ -32,6 +33,8 @@ class ClassifierStep(TrainStep):
     ``engine.network`` is what the optimiser trains: the (DDP-wrapped) head when the encoder is frozen, the whole
     (DDP-wrapped) classifier when it is fine-tuned. ``classifier`` is the plain encoder + head.
     """
+
+    stage = "classifier"
 
     def __init__(self, classifier: Classifier, frozen_encoder: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -59,3 +62,6 @@ class ClassifierStep(TrainStep):
     def compute_loss(self, engine: Any, forward: dict[str, Any]) -> dict[str, Tensor]:
         loss = engine.loss_function(forward["logits"].float(), forward["labels"])
         return {"loss": loss, "asl": loss.detach()}
+
+    def diagnose(self, engine: Any, forward: dict[str, Any], terms: dict[str, Tensor]) -> str:
+        return classifier_cause(engine.loss_function, forward, terms)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from probmcl_med.config.schema import ContrastiveConfig
 from probmcl_med.core.losses import ProbContrastiveLoss, ProbMCLObjective
 from probmcl_med.engine.amp import no_autocast
+from probmcl_med.engine.divergence import contrastive_cause
 from probmcl_med.engine.steps import TrainStep
 
 
@@ -80,6 +81,11 @@ def views_to_device(engine: Any, batch: dict[str, Any]) -> tuple[Tensor, Tensor]
 
 class ContrastiveStep(TrainStep):
     """The stage-1 iteration; ``engine.network`` is a (possibly DDP-wrapped) :class:`ContrastiveModel`."""
+
+    stage = "contrastive"
+
+    def diagnose(self, engine: Any, forward: dict[str, Any], terms: dict[str, Tensor]) -> str:
+        return contrastive_cause(engine.loss_function, forward, terms)
 
     def forward(self, engine: Any, batch: dict[str, Any]) -> dict[str, Any]:
         views, view_labels = views_to_device(engine, batch)

@@ -18,6 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from probmcl_med.engine.contrastive import ContrastiveModel, objective_terms, views_to_device
+from probmcl_med.engine.divergence import classifier_cause, contrastive_cause, is_finite
 from probmcl_med.engine.steps import TrainStep
 
 
@@ -59,6 +60,14 @@ class JointObjective(nn.Module):
 
 class JointStep(TrainStep):
     """The joint iteration; ``engine.network`` is a (possibly DDP-wrapped) :class:`JointModel`."""
+
+    stage = "joint"
+
+    def diagnose(self, engine: Any, forward: dict[str, Any], terms: dict[str, Tensor]) -> str:
+        objective = engine.loss_function
+        if not is_finite(forward["h"]) or is_finite(terms["asl"]):
+            return contrastive_cause(objective.objective, forward, terms)
+        return classifier_cause(objective.asl, forward, {**terms, "loss": terms["asl"]})
 
     def forward(self, engine: Any, batch: dict[str, Any]) -> dict[str, Any]:
         views, view_labels = views_to_device(engine, batch)

@@ -11,7 +11,8 @@
 The run folder (``config.output_dir``)::
 
     config.yaml         the resolved config (the keys the mode reads)    class_names.json   the C class names
-    run.json            encoder name/options, normalisation (mean, std, source), image size, world size, AMP
+    run.json            encoder name/options, normalisation (mean, std, source), image size, world size, AMP, and
+                        per configured component its name and source (a plugin file's path and SHA-256)
     metrics.jsonl       one JSON line per epoch per stage (loss terms, lr, images/s, validation mAP)
     tensorboard/STAGE/  TensorBoard event files, one folder per stage
     checkpoints/        rolling training states (crash-proof; ``--resume`` continues from the newest readable one)
@@ -34,9 +35,12 @@ import torch
 from rich.console import Console
 
 from probmcl_med.config import RunConfig
+from probmcl_med.engine.checkpoint import CheckpointManager
 from probmcl_med.engine.distributed import barrier, cleanup_distributed, setup_distributed
 from probmcl_med.engine.modes import MODES, stages_for
+from probmcl_med.engine.preflight import check_components
 from probmcl_med.engine.session import Session
+from probmcl_med.errors import TrainingInterrupted
 from probmcl_med.threads import configure_threads
 
 
@@ -71,8 +75,14 @@ def train(config: RunConfig, *, stage: str = "all", resume: bool = False, consol
         resume: continue from the newest readable checkpoint in ``config.output_dir/checkpoints``.
         console: where progress bars, epoch lines and summary tables go (None: silent).
 
+    Every configured component is first run once on a tiny batch against its contract
+    (:func:`~probmcl_med.engine.preflight.check_components`), before anything is written.
+
     Raises:
         ConfigError, DataError, CheckpointError: one-line user errors (bad option, data, or checkpoint).
+        ContractError: a component (a plugin, usually) breaks its contract; nothing was written.
+        TrainingDiverged: a step's loss is not finite (the step and the term are named); no checkpoint of it.
+        TrainingInterrupted: Ctrl-C; the message names the newest checkpoint.
     """
     stages = stages_for(config.mode, stage)
     mode = MODES[config.mode](config)
@@ -83,6 +93,9 @@ def train(config: RunConfig, *, stage: str = "all", resume: bool = False, consol
         seed_everything(config.seed, config.deterministic)
         session.build_encoder()
         session.build_data()
+        session.components = check_components(
+            config, session.encoder, session.train_ds, len(session.class_names), stages
+        )
         session.write_run_files()
         found = session.find_resume(resume, stages)
         session.truncate_metrics(found, stages)
@@ -90,6 +103,23 @@ def train(config: RunConfig, *, stage: str = "all", resume: bool = False, consol
         barrier(ctx)
         best = session.best
         return RunResult(session.out, model_path, session.records, best.get("map"), best.get("epoch"))
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, TrainingInterrupted):
+            raise
+        raise interrupted(Path(config.output_dir)) from None
     finally:
         if ctx.distributed:
             cleanup_distributed()
+
+
+def interrupted(out: Path) -> TrainingInterrupted:
+    """What a Ctrl-C left: the newest checkpoint in ``out/checkpoints`` (a ``--resume`` continues from it)."""
+    saved = CheckpointManager(out / "checkpoints").list()
+    if not saved:
+        return TrainingInterrupted(f"interrupted: no checkpoint in {out} yet, a --resume starts from the beginning")
+    last = saved[-1]
+    return TrainingInterrupted(
+        f"interrupted: last checkpoint {last.path} ({last.stage} stage, {last.epoch} epoch(s) done, "
+        f"iteration {last.iteration})",
+        checkpoint=str(last.path),
+    )

@@ -41,6 +41,7 @@ from probmcl_med.engine.checkpoint import CheckpointManager, capture_rng_state, 
 from probmcl_med.engine.data import ResumableSampler, SeededItems
 from probmcl_med.engine.distributed import DistContext
 from probmcl_med.engine.handlers import Checkpointer, EpochStats, MetricsLog, TensorBoardLog
+from probmcl_med.engine.preflight import Component
 from probmcl_med.engine.progress import ProgressHandler, summary_table
 from probmcl_med.engine.steps import IterationLrSchedule
 from probmcl_med.errors import CheckpointError, ConfigError, DataError
@@ -77,6 +78,7 @@ class Session:
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.mdn: nn.Module | None = None
         self.best: dict[str, Any] = {}
+        self.components: list[Component] = []  # checked before training (engine.preflight); recorded in run.json
 
     # ----------------------------------------------------------------------------------------------------- set-up
     def log(self, message: str) -> None:
@@ -161,6 +163,7 @@ class Session:
                 "train_images": len(self.train_ds),
                 "classes": len(self.class_names),
             },
+            "components": [c.record() for c in self.components],
             "world_size": self.ctx.world_size,
             "device": str(self.ctx.device),
             "amp": self.amp.name,

@@ -2,7 +2,8 @@
 
 :func:`make_trainer` builds a plain ``monai.engines.SupervisedTrainer`` whose iteration is a :class:`TrainStep`
 passed as ``iteration_update=`` (no overridden ``_iteration``): ``forward`` (under autocast) -> ``compute_loss``
-(float32) -> backward -> optimiser step, firing ``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED`` and
+(float32) -> a finite loss, else one :class:`~probmcl_med.errors.TrainingDiverged` line naming the step and the
+component -> backward -> optimiser step, firing ``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED`` and
 ``MODEL_COMPLETED`` like the stock iteration, so stock MONAI/ignite handlers attach unchanged. The learning-rate
 schedule is stepped by MONAI's ``LrScheduleHandler`` at ``ITERATION_COMPLETED`` (:class:`IterationLrSchedule`).
 The output dict carries the loss under MONAI's ``Keys.LOSS``, each loss term, the learning rate the step used and
@@ -12,6 +13,7 @@ ContrastiveStep`, :class:`~probmcl_med.engine.classifier.ClassifierStep`, :class
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -23,6 +25,8 @@ from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
 from probmcl_med.engine.amp import AmpSettings, backward, optimizer_step
+from probmcl_med.engine.divergence import is_finite, kind
+from probmcl_med.errors import TrainingDiverged
 
 
 class TrainStep:
@@ -32,6 +36,9 @@ class TrainStep:
         amp: autocast dtype and GradScaler (see :mod:`probmcl_med.engine.amp`).
         world_size: DDP world size (to report global images per batch).
     """
+
+    stage = "training"
+    """The stage's name in messages."""
 
     def __init__(self, amp: AmpSettings, world_size: int = 1) -> None:
         self.amp = amp
@@ -56,6 +63,19 @@ class TrainStep:
         """Images (not views) in this rank's batch."""
         return int(batch["label"].shape[0])
 
+    def diagnose(self, engine: SupervisedTrainer, forward: dict[str, Any], terms: dict[str, torch.Tensor]) -> str:
+        """Which component made the loss non-finite, in words (:mod:`probmcl_med.engine.divergence`)."""
+        return "a loss term is not finite"
+
+    def divergence(self, engine: SupervisedTrainer, forward: dict[str, Any], terms: dict[str, torch.Tensor]) -> str:
+        """The one line a non-finite loss stops the run with: the step, where it is in its epoch, the cause."""
+        it, length = int(engine.state.iteration), int(engine.state.epoch_length)
+        where = f"step {it} (epoch {engine.state.epoch}, batch {(it - 1) % length + 1} of {length})"
+        return (
+            f"{where} of the {self.stage} stage: the loss is {kind(terms['loss'])}: "
+            f"{self.diagnose(engine, forward, terms)}; the run stopped before this step's update and checkpoint"
+        )
+
     # -- the iteration ----------------------------------------------------------------------------------------------
     def __call__(self, engine: SupervisedTrainer, batchdata: Any) -> dict[str, Any]:
         lr = float(engine.optimizer.param_groups[0]["lr"])
@@ -71,6 +91,8 @@ class TrainStep:
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         terms = self.compute_loss(engine, forward)
         loss = terms["loss"]
+        if not is_finite(loss):  # one device sync per step: a NaN must never reach the weights or a checkpoint
+            raise TrainingDiverged(self.divergence(engine, forward, terms))
         output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         backward(loss, self.amp)
@@ -99,6 +121,12 @@ class IterationLrSchedule(LrScheduleHandler):
         engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=_trained), self)
 
 
+def _not_a_termination_report(record: logging.LogRecord) -> bool:
+    """Drop ignite's "Engine run is terminating due to exception: ..." line: the exception itself reaches the caller,
+    which reports it once (a one-line error, or the interrupted line of a Ctrl-C)."""
+    return "is terminating due to exception" not in record.getMessage()
+
+
 def make_trainer(
     step: TrainStep,
     *,
@@ -111,7 +139,7 @@ def make_trainer(
     handlers: list[Any],
 ) -> SupervisedTrainer:
     """A stock SupervisedTrainer running ``step`` each iteration, with ``handlers`` attached in order."""
-    return SupervisedTrainer(
+    trainer = SupervisedTrainer(
         device=device,
         max_epochs=max_epochs,
         train_data_loader=loader,
@@ -124,3 +152,6 @@ def make_trainer(
         decollate=False,
         optim_set_to_none=True,
     )
+    if _not_a_termination_report not in trainer.logger.filters:
+        trainer.logger.addFilter(_not_a_termination_report)
+    return trainer

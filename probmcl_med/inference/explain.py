@@ -7,10 +7,14 @@ size and scaled to [0, 1]. The computation is MONAI's ``monai.visualize.GradCAM`
 inverts the map; a plain min-max scaling to [0, 1] (:func:`minmax_scale`) is used instead, so 1 marks the regions
 that raise the logit most.
 
-Target layer: the encoder's last stage. For a timm backbone that is the module named by the last entry of its
-``feature_info`` (``layer4`` of a ResNet, ``stages.3`` of a ConvNeXt, ``body.layer4`` of a TResNet); for any other
-encoder, the module that last produces a spatial (B, C, H, W) map (H * W > 1) in a forward pass (its last
-convolutional stage).
+Target layer: the deepest layer whose output map is at least 7 x 7 (:data:`MIN_MAP_SIDE`) at the model's input size.
+The sides are measured in one forward pass at that size. The candidates of a timm backbone are the stages of its
+``feature_info`` (``act1``, ``layer1`` .. ``layer4`` of a ResNet, ``stages.0`` .. ``stages.3`` of a ConvNeXt); of any
+other encoder, every module that returns a (B, C, H, W) map. The map of a layer whose output is 1 x 1 is one number
+per channel, so every class gets the same constant map (the demo model's ``layer4`` at 32 px): a deeper layer is
+only worth having while it still has room for a picture. At 224 px a ResNet's ``layer4`` is 7 x 7 and is chosen, as
+in the paper's Figure 3; at 32 px ``layer1`` (8 x 8). When no candidate reaches 7 x 7 the largest map is used, and the
+choice carries a warning naming the layer and its size. ``explain.json`` records the layer and its size.
 """
 
 from __future__ import annotations
@@ -44,20 +48,33 @@ def _module_names(module: nn.Module) -> set[str]:
     return {name for name, _ in module.named_modules()}
 
 
-def find_target_layer(classifier: nn.Module, image_size: int = 64) -> str:
-    """Name (in ``classifier.named_modules()``) of the encoder's last stage, the Grad-CAM target layer.
+MIN_MAP_SIDE = 7
+"""The smallest side (pixels of the layer's output) a Grad-CAM target layer should have."""
 
-    Args:
-        classifier: encoder + head (:class:`~probmcl_med.models.heads.Classifier`), or any model whose ``encoder``
-            attribute is the backbone.
-        image_size: input side for the dummy forward used when the encoder declares no ``feature_info``.
 
-    Raises:
-        DataError: no module of the encoder produces a 4-D feature map (not a convolutional encoder).
-    """
+@dataclass(frozen=True)
+class TargetLayer:
+    """The Grad-CAM target layer: its module name, its output size (H, W) at the input size, and a warning (None
+    when it reaches :data:`MIN_MAP_SIDE`)."""
+
+    name: str
+    height: int
+    width: int
+    input_size: int
+    warning: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "size": [self.height, self.width], "input_size": self.input_size}
+
+
+def _encoder_of(classifier: nn.Module) -> tuple[nn.Module, str]:
     names = _module_names(classifier)
-    encoder_prefix = "encoder" if "encoder" in names else ""
-    encoder = classifier.get_submodule(encoder_prefix) if encoder_prefix else classifier
+    prefix = "encoder" if "encoder" in names else ""
+    return (classifier.get_submodule(prefix) if prefix else classifier), prefix
+
+
+def _feature_info_modules(encoder: nn.Module) -> tuple[nn.Module, list[str]] | None:
+    """(owner, stage module names in depth order) from a timm ``feature_info``, None when there is none."""
     for owner_name in ("model", ""):
         owner = getattr(encoder, owner_name, None) if owner_name else encoder
         if not isinstance(owner, nn.Module):
@@ -67,24 +84,28 @@ def find_target_layer(classifier: nn.Module, image_size: int = 64) -> str:
         if module_names is None and isinstance(info, list) and info and "module" in info[-1]:
             module_names = [entry["module"] for entry in info]
         if module_names:
-            full = ".".join(p for p in (encoder_prefix, owner_name, module_names[-1]) if p)
-            if full in names:
-                return full
-    return _last_spatial_module(classifier, encoder, encoder_prefix, image_size)
+            owned = _module_names(owner)
+            present = [m for m in module_names if m in owned]
+            if present:
+                return owner, present
+    return None
 
 
-def _last_spatial_module(classifier: nn.Module, encoder: nn.Module, prefix: str, image_size: int) -> str:
-    """The module that finishes last among those returning a (B, C, H, W) map with H * W > 1 (a global pool's
-    (B, C, 1, 1) output is not a spatial map) in one forward of the encoder at ``image_size``."""
-    order: list[str] = []
+def layer_output_sizes(
+    encoder: nn.Module, image_size: int, only: list[str] | None = None
+) -> list[tuple[str, int, int]]:
+    """``(name, H, W)`` of every module of ``encoder`` (or the ``only`` names) that returns a (B, C, H, W) map, in
+    the order their forward passes finish, for one (1, 3, image_size, image_size) input (no gradient, eval mode)."""
+    seen: list[tuple[str, int, int]] = []
     handles = []
+    wanted = set(only) if only is not None else None
     for name, module in encoder.named_modules():
-        if not name:
+        if not name or (wanted is not None and name not in wanted):
             continue
 
         def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
-            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1:
-                order.append(name)
+            if isinstance(out, torch.Tensor) and out.ndim == 4:
+                seen.append((name, int(out.shape[-2]), int(out.shape[-1])))
 
         handles.append(module.register_forward_hook(hook))
     param = next(encoder.parameters(), None)
@@ -98,11 +119,52 @@ def _last_spatial_module(classifier: nn.Module, encoder: nn.Module, prefix: str,
         encoder.train(was_training)
         for h in handles:
             h.remove()
-    if not order:
+    return seen
+
+
+def choose_target_layer(classifier: nn.Module, image_size: int) -> TargetLayer:
+    """The deepest layer whose output is at least 7 x 7 at ``image_size`` (see the module docstring); else the
+    largest, with a warning.
+
+    Args:
+        classifier: encoder + head (:class:`~probmcl_med.models.heads.Classifier`), or any model whose ``encoder``
+            attribute is the backbone.
+        image_size: the model's input side in pixels (the bundle's ``image_size``).
+
+    Raises:
+        DataError: no module of the encoder produces a 4-D feature map (not a convolutional encoder).
+    """
+    encoder, prefix = _encoder_of(classifier)
+    stages = _feature_info_modules(encoder)
+    if stages is not None:
+        owner, names = stages
+        owner_prefix = next(n for n, m in encoder.named_modules() if m is owner)
+        sizes = [
+            (".".join(p for p in (owner_prefix, n) if p), h, w)
+            for n, h, w in layer_output_sizes(owner, image_size, names)
+        ]
+    else:
+        sizes = [s for s in layer_output_sizes(encoder, image_size) if s[1] * s[2] > 1]
+    if not sizes:
         raise DataError(
             f"Grad-CAM needs a convolutional encoder: no module of {type(encoder).__name__} returns a (B, C, H, W) map"
         )
-    return f"{prefix}.{order[-1]}" if prefix else order[-1]
+    full = [(f"{prefix}.{n}" if prefix else n, h, w) for n, h, w in sizes]
+    large = [s for s in full if min(s[1], s[2]) >= MIN_MAP_SIDE]
+    if large:
+        name, h, w = large[-1]
+        return TargetLayer(name, h, w, image_size)
+    name, h, w = max(full, key=lambda s: (s[1] * s[2], full.index(s)))  # the largest; the deepest of equals
+    warning = (
+        f"no layer of the encoder keeps a {MIN_MAP_SIDE}x{MIN_MAP_SIDE} map at {image_size} px; Grad-CAM uses the "
+        f"largest, {name} ({h}x{w}), so the maps are coarse"
+    )
+    return TargetLayer(name, h, w, image_size, warning)
+
+
+def find_target_layer(classifier: nn.Module, image_size: int = 224) -> str:
+    """The name of :func:`choose_target_layer`'s layer (in ``classifier.named_modules()``)."""
+    return choose_target_layer(classifier, image_size).name
 
 
 def resolve_class_names(wanted: Sequence[str], class_names: Sequence[str], checkpoint: Any) -> list[int]:
@@ -171,12 +233,13 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str 
 
 @dataclass
 class Explanation:
-    """One class's Grad-CAM: the class, its probability, and the overlay PNG path."""
+    """One class's Grad-CAM: the class, its probability, the overlay PNG path and the target layer."""
 
     name: str
     index: int
     probability: float
     path: Path
+    layer: TargetLayer
 
 
 def explain_image(
@@ -217,8 +280,8 @@ def explain_image(
     thresholds = decision_thresholds(bundle, threshold)
     if wanted is None:
         wanted = [int(i) for i in np.flatnonzero(probs >= thresholds)] or [int(np.argmax(probs))]
-    layer = find_target_layer(classifier, bundle.image_size)
-    maps = grad_cam_maps(classifier, x, wanted, layer)
+    layer = choose_target_layer(classifier, bundle.image_size)
+    maps = grad_cam_maps(classifier, x, wanted, layer.name)
     results = []
     taken: set[str] = set()
     stem = safe_filename(image_path.stem)
@@ -227,11 +290,14 @@ def explain_image(
             name = bundle.class_names[k]
             filename = f"{stem}_{safe_filename(name, taken)}.png"
             Image.fromarray(overlay(pixels, heat)).save(tmp / filename)
-            results.append(Explanation(name, k, float(probs[k]), out_dir / filename))
+            results.append(Explanation(name, k, float(probs[k]), out_dir / filename, layer))
         document = {
             "image": str(image_path),
             "checkpoint": str(checkpoint),
-            "target_layer": layer,
+            "target_layer": layer.name,
+            "target_layer_size": [layer.height, layer.width],
+            "input_size": layer.input_size,
+            "target_layer_warning": layer.warning,
             "method": "Grad-CAM (monai.visualize.GradCAM) on the class logit",
             "probabilities": {n: float(p) for n, p in zip(bundle.class_names, probs, strict=True)},
             "thresholds": [float(t) for t in thresholds],

@@ -89,25 +89,51 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 class ItemDataset(Dataset):
-    """Items ``{"image": path | slide location}`` through a transform; each output also carries its ``index``."""
+    """Items ``{"image": path | slide location}`` through a transform; each output also carries its ``index``.
 
-    def __init__(self, items: Sequence[dict[str, Any]], transform: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    With ``skip_bad`` an item that cannot be read is returned as None (the loader's collate drops it, so its index
+    is missing from the outputs; :meth:`error_of` says why) instead of raising its one-line :class:`DataError`.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[dict[str, Any]],
+        transform: Callable[[dict[str, Any]], dict[str, Any]],
+        skip_bad: bool = False,
+    ) -> None:
         self.items = list(items)
         self.transform = transform
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _load(self, index: int) -> dict[str, Any]:
         try:
-            out = dict(self.transform(dict(self.items[index])))
+            return dict(self.transform(dict(self.items[index])))
         except Exception as exc:  # MONAI's Compose re-raises a reader's DataError as a RuntimeError
             err = find_data_error(exc)
             if err is None:
                 raise
             raise DataError(str(err)) from None
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        try:
+            out = self._load(index)
+        except DataError as err:
+            if self.skip_bad:
+                return None
+            raise DataError(f"{err}; pass --skip-bad to predict the others") from None
         out["index"] = index
         return out
+
+    def error_of(self, index: int) -> str:
+        """Why item ``index`` cannot be read (read again here, in this process: a worker's message stays there)."""
+        try:
+            self._load(index)
+        except DataError as err:
+            return str(err)
+        return "unreadable when it was predicted, readable now"
 
 
 def eval_transform(bundle: ModelBundle) -> Callable[[dict[str, Any]], dict[str, Any]]:

@@ -37,6 +37,7 @@ class Predictions:
         class_names: C names.
         pi, var: (N, C) MDN weight and variance per class, when uncertainty was asked for.
         slide: for a slide, ``{"path", "dimensions", "level", "downsample", "patch_size", "grid": SlideGrid}``.
+        skipped: with ``skip_bad``, the inputs that could not be read: ``{"image": path, "error": message}``.
     """
 
     kind: str
@@ -47,6 +48,7 @@ class Predictions:
     pi: np.ndarray | None = None
     var: np.ndarray | None = None
     slide: dict[str, Any] | None = field(default=None, repr=False)
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -110,18 +112,24 @@ def predict_images(
     workers: int = 0,
     uncertainty: bool = False,
     progress: ProgressHook | None = None,
+    skip_bad: bool = False,
 ) -> Predictions:
     """Probabilities for image files, resized and normalised as the bundle's model was trained.
 
     Args:
         bundle: the loaded model bundle.
-        paths: image files (PNG, JPEG, TIFF, ...). An unreadable one is a one-line DataError naming it.
+        paths: image files (PNG, JPEG, TIFF, ...). An unreadable one is a one-line DataError naming it, unless
+            ``skip_bad``: then the others are predicted and it is listed in ``Predictions.skipped`` with its error.
         threshold: one threshold for every class; None uses the bundle's tuned thresholds (else 0.5).
         batch_size: images per forward pass.
         device: "auto" (GPU when present), "cpu", "cuda:N".
         workers: DataLoader worker processes.
         uncertainty: add the MDN's per-class (pi, var).
         progress: progress hook (:class:`ProgressHook`).
+        skip_bad: skip unreadable images instead of stopping at the first.
+
+    Raises:
+        DataError: an unreadable image (without ``skip_bad``), or none readable (with it).
     """
     dev = resolve_device(device)
     thresholds = decision_thresholds(bundle, threshold)
@@ -130,8 +138,13 @@ def predict_images(
     items = [{"image": str(p)} for p in paths]
     if not items:
         raise DataError("no images to predict")
-    loader = make_loader(ItemDataset(items, eval_transform(bundle)), batch_size, workers, dev)
+    dataset = ItemDataset(items, eval_transform(bundle), skip_bad=skip_bad)
+    loader = make_loader(dataset, batch_size, workers, dev)
     out = run_bundle(bundle, loader, dev, uncertainty=uncertainty, progress=progress)
+    done = set(out.indices.tolist())
+    skipped = [{"image": str(paths[i]), "error": dataset.error_of(i)} for i in range(len(items)) if i not in done]
+    if skipped and not done:
+        raise DataError(f"none of the {len(items)} images could be read; the first: {skipped[0]['error']}")
     return Predictions(
         kind="images",
         ids=[{"image": str(paths[i])} for i in out.indices],
@@ -140,6 +153,7 @@ def predict_images(
         class_names=list(bundle.class_names),
         pi=out.pi,
         var=out.var,
+        skipped=skipped,
     )
 
 
@@ -159,6 +173,7 @@ def predict_slide(
     workers: int = 0,
     uncertainty: bool = False,
     progress: ProgressHook | None = None,
+    skip_bad: bool = False,
 ) -> Predictions:
     """Probabilities for the tissue patches of a whole slide, read lazily through OpenSlide.
 
@@ -176,7 +191,8 @@ def predict_slide(
         mpp: read patches at this many microns per pixel, from the level nearest above it
             (:func:`probmcl_med.data.slides.plan_mpp`); None: level pixels.
         slide_mpp: the slide's level-0 microns per pixel when the file does not record it.
-        threshold, batch_size, device, workers, uncertainty, progress: as in :func:`predict_images`.
+        threshold, batch_size, device, workers, uncertainty, progress, skip_bad: as in :func:`predict_images`
+            (a skipped patch is listed as ``{"patch": "x=X, y=Y", "error": ...}``).
 
     Returns:
         Predictions with ids ``{"x", "y", "level", "size", "tissue_fraction"}`` (x, y: level-0 pixels) and
@@ -201,8 +217,17 @@ def predict_slide(
             f"slide {path}: none of its {grid.candidates} patches of {size} px {where} reaches the tissue "
             f"fraction {tissue_threshold:g}; lower --tissue-threshold or the --patch-size"
         )
-    loader = make_loader(ItemDataset(grid.items(), eval_transform(bundle)), batch_size, workers, dev)
+    dataset = ItemDataset(grid.items(), eval_transform(bundle), skip_bad=skip_bad)
+    loader = make_loader(dataset, batch_size, workers, dev)
     out = run_bundle(bundle, loader, dev, uncertainty=uncertainty, progress=progress, description="slide patches")
+    if not len(out.indices):
+        raise DataError(f"slide {path}: none of its {len(grid.locations)} tissue patches could be read")
+    done = set(out.indices.tolist())
+    skipped = [
+        {"patch": f"x={loc['x']}, y={loc['y']}", "error": dataset.error_of(i)}
+        for i, loc in enumerate(grid.locations)
+        if i not in done
+    ]
     keys = ("x", "y", "level", "size", "tissue_fraction")
     ids = [{k: grid.locations[i][k] for k in keys} for i in out.indices]
     for row in ids:
@@ -221,4 +246,4 @@ def predict_slide(
         "patches_in_grid": grid.candidates,
         "grid": grid,
     }
-    return Predictions("slide", ids, out.probs, thresholds, list(bundle.class_names), out.pi, out.var, info)
+    return Predictions("slide", ids, out.probs, thresholds, list(bundle.class_names), out.pi, out.var, info, skipped)

@@ -125,7 +125,8 @@ def write_predictions(
     With uncertainty: ``uncertainty.csv`` (the id columns, then ``pi_<class>`` and ``var_<class>`` per class).
     A slide also gets ``thumbnail.png``, ``heatmaps/<class>.png`` (:func:`write_heatmaps`) and
     ``predictions.geojson``, one polygon per patch in level-0 pixels for QuPath (:mod:`.geojson`). Always:
-    ``meta.json`` (checkpoint, thresholds, classes, date, the slide grid, ...). ``extra_files(tmp_dir)`` adds more.
+    ``meta.json`` (checkpoint, thresholds, classes, date, the slide grid, the inputs ``--skip-bad`` skipped, ...).
+    ``extra_files(tmp_dir)`` adds more.
 
     Raises:
         DataError: ``out_dir`` is a file or a non-empty folder that is not an earlier prediction.
@@ -144,6 +145,7 @@ def write_predictions(
         "class_names": p.class_names,
         "thresholds": [float(t) for t in p.thresholds],
         "threshold_rule": "score >= threshold",
+        **({"skipped": p.skipped} if p.skipped else {}),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     with atomic_directory(out_dir) as tmp:
