@@ -177,6 +177,7 @@ def test_report_gallery_and_training_curves(tmp_path: Path, setup: dict, capsys:
                 data = base64.b64encode((report / name).read_bytes()).decode()
                 assert data in page
             assert not (report / f"gallery/class{k:03d}_{kind}_{len(chosen)}.png").exists()
-    assert "Grad-CAM layer: <code>encoder.model.layer4</code>" in page
+    # test_resnet at 32 px: layer1 gives 8 x 8 (stride 4), layer2 4 x 4: the deepest map at least 7 x 7 is layer1's
+    assert "Grad-CAM layer: <code>encoder.model.layer1</code>" in page
     curves = Image.open(io.BytesIO((report / "training_curves.png").read_bytes()))
     assert curves.format == "PNG" and "Training curves" in page

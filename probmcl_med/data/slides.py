@@ -261,7 +261,10 @@ def level0_mpp(slide: Any, path: str | Path, override: float | None = None) -> f
     """
     if override is not None:
         if not float(override) > 0:
-            raise DataError(f"slide {path}: --slide-mpp {override} must be a positive number of microns per pixel")
+            raise DataError(
+                f"slide {path}: the level-0 mpp {override} (predict --slide-mpp, dataset.options.slide_mpp) must be a "
+                "positive number of microns per pixel"
+            )
         return float(override)
     props = getattr(slide, "properties", {}) or {}
     values = []
@@ -274,7 +277,7 @@ def level0_mpp(slide: Any, path: str | Path, override: float | None = None) -> f
     if not values:
         raise DataError(
             f"slide {path} records no microns per pixel (no openslide.mpp-x property); give the scan's resolution "
-            "with --slide-mpp (dataset.options.slide_mpp), e.g. 0.25 for 40x or 0.5 for 20x"
+            "with predict --slide-mpp, or dataset.options.slide_mpp in training, e.g. 0.25 for 40x or 0.5 for 20x"
         )
     return float(np.mean(values))
 

@@ -98,7 +98,10 @@ def describe_thresholds(bundle: ModelBundle, threshold: float | None) -> str:
     if bundle.tuned is not None:
         return bundle.tuned.describe()
     if bundle.thresholds is not None:
-        return "per class, stored inside model.pt by an earlier probmcl-med (re-tune with --save to move them out)"
+        return (
+            "per class, stored inside model.pt by an earlier probmcl-med (move them out with "
+            "`probmcl-med evaluate --tune-thresholds recall=R --save`)"
+        )
     return f"{DEFAULT_THRESHOLD:g} for every class (the default: no {THRESHOLDS_FILE} beside model.pt)"
 
 
