@@ -115,7 +115,7 @@ def test_two_views_shapes_differ_and_load_once(item, monkeypatch):
     data, _ = item
     calls = []
     original = T.read_any
-    monkeypatch.setattr(T, "read_any", lambda image: calls.append(image) or original(image))
+    monkeypatch.setattr(T, "read_any", lambda image, *rest: calls.append(image) or original(image, *rest))
     views = TwoViews(build_train_transform(32, IMAGENET_MEAN, IMAGENET_STD, seed=3))
     out = views(dict(data))
     assert out["image"].shape == (2, 3, 32, 32) and out["image"].dtype == torch.float32

@@ -72,7 +72,7 @@ def group_leaks(splits: dict[str, MultiLabelDataset]) -> list[dict[str, Any]]:
 def _try_read(dataset: MultiLabelDataset, index: int) -> tuple[int, tuple[int, int] | None, str | None]:
     item = dataset.items[index]
     try:
-        pixels = read_any(item["image"])
+        pixels = read_any(item["image"], item.get("intensity", "dtype"))
     except DataError as err:
         return index, None, str(err)
     return index, (int(pixels.shape[0]), int(pixels.shape[1])), None

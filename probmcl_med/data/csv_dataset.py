@@ -6,13 +6,19 @@ Layout (``root`` is the folder; every option below goes under ``dataset.options`
       labels.csv          image,labels,split            or   image,tumour,stroma,necrosis,split
                           a.png,tumour|stroma,train          a.png,1,1,0,train
                           b.png,,valid                       b.png,0,0,0,valid
-      images/a.png ...    (paths in the CSV are relative to root, or to images_dir when given, or absolute)
+      images/a.png ...    (paths in the CSV are relative to root, or to images_dir when given)
 
 - Image column: ``image_column`` (default: the first of image, path, filename, file, patch names; any case).
 - Labels, either style:
   one ``labels`` column (``labels_column``) of ``|``-separated class names (an empty cell is "no label"), or one
   0/1 column per class (every column that is not the image, labels or split column; ``classes`` may pick some).
 - Class order: ``classes`` when given, else the header order (0/1 style) or the sorted names seen (names style).
+- Both styles in one file: the 0/1 columns win (header order) when they agree with the ``labels`` column on every
+  row (said once); the first row where they differ is an error.
+- Every row has the header's number of cells. Text is UTF-8 (a BOM is fine) unless ``encoding`` is set.
+- Image paths must resolve inside root (or images_dir) unless ``allow_outside_root`` is true.
+- ``intensity``: ``dtype`` (default) scales 16-bit and float images by their type's range, ``minmax`` by each
+  image's own range (for 12-bit data stored in 16 bits); see ``imageio.read_image``.
 - Split: a ``split`` column (``split_column``; train/valid/test, val accepted); without one, a seeded random split
   with ``valid_fraction`` = ``test_fraction`` = 0.1 and ``seed`` = 0 (``base.seeded_split``).
 - Groups: ``group_column`` (a patient or slide id): the automatic split keeps each group whole in one split (the
@@ -25,41 +31,84 @@ Every bad value is a one-line DataError naming the CSV, the row (and its line in
 from __future__ import annotations
 
 import csv
+import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from probmcl_med.data.base import MultiLabelDataset, grouped_split, normalize_split, seeded_split
+from probmcl_med.data.base import MultiLabelDataset, grouped_split, logger, normalize_split, seeded_split
+from probmcl_med.data.imageio import INTENSITY_MODES
 from probmcl_med.errors import DataError, EmptySplit
 
 IMAGE_COLUMN_CANDIDATES = ("image", "path", "filename", "file", "image_path", "patch names", "patch_name")
 LABEL_SEPARATOR = "|"
 
 
-def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows of a CSV file (comma, semicolon or tab separated; UTF-8, a BOM is fine).
+def read_table(path: str | Path, encoding: str | None = None) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a CSV file (comma, semicolon or tab separated; UTF-8 with or without a BOM by default).
+
+    Every row must have as many cells as the header (blank lines are skipped): a short row would read its missing
+    labels as 0, a long one would drop cells, so both are errors.
+
+    Args:
+        path: the CSV file.
+        encoding: the file's text encoding (None: UTF-8, a BOM is fine; ``dataset.options.encoding``).
 
     Raises:
-        DataError: missing file, or a file without a header row.
+        DataError: missing file, a file that is not text in ``encoding``, no header row, a header naming a column
+            twice, or a row whose number of cells differs from the header's.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CSV file {path} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        text = handle.read()
+    text = decode_text(path, path.read_bytes(), encoding)
     if not text.strip():
         raise DataError(f"{path}: the CSV file is empty; it needs a header row and one row per image")
     try:
         dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    reader = csv.DictReader(text.splitlines(), dialect=dialect)
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    reader.fieldnames = header
-    rows = [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+    header = [h.strip() for h in next(reader)]
+    for column in header:
+        if header.count(column) > 1:
+            raise DataError(f"{path}: column '{column}' appears twice in the header; give each column its own name")
+    rows: list[dict[str, str]] = []
+    for cells in reader:
+        if not cells:
+            continue
+        if len(cells) != len(header):
+            i = len(rows)
+            raise DataError(
+                f"{path}, row {i} (line {reader.line_num}): {len(cells)} cells, expected {len(header)} "
+                f"({', '.join(header)}); quote cells that contain the separator"
+            )
+        rows.append({h: v.strip() for h, v in zip(header, cells, strict=True)})
     return header, rows
+
+
+def decode_text(path: Path, data: bytes, encoding: str | None) -> str:
+    """``data`` as text: UTF-8 (a BOM is dropped) unless ``encoding`` is given; else a one-line DataError."""
+    try:
+        return data.decode(encoding or "utf-8").removeprefix("\ufeff")
+    except LookupError:
+        raise DataError(
+            f"{path}: dataset.options.encoding={encoding!r} is not an encoding Python knows; use e.g. utf-8, "
+            "latin-1 or cp1252"
+        ) from None
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        byte = data[exc.start]
+        if encoding:
+            raise DataError(f"{path}: line {line} is not valid {encoding} text (byte 0x{byte:02x})") from None
+        raise DataError(
+            f"{path}: the file's encoding is not UTF-8 (byte 0x{byte:02x} on line {line}); convert it, e.g. "
+            f"iconv -f latin1 -t utf-8 {path.name} > utf8.csv, or set dataset.options.encoding=latin-1 (or its "
+            "encoding)"
+        ) from None
 
 
 def find_column(header: Sequence[str], wanted: str | None, candidates: Sequence[str], path: Path, what: str) -> str:
@@ -112,6 +161,11 @@ def labels_from_rows(
 ) -> tuple[list[str], np.ndarray]:
     """Class names and a (N, C) float32 multi-hot matrix from a table, in either label style.
 
+    A table with both a ``labels`` column (found by its name, not named by ``labels_column``) and 0/1 class columns
+    uses the 0/1 columns, in header order, after checking that the two agree on every row; the first row where they
+    differ is an error. A column counts as a 0/1 column when every cell is 0/1 (or empty) and one at least is not
+    empty, so a text column (patient, notes) beside the labels column is not mistaken for a class.
+
     Args:
         header, rows: from :func:`read_table`.
         path: the file (for messages).
@@ -123,18 +177,69 @@ def labels_from_rows(
     names_col = lower.get((labels_column or "labels").lower())
     if labels_column and names_col is None:
         raise DataError(f"{path}: no labels column '{labels_column}'; columns found: {', '.join(header)}")
-    if names_col is not None:
-        known = {c: i for i, c in enumerate(classes)} if classes is not None else None
-        per_row = [parse_name_list(r.get(names_col, ""), known, path, i, names_col) for i, r in enumerate(rows)]
-        class_names = list(classes) if classes is not None else sorted({n for names in per_row for n in names})
-        if not class_names:
-            raise DataError(f"{path}: column '{names_col}' names no class in any row; write e.g. tumour|stroma")
-        index = {c: i for i, c in enumerate(class_names)}
-        labels = np.zeros((len(rows), len(class_names)), dtype=np.float32)
-        for i, names in enumerate(per_row):
-            for name in names:
-                labels[i, index[name]] = 1.0
+    if names_col is None:
+        return _labels_from_flags(header, rows, path, exclude, classes)
+    known = {c: i for i, c in enumerate(classes)} if classes is not None else None
+    per_row = [parse_name_list(r.get(names_col, ""), known, path, i, names_col) for i, r in enumerate(rows)]
+    excluded = {e.lower() for e in [*exclude, names_col]}
+    flag_columns = [h for h in header if h.lower() not in excluded and _is_flag_column(rows, h)]
+    if labels_column is None and flag_columns:
+        class_names, labels = _labels_from_flags(header, rows, path, [*exclude, names_col], classes or flag_columns)
+        _check_formats_agree(per_row, class_names, labels, path, names_col)
         return class_names, labels
+    class_names = list(classes) if classes is not None else sorted({n for names in per_row for n in names})
+    if not class_names:
+        raise DataError(f"{path}: column '{names_col}' names no class in any row; write e.g. tumour|stroma")
+    index = {c: i for i, c in enumerate(class_names)}
+    labels = np.zeros((len(rows), len(class_names)), dtype=np.float32)
+    for i, names in enumerate(per_row):
+        for name in names:
+            labels[i, index[name]] = 1.0
+    return class_names, labels
+
+
+def _is_flag_column(rows: Sequence[dict[str, str]], column: str) -> bool:
+    """Every cell of ``column`` reads as 0/1 and one at least is not empty."""
+    cells = [r.get(column, "").strip().lower() for r in rows]
+    return any(cells) and all(c in _FLAG_VALUES for c in cells)
+
+
+_FLAG_VALUES = {"1", "1.0", "true", "yes", "0", "0.0", "false", "no", ""}
+
+_NOTED: set[str] = set()  # tables already reported as holding both label formats (said once per process)
+
+
+def _check_formats_agree(
+    per_row: Sequence[list[str]], class_names: Sequence[str], labels: np.ndarray, path: Path, names_col: str
+) -> None:
+    """Raise on the first row where the names column and the 0/1 columns disagree; else say once which one is used."""
+    for i, names in enumerate(per_row):
+        flagged = [c for c, v in zip(class_names, labels[i], strict=True) if v]
+        if set(names) != set(flagged):
+            raise DataError(
+                f"{path}, row {i} (line {i + 2}): the '{names_col}' column says {LABEL_SEPARATOR.join(names) or '(none)'}"
+                f" but the 0/1 columns say {LABEL_SEPARATOR.join(flagged) or '(none)'}; keep one label format, or set "
+                f"dataset.options.labels_column={names_col} to use the names and ignore the 0/1 columns"
+            )
+    if str(path) not in _NOTED:
+        _NOTED.add(str(path))
+        logger.warning(
+            "%s: both a '%s' column and 0/1 class columns; they agree on every row, using the 0/1 columns in header "
+            "order (%s)",
+            path,
+            names_col,
+            ", ".join(class_names),
+        )
+
+
+def _labels_from_flags(
+    header: Sequence[str],
+    rows: Sequence[dict[str, str]],
+    path: Path,
+    exclude: Sequence[str],
+    classes: Sequence[str] | None,
+) -> tuple[list[str], np.ndarray]:
+    """One 0/1 column per class: every column not in ``exclude`` (or ``classes``, in their order)."""
     excluded = {e.lower() for e in exclude}
     class_columns = [h for h in header if h.lower() not in excluded]
     if classes is not None:
@@ -201,6 +306,12 @@ def resolve_image_path(value: str, base: Path) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
+def is_inside(path: str, folder: Path) -> bool:
+    """Whether ``path`` lies inside ``folder`` once ``..`` is resolved lexically (symbolic links are not followed:
+    a link inside the folder that points elsewhere is the user's own choice)."""
+    return Path(os.path.normpath(path)).is_relative_to(Path(os.path.normpath(folder)))
+
+
 def find_csv(root: Path, csv_name: str | None) -> Path:
     """``root/csv_name``, or the only CSV in ``root`` (``labels.csv`` preferred)."""
     if csv_name:
@@ -244,6 +355,9 @@ def load_csv_dataset(
     test_fraction: float = 0.1,
     skip_bad: bool = False,
     group_column: str | None = None,
+    encoding: str | None = None,
+    allow_outside_root: bool = False,
+    intensity: str = "dtype",
     name: str = "csv",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -251,8 +365,10 @@ def load_csv_dataset(
     """Read a labels CSV into a :class:`MultiLabelDataset` (see the module docstring for the layout and options)."""
     folder = check_root(root, name)
     table = find_csv(folder, csv)
-    header, rows = read_table(table)
+    header, rows = read_table(table, encoding)
     split = normalize_split(split, str(table))
+    if intensity not in INTENSITY_MODES:
+        raise DataError(f"dataset.options.intensity={intensity!r}: use {' or '.join(INTENSITY_MODES)}")
     image_col = find_column(header, image_column, IMAGE_COLUMN_CANDIDATES, table, "image")
     lower = {h.lower(): h for h in header}
     split_col = lower.get((split_column or "split").lower())
@@ -270,9 +386,18 @@ def load_csv_dataset(
         value = rows[i][image_col]
         if not value:
             raise DataError(f"{table}, row {i} (line {i + 2}), column '{image_col}': empty image path")
-        items.append({"image": resolve_image_path(value, base), "label": labels[i], "row": i})
+        image = resolve_image_path(value, base)
+        if not allow_outside_root and not is_inside(image, base):
+            raise DataError(
+                f"{table}, row {i} (line {i + 2}), column '{image_col}': image path {value!r} points outside the "
+                f"dataset folder {base}; give a path inside it, or set dataset.options.allow_outside_root=true"
+            )
+        item = {"image": image, "label": labels[i], "row": i}
+        if intensity != "dtype":
+            item["intensity"] = intensity  # read by ReadImaged (probmcl_med.data.transforms)
         if groups is not None:
-            items[-1]["group"] = groups[i]
+            item["group"] = groups[i]
+        items.append(item)
     if not items:
         raise EmptySplit(f"{table}: the split '{split}' has no rows ({len(rows)} rows in the file)")
     return MultiLabelDataset(items, class_names, mean=mean, std=std, name=name, source=table, skip_bad=skip_bad)

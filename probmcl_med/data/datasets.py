@@ -39,7 +39,8 @@ def csv(root: str | None, split: str = "train", **options: Any) -> MultiLabelDat
     """Your own images + a labels CSV (0/1 columns or a |-separated labels column; optional split column).
 
     Options: csv, image_column, labels_column, classes, split_column, group_column, images_dir, seed,
-    valid_fraction, test_fraction, skip_bad (see probmcl_med.data.csv_dataset).
+    valid_fraction, test_fraction, skip_bad, encoding, allow_outside_root, intensity (see
+    probmcl_med.data.csv_dataset).
     """
     return load_csv_dataset(root, split, **_known(options, load_csv_dataset, "csv"))
 

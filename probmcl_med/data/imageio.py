@@ -1,6 +1,7 @@
 """Reading pixels: image files through PIL and whole-slide regions through OpenSlide, with one-line errors.
 
-Every reader returns an RGB ``uint8`` array of shape (H, W, 3). A missing, truncated or corrupt file raises
+Every reader returns an RGB ``uint8`` array of shape (H, W, 3); deeper images (16-bit, 12-bit stored in 16, float)
+are scaled to it, never clipped (:func:`read_image`). A missing, truncated or corrupt file raises
 :class:`~probmcl_med.errors.DataError` naming the file; the dataset adds the CSV row (see ``base.MultiLabelDataset``).
 
 Slides are opened once per process and kept in a small cache keyed by the process id, so a DataLoader worker that
@@ -16,9 +17,11 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import imagecodecs
 import numpy as np
 import openslide
-from PIL import Image, UnidentifiedImageError
+import tifffile
+from PIL import Image
 
 from probmcl_med.errors import DataError
 
@@ -34,33 +37,108 @@ def image_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to RGB.
+INTENSITY_MODES = ("dtype", "minmax")
+"""How pixels deeper than 8 bits become the pipeline's 8 bits: by the range of the image's dtype, or per image."""
+
+_PASS_THROUGH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+"""Pillow modes whose array keeps the file's full precision (converting them to RGB would clip at 255)."""
+
+
+def read_image(path: str | Path, intensity: str = "dtype") -> np.ndarray:
+    """Decode an image file to 8-bit RGB, scaling deeper pixels instead of clipping them.
 
     Args:
-        path: PNG, JPEG, TIFF, BMP, ... anything PIL decodes. Grey, palette and RGBA images are converted to RGB.
+        path: PNG, JPEG, TIFF, BMP, ... anything PIL decodes. Grey, palette and RGBA images are converted to RGB
+            (alpha is dropped). 16-bit PNGs (grey or RGB) are decoded at full depth with imagecodecs; TIFFs of more
+            than 8 bits or of float samples with tifffile.
+        intensity: ``dtype``: the range of the pixel type maps onto 0-255 (uint16: 0-65535; signed integers: their
+            whole range; float: 0-1, values outside are an error); ``minmax``: each image's own minimum and maximum
+            map onto 0-255 (for data that does not use its type's range, e.g. 12-bit images stored in 16 bits).
 
     Returns:
-        (H, W, 3) uint8 array.
+        (H, W, 3) uint8 array: ``rint((x - lo) * 255 / (hi - lo))`` with [lo, hi] the range chosen by ``intensity``.
 
     Raises:
-        DataError: the file does not exist, or it is truncated or not an image.
+        DataError: the file does not exist, is truncated or not an image, or its values do not fit ``intensity``.
     """
     path = Path(path)
+    if intensity not in INTENSITY_MODES:
+        raise DataError(f"intensity {intensity!r} for image {path}: use dtype or minmax")
     if not path.is_file():
         raise DataError(f"image {path} does not exist")
     try:
-        with Image.open(path) as img:
-            img.load()  # decodes fully: a truncated file fails here, not later in a worker
-            rgb = img.convert("RGB")
+        pixels = _decode(path)
     except Image.DecompressionBombError as exc:
         raise DataError(
             f"image {path} is too large to decode as one image ({exc}); read whole slides through the slides dataset"
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (DataError, MemoryError):
+        raise
+    except Exception as exc:  # every decoder's own error type (PIL, tifffile, imagecodecs): the file is bad
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"image {path} is truncated or corrupt ({detail}); replace it") from None
-    return np.asarray(rgb, dtype=np.uint8)
+    return to_rgb8(pixels, path, intensity)
+
+
+def _decode(path: Path) -> np.ndarray:
+    """The file's pixels at full depth: (H, W) or (H, W, C) of the file's own dtype (8-bit RGB for most files)."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if page.dtype != np.uint8:
+                pixels = page.asarray()
+                return np.moveaxis(pixels, 0, -1) if page.axes.startswith("S") else pixels
+    with Image.open(path) as img:
+        img.load()  # decodes fully: a truncated file fails here, not later in a worker
+        if img.format == "PNG" and _png_bit_depth(path) == 16:  # Pillow reads 16-bit colour PNGs as 8-bit
+            return imagecodecs.png_decode(path.read_bytes())
+        if img.mode in _PASS_THROUGH_MODES:
+            return np.asarray(img)
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _png_bit_depth(path: Path) -> int:
+    """The bit depth stored in a PNG's IHDR chunk (byte 24 of the file)."""
+    with path.open("rb") as handle:
+        header = handle.read(25)
+    return header[24] if len(header) == 25 else 8
+
+
+def to_rgb8(pixels: np.ndarray, path: str | Path, intensity: str = "dtype") -> np.ndarray:
+    """(H, W), (H, W, 1-4) pixels of any numeric dtype -> (H, W, 3) uint8 (see :func:`read_image` for ``intensity``).
+
+    Grey is repeated to three channels; a second (grey + alpha) or fourth (RGBA) channel is dropped.
+    """
+    if pixels.ndim == 3 and pixels.shape[2] in (1, 2):
+        pixels = pixels[..., 0]
+    elif pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = pixels[..., :3]
+    if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
+        raise DataError(f"image {path} has shape {pixels.shape}; expected a grey, RGB or RGBA image")
+    if pixels.dtype == np.uint8 and intensity == "dtype":
+        scaled = pixels
+    else:
+        values = pixels.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise DataError(f"image {path} holds values that are not finite (NaN or infinity); fix or drop the file")
+        if intensity == "minmax":
+            lo, hi = float(values.min()), float(values.max())
+        elif pixels.dtype == np.bool_:
+            lo, hi = 0.0, 1.0
+        elif np.issubdtype(pixels.dtype, np.integer):
+            info = np.iinfo(pixels.dtype)
+            lo, hi = float(info.min), float(info.max)
+        else:
+            lo, hi = 0.0, 1.0
+            if values.min() < -1e-6 or values.max() > 1 + 1e-6:
+                raise DataError(
+                    f"image {path} holds {pixels.dtype} values in [{values.min():g}, {values.max():g}], not in "
+                    "[0, 1]; set dataset.options.intensity=minmax to scale each image by its own range"
+                )
+        span = hi - lo
+        scaled = np.rint(np.clip((values - lo) * 255.0 / span, 0, 255)) if span > 0 else np.zeros_like(values)
+        scaled = scaled.astype(np.uint8)
+    return np.repeat(scaled[..., None], 3, axis=2) if scaled.ndim == 2 else scaled
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -220,8 +298,11 @@ def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def read_any(image: Any) -> np.ndarray:
-    """Pixels of a dataset item's ``image``: a path, a slide-location dict, or an (H, W, 3) uint8 array already."""
+def read_any(image: Any, intensity: str = "dtype") -> np.ndarray:
+    """Pixels of a dataset item's ``image``: a path, a slide-location dict, or an (H, W, 3) uint8 array already.
+
+    ``intensity`` applies to image files (:func:`read_image`); slides are 8-bit RGB.
+    """
     if isinstance(image, dict):
         return read_slide_region(image)
     if isinstance(image, np.ndarray):
@@ -230,4 +311,4 @@ def read_any(image: Any) -> np.ndarray:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DataError(f"in-memory image of shape {image.shape} and dtype {image.dtype}: expected (H, W, 3) uint8")
         return image
-    return read_image(image)
+    return read_image(image, intensity)

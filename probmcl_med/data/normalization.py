@@ -100,7 +100,8 @@ def compute_mean_std(dataset: Any, max_images: int = 500, seed: int = 0) -> tupl
     order = np.random.default_rng(seed).permutation(n)[: min(max_images, n)]
     counts, means, variances = [], [], []
     for index in order:
-        pixels = read_any(dataset.items[int(index)]["image"]).reshape(-1, 3).astype(np.float64) / 255.0
+        item = dataset.items[int(index)]
+        pixels = read_any(item["image"], item.get("intensity", "dtype")).reshape(-1, 3).astype(np.float64) / 255.0
         counts.append(pixels.shape[0])
         means.append(pixels.mean(axis=0))
         variances.append(pixels.var(axis=0))

@@ -41,6 +41,9 @@ class ReadImaged(MapTransform):
     Not MONAI's ``LoadImaged`` (whose name it must not take): it reads through this package's readers (OpenSlide
     regions, one-line errors naming the file) and returns channel-last uint8 pixels, not a channel-first MetaTensor.
 
+    An item's ``intensity`` (``dtype`` or ``minmax``, see :func:`~probmcl_med.data.imageio.read_image`) is consumed
+    here, so it never reaches a batch.
+
     Raises:
         DataError: missing, truncated or corrupt image; unreadable slide; location outside the slide.
     """
@@ -50,8 +53,9 @@ class ReadImaged(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        intensity = d.pop("intensity", "dtype")
         for key in self.key_iterator(d):
-            d[key] = read_any(d[key])
+            d[key] = read_any(d[key], intensity)
         return d
 
 
