@@ -100,7 +100,8 @@ def evaluate_command(
         ),
     ] = None,
     recall_floor: Annotated[
-        float, typer.Option("--recall-floor", help="Highlight classes whose recall is under this fraction.")
+        float,
+        typer.Option("--recall-floor", min=0.0, max=1.0, help="Highlight classes whose recall is under this fraction."),
     ] = 0.8,
     precision_floor: Annotated[
         float,
@@ -134,10 +135,10 @@ def evaluate_command(
         ),
     ] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (no tables).")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
     workers: Annotated[
-        int | None, typer.Option("--workers", help="DataLoader workers (default: the run config's).")
+        int | None, typer.Option("--workers", min=0, help="DataLoader workers (default: the run config's).")
     ] = None,
     root: Annotated[
         str | None,

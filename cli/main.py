@@ -1,7 +1,7 @@
 """The ``probmcl-med`` command: a thin Typer app over the library.
 
-One entry point, :func:`main`, turns every known error (:class:`~probmcl_med.errors.UserError`) into a one-line
-message on stderr and exit code 1, usage errors into exit code 2, and shows the traceback only with ``--debug``.
+One entry point, :func:`main`, turns every known error (:class:`~probmcl_med.errors.UserError`, and any
+``OSError``: full disk, read-only folder, no permission) into a one-line message on stderr and exit code 1, usage errors into exit code 2, and shows the traceback only with ``--debug``.
 Commands live in sibling modules, each with a ``register(app)`` function.
 """
 
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     except _click_exceptions.ClickException as exc:
         stderr.print(f"error: {exc.format_message()}", markup=False, highlight=False)
         return exc.exit_code
-    except UserError as exc:
+    except (UserError, OSError) as exc:  # OSError: a full disk, a read-only folder, no permission (one line too)
         if _state["debug"]:
             traceback.print_exc()
         message = one_line_message(exc)

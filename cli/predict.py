@@ -61,14 +61,15 @@ def predict_command(
         float | None,
         typer.Option("--threshold", help="Threshold for every class (default: the checkpoint's tuned ones, else 0.5)."),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images or patches per forward pass.")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images or patches per forward pass.")] = 32,
     uncertainty: Annotated[bool, typer.Option("--uncertainty", help=UNCERTAINTY_HELP)] = False,
     patch_size: Annotated[
-        int | None, typer.Option("--patch-size", help="Slides: patch side in pixels of --level (default: model input).")
+        int | None,
+        typer.Option("--patch-size", min=1, help="Slides: patch side in pixels of --level (default: model input)."),
     ] = None,
     level: Annotated[
         int | None,
-        typer.Option("--level", help="Slides: read patches at this pyramid level, in its pixels (instead of an mpp)."),
+        typer.Option("--level", min=0, help="Slides: read patches at this pyramid level, in its pixels (instead of an mpp)."),
     ] = None,
     mpp: Annotated[
         float | None,
@@ -87,13 +88,17 @@ def predict_command(
         typer.Option("--tile-above", help="Plain TIFF images above this many megapixels are tiled like slides."),
     ] = 25.0,
     tissue_threshold: Annotated[
-        float, typer.Option("--tissue-threshold", help="Slides: minimum tissue fraction of a patch (0 keeps all).")
+        float,
+        typer.Option(
+            "--tissue-threshold", min=0.0, max=1.0, help="Slides: minimum tissue fraction of a patch (0 keeps all)."
+        ),
     ] = 0.5,
     stride: Annotated[
-        int | None, typer.Option("--stride", help="Slides: grid step in pixels of --level (default: the patch size).")
+        int | None,
+        typer.Option("--stride", min=1, help="Slides: grid step in pixels of --level (default: the patch size)."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
-    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
     skip_bad: Annotated[
         bool,
         typer.Option(

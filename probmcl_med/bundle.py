@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from probmcl_med.core.mdn import MixtureDensityNetwork
-from probmcl_med.errors import CheckpointError
+from probmcl_med.errors import CheckpointError, first_words, torch_load_error
 from probmcl_med.fileio import atomic_write
 from probmcl_med.models.encoders import get_encoder
 from probmcl_med.models.heads import Classifier, LinearHead
@@ -67,9 +67,12 @@ def read_checkpoint(path: str | Path, expected_format: str | None = None) -> dic
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zipfile, pickle and torch raise many types for a damaged file
-        text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {text}); delete it or use another one"
+        raise torch_load_error(
+            f"checkpoint {path}",
+            exc,
+            if_refused="probmcl-med checkpoints hold only tensors and plain values, so it was not written by "
+            "probmcl-med (or was altered)",
+            if_damaged="delete it or use another one",
         ) from None
     if not isinstance(obj, dict) or "format" not in obj:
         raise CheckpointError(f"checkpoint {path} is not a probmcl-med checkpoint (no 'format' entry)")
@@ -343,7 +346,7 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         head.load_state_dict(head_spec["state_dict"], strict=True)
         mdn = None if data.get("mdn") is None else _build_mdn(data["mdn"])
     except (RuntimeError, KeyError) as exc:
-        text = str(exc).splitlines()[0][:200]
+        text = first_words(str(exc), 200)
         raise CheckpointError(
             f"checkpoint {path}: stored weights do not fit the stored architecture ({text})"
         ) from None

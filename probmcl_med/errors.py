@@ -1,10 +1,14 @@
 """Errors that the CLI turns into one-line messages (exit code 1) instead of tracebacks.
 
 Every error a user can cause and fix (a bad config key, a missing file, a corrupt image, an unknown name) is raised
-as a subclass of :class:`UserError` with a message that names the file, row or key and says what to do.
+as a subclass of :class:`UserError` with a message that names the file, row or key and says what to do. An
+operating-system error (full disk, read-only folder, no permission) is put into one line by :func:`os_error_message`.
 """
 
 from __future__ import annotations
+
+import errno
+import re
 
 
 class UserError(Exception):
@@ -53,6 +57,72 @@ class TrainingInterrupted(KeyboardInterrupt):
         return str(self.args[0]) if self.args else "interrupted"
 
 
+_OS_ERRORS = {
+    errno.ENOSPC: ("no space left on the device", "free some space or write to another disk"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or ask for a larger quota"),
+    errno.EROFS: ("the file system is read-only", "write to a folder on a writable disk"),
+    errno.EACCES: ("permission denied", "fix the permissions or write to a folder you own"),
+    errno.EPERM: ("operation not permitted", "fix the permissions or write to a folder you own"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.EISDIR: ("is a folder, not a file", "give a file path"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+    errno.EMFILE: ("too many open files", "use fewer --workers or raise the limit (ulimit -n)"),
+}
+"""errno -> (what happened, what to do) for the operating-system errors a user can fix."""
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an operating-system error: the path, what happened and what to do.
+
+    Every file the package writes is written to a temporary name and renamed (:mod:`probmcl_med.fileio`), so the
+    message can promise that the files already there, the last good checkpoint included, are intact.
+    """
+    what, todo = _OS_ERRORS.get(exc.errno, (exc.strerror or type(exc).__name__, "check the path and the disk"))
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    where = f"{' -> '.join(paths)}: " if paths else ""
+    return f"{where}{what}; {todo} (files already written there are intact; nothing half-written was left)"
+
+
+def first_words(text: str, limit: int = 160) -> str:
+    """The first line of ``text``, shortened to at most ``limit`` characters at a word boundary (with an ellipsis)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1].rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:") + "…"
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def unpickle_refusal(exc: BaseException) -> str | None:
+    """The reason ``torch.load(weights_only=True)`` refused a file that holds Python objects, or None.
+
+    torch names the refused class or function as ``GLOBAL module.name``; a file damaged in other ways (truncated,
+    not a zip, a broken pickle stream) gives None, so it is reported as damage, not as a refusal.
+    """
+    found = _GLOBAL.search(str(exc))
+    if found is None:
+        return None
+    return f"holds Python objects beyond tensors ({found.group(1)}); refusing to unpickle it"
+
+
+def torch_load_error(what: str, exc: BaseException, if_refused: str, if_damaged: str) -> CheckpointError:
+    """The one-line error for a file that ``torch.load(weights_only=True)`` did not read.
+
+    Args:
+        what: the file as named in messages ("checkpoint RUN/model.pt").
+        exc: what torch raised.
+        if_refused: what to do when the file holds Python objects beyond tensors (:func:`unpickle_refusal`).
+        if_damaged: what to do when it is damaged (truncated, not a torch file).
+    """
+    refusal = unpickle_refusal(exc)
+    if refusal is not None:
+        return CheckpointError(f"{what} {refusal}; {if_refused}")
+    text = first_words(str(exc)) or "no detail"
+    return CheckpointError(f"{what} is corrupt or truncated ({type(exc).__name__}: {text}); {if_damaged}")
+
+
 def one_line_message(exc: BaseException) -> str:
     """The first line of an error's message, also when torch re-raised it from a DataLoader worker.
 
@@ -60,6 +130,8 @@ def one_line_message(exc: BaseException) -> str:
     N.`` followed by the worker's traceback, whose last line is ``module.X: original message``; the original message
     is what the user needs (the file and row), so it is recovered from there.
     """
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os_error_message(exc)
     text = str(exc)
     if text.startswith("Caught ") and "DataLoader worker" in text.splitlines()[0]:
         last = text.rstrip().splitlines()[-1]

@@ -22,17 +22,31 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(handle)`` on a temporary binary file beside ``path``, fsync it, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise_naming(exc, path, path.parent / f".{path.name}.tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        raise_naming(exc, path, Path(tmp))
     return path
+
+
+def raise_naming(exc: BaseException, path: Path, tmp: Path) -> None:
+    """Re-raise ``exc``; an OSError that names no file, or only the temporary ``tmp`` (or a file inside it), is
+    re-raised naming the destination ``path`` instead, so the one-line message names what the user asked for."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = Path(exc.filename) if exc.filename is not None else None
+        if name is None or name == tmp or tmp in name.parents or name.name.startswith(f".{path.name}."):
+            target = path / name.relative_to(tmp) if name is not None and tmp in name.parents else path
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+    raise exc
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -66,24 +80,38 @@ def check_replaceable_folder(out_dir: Path, marker: str, what: str, option: str)
         )
 
 
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` to the disk (a full disk often shows only here, with delayed allocation)."""
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with file.open("rb") as handle:
+            try:
+                os.fsync(handle.fileno())
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(file)) from exc
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Build a folder under a temporary name and move it to ``path`` only when the block succeeds.
+    """Build a folder under a temporary name, flush its files, and move it to ``path`` only when all that succeeds.
 
     An existing folder at ``path`` is replaced only after the new one is complete; on error the temporary folder is
     removed and ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise_naming(exc, path, path.parent / f".{path.name}.tmp")
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a report folder should be as readable as any other
     try:
         yield tmp
-    except BaseException:
+        fsync_tree(tmp)
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise_naming(exc, path, tmp)
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -88,8 +88,12 @@ def test_epochs_is_the_runs_length_in_passes_whatever_the_mode(
 
 
 def test_epochs_without_a_ratio_is_a_one_line_error() -> None:
-    with pytest.raises(ConfigError, match="both are 0"):
-        with_run_length(load_config(overrides=["mode=two-stage", "contrastive.epochs=0", "classifier.epochs=0"]), 4)
+    with pytest.raises(ConfigError, match=r"classifier\.epochs=0"):  # a config file cannot say it (test_config_strict)
+        load_config(overrides=["mode=two-stage", "contrastive.epochs=0", "classifier.epochs=0"])
+    config = load_config(overrides=["mode=two-stage", "contrastive.epochs=0", "classifier.epochs=1"])
+    zero = config.model_copy(update={"classifier": config.classifier.model_copy(update={"epochs": 0})})
+    with pytest.raises(ConfigError, match="both are 0"):  # a config built in code can
+        with_run_length(zero, 4)
 
 
 @pytest.mark.parametrize("mode", ["asl", "joint"])

@@ -19,7 +19,7 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from probmcl_med.config.schema import RunConfig, check_stage_epochs
+from probmcl_med.config.schema import RunConfig, check_epochs, check_stage_epochs
 from probmcl_med.errors import ConfigError
 from probmcl_med.fileio import atomic_write_text
 from probmcl_med.registry import RegistryError
@@ -79,6 +79,38 @@ def is_text_key(path: list[str]) -> bool:
     return annotation is str or set(get_args(annotation)) == {str, type(None)}
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names one key twice (YAML itself would keep the last silently)."""
+
+    def __init__(self, key: Any, first_line: int, second_line: int) -> None:
+        super().__init__(f"key '{key}' appears twice (lines {first_line} and {second_line}); keep one")
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (merge keys ``<<`` are still allowed)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+            except TypeError:  # an unhashable key: SafeLoader reports it
+                break
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """YAML text -> Python objects, refusing duplicate keys (:class:`DuplicateKeyError`)."""
+    return yaml.load(text, Loader=StrictLoader)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b=value`` into a key path and a value.
 
@@ -94,7 +126,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: the key is empty; write e.g. contrastive.tau=0.1")
     path = key.split(".")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml_text(raw) if raw.strip() else None
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"--set {text!r}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     if is_text_key(path):
@@ -158,7 +192,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"config file {path} not found (named configs available: {options})")
         path = named
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    try:
+        data = load_yaml_text(text) or {}
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -217,6 +259,7 @@ def load_config(
     except RegistryError as err:
         raise ConfigError(f"{source}: {err}") from None
     check_stage_epochs(config, source)
+    check_epochs(config, source)
     return config
 
 

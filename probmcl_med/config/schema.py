@@ -8,7 +8,7 @@ device, seed, workers, AMP) is a key here. Unknown keys and bad values are rejec
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -20,7 +20,15 @@ from probmcl_med.registry import DATASETS, LIKELIHOODS, OVERLAPS, SIMILARITIES, 
 class _Section(BaseModel):
     """Base of every section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False)
+
+
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1_048_576
+MAX_WIDTH = 65_536
+"""Upper bounds that no real run reaches: a value beyond them is a typo (``epochs=1e23``), refused at validation."""
+
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 
 
 def _registered(registry: Registry, value: str) -> str:
@@ -90,8 +98,12 @@ class EncoderConfig(_Section):
 class ContrastiveConfig(_Section):
     """Stage 1: encoder + mixture density network trained with NLL + lambda * PCL (paper Eq. 4)."""
 
-    epochs: int = Field(80, ge=0, description="two-stage: passes over the training set of the contrastive stage")
-    batch_size: int = Field(128, ge=2, description="images per batch (2x views); joint: its training batches")
+    epochs: int = Field(
+        80, ge=0, le=MAX_EPOCHS, description="two-stage: passes over the training set of the contrastive stage"
+    )
+    batch_size: int = Field(
+        128, ge=2, le=MAX_BATCH, description="images per batch (2x views); joint: its training batches"
+    )
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     tau: float = Field(0.2, gt=0, description="temperature of Eq. 3")
@@ -109,7 +121,7 @@ class ContrastiveConfig(_Section):
         description="a name in LIKELIHOODS (NLL reading, docs/math.md s.3; responsibility measured better than "
         "density in benchmarks/evidence)",
     )
-    mdn_hidden: tuple[int, int] = Field((2048, 128), description="MDN hidden layer widths")
+    mdn_hidden: tuple[Width, Width] = Field((2048, 128), description="MDN hidden layer widths")
     mdn_input: Literal["unit", "standardized"] = Field(
         "unit",
         description="what the MDN reads: the unit-norm h (the paper) or h standardised per feature over the batch "
@@ -157,8 +169,12 @@ class ContrastiveConfig(_Section):
 class ClassifierConfig(_Section):
     """Stage 2: a linear head on the (frozen) encoder trained with a multi-label loss."""
 
-    epochs: int = Field(40, ge=0, description="two-stage: passes over the training set of the classifier stage")
-    batch_size: int = Field(128, ge=1, description="images per batch (joint: of the validation passes only)")
+    epochs: int = Field(
+        40, ge=0, le=MAX_EPOCHS, description="two-stage: passes over the training set of the classifier stage"
+    )
+    batch_size: int = Field(
+        128, ge=1, le=MAX_BATCH, description="images per batch (joint: of the validation passes only)"
+    )
     lr: float = Field(1e-3, gt=0, description="the head's learning rate (the peak under onecycle)")
     weight_decay: float = Field(0.0, ge=0)
     loss: Literal["bce", "focal", "asl"] = Field(
@@ -178,8 +194,10 @@ class ClassifierConfig(_Section):
 class CheckpointConfig(_Section):
     """How often and how many checkpoints are written."""
 
-    keep_last: int = Field(3, ge=1, description="rolling checkpoints kept")
-    every_n_iterations: int = Field(0, ge=0, description="also save mid-epoch every N iterations (0: end of epoch)")
+    keep_last: int = Field(3, ge=1, le=1000, description="rolling checkpoints kept")
+    every_n_iterations: int = Field(
+        0, ge=0, le=2**31, description="also save mid-epoch every N iterations (0: end of epoch)"
+    )
 
 
 class RunConfig(_Section):
@@ -193,6 +211,7 @@ class RunConfig(_Section):
     epochs: int = Field(
         120,
         ge=0,
+        le=MAX_EPOCHS,
         description="asl, joint: the run's length in passes over the training set (two-stage reads "
         "contrastive.epochs and classifier.epochs instead)",
     )
@@ -201,20 +220,21 @@ class RunConfig(_Section):
         description="learning rate over each stage, stepped per iteration: onecycle (OneCycleLR, 20 % warm-up, the "
         "ASL training script's), cosine (cosine annealing from the lr to 0, no warm-up), constant",
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of every random stream (torch takes up to 2**63 - 1)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     output_dir: str = Field("runs/run", description="run folder (config, checkpoints, metrics, logs)")
-    workers: int = Field(2, ge=0)
+    workers: int = Field(2, ge=0, le=256)
     threads: int | None = Field(
         0,
         ge=0,
+        le=1024,
         description="CPU intra-op threads of each training process (torch.set_num_threads); 0 or null: the cores "
         "left after the DataLoader workers, at least 1 (probmcl_med.threads)",
     )
     amp: bool = Field(True, description="mixed precision on GPU (bf16 where supported, else fp16 + GradScaler)")
     compile: bool = Field(False, description="torch.compile the encoder")
     deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible CPU runs)")
-    log_every: int = Field(10, ge=1, description="iterations between metric log lines")
+    log_every: int = Field(10, ge=1, le=2**31, description="iterations between metric log lines")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
@@ -268,12 +288,15 @@ def with_run_length(config: RunConfig, epochs: int) -> RunConfig:
     stage the rest), so ``--epochs 12`` on the paper's 80 : 40 gives 8 + 4.
 
     Raises:
-        ConfigError: N is negative, or two-stage with both stage lengths 0 (no ratio to divide by).
+        ConfigError: N out of range, a length the mode cannot train (:func:`check_epochs`), or two-stage with both
+            stage lengths 0 (no ratio to divide by).
     """
-    if epochs < 0:
-        raise ConfigError(f"--epochs {epochs}: give the number of passes over the training set (0 or more)")
+    if not 0 <= epochs <= MAX_EPOCHS:
+        raise ConfigError(f"--epochs {epochs}: give the number of passes over the training set (1 to {MAX_EPOCHS})")
     if config.mode != "two-stage":
-        return config.model_copy(update={"epochs": epochs})
+        config = config.model_copy(update={"epochs": epochs})
+        check_epochs(config, f"--epochs {epochs}")
+        return config
     first, second = config.contrastive.epochs, config.classifier.epochs
     if first + second == 0:
         raise ConfigError(
@@ -281,12 +304,28 @@ def with_run_length(config: RunConfig, epochs: int) -> RunConfig:
             "are 0; set them (e.g. --set contrastive.epochs=2 --set classifier.epochs=1)"
         )
     contrastive = int(epochs * first / (first + second) + 0.5)
-    return config.model_copy(
+    config = config.model_copy(
         update={
             "contrastive": config.contrastive.model_copy(update={"epochs": contrastive}),
             "classifier": config.classifier.model_copy(update={"epochs": epochs - contrastive}),
         }
     )
+    check_epochs(config, f"--epochs {epochs}")
+    return config
+
+
+def check_epochs(config: RunConfig, source: str) -> None:
+    """Refuse a length the mode cannot train: two-stage needs classifier epochs (contrastive.epochs=0 skips stage
+    1), the one-stage modes need ``epochs``; without this the run would fail after its first stage, or train nothing.
+    """
+    if config.mode == "two-stage" and config.classifier.epochs == 0:
+        split = f" (split {config.contrastive.epochs} + 0)" if source.startswith("--epochs") else ""
+        raise ConfigError(
+            f"{source}: classifier.epochs=0{split}: mode two-stage trains a classifier stage after the contrastive "
+            "one; give it 1 epoch or more (contrastive.epochs=0 skips stage 1)"
+        )
+    if config.mode != "two-stage" and config.epochs == 0:
+        raise ConfigError(f"{source}: epochs=0: mode {config.mode} trains for 'epochs' passes; give 1 or more")
 
 
 def check_stage_epochs(config: RunConfig, source: str) -> None:

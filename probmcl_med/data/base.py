@@ -251,6 +251,15 @@ class MultiLabelDataset(Dataset):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def every_sample_skipped(dataset: Any, what: str = "split") -> DataError:
+    """The error for a loader that yielded no sample at all because every one was unreadable (``skip_bad``)."""
+    source = getattr(dataset, "source", None) or getattr(dataset, "name", "the dataset")
+    return DataError(
+        f"{source}: every sample of the {what} was unreadable and skipped (dataset.skip_bad); fix or remove the files "
+        "named in the warnings above"
+    )
+
+
 def collate_skip_none(batch: list[Any]) -> Any:
     """``default_collate`` of the non-None items; dict batches get ``"skipped"``: a 0-d tensor, the Nones dropped.
 

@@ -29,6 +29,7 @@ import torch
 from ignite.engine import Events
 from monai.handlers import TensorBoardStatsHandler
 
+from probmcl_med.data.base import every_sample_skipped
 from probmcl_med.engine.distributed import DistContext, all_reduce_sum
 from probmcl_med.fileio import atomic_write_text
 
@@ -104,7 +105,9 @@ class EpochStats:
         names = sorted(self.sums)
         values = torch.tensor([self.sums[n] for n in names] + [float(self.count)], dtype=torch.float64)
         values = all_reduce_sum(values, self.ctx)
-        count = max(values[-1].item(), 1.0)
+        if values[-1].item() == 0:  # not one batch trained on, on any rank: every sample was skipped
+            raise every_sample_skipped(getattr(engine.state.dataloader, "dataset", None), "training epoch")
+        count = values[-1].item()
         metrics: dict[str, Any] = {n: values[i].item() / count for i, n in enumerate(names)}
         metrics["lr"] = (engine.state.output or {}).get("lr")
         metrics["images_per_s"] = self.images / self.seconds if self.seconds > 0 else None

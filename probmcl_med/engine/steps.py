@@ -28,6 +28,10 @@ from probmcl_med.engine.amp import AmpSettings, backward, optimizer_step
 from probmcl_med.engine.divergence import is_finite, kind
 from probmcl_med.errors import TrainingDiverged
 
+# Ignite logs "Engine run is terminating due to exception: ..." before re-raising; without a handler Python prints
+# it to stderr, a second line beside the error the CLI reports. A NullHandler keeps it for those who configure logging.
+logging.getLogger("ignite.engine").addHandler(logging.NullHandler())
+
 
 class TrainStep:
     """``step(engine, batch) -> output``: one optimisation step on ``engine.network`` with ``engine.optimizer``.

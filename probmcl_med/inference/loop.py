@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from probmcl_med.bundle import ModelBundle
+from probmcl_med.data.base import every_sample_skipped
 from probmcl_med.errors import CheckpointError, UserError, one_line_message
 from probmcl_med.models.heads import Classifier
 
@@ -173,6 +174,8 @@ def predict_batches(
                 variances.append(var.double().cpu().numpy())
             if progress is not None:
                 progress.advance(n)
+    if not probs and len(getattr(batches, "dataset", ())) > 0:  # samples there were, none readable (skip_bad)
+        raise every_sample_skipped(batches.dataset)
     return BatchOutputs(
         probs=_concat(probs) if probs else np.zeros((0, classifier.head.out_features)),
         indices=_concat(indices) if indices else np.zeros(0, dtype=np.int64),

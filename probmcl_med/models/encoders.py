@@ -36,7 +36,7 @@ import torchvision
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
-from probmcl_med.errors import CheckpointError, ConfigError
+from probmcl_med.errors import CheckpointError, ConfigError, torch_load_error
 from probmcl_med.registry import ENCODERS, PLUGIN_HINT
 
 HUB_HOST = "huggingface.co"
@@ -289,13 +289,13 @@ def read_state_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zipfile and torch raise many types for a bad file
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise CheckpointError(
-                f"weights file {path} holds Python objects besides tensors and is not loaded (no arbitrary "
-                f"unpickling); re-save only its state dict: torch.save(torch.load(f)['state_dict'], 'weights.pt')"
-            ) from None
-        raise CheckpointError(f"weights file {path} is corrupt or not a torch file ({text})") from None
+        raise torch_load_error(
+            f"weights file {path}",
+            exc,
+            if_refused="if you trust its source, re-save only its tensors: "
+            "torch.save(torch.load(f, weights_only=False)['state_dict'], 'weights.pt')",
+            if_damaged="replace it, or set encoder.weights to another file",
+        ) from None
 
 
 def _find_state_dict(obj: Any) -> Mapping[str, Tensor]:
