@@ -48,6 +48,7 @@ from probmcl_med.engine.run import train
 from probmcl_med.errors import CheckpointError, ConfigError, DataError
 from probmcl_med.evaluation.run_eval import score_split
 from probmcl_med.fileio import atomic_write_bytes, atomic_write_text
+from probmcl_med.runlock import RunLock
 
 METRICS = ("mAP", "CF1", "OF1", "mean_recall")
 """What is aggregated per grid point (percent): the paper's table columns plus the mean per-class recall."""
@@ -221,6 +222,7 @@ def run_sweep(
 
     Raises:
         ConfigError: a bad override in any run (all configs are validated before anything trains).
+        RunFolderBusy: another sweep uses ``out``, or another process trains into one of its run folders.
     """
     out = Path(out)
     runs = expand_grid(points, seeds)
@@ -228,6 +230,21 @@ def run_sweep(
     if len(set(names)) != len(names):
         raise ConfigError("two grid points give the same run folder name; make the values differ after sanitising")
     configs = [load_config(config_path, overrides=[*sets, *run.overrides(out / run.name, point_sets)]) for run in runs]
+    with RunLock(out, "sweep"):  # one sweep per folder; each run's train() locks its own run folder as well
+        return _run_and_write(runs, configs, points, out, console, plots, pick_by, write_best)
+
+
+def _run_and_write(
+    runs: Sequence[SweepRun],
+    configs: Sequence[Any],
+    points: Sequence[Point],
+    out: Path,
+    console: Any,
+    plots: bool,
+    pick_by: str | None,
+    write_best: str | Path | None,
+) -> SweepResult:
+    """The body of :func:`run_sweep` once every config is valid and the sweep folder is locked."""
     records, trained = [], 0
     for i, (run, config) in enumerate(zip(runs, configs, strict=True)):
         run_dir = out / run.name

@@ -184,6 +184,17 @@ class TensorBoardLog(TensorBoardStatsHandler):
         engine.add_event_handler(Events.COMPLETED, lambda _: self.close())
 
 
+class OnStart:
+    """Calls ``action(engine)`` when the engine starts (ignite's STARTED: after a resume has restored the engine, so
+    whatever it writes is written only once every refusal has been decided)."""
+
+    def __init__(self, action: Callable[[Any], Any]) -> None:
+        self.action = action
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(Events.STARTED, self.action)
+
+
 class Checkpointer:
     """Calls ``save(engine)`` at every epoch end and every ``every_n_iterations`` iterations within an epoch.
 

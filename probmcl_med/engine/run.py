@@ -41,6 +41,7 @@ from probmcl_med.engine.modes import MODES, stages_for
 from probmcl_med.engine.preflight import check_components
 from probmcl_med.engine.session import Session
 from probmcl_med.errors import TrainingInterrupted
+from probmcl_med.runlock import RunLock
 from probmcl_med.threads import configure_threads
 
 
@@ -76,11 +77,15 @@ def train(config: RunConfig, *, stage: str = "all", resume: bool = False, consol
         console: where progress bars, epoch lines and summary tables go (None: silent).
 
     Every configured component is first run once on a tiny batch against its contract
-    (:func:`~probmcl_med.engine.preflight.check_components`), before anything is written.
+    (:func:`~probmcl_med.engine.preflight.check_components`). Nothing is written to the run folder before the request
+    is known to be valid (the components, the folder's state, the classes, the encoder, the resume point;
+    :meth:`Session.start_writing`): a refused command leaves the folder byte for byte as it was. The main process
+    holds the folder's :class:`~probmcl_med.runlock.RunLock` for the whole run.
 
     Raises:
         ConfigError, DataError, CheckpointError: one-line user errors (bad option, data, or checkpoint).
         ContractError: a component (a plugin, usually) breaks its contract; nothing was written.
+        RunFolderBusy: another process trains, resumes or sweeps into the same folder.
         TrainingDiverged: a step's loss is not finite (the step and the term are named); no checkpoint of it.
         TrainingInterrupted: Ctrl-C; the message names the newest checkpoint.
     """
@@ -88,7 +93,10 @@ def train(config: RunConfig, *, stage: str = "all", resume: bool = False, consol
     mode = MODES[config.mode](config)
     ctx = setup_distributed(config.device)
     configure_threads(config.threads, config.workers)
+    lock = RunLock(config.output_dir, "train") if ctx.is_main else None
     try:
+        if lock is not None:
+            lock.acquire()
         session = Session(config, ctx, console)
         seed_everything(config.seed, config.deterministic)
         session.build_encoder()
@@ -96,9 +104,8 @@ def train(config: RunConfig, *, stage: str = "all", resume: bool = False, consol
         session.components = check_components(
             config, session.encoder, session.train_ds, len(session.class_names), stages
         )
-        session.write_run_files()
-        found = session.find_resume(resume, stages)
-        session.truncate_metrics(found, stages)
+        found = session.find_resume(resume, stages)  # every refusal before the first write
+        session.folder_plan = (found, stages)
         model_path = mode.run(session, stages, found)
         barrier(ctx)
         best = session.best
@@ -108,6 +115,8 @@ def train(config: RunConfig, *, stage: str = "all", resume: bool = False, consol
             raise
         raise interrupted(Path(config.output_dir)) from None
     finally:
+        if lock is not None:
+            lock.release()
         if ctx.distributed:
             cleanup_distributed()
 

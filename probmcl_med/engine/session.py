@@ -40,7 +40,7 @@ from probmcl_med.engine.amp import AmpSettings, amp_settings
 from probmcl_med.engine.checkpoint import CheckpointManager, capture_rng_state, check_compatible, restore_rng_state
 from probmcl_med.engine.data import ResumableSampler, SeededItems
 from probmcl_med.engine.distributed import DistContext
-from probmcl_med.engine.handlers import Checkpointer, EpochStats, MetricsLog, TensorBoardLog
+from probmcl_med.engine.handlers import Checkpointer, EpochStats, MetricsLog, OnStart, TensorBoardLog
 from probmcl_med.engine.preflight import Component
 from probmcl_med.engine.progress import ProgressHandler, summary_table
 from probmcl_med.engine.steps import IterationLrSchedule
@@ -79,6 +79,7 @@ class Session:
         self.mdn: nn.Module | None = None
         self.best: dict[str, Any] = {}
         self.components: list[Component] = []  # checked before training (engine.preflight); recorded in run.json
+        self.folder_plan: tuple[Resume | None, tuple[str, ...]] | None = None  # what start_writing writes
 
     # ----------------------------------------------------------------------------------------------------- set-up
     def log(self, message: str) -> None:
@@ -170,6 +171,21 @@ class Session:
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
         }
         atomic_write_text(self.out / "run.json", json.dumps(meta, indent=2) + "\n")
+
+    def start_writing(self, engine: Any = None) -> None:
+        """Write the run files and drop the metric lines of epochs to be redone: once, when a stage's engine starts.
+
+        Until then nothing is written to the run folder (TensorBoard's writer opens then too), so every refusal (a
+        folder holding a run, a checkpoint of other classes, another encoder or other epoch lengths, a batch that
+        does not fit) leaves the folder byte for byte as it was. ``folder_plan`` is set by ``train`` once the resume
+        point is known.
+        """
+        if self.folder_plan is None:
+            return
+        found, stages = self.folder_plan
+        self.folder_plan = None
+        self.write_run_files()
+        self.truncate_metrics(found, stages)
 
     # ----------------------------------------------------------------------------------------------------- data
     def per_rank_batch(self, batch_size: int, dataset_len: int, key: str) -> int:
@@ -342,8 +358,8 @@ class Session:
         parts: Callable[[], dict[str, Any]],
         extra: tuple[Any, ...] = (),
     ) -> list[Any]:
-        """The stage's handlers in attach order: LR schedule, epoch averages, ``extra`` (validation), progress,
-        metrics.jsonl, TensorBoard (rank 0) and the checkpointer last."""
+        """The stage's handlers in attach order: the run files (:meth:`start_writing`), LR schedule, epoch averages,
+        ``extra`` (validation), progress, metrics.jsonl, TensorBoard (rank 0) and the checkpointer last."""
         stage = STAGES[stage_index]
         self.metrics_log = MetricsLog(self.out / "metrics.jsonl", stage, self.ctx)
 
@@ -354,8 +370,13 @@ class Session:
             )
 
         every = self.config.log_every
-        tensorboard = [TensorBoardLog(self.out / "tensorboard" / stage, every)] if self.ctx.is_main else []
+
+        def open_tensorboard(engine: Any) -> None:  # MONAI's handler opens its writer when built: build it now
+            TensorBoardLog(self.out / "tensorboard" / stage, every).attach(engine)
+
+        tensorboard = [OnStart(open_tensorboard)] if self.ctx.is_main else []
         return [
+            OnStart(self.start_writing),  # first: the run files before any handler writes
             IterationLrSchedule(scheduler),
             stats,
             *extra,

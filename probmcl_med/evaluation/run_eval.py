@@ -39,6 +39,7 @@ from probmcl_med.inference.inputs import eval_transform, make_loader
 from probmcl_med.inference.loop import ProgressHook, run_bundle
 from probmcl_med.inference.predict import decision_thresholds, describe_thresholds
 from probmcl_med.operating_point import save_thresholds, thresholds_path
+from probmcl_med.runlock import RunLock
 
 
 def dataset_source(bundle: ModelBundle, checkpoint: Any = "checkpoint") -> DatasetSource:
@@ -242,36 +243,45 @@ def evaluate_checkpoint(
     evaluated = normalize_split(split, where="--split")
     path = resolve_bundle_path(checkpoint)
     dev = resolve_device(device)
-    bundle = load_model_bundle(path, device=dev)
-    data = dataset_source(bundle, path)
-    n_workers = int(bundle.training_config.get("workers", 0)) if workers is None else workers
-    kwargs = {"checkpoint": path, "batch_size": batch_size, "device": dev, "workers": n_workers, "root": root}
-    tradeoff, saved = None, None
-    op: dict[str, Any] = {"checkpoint": str(path.parent), "tuned": False}
-    if tune_recall is not None:
-        valid = score_split(bundle, "valid", progress=progress, **kwargs)
-        thresholds = tune_thresholds(valid.scores, valid.targets, recall=tune_recall)
-        rule = f"recall >= {tune_recall:g} per class"
-        op.update(tuned=True, rule=rule, tuned_on=split_name(data, "valid"), recall_target=tune_recall)
-        if save:
-            tuned = save_thresholds(path, bundle.class_names, thresholds, rule=rule, split="valid",
-                                    split_name=split_name(data, "valid"), samples=len(valid.scores))  # fmt: skip
-            saved = tuned.path
-            source = f"{tuned.describe()}, just saved"
+    # --save writes beside model.pt: hold the run folder's lock from reading the weights to saving the thresholds,
+    # so that no training run replaces model.pt in between (the thresholds file records the hash of model.pt)
+    lock = RunLock(path.parent, "evaluate --tune-thresholds --save") if save else None
+    try:
+        if lock is not None:
+            lock.acquire()
+        bundle = load_model_bundle(path, device=dev)
+        data = dataset_source(bundle, path)
+        n_workers = int(bundle.training_config.get("workers", 0)) if workers is None else workers
+        kwargs = {"checkpoint": path, "batch_size": batch_size, "device": dev, "workers": n_workers, "root": root}
+        tradeoff, saved = None, None
+        op: dict[str, Any] = {"checkpoint": str(path.parent), "tuned": False}
+        if tune_recall is not None:
+            valid = score_split(bundle, "valid", progress=progress, **kwargs)
+            thresholds = tune_thresholds(valid.scores, valid.targets, recall=tune_recall)
+            rule = f"recall >= {tune_recall:g} per class"
+            op.update(tuned=True, rule=rule, tuned_on=split_name(data, "valid"), recall_target=tune_recall)
+            if save:
+                tuned = save_thresholds(path, bundle.class_names, thresholds, rule=rule, split="valid",
+                                        split_name=split_name(data, "valid"), samples=len(valid.scores))  # fmt: skip
+                saved = tuned.path
+                source = f"{tuned.describe()}, just saved"
+            else:
+                source = (
+                    f"per class, tuned now for {rule} on the {split_name(data, 'valid')} split (not saved: add "
+                    f"--save to write {thresholds_path(path)})"
+                )
+            same_split = evaluated == "valid"
         else:
-            source = (
-                f"per class, tuned now for {rule} on the {split_name(data, 'valid')} split (not saved: add --save to "
-                f"write {thresholds_path(path)})"
-            )
-        same_split = evaluated == "valid"
-    else:
-        thresholds = decision_thresholds(bundle, threshold)
-        source = describe_thresholds(bundle, threshold)
-        same_split = False
-        if threshold is None and bundle.tuned is not None:
-            t = bundle.tuned
-            op.update(tuned=True, rule=t.rule, tuned_on=t.split_name)
-            same_split = normalize_split(t.split) == evaluated
+            thresholds = decision_thresholds(bundle, threshold)
+            source = describe_thresholds(bundle, threshold)
+            same_split = False
+            if threshold is None and bundle.tuned is not None:
+                t = bundle.tuned
+                op.update(tuned=True, rule=t.rule, tuned_on=t.split_name)
+                same_split = normalize_split(t.split) == evaluated
+    finally:
+        if lock is not None:
+            lock.release()
     op.update(description=source, same_split=same_split)
     warnings = []
     if same_split:
