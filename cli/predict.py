@@ -69,7 +69,9 @@ def predict_command(
     ] = None,
     level: Annotated[
         int | None,
-        typer.Option("--level", min=0, help="Slides: read patches at this pyramid level, in its pixels (instead of an mpp)."),
+        typer.Option(
+            "--level", min=0, help="Slides: read patches at this pyramid level, in its pixels (instead of an mpp)."
+        ),
     ] = None,
     mpp: Annotated[
         float | None,
