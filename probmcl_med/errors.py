@@ -66,7 +66,7 @@ _OS_ERRORS = {
     errno.ENOENT: ("no such file or folder", "check the path"),
     errno.EISDIR: ("is a folder, not a file", "give a file path"),
     errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
-    errno.EMFILE: ("too many open files", "use fewer --workers or raise the limit (ulimit -n)"),
+    errno.EMFILE: ("too many open files", "use fewer data-loading workers or raise the limit (ulimit -n)"),
 }
 """errno -> (what happened, what to do) for the operating-system errors a user can fix."""
 

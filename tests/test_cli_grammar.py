@@ -162,6 +162,7 @@ REACHED_BY: dict[str, object] = {
     "probmcl_med/registry.py": ALL,
     "probmcl_med/config/loading.py": CONFIG_READERS,
     "probmcl_med/config/schema.py:with_run_length": [("train",)],
+    "probmcl_med/config/schema.py:check_epochs": [("train",)],  # "--epochs" there is train's --epochs N
     "probmcl_med/engine/modes.py": [("train",)],
     "probmcl_med/engine/session.py": [("train",)],
     "probmcl_med/engine/checkpoint.py": [("train",)],

@@ -129,6 +129,7 @@ def predict_batches(
     keep_features: bool = False,
     progress: ProgressHook | None = None,
     description: str = "predicting",
+    allow_empty: bool = False,
 ) -> BatchOutputs:
     """sigmoid(head(features)) for every batch, in eval mode under ``torch.no_grad`` on ``device``.
 
@@ -143,6 +144,11 @@ def predict_batches(
         keep_features: also return the (N, H) features the head read (the frozen-encoder feature cache).
         progress: told the total (``len(batches.dataset)``) first, then the number of samples after each batch.
         description: what the progress bar says.
+        allow_empty: return empty outputs when samples there were but none readable (the caller names them), instead
+            of raising.
+
+    Raises:
+        DataError: every sample was unreadable and skipped (``skip_bad``), unless ``allow_empty``.
     """
     context = autocast or contextlib.nullcontext
     probs, indices, targets, features, pis, variances = [], [], [], [], [], []
@@ -174,7 +180,9 @@ def predict_batches(
                 variances.append(var.double().cpu().numpy())
             if progress is not None:
                 progress.advance(n)
-    if not probs and len(getattr(batches, "dataset", ())) > 0:  # samples there were, none readable (skip_bad)
+    if (
+        not probs and not allow_empty and len(getattr(batches, "dataset", ())) > 0
+    ):  # samples there were, none readable (skip_bad)
         raise every_sample_skipped(batches.dataset)
     return BatchOutputs(
         probs=_concat(probs) if probs else np.zeros((0, classifier.head.out_features)),
@@ -194,6 +202,7 @@ def run_bundle(
     uncertainty: bool = False,
     progress: ProgressHook | None = None,
     description: str = "predicting",
+    allow_empty: bool = False,
 ) -> BatchOutputs:
     """:func:`predict_batches` with a loaded bundle (moved to ``device``), adding the MDN's (pi, var) on request.
 
@@ -210,4 +219,5 @@ def run_bundle(
         mdn=bundle.mdn if uncertainty else None,
         progress=progress,
         description=description,
+        allow_empty=allow_empty,
     )

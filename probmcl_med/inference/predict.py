@@ -143,7 +143,8 @@ def predict_images(
         raise DataError("no images to predict")
     dataset = ItemDataset(items, eval_transform(bundle), skip_bad=skip_bad)
     loader = make_loader(dataset, batch_size, workers, dev)
-    out = run_bundle(bundle, loader, dev, uncertainty=uncertainty, progress=progress)
+    # none readable: this function's message, naming the first error, not the loop's generic one
+    out = run_bundle(bundle, loader, dev, uncertainty=uncertainty, progress=progress, allow_empty=True)
     done = set(out.indices.tolist())
     skipped = [{"image": str(paths[i]), "error": dataset.error_of(i)} for i in range(len(items)) if i not in done]
     if skipped and not done:
@@ -222,7 +223,9 @@ def predict_slide(
         )
     dataset = ItemDataset(grid.items(), eval_transform(bundle), skip_bad=skip_bad)
     loader = make_loader(dataset, batch_size, workers, dev)
-    out = run_bundle(bundle, loader, dev, uncertainty=uncertainty, progress=progress, description="slide patches")
+    out = run_bundle(
+        bundle, loader, dev, uncertainty=uncertainty, progress=progress, description="slide patches", allow_empty=True
+    )
     if not len(out.indices):
         raise DataError(f"slide {path}: none of its {len(grid.locations)} tissue patches could be read")
     done = set(out.indices.tolist())
