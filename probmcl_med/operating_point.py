@@ -20,7 +20,6 @@ re-tune) instead of being applied to a model it was not tuned for.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from probmcl_med.errors import CheckpointError
-from probmcl_med.fileio import atomic_write_text
+from probmcl_med.fileio import atomic_write_text, file_sha256
 
 THRESHOLDS_FILE = "thresholds.json"
 THRESHOLDS_FORMAT = "probmcl-med/thresholds"
@@ -73,15 +72,6 @@ class TunedThresholds:
 def thresholds_path(model_path: str | Path) -> Path:
     """``RUN/model.pt`` -> ``RUN/thresholds.json``."""
     return Path(model_path).with_name(THRESHOLDS_FILE)
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_thresholds(

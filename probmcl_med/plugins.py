@@ -127,15 +127,6 @@ def registered_names_in(path: str | Path) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (what a run folder records for each plugin file it used)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def module_name_for(path: Path) -> str:
     """A module name unique to the file's resolved path: ``probmcl_med_plugin_<hash>_<stem>``."""
     resolved = path.resolve()

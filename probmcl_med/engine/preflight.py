@@ -28,7 +28,7 @@ import torch
 from probmcl_med import testing
 from probmcl_med.config import RunConfig
 from probmcl_med.errors import ContractError
-from probmcl_med.plugins import file_sha256
+from probmcl_med.fileio import file_sha256
 from probmcl_med.registry import DATASETS, ENCODERS, LIKELIHOODS, OVERLAPS, SIMILARITIES, Registry
 
 REGISTRY_OF = {
