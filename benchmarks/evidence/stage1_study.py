@@ -114,7 +114,7 @@ def jobs(seed: int, ctx: dict) -> list[dict]:
     for dataset in ctx["datasets"]:
         for init in ctx["inits"]:
             warm = ctx["defaults_out"] / "grid" / dataset / init / f"bce-flip__seed{seed}" / "model.pt"
-            for arm in ARMS:
+            for arm in ctx["arms"]:
                 sets = arm_sets(arm, init, ctx["epochs"], warm if warm.is_file() else None)
                 if sets is None:
                     continue
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--datasets", default="realhisto")
     parser.add_argument("--inits", default=",".join(base.INITS))
+    parser.add_argument("--arms", default=",".join(ARMS), help="a comma-separated subset of the arms (default: all)")
     parser.add_argument("--out", default="runs/evidence_stage1")
     parser.add_argument("--defaults-out", default="runs/evidence_defaults", help="defaults_study.py's --out (warm)")
     parser.add_argument("--results", default=str(HERE / "results_stage1"))
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         print(report(out, results))
         return 0
     datasets = args.datasets.split(",")
+    unknown = set(args.arms.split(",")) - set(ARMS)
+    if unknown:
+        parser.error(f"--arms: unknown {', '.join(sorted(unknown))}; the arms are {', '.join(ARMS)}")
     ctx = {
         "out": out,
         "defaults_out": Path(args.defaults_out),
@@ -213,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": base.EPOCHS,
         "datasets": datasets,
         "inits": args.inits.split(","),
+        "arms": [arm for arm in ARMS if arm in args.arms.split(",")],
         "weights": base.weights_file(),
         "folders": {d: base.dataset_folder(d, Path(args.defaults_out) / "data", dict(base.SIZES)) for d in datasets},
     }
