@@ -5,7 +5,7 @@
 
 Same data, encoders, initialisations, batch and machine as defaults_study.py (realhisto by default; ``--datasets``).
 Every arm is the two-stage pipeline: ``E1`` contrastive epochs on two RandAugment (N=2, M=9) views, then a linear BCE
-head on the frozen unit-norm features (30 epochs on cached features, lr 0.1). Arms:
+head on the frozen unit-norm features (30 epochs on cached features, lr 0.1), both under the paper's OneCycle. Arms:
 
     none       no stage 1 (the head on the initial encoder): the pipeline without it, what stage 1 must beat
     paper      NLL (responsibility) + 0.3 PCL (correlation, Jaccard, alpha 0.5, tau 0.2): the paper
@@ -22,9 +22,10 @@ head on the frozen unit-norm features (30 epochs on cached features, lr 0.1). Ar
     warm       the paper's stage 1 started from the encoder of the defaults study's ``bce-flip`` run (same seed):
                does stage 1 improve an encoder that ASL training already made good?
 and, to test "stage 1 leaves the encoder worse than random for what follows", fine-tuning after stage 1:
-    paper_ft   the paper's stage 1, then the whole network fine-tuned for E1 epochs (BCE, flips), to be compared
-               with defaults_study's ``bce-flip`` (the same fine-tuning from the initial encoder)
+    paper_ft   the paper's stage 1, then the whole network fine-tuned for E1 epochs (BCE; stage 2 sees the same
+               RandAugment views as stage 1, since the policy is the dataset's)
     std_ft     the same after the standardised-input stage 1
+    none_ft    the same fine-tuning from the initial encoder, no stage 1: the reference of the two arms above
 
 Every run keeps all its stage-1 checkpoints, and ``stage1_probe.py`` then measures per epoch the features' effective
 rank, their spread along the diagonal, the batch-norm statistics, a linear probe's test mAP, the mixtures' spread and
@@ -62,8 +63,10 @@ ARMS = [
     "warm",
     "paper_ft",
     "std_ft",
+    "none_ft",
 ]
 FROZEN_HEAD = [
+    "lr_schedule=onecycle",  # the paper's schedule, named: the schema's default is constant since the defaults study
     "classifier.loss=bce",
     "classifier.encoder_lr=0",
     "classifier.augment=false",
@@ -77,6 +80,7 @@ def arm_sets(arm: str, init: str, epochs: int, warm_from: Path | None) -> list[s
     """``--set`` overrides of one arm (None: the arm does not apply to this initialisation)."""
     lr = base.INITS[init]["lr"]
     stage1 = [
+        "lr_schedule=onecycle",
         "mode=two-stage",
         f"contrastive.epochs={epochs}",
         f"contrastive.lr={lr}",
@@ -105,6 +109,13 @@ def arm_sets(arm: str, init: str, epochs: int, warm_from: Path | None) -> list[s
         "warm": [*stage1, f"encoder.weights={warm_from}", *FROZEN_HEAD] if warm_from is not None else None,
         "paper_ft": [*stage1, *fine_tune],
         "std_ft": [*stage1, *std, *fine_tune],
+        "none_ft": [
+            "lr_schedule=onecycle",
+            "mode=two-stage",
+            "contrastive.epochs=0",
+            *base.AUGMENTS["ra9"],
+            *fine_tune,
+        ],
     }
     return table[arm]
 
