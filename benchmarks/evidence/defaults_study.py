@@ -60,6 +60,7 @@ AUGMENTS = {
     "flip": ["dataset.augment.policy=flip"],
     "ra5": ["dataset.augment.policy=randaugment", "dataset.augment.num_ops=2", "dataset.augment.magnitude=5"],
     "ra9": ["dataset.augment.policy=randaugment", "dataset.augment.num_ops=2", "dataset.augment.magnitude=9"],
+    "pathology": ["dataset.augment.policy=pathology"],
 }
 GRID_ARMS = ["plain", "bce-flip", "focal-flip", "asl-flip", "asl-ra9", "bce-flip-constant", "bce-flip-cosine"]
 """Run on every dataset and initialisation: the plain loop, the three losses with flips, the schema's former default
@@ -69,6 +70,9 @@ EXTRA_ARMS = ["bce-ra5", "bce-ra9", "focal-ra9"]
 """RandAugment with the other losses and at M = 5: run on the first blocks only (EXTRA_BLOCKS), where RandAugment
 cost every loss 5-45 mAP; the 2-core budget did not allow them everywhere."""
 EXTRA_BLOCKS = {("demo", "scratch"), ("demo", "pretrained"), ("realmosaic", "scratch")}
+PATHOLOGY_ARMS = ["bce-pathology-constant"]
+"""realhisto only (H&E): the pathology policy (both flips, 90-degree rotations, HEStain stain augmentation, mild
+colour and blur) against flips, at the default loss and schedule."""
 CONSTANT_ARMS = ["focal-flip-constant", "asl-flip-constant", "asl-ra9-constant"]
 """realhisto only: focal-flip, asl-flip and asl-ra9 run at a constant lr, because the schema's default schedule
 changed from onecycle to constant while the study ran and those arms did not yet name their schedule (bce-flip came
@@ -261,6 +265,7 @@ def grid_jobs(seed: int, ctx: dict) -> Iterator[dict]:
     for dataset in ctx["datasets"]:
         for init in ctx["inits"]:
             extra = EXTRA_ARMS if (dataset, init) in EXTRA_BLOCKS else []
+            extra = [*extra, *(PATHOLOGY_ARMS if dataset == "realhisto" else [])]
             for arm in [*GRID_ARMS, *extra]:
                 if ctx["arms"] and arm not in ctx["arms"]:
                     continue
@@ -390,7 +395,7 @@ def report(out: Path, results: Path) -> str:
             lines.append(f"\n### {dataset}, {init} ({INITS[init]['encoder']})\n")
             lines.append("| arm | n | valid mAP | mAP | CP | CR | CF1 | OF1 | Δ mAP vs plain | p |")
             lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-            names = [*GRID_ARMS, *EXTRA_ARMS, *CONSTANT_ARMS, "two-stage", "joint", "default"]
+            names = [*GRID_ARMS, *EXTRA_ARMS, *PATHOLOGY_ARMS, *CONSTANT_ARMS, "two-stage", "joint", "default"]
             arms = [a for a in names if any(r["arm"] == a for r in block)]
             for arm in arms:
                 runs = [r for r in block if r["arm"] == arm]
