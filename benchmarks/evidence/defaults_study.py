@@ -352,7 +352,8 @@ def summary(rows: list[dict]) -> list[str]:
 
     def mean(runs: list[dict]) -> str:
         maps = [r["test"]["mAP"] for r in runs]
-        return f"{np.mean(maps):.1f} ({len(maps)})" if maps else "-"
+        sd = f" ± {np.std(maps, ddof=1):.1f}" if len(maps) > 1 else ""
+        return f"{np.mean(maps):.1f}{sd} ({len(maps)})" if maps else "-"
 
     lines = [
         "\n### Summary: test mAP (seeds)\n",
