@@ -193,8 +193,10 @@ def run_project_job(job: dict) -> dict:
     from probmcl_med.core.metrics import multilabel_metrics
     from probmcl_med.engine.run import train
     from probmcl_med.evaluation.run_eval import score_split
+    from probmcl_med.plugins import load_plugins
     from probmcl_med.sweep import summarize_metrics
 
+    load_plugins()  # PROBMCL_MED_PLUGINS: the stage-1 study's supcon control registers a likelihood
     run_dir = Path(job["run_dir"])
     config = load_config(None, overrides=[*job["sets"], f"seed={job['seed']}", f"output_dir={run_dir}"])
     resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
