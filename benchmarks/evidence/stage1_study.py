@@ -84,7 +84,8 @@ def arm_sets(arm: str, init: str, epochs: int, warm_from: Path | None) -> list[s
         "mode=two-stage",
         f"contrastive.epochs={epochs}",
         f"contrastive.lr={lr}",
-        f"checkpoint.keep_last={epochs + 2}",
+        # every stage-1 checkpoint survives the head's epochs too, for stage1_probe.py
+        f"checkpoint.keep_last={epochs + base.FROZEN_HEAD_EPOCHS + 2}",
         *base.AUGMENTS["ra9"],
     ]
     fine_tune = [
