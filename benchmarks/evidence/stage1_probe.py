@@ -155,7 +155,11 @@ def probe_run(run_dir: Path) -> dict:
     seed_everything(cfg.seed, False)
     encoder = get_encoder(e.name, pretrained=e.pretrained, weights=e.weights, **dict(e.options))
     torch.manual_seed(cfg.seed)
-    spec = {"hidden": tuple(c.mdn_hidden), "input_norm": "batch" if c.mdn_input == "standardized" else "none"}
+    spec = {
+        "hidden": tuple(c.mdn_hidden),
+        "input_norm": "batch" if c.mdn_input == "standardized" else "none",
+        "mean_directions": c.component_means == "learned_directions",
+    }
     mdn = MixtureDensityNetwork(encoder.num_features, len(class_names), **spec)
     states = [(0, None)]
     for path in sorted((run_dir / "checkpoints").glob("ckpt-s0-contrastive-e*.pt")):
