@@ -177,7 +177,7 @@ class ClassifierConfig(_Section):
         ge=1,
         le=MAX_BATCH,
         description="images per batch (joint: of the validation passes only); 64 by measurement: on the defaults "
-        "study's 1000-image sets 128 halved the updates of a short run and cost 11 mAP (benchmarks/evidence)",
+        "study's 1000-image sets 128 halved the updates of a short run and cost 10 mAP (benchmarks/evidence)",
     )
     lr: float = Field(1e-3, gt=0, description="the head's learning rate (the peak under onecycle)")
     weight_decay: float = Field(0.0, ge=0)
