@@ -348,14 +348,21 @@ def welch_p(a: list[float], b: list[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def mean_sd(values: list[float]) -> str:
+    """``mean ± sample std`` to one decimal (the mean alone for one value; ``-`` for none)."""
+    if not values:
+        return "-"
+    sd = f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.1f}{sd}"
+
+
 def summary(rows: list[dict]) -> list[str]:
     """One line per dataset and initialisation: test mAP of the plain loop, the config-free default, the grid arm the
     validation split picks, the schema's former default (asl-ra9) and the two ProbMCL modes (mean over seeds, n)."""
 
     def mean(runs: list[dict]) -> str:
         maps = [r["test"]["mAP"] for r in runs]
-        sd = f" ± {np.std(maps, ddof=1):.1f}" if len(maps) > 1 else ""
-        return f"{np.mean(maps):.1f}{sd} ({len(maps)})" if maps else "-"
+        return f"{mean_sd(maps)} ({len(maps)})" if maps else "-"
 
     lines = [
         "\n### Summary: test mAP (seeds)\n",
@@ -404,11 +411,7 @@ def report(out: Path, results: Path) -> str:
                 runs = [r for r in block if r["arm"] == arm]
 
                 def cell(split: str, key: str, runs: list[dict] = runs) -> str:
-                    values = [r[split][key] for r in runs if r[split].get(key) is not None]
-                    if not values:
-                        return "-"
-                    sd = f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
-                    return f"{np.mean(values):.1f}{sd}"
+                    return mean_sd([r[split][key] for r in runs if r[split].get(key) is not None])
 
                 maps = [r["test"]["mAP"] for r in runs]
                 delta = f"{np.mean(maps) - np.mean(plain):+.1f}" if plain and arm != "plain" else ""

@@ -173,12 +173,11 @@ def report(out: Path, results: Path) -> str:
                 if not maps:
                     continue
                 cf1 = [r["test"]["CF1"] for r in block if r["arm"] == arm]
-                sd = f" ± {np.std(maps, ddof=1):.1f}" if len(maps) > 1 else ""
                 delta = f"{np.mean(maps) - np.mean(ref):+.1f}" if ref and arm != "none" else ""
                 p = base.welch_p(maps, ref) if arm != "none" else float("nan")
                 p_text = "" if np.isnan(p) else f"{p:.3f}"
                 lines.append(
-                    f"| {arm} | {len(maps)} | {np.mean(maps):.1f}{sd} | {np.mean(cf1):.1f} | {delta} | {p_text} |"
+                    f"| {arm} | {len(maps)} | {base.mean_sd(maps)} | {np.mean(cf1):.1f} | {delta} | {p_text} |"
                 )
             keys = ("erank", "diag_std", "bn_shift", "probe_mAP", "pi_std", "sim_pos", "sim_neg")
             for arm in ARMS:
