@@ -12,6 +12,7 @@ from probmcl_med.cli.evaluate import RichProgress
 from probmcl_med.cli.grammar import Command
 from probmcl_med.cli.tables import print_table
 from probmcl_med.errors import UserError
+from probmcl_med.fileio import OVERWRITE_HELP
 
 EXAMPLE = (
     "Examples: probmcl-med predict patches/ --checkpoint runs/adp --out preds/; "
@@ -107,6 +108,7 @@ def predict_command(
             "--skip-bad", help="Predict the readable images (or patches), list the others (also in meta.json)."
         ),
     ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Predict per-class probabilities and labels; for a slide, per-patch probabilities and a heat map per class.
 
@@ -124,7 +126,7 @@ def predict_command(
     from probmcl_med.inference.predict import describe_thresholds, predict_images, predict_slide
     from probmcl_med.inference.writers import check_output_folder, write_predictions
 
-    check_output_folder(out)
+    check_output_folder(out, overwrite)
     if mpp is not None and level is not None:
         raise UserError("give --mpp (patches at a resolution) or --level (patches in a level's pixels), not both")
     kind = input_kind(input_path, large_pixels=int(tile_above * 1e6))
@@ -164,7 +166,7 @@ def predict_command(
             paths = list_images(input_path) if kind == "folder" else [input_path]
             predictions = predict_images(bundle, paths, progress=progress, skip_bad=skip_bad, **options)
     meta = {"checkpoint": str(path), "input": str(input_path), "encoder": bundle.encoder_name, "device": str(dev)}
-    write_predictions(out, predictions, meta)
+    write_predictions(out, predictions, meta, overwrite=overwrite)
     console = Console()
     if kind == "slide":
         info = predictions.slide or {}
