@@ -77,6 +77,28 @@ def grouped_split(
     return np.array([i for i, g in enumerate(groups) if g in chosen], dtype=np.int64)
 
 
+LABEL_SEPARATOR = "|"
+"""Between class names in a labels cell: the csv dataset's ``labels`` column and predict's ``labels.csv``."""
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a class name that round-trips through the project's files, or None when it can.
+
+    Class names are written as CSV headers (``predictions.csv``), joined with :data:`LABEL_SEPARATOR` in
+    ``labels.csv`` cells and read back with surrounding spaces stripped, so a name must not be empty, hold the
+    separator or a line break, or start or end with a space.
+    """
+    if not name.strip():
+        return "is empty"
+    if LABEL_SEPARATOR in name:
+        return f"holds '{LABEL_SEPARATOR}', the separator between class names in labels.csv files"
+    if "\n" in name or "\r" in name:
+        return "holds a line break"
+    if name != name.strip():
+        return "starts or ends with a space"
+    return None
+
+
 def image_path_of(image: Any) -> str | None:
     """The file behind an item's ``image`` (a path, or a slide location's ``path``), or None for arrays."""
     if isinstance(image, dict):
@@ -149,6 +171,13 @@ class MultiLabelDataset(Dataset):
             )
         if len(set(self.class_names)) != len(self.class_names):
             raise DataError(f"{self.source}: duplicate class names in {self.class_names}")
+        for class_name in self.class_names:
+            problem = class_name_problem(class_name)
+            if problem is not None:
+                raise DataError(
+                    f"{self.source}: class name {class_name!r} {problem}, so predicted labels could not be read "
+                    "back; rename the class"
+                )
         num_classes = len(self.class_names)
         for item in items:
             label = np.asarray(item["label"], dtype=np.float32).reshape(-1)

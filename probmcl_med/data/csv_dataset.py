@@ -39,12 +39,19 @@ from typing import Any
 
 import numpy as np
 
-from probmcl_med.data.base import MultiLabelDataset, grouped_split, logger, normalize_split, seeded_split
+from probmcl_med.data.base import (
+    LABEL_SEPARATOR,
+    MultiLabelDataset,
+    class_name_problem,
+    grouped_split,
+    logger,
+    normalize_split,
+    seeded_split,
+)
 from probmcl_med.data.imageio import INTENSITY_MODES
 from probmcl_med.errors import DataError, EmptySplit
 
 IMAGE_COLUMN_CANDIDATES = ("image", "path", "filename", "file", "image_path", "patch names", "patch_name")
-LABEL_SEPARATOR = "|"
 
 
 def read_table(path: str | Path, encoding: str | None = None) -> tuple[list[str], list[dict[str, str]]]:
@@ -67,11 +74,11 @@ def read_table(path: str | Path, encoding: str | None = None) -> tuple[list[str]
     text = decode_text(path, path.read_bytes(), encoding)
     if not text.strip():
         raise DataError(f"{path}: the CSV file is empty; it needs a header row and one row per image")
-    try:
-        dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t")
+    try:  # only the separator is guessed: quoting stays the standard one (a quote inside a quoted cell doubled)
+        delimiter = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t").delimiter
     except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+        delimiter = ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = [h.strip() for h in next(reader)]
     for column in header:
         if header.count(column) > 1:
@@ -250,6 +257,8 @@ def _labels_from_flags(
                 f"{', '.join(header)}"
             )
         class_columns = list(classes)
+    for column in class_columns:
+        check_class_column(column, header, path)
     if not class_columns:
         raise DataError(
             f"{path}: no label columns: add a 'labels' column of |-separated names or one 0/1 column per class; "
@@ -260,6 +269,25 @@ def _labels_from_flags(
         for j, column in enumerate(class_columns):
             labels[i, j] = parse_binary(r.get(column, ""), path, i, column)
     return class_columns, labels
+
+
+def check_class_column(column: str, header: Sequence[str], path: Path) -> None:
+    """A 0/1 column's header is its class name: refuse one that would not read back from predict's labels.csv
+    (:func:`~probmcl_med.data.base.class_name_problem`), naming the column and what to do."""
+    problem = class_name_problem(column)
+    if problem is None:
+        return
+    if not column.strip():
+        position = list(header).index(column) + 1
+        raise DataError(
+            f"{path}: column {position} of the header has no name; name the class, or remove the empty column (a "
+            "trailing separator makes one)"
+        )
+    better = "_".join(column.replace(LABEL_SEPARATOR, " ").split())
+    raise DataError(
+        f"{path}: class column {column!r} {problem}, so predicted labels could not be read back; rename the column, "
+        f"e.g. to {better!r}"
+    )
 
 
 def read_groups(
