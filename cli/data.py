@@ -9,10 +9,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from probmcl_med.cli.grammar import Command, Group
 from probmcl_med.config import load_config
-from probmcl_med.data.checks import check_dataset, group_leaks
+from probmcl_med.data.checks import check_dataset, group_leaks, missing_classes_message
 from probmcl_med.data.datasets import build_dataset
 from probmcl_med.errors import ConfigError, EmptySplit
 
@@ -36,7 +37,8 @@ def run_check(
     ``val_split``, ``test_split``), and check it (skip_bad on, so all bad files are listed).
 
     A split with no rows is reported as empty, with what training does about it (:data:`EMPTY_SPLIT`): an error for
-    the training split only.
+    the training split only. So is a class without a positive image: an error in the training split (the model
+    cannot learn it), a warning in the others (``missing_classes``: the one-line message, or None).
     """
     sets = list(overrides)
     if dataset is not None:
@@ -59,6 +61,9 @@ def run_check(
         built[name] = ds
         result = check_dataset(ds, sample=sample, workers=workers)
         result.update(split=name, empty=False)
+        missing = result["classes_without_positives"]
+        result["missing_classes"] = missing_classes_message(missing, name) if missing else None
+        result["ok"] = result["ok"] and not (name == "train" and missing)  # a class training cannot learn
         results.append(result)
     leaks = group_leaks(built) if len(built) > 1 else []
     for result in results:  # a group in two splits fails every split it is in
@@ -123,6 +128,9 @@ def _print(results: list[dict[str, Any]], console: Console) -> None:
         for what, value in rows:
             summary.add_row(what, value)
         console.print(summary)
+        if r.get("missing_classes"):
+            style = "red" if r["split"] == "train" else "yellow"
+            console.print(Text(f"{r['split']}: {r['missing_classes']}", style=style))  # names stay plain text
         classes = Table(title="positives per class")
         classes.add_column("class")
         classes.add_column("positives", justify="right")
@@ -187,9 +195,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check a dataset: classes, positives per class, label cardinality, co-occurring pairs, unreadable files.
 
-        Every image (or a --sample) is read; the exit code is 1 when a file cannot be read, or when a group
-        (dataset.options.group_column: patient, slide) appears in two splits. A split with no rows is reported as
-        empty with what training does about it (an error only for the training split).
+        Every image (or a --sample) is read; the exit code is 1 when a file cannot be read, when a group
+        (dataset.options.group_column: patient, slide) appears in two splits, or when a class has no positive image
+        in the training split (it cannot be learned; in valid or test that is a warning). A split with no rows is
+        reported as empty with what training does about it (an error only for the training split).
         """
         results = run_check(config, dataset, root, split, list(overrides or []), sample, workers)
         if as_json:

@@ -31,6 +31,7 @@ from probmcl_med.config import RunConfig, save_config
 from probmcl_med.config.schema import ContrastiveConfig
 from probmcl_med.core.mdn import MixtureDensityNetwork
 from probmcl_med.data.base import make_loader
+from probmcl_med.data.checks import warn_classes_without_positives
 from probmcl_med.data.datasets import build_dataset
 from probmcl_med.data.normalization import resolve_normalization
 from probmcl_med.data.slides import input_mpp
@@ -106,6 +107,10 @@ class Session:
             warnings.warn(f"no validation split ({exc}); the classifier keeps its last epoch", RuntimeWarning, 2)
         if self.val_ds is not None and list(self.val_ds.class_names) != self.class_names:
             raise ConfigError(f"dataset {d.name}: the {d.val_split} split has other classes than {d.train_split}")
+        if self.ctx.is_main:  # one line per split naming its classes without a positive image
+            warn_classes_without_positives(self.train_ds, "train")
+            if self.val_ds is not None:
+                warn_classes_without_positives(self.val_ds, "valid")
         mean, std = self.encoder.normalization
         self.normalization = resolve_normalization(d.normalization, mean, std, dataset=self.train_ds)
         # fitted once here; the same reference goes into model.pt for evaluate and predict
