@@ -153,3 +153,31 @@ def test_class_names_round_trip_through_predict_s_labels_csv(tmp_path):
     expected = {images[0]: {names[0], names[2]}, images[1]: {names[1]}, images[2]: set()}
     got = {item["image"]: {n for n, v in zip(back.class_names, item["label"], strict=True) if v} for item in back.items}
     assert got == expected
+
+
+def test_a_link_inside_the_root_that_leads_outside_is_refused(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(outside / "secret.png")
+    root = _folder(tmp_path / "data", "image,tumour,split\nimages/a.png,1,train\nimages/link.png,0,train\n")
+    (root / "images" / "link.png").symlink_to(outside / "secret.png")
+    message = _error(root)
+    assert "row 1 (line 3)" in message and "symbolic link" in message and "secret.png" in message
+    assert "allow_outside_root" in message
+    assert len(DATASETS.get("csv")(str(root), "train", allow_outside_root=True)) == 2
+    (root / "linked").symlink_to(outside, target_is_directory=True)  # a linked folder leads out just the same
+    (root / "labels.csv").write_text("image,tumour,split\nlinked/secret.png,1,train\n")
+    assert "symbolic link" in _error(root)
+
+
+def test_links_that_stay_inside_and_a_linked_root_are_fine(tmp_path):
+    root = _folder(tmp_path / "data", "image,tumour,split\nimages/a.png,1,train\nimages/alias.png,0,train\n")
+    (root / "images" / "alias.png").symlink_to(root / "images" / "b.png")
+    (tmp_path / "root_link").symlink_to(root, target_is_directory=True)
+    assert len(DATASETS.get("csv")(str(tmp_path / "root_link"), "train")) == 2
+
+
+def test_backslash_paths_are_named_as_windows_paths(tmp_path):
+    root = _folder(tmp_path, "image,tumour,split\nimages\\a.png,1,train\n")
+    message = _error(root)
+    assert "does not exist" in message and "Windows path" in message and "images/a.png" in message

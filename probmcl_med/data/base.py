@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from probmcl_med.data.imageio import missing_path_hint
 from probmcl_med.errors import DataError
 
 logger = logging.getLogger("probmcl_med.data")
@@ -208,7 +209,8 @@ class MultiLabelDataset(Dataset):
             return items
         first_index, first_path = missing[0]
         more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
-        message = f"{self.where(items[first_index])}: file {first_path} does not exist{more}"
+        hint = missing_path_hint(first_path)
+        message = f"{self.where(items[first_index])}: file {first_path} does not exist{more}{hint}"
         if not self.skip_bad:
             raise DataError(f"{message}; fix the paths or set dataset.skip_bad=true to skip missing files")
         for index, path in missing:

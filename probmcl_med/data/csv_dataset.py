@@ -16,7 +16,8 @@ Layout (``root`` is the folder; every option below goes under ``dataset.options`
 - Both styles in one file: the 0/1 columns win (header order) when they agree with the ``labels`` column on every
   row (said once); the first row where they differ is an error.
 - Every row has the header's number of cells. Text is UTF-8 (a BOM is fine) unless ``encoding`` is set.
-- Image paths must resolve inside root (or images_dir) unless ``allow_outside_root`` is true.
+- Image paths must resolve inside root (or images_dir), symbolic links followed, unless ``allow_outside_root`` is
+  true.
 - ``intensity``: ``dtype`` (default) scales 16-bit and float images by their type's range, ``minmax`` by each
   image's own range (for 12-bit data stored in 16 bits); see ``imageio.read_image``.
 - Split: a ``split`` column (``split_column``; train/valid/test, val accepted); without one, a seeded random split
@@ -334,10 +335,20 @@ def resolve_image_path(value: str, base: Path) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
-def is_inside(path: str, folder: Path) -> bool:
-    """Whether ``path`` lies inside ``folder`` once ``..`` is resolved lexically (symbolic links are not followed:
-    a link inside the folder that points elsewhere is the user's own choice)."""
-    return Path(os.path.normpath(path)).is_relative_to(Path(os.path.normpath(folder)))
+def how_it_leaves(path: str, folder: Path, real_folder: Path) -> str | None:
+    """None when ``path`` lies inside ``folder`` with ``..`` resolved and then every symbolic link followed (the file
+    that will be read); else how it leaves, for the message.
+
+    Args:
+        path: the image path (absolute, or relative to the working folder).
+        folder: the dataset folder as given; ``real_folder``: the same with its own links resolved.
+    """
+    if not Path(os.path.normpath(path)).is_relative_to(Path(os.path.normpath(folder))):
+        return "points outside"
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(real_folder):
+        return f"is, or lies in, a symbolic link that leads to {real}, outside"
+    return None
 
 
 def find_csv(root: Path, csv_name: str | None) -> Path:
@@ -409,16 +420,18 @@ def load_csv_dataset(
     )
     chosen = split_rows(rows, split, table, split_col, groups, seed, valid_fraction, test_fraction)
     base = folder / images_dir if images_dir else folder
+    real_base = base.resolve()
     items: list[dict[str, Any]] = []
     for i in chosen:
         value = rows[i][image_col]
         if not value:
             raise DataError(f"{table}, row {i} (line {i + 2}), column '{image_col}': empty image path")
         image = resolve_image_path(value, base)
-        if not allow_outside_root and not is_inside(image, base):
+        leaves = None if allow_outside_root else how_it_leaves(image, base, real_base)
+        if leaves is not None:
             raise DataError(
-                f"{table}, row {i} (line {i + 2}), column '{image_col}': image path {value!r} points outside the "
-                f"dataset folder {base}; give a path inside it, or set dataset.options.allow_outside_root=true"
+                f"{table}, row {i} (line {i + 2}), column '{image_col}': image path {value!r} {leaves} the dataset "
+                f"folder {base}; give a path inside it, or set dataset.options.allow_outside_root=true"
             )
         item = {"image": image, "label": labels[i], "row": i}
         if intensity != "dtype":

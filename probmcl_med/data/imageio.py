@@ -37,6 +37,22 @@ def image_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def missing_path_hint(path: str | Path) -> str:
+    """What to do about a path that does not exist, when its text says more: ``""`` or ``"; ..."``.
+
+    A path with backslashes (``images\\a.png``, ``C:\\data\\a.png``) was written on Windows: elsewhere a
+    backslash is part of the file's name, not a separator.
+    """
+    text = str(path)
+    if "\\" not in text:
+        return ""
+    fixed = text.replace("\\", "/")
+    return (
+        f"; it looks like a Windows path (backslashes): write it with / instead, e.g. {fixed!r}, which works on "
+        "every system"
+    )
+
+
 INTENSITY_MODES = ("dtype", "minmax")
 """How pixels deeper than 8 bits become the pipeline's 8 bits: by the range of the image's dtype, or per image."""
 
@@ -65,7 +81,7 @@ def read_image(path: str | Path, intensity: str = "dtype") -> np.ndarray:
     if intensity not in INTENSITY_MODES:
         raise DataError(f"intensity {intensity!r} for image {path}: use dtype or minmax")
     if not path.is_file():
-        raise DataError(f"image {path} does not exist")
+        raise DataError(f"image {path} does not exist{missing_path_hint(path)}")
     try:
         pixels = _decode(path)
     except Image.DecompressionBombError as exc:
