@@ -18,8 +18,9 @@ Layout (``root`` is the folder; every option below goes under ``dataset.options`
 - Every row has the header's number of cells. Text is UTF-8 (a BOM is fine) unless ``encoding`` is set.
 - Image paths must resolve inside root (or images_dir), symbolic links followed, unless ``allow_outside_root`` is
   true.
-- ``intensity``: ``dtype`` (default) scales 16-bit and float images by their type's range, ``minmax`` by each
-  image's own range (for 12-bit data stored in 16 bits); see ``imageio.read_image``.
+- ``intensity``: ``dtype`` (default) maps 16-bit, 12-bit and float images onto [0, 1] by the range the file states
+  (else their type's), ``minmax`` by each image's own range; deep images stay float32 to the network input (see
+  ``imageio.read_pixels``).
 - Split: a ``split`` column (``split_column``; train/valid/test, val accepted); without one, a seeded random split
   with ``valid_fraction`` = ``test_fraction`` = 0.1 and ``seed`` = 0 (``base.seeded_split``).
 - Groups: ``group_column`` (a patient or slide id): the automatic split keeps each group whole in one split (the
