@@ -162,6 +162,7 @@ class MultiLabelDataset(Dataset):
         self.mean = tuple(float(m) for m in mean) if mean is not None else None
         self.std = tuple(float(s) for s in std) if std is not None else None
         self.transform = transform
+        self.prepared: Any = None  # pixels kept in memory (probmcl_med.data.cache.PreparedImages), or None
         self.skip_bad = skip_bad
         self.num_skipped = 0
         self.skipped: list[str] = []  # messages of the samples skipped in this process
@@ -238,6 +239,8 @@ class MultiLabelDataset(Dataset):
         item = dict(self.items[index])
         if self.transform is None:
             return item
+        if self.prepared is not None:  # decoded and resized once (probmcl_med.data.cache), if for this transform
+            item = self.prepared.substitute(index, item, getattr(self.transform, "key", None))
         try:
             return self.transform(item)
         except Exception as exc:

@@ -23,6 +23,7 @@ normalisation and resizing are deterministic: a :class:`Pipeline` lets an item w
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -32,7 +33,8 @@ from monai.transforms import Compose, MapTransform, Randomizable
 from monai.utils import MAX_SEED
 from torchvision.transforms.v2 import functional as tvf
 
-from probmcl_med.data.augment import AugmentImaged, build_policy
+from probmcl_med.data.augment import AugmentImaged, build_policy, set_random_state
+from probmcl_med.data.cache import PREPARED
 from probmcl_med.data.imageio import read_any
 from probmcl_med.data.stain import StainNormalized, StainReference
 
@@ -135,11 +137,6 @@ class LabelToTensord(MapTransform):
         return d
 
 
-PREPARED = "prepared"
-"""Item key: the item's ``image`` already went through the deterministic prefix of a :class:`Pipeline` (its value
-is that pipeline's :attr:`Pipeline.key`), e.g. pixels kept in memory by :mod:`probmcl_med.data.cache`."""
-
-
 class Pipeline(Compose):
     """A MONAI Compose whose first ``prefix`` members are deterministic (read, stain normalisation, resize).
 
@@ -159,6 +156,15 @@ class Pipeline(Compose):
         self.prefix, self.key = int(prefix), key
         if seed is not None:
             self.set_random_state(seed=seed)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> Pipeline:
+        """MONAI Compose's: reseed this pipeline, then each random member from its stream (in place: see
+        :func:`probmcl_med.data.augment.set_random_state`)."""
+        set_random_state(self, seed, state)
+        for member in self.transforms:
+            if isinstance(member, Randomizable):
+                member.set_random_state(seed=int(self.R.randint(MAX_SEED, dtype="uint32")))
+        return self
 
     def prepare(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """The item after the deterministic prefix, marked as such."""
@@ -249,8 +255,8 @@ class TwoViews(Randomizable):
         self.key = self.pipeline.key if self.pipeline is not None else None
         self.rest: Callable = transform
         if self.pipeline is not None:
-            self.rest = Compose(list(self.pipeline.transforms[self.pipeline.prefix :]), log_stats=False)
-            self.rest.set_random_state(state=self.pipeline.R)
+            self.rest = Pipeline(list(self.pipeline.transforms[self.pipeline.prefix :]), 0, self.key)
+            self.rest.set_random_state(state=copy.deepcopy(self.pipeline.R))
 
     def prepare(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """The item after the pipeline's deterministic prefix (see :meth:`Pipeline.prepare`)."""
@@ -259,7 +265,7 @@ class TwoViews(Randomizable):
         return self.pipeline.prepare(data)
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> TwoViews:
-        super().set_random_state(seed=seed, state=state)
+        set_random_state(self, seed, state)
         if isinstance(self.rest, Randomizable):
             self.rest.set_random_state(seed=int(self.R.randint(MAX_SEED, dtype="uint32")))
         return self

@@ -106,6 +106,7 @@ def train(config: RunConfig, *, stage: str = "all", resume: bool = False, consol
         )
         found = session.find_resume(resume, stages)  # every refusal before the first write
         session.folder_plan = (found, stages)
+        session.prepare_loading()  # after every refusal: decoding a whole training set takes a while
         model_path = mode.run(session, stages, found)
         barrier(ctx)
         best = session.best

@@ -31,6 +31,7 @@ from probmcl_med.config import RunConfig, save_config
 from probmcl_med.config.schema import ContrastiveConfig
 from probmcl_med.core.mdn import MixtureDensityNetwork
 from probmcl_med.data.base import make_loader
+from probmcl_med.data.cache import describe_loading, keep_in_memory
 from probmcl_med.data.checks import warn_classes_without_positives
 from probmcl_med.data.datasets import build_dataset
 from probmcl_med.data.normalization import resolve_normalization
@@ -49,6 +50,7 @@ from probmcl_med.errors import CheckpointError, ConfigError, DataError
 from probmcl_med.fileio import atomic_write_text
 from probmcl_med.models.encoders import get_encoder
 from probmcl_med.models.heads import LinearHead
+from probmcl_med.threads import choose_workers, configure_threads
 
 STAGES = ("contrastive", "classifier")
 """Stage names by index, as in checkpoint names; the one-stage modes train (and log) the ``classifier`` stage."""
@@ -81,6 +83,8 @@ class Session:
         self.best: dict[str, Any] = {}
         self.components: list[Component] = []  # checked before training (engine.preflight); recorded in run.json
         self.folder_plan: tuple[Resume | None, tuple[str, ...]] | None = None  # what start_writing writes
+        self.workers = config.workers  # training loader workers: prepare_loading chooses them from the data
+        self.loading: dict[str, Any] = {"in_memory": None, "workers": config.workers}  # recorded in run.json
 
     # ----------------------------------------------------------------------------------------------------- set-up
     def log(self, message: str) -> None:
@@ -116,6 +120,21 @@ class Session:
         # fitted once here; the same reference goes into model.pt for evaluate and predict
         self.stain = fit_reference(d.stain_normalize).to_dict() if d.stain_normalize else None
         self.input_mpp = input_mpp(d.name, d.options, d.image_size, d.mpp)
+
+    def prepare_loading(self) -> None:
+        """Keep the training and validation images in memory, decoded and resized once, when they fit
+        (``dataset.cache_gb``, :mod:`probmcl_med.data.cache`), then choose the loader workers and torch's threads
+        from that (:func:`probmcl_med.threads.choose_workers`). Called once the run is known to go ahead."""
+        c = self.config
+        kept = keep_in_memory([self.train_ds, self.val_ds], self.eval_transform(), c.dataset.cache_gb)
+        explicit = "workers" in c.model_fields_set
+        self.workers = choose_workers(c.workers, explicit, kept is not None, self.ctx.device.type)
+        self.loading = {
+            "in_memory": kept,
+            "workers": self.workers,
+            "threads": configure_threads(c.threads, self.workers),
+        }
+        self.log(describe_loading(self.loading))
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -170,6 +189,7 @@ class Session:
                 "classes": len(self.class_names),
             },
             "components": [c.record() for c in self.components],
+            "loading": self.loading,
             "world_size": self.ctx.world_size,
             "device": str(self.ctx.device),
             "amp": self.amp.name,

@@ -82,7 +82,7 @@ def train_contrastive(session: Session, c: ContrastiveConfig, resume: Resume | N
     s = session
     s.train_ds.transform = TwoViews(s.train_transform())
     per_rank = s.per_rank_batch(c.batch_size, len(s.train_ds), "contrastive")
-    loader, sampler = s.loader(s.train_ds, per_rank, shuffle=True, drop_last=True, workers=s.config.workers)
+    loader, sampler = s.loader(s.train_ds, per_rank, shuffle=True, drop_last=True, workers=s.workers)
     s.mdn = s.build_mdn(c)
     network = s.wrap(ContrastiveModel(s.encoder_fwd, s.mdn))
     optimizer = torch.optim.Adam([*s.encoder.parameters(), *s.mdn.parameters()], lr=c.lr, weight_decay=c.weight_decay)
@@ -153,9 +153,7 @@ def _sources(s: Session, plan: HeadTraining, classifier: Classifier, frozen: boo
         val_source = s.val_ds
     if frozen and plan.cache_features and not plan.augment:
         s.train_ds.transform = eval_transform
-        plain, _ = s.loader(
-            s.train_ds, plan.batch_size, shuffle=False, drop_last=False, workers=s.config.workers, shard=False
-        )
+        plain, _ = s.loader(s.train_ds, plan.batch_size, shuffle=False, drop_last=False, workers=s.workers, shard=False)
         train_source = compute_features(classifier, plain, s.ctx.device, s.amp.autocast)
         if s.val_ds is not None and s.ctx.is_main:
             vloader, _ = s.loader(s.val_ds, plan.val_batch_size, shuffle=False, drop_last=False, workers=0, shard=False)
@@ -181,7 +179,7 @@ def train_classifier(session: Session, plan: HeadTraining, resume: Resume | None
         head.load_state_dict(own.state["models"]["head"])
     train_source, val_source, cached = _sources(s, plan, classifier, frozen)
     per_rank = s.per_rank_batch(plan.batch_size, len(train_source), plan.batch_key)
-    workers = 0 if cached else s.config.workers
+    workers = 0 if cached else s.workers
     loader, sampler = s.loader(train_source, per_rank, shuffle=True, drop_last=joint is not None, workers=workers)
 
     if joint is not None:
