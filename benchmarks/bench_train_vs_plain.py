@@ -12,7 +12,7 @@ per-epoch ``images_per_s`` of ``metrics.jsonl`` (from each epoch's first batch t
 summed over the epochs. The whole command's wall time, start-up, preload and validation included, is shown too.
 
     python benchmarks/bench_train_vs_plain.py                       # 4,000 demo mosaics, resnet18 at 64 px, 2 epochs
-    python benchmarks/bench_train_vs_plain.py --rounds 2 --arm "no cache=--set dataset.cache_gb=0"
+    python benchmarks/bench_train_vs_plain.py --rounds 2 --arm "no cache=--set dataset.cache_gb=0" --plain-threads 2,1
 
 The data are the embedded demo's digit mosaics (64 x 64 PNGs), generated on first use under ``--data``.
 """
@@ -101,33 +101,41 @@ def main() -> None:
         metavar="NAME=ARGS",
         help='another train arm, e.g. "workers=0=--set workers=0" (NAME=ARGS, ARGS split on spaces; repeatable)',
     )
+    parser.add_argument(
+        "--plain-threads",
+        default="",
+        help="the plain loop's intra-op threads, comma-separated (default: one per core); the first is the baseline",
+    )
     parser.add_argument("--json", action="store_true", help="print the raw results as JSON")
     args = parser.parse_args()
     from probmcl_med.threads import available_cores
 
     cores = available_cores()
     data = ensure_data(Path(args.data), args.images)
+    plain_threads = [int(t) for t in args.plain_threads.split(",") if t] or [cores]
+    plains = {f"plain loop, {t} thread(s)": t for t in plain_threads}
     arms: dict[str, list[str]] = {"train, defaults": []}
     for spec in args.arm:
         name, _, extra = spec.partition("=")
         arms[f"train, {name}"] = extra.split()
-    rows: dict[str, list[dict[str, Any]]] = {"plain loop": [], **{name: [] for name in arms}}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in [*plains, *arms]}
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for _ in range(args.rounds):
-            rows["plain loop"].append(run_plain(data, args, work, cores))
+            for name, threads in plains.items():
+                rows[name].append(run_plain(data, args, work, threads))
             for name, extra in arms.items():
                 rows[name].append(run_train(data, args, work, extra, name))
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    report(rows, args, cores)
+    report(rows, args, cores, plains)
 
 
-def report(rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, cores: int) -> None:
-    """The table: per arm, median images/s, median per-round ratio to the plain loop, wall time, the loading."""
-    plain = rows["plain loop"]
+def report(rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, cores: int, plains: dict) -> None:
+    """The table: per arm, median images/s, median per-round ratio to the first plain loop, wall time, the loading."""
+    plain = rows[next(iter(plains))]
     table = Table(
         title=f"{args.images} demo mosaics, {args.encoder} at {args.image_size} px, batch {args.batch}, {args.epochs} "
         f"epochs, {cores} cores; median of {args.rounds} round(s), arms alternated in one run"
@@ -144,7 +152,7 @@ def report(rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, core
             f"{statistics.median(ratios):.2f}x",
             epochs or "-",
             f"{statistics.median(r['wall_s'] for r in runs):.0f}",
-            f"preloaded tensor, {cores} threads" if loading is None else _loading(loading),
+            f"preloaded tensor, {plains.get(name)} thread(s)" if loading is None else _loading(loading),
         )
     Console(width=200).print(table)
 

@@ -301,7 +301,7 @@ def atomic_directory(
     Raises:
         DataError: see :func:`check_replaceable_folder` (checked again here: the folder may have changed meanwhile).
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)  # write where a link leads
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(path)
     check_replaceable_folder(path, marker, what, option, overwrite)

@@ -276,3 +276,11 @@ def test_export_refuses_a_file_it_did_not_write(evaluated: Path, tmp_path: Path,
     assert cli(args) == 1
     assert "--overwrite" in error_line(capsys) and out.read_bytes() == b"my own model, not an export"
     assert cli([*args, "--overwrite"]) == 0 and out.read_bytes() != b"my own model, not an export"
+
+
+def test_a_linked_output_folder_is_written_where_the_link_leads(tmp_path: Path) -> None:
+    target = tmp_path / "real"
+    write_output(target, {"a.txt": "1"})
+    (tmp_path / "link").symlink_to(target, target_is_directory=True)
+    write_output(tmp_path / "link", {"a.txt": "2"})
+    assert (tmp_path / "link").is_symlink() and (target / "a.txt").read_text() == "2"
