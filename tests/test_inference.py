@@ -25,7 +25,6 @@ CLASSES = ["epithelium", "stroma", "necrosis"]
 SIZE = 32
 MEAN = (0.6, 0.5, 0.7)
 STD = (0.2, 0.25, 0.15)
-SLIDE = Path(__file__).resolve().parents[2] / "shared/data/slides/cmu_small_region.svs"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -242,7 +241,7 @@ def write_pyramid(path: Path) -> np.ndarray:
 
 
 def test_predict_tiled_tiff_slide(tmp_path: Path) -> None:
-    from probmcl_med.data.slides import tile_slide
+    from probmcl_med.data.tiling import tile_slide
     from probmcl_med.inference.writers import heat_grid
 
     encoder, head = make_bundle(tmp_path / "run")
@@ -277,9 +276,12 @@ def test_predict_tiled_tiff_slide(tmp_path: Path) -> None:
     assert np.isfinite(heat).mean() == pytest.approx(0.25, abs=0.01)
 
 
-@pytest.mark.skipif(not SLIDE.is_file(), reason="../shared/data/slides/cmu_small_region.svs not present")
 def test_predict_real_slide_keeps_tissue_and_skips_glass(tmp_path: Path) -> None:
+    from slide_files import cmu_slide
+
     from probmcl_med.data.imageio import read_slide_region
+
+    SLIDE = cmu_slide()
 
     make_bundle(tmp_path / "run")
     out = tmp_path / "out"

@@ -13,12 +13,12 @@ import pytest
 import tifffile
 from PIL import Image
 from shapely.geometry import shape
+from slide_files import write_pyramidal_tiff
 from test_data_stain import MACENKO_HE, beer_lambert
 from test_inference import CLASSES, SIZE, cli, error_line, hand_probs_of_arrays, make_bundle, read_csv, write_images
 
 from probmcl_med.bundle import read_checkpoint, save_torch
 from probmcl_med.data.imageio import SLIDES
-from probmcl_med.data.slides import write_pyramidal_tiff
 from probmcl_med.data.stain import fit_reference, normalize_stains
 
 
@@ -110,7 +110,7 @@ def test_stain_reference_in_model_pt_is_applied_before_the_model(tmp_path):
 
 def test_large_plain_tiff_is_tiled_and_never_decoded_whole(tmp_path, monkeypatch, capsys):
     import probmcl_med.data.plaintiff as plaintiff
-    import probmcl_med.data.slides as slides
+    import probmcl_med.data.tiling as slides
     from probmcl_med.bundle import load_model_bundle
     from probmcl_med.inference import input_kind, predict_slide
 

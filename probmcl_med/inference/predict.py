@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from probmcl_med.bundle import ModelBundle
-from probmcl_med.data.slides import tile_slide
+from probmcl_med.data.tiling import tile_slide
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import CheckpointError, DataError
 from probmcl_med.inference.inputs import ItemDataset, eval_transform, make_loader
@@ -181,7 +181,7 @@ def predict_slide(
 ) -> Predictions:
     """Probabilities for the tissue patches of a whole slide, read lazily through OpenSlide.
 
-    The slide is tiled on a regular grid at ``level`` (:func:`probmcl_med.data.slides.tile_slide`); patches whose
+    The slide is tiled on a regular grid at ``level`` (:func:`probmcl_med.data.tiling.tile_slide`); patches whose
     tissue fraction (Otsu threshold on the saturation of a thumbnail) is below ``tissue_threshold`` are skipped.
     Each kept patch is read with ``OpenSlide.read_region`` and resized to the model's input size.
 
@@ -193,14 +193,14 @@ def predict_slide(
         tissue_threshold: minimum tissue fraction of a kept patch, in [0, 1].
         stride: grid step in pixels of the patches (default: ``patch_size``, no overlap).
         mpp: read patches at this many microns per pixel, from the level nearest above it
-            (:func:`probmcl_med.data.slides.plan_mpp`); None: level pixels.
+            (:func:`probmcl_med.data.mpp.plan_mpp`); None: level pixels.
         slide_mpp: the slide's level-0 microns per pixel when the file does not record it.
         threshold, batch_size, device, workers, uncertainty, progress, skip_bad: as in :func:`predict_images`
             (a skipped patch is listed as ``{"patch": "x=X, y=Y", "error": ...}``).
 
     Returns:
         Predictions with ids ``{"x", "y", "level", "size", "tissue_fraction"}`` (x, y: level-0 pixels) and
-        ``slide["grid"]``, the :class:`~probmcl_med.data.slides.SlideGrid` (thumbnail and mask for heat maps).
+        ``slide["grid"]``, the :class:`~probmcl_med.data.tiling.SlideGrid` (thumbnail and mask for heat maps).
 
     Raises:
         DataError: the slide cannot be opened, the level does not exist, or no patch reaches the tissue threshold.

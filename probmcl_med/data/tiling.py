@@ -1,0 +1,191 @@
+"""The patch grid of a slide for prediction: a thumbnail read with bounded memory, the tissue mask, the kept patches.
+
+:func:`tile_slide` lists the patch locations of one slide, keeping those whose tissue fraction (by the thumbnail's
+mask, :mod:`probmcl_med.data.tissue`) reaches ``tissue_threshold``. The thumbnail is built region by region
+(:func:`slide_thumbnail`), so a one-level 20 000-pixel image is never decoded whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from probmcl_med.data.imageio import SLIDES
+from probmcl_med.data.mpp import MppPlan, plan_mpp
+from probmcl_med.data.tissue import tissue_mask
+from probmcl_med.errors import DataError
+
+THUMBNAIL_READ_PIXELS = 2048 * 2048
+"""Largest region read at once to build a thumbnail (16 MB of RGBA); a larger level is read in bands."""
+
+
+def slide_thumbnail(slide: Any, size: int) -> np.ndarray:
+    """(h, w, 3) uint8 RGB thumbnail whose longer side is at most ``size``, with bounded memory.
+
+    OpenSlide's ``get_thumbnail`` reads the best level whole, which for a one-level 20 000-pixel image is 1.6 GB of
+    RGBA. Here a level above :data:`THUMBNAIL_READ_PIXELS` is read in full-width bands of at most that many pixels
+    (full width, so a stripped TIFF decodes each strip about once), each shrunk (PIL, bilinear with antialiasing)
+    into its exact rows of the thumbnail; small levels go through OpenSlide's ``get_thumbnail``.
+    """
+    from PIL import Image
+
+    from probmcl_med.data.imageio import rgba_to_rgb
+
+    width, height = slide.dimensions
+    scale = max(width / size, height / size, 1.0)
+    tw, th = max(1, round(width / scale)), max(1, round(height / scale))
+    level = slide.get_best_level_for_downsample(scale)
+    lw, lh = slide.level_dimensions[level]
+    ds = float(slide.level_downsamples[level])
+    if lw * lh <= THUMBNAIL_READ_PIXELS and hasattr(slide, "get_thumbnail"):
+        return np.asarray(slide.get_thumbnail((size, size)).convert("RGB"))
+    thumb = np.zeros((th, tw, 3), dtype=np.uint8)
+    fy = lh / th  # level rows per thumbnail row
+    band = max(1, int(THUMBNAIL_READ_PIXELS / lw / fy))  # thumbnail rows per band
+    for r0 in range(0, th, band):
+        r1 = min(r0 + band, th)
+        y0, y1 = round(r0 * fy), min(round(r1 * fy), lh)
+        region = slide.read_region((0, round(y0 * ds)), level, (lw, max(y1 - y0, 1)))
+        thumb[r0:r1] = rgba_to_rgb(np.asarray(region.resize((tw, r1 - r0), Image.Resampling.BILINEAR)))
+    return thumb
+
+
+@dataclass
+class SlideGrid:
+    """The patch grid of one slide for prediction, with the tissue mask for heat maps.
+
+    Attributes:
+        path: the slide file.
+        level: pyramid level the patches are read at.
+        patch_size, stride: patch side and step, pixels of ``level`` (with an mpp plan: pixels at its mpp).
+        locations: kept patches, each ``{"x", "y", "level", "size", "tissue_fraction"}`` (x, y in level-0 pixels;
+            ``size``: the region read, pixels of ``level``); with an mpp plan also ``out_size`` (``patch_size``).
+        mask: (h, w) bool tissue mask at thumbnail resolution.
+        thumbnail: (h, w, 3) uint8 RGB thumbnail the mask was computed on.
+        downsample: (sx, sy): level-0 pixels per thumbnail pixel along x and y.
+        dimensions: (W, H) of level 0.
+        level_downsample: level-0 pixels per pixel of ``level``.
+        threshold: the saturation threshold used.
+        candidates: patches in the full grid, before the tissue filter.
+        mpp_plan: how patches are read at a requested mpp (:class:`MppPlan`), or None (level pixels).
+    """
+
+    path: str
+    level: int
+    patch_size: int
+    stride: int
+    locations: list[dict[str, Any]]
+    mask: np.ndarray
+    thumbnail: np.ndarray
+    downsample: tuple[float, float]
+    dimensions: tuple[int, int]
+    level_downsample: float
+    threshold: float
+    candidates: int = field(default=0)
+    mpp_plan: MppPlan | None = None
+
+    def items(self) -> list[dict[str, Any]]:
+        """Dataset items ``{"image": {"path", "x", "y", "level", "size", "out_size"?}, "location": index}``."""
+        keys = ("x", "y", "level", "size", "out_size")
+        return [
+            {"image": {"path": self.path, **{k: loc[k] for k in keys if k in loc}}, "location": i}
+            for i, loc in enumerate(self.locations)
+        ]
+
+    @property
+    def extent(self) -> float:
+        """Side of a patch in level-0 pixels."""
+        return self.mpp_plan.extent if self.mpp_plan is not None else self.patch_size * self.level_downsample
+
+    def to_thumbnail(self, x: float, y: float) -> tuple[float, float]:
+        """Level-0 coordinates -> thumbnail pixel coordinates (for drawing heat maps)."""
+        return x / self.downsample[0], y / self.downsample[1]
+
+
+def tile_slide(
+    path: str | Path,
+    patch_size: int,
+    level: int = 0,
+    stride: int | None = None,
+    tissue_threshold: float = 0.5,
+    thumbnail_size: int = 1024,
+    *,
+    mpp: float | None = None,
+    slide_mpp: float | None = None,
+) -> SlideGrid:
+    """List the patch locations of a slide on a regular grid, keeping the patches that are mostly tissue.
+
+    Args:
+        path: slide file (anything OpenSlide reads, or a plain TIFF: :class:`~probmcl_med.data.plaintiff.PlainTiff`).
+        patch_size: patch side in pixels of ``level``, or with ``mpp`` in pixels at ``mpp`` microns per pixel.
+        level: pyramid level the patches will be read at (ignored with ``mpp``: the level comes from the mpp).
+        stride: grid step in pixels of the patches (default ``patch_size``: no overlap).
+        tissue_threshold: minimum fraction of tissue pixels (by the thumbnail mask) under a patch; 0 keeps all.
+        thumbnail_size: the longer side of the thumbnail the mask is computed on, pixels.
+        mpp: read patches at this many microns per pixel (:func:`plan_mpp`): each location then has ``size`` (the
+            region side at the chosen level) and ``out_size`` (``patch_size``, what the reader resizes to).
+        slide_mpp: level-0 microns per pixel when the slide does not record it (or to override it).
+
+    Raises:
+        DataError: unreadable slide, a level it lacks, a patch larger than the slide, no mpp to plan with.
+    """
+    path = str(path)
+    slide = SLIDES.get(path)
+    plan = None
+    if mpp is not None:
+        plan = plan_mpp(slide, path, mpp, patch_size, slide_mpp)
+        level = plan.level
+    if not 0 <= level < slide.level_count:
+        raise DataError(f"slide {path}: level {level} does not exist (the slide has levels 0..{slide.level_count - 1})")
+    stride = int(stride or patch_size)
+    if patch_size <= 0 or stride <= 0:
+        raise DataError(f"slide {path}: patch size {patch_size} and stride {stride} must be positive")
+    width, height = slide.dimensions
+    ds = float(slide.level_downsamples[level])
+    if plan is None:
+        extent, step, read_size = patch_size * ds, stride * ds, patch_size
+    else:
+        extent, step, read_size = plan.extent, stride * plan.mpp / plan.slide_mpp, plan.read_size
+    if extent > width + 0.5 * ds or extent > height + 0.5 * ds:
+        what = f"at level {level}" if plan is None else f"at {plan.mpp:g} um/px"
+        raise DataError(f"slide {path}: a {patch_size}-pixel patch {what} is larger than the slide")
+    thumb = slide_thumbnail(slide, thumbnail_size)
+    mask, threshold = tissue_mask(thumb)
+    th, tw = mask.shape
+    sx, sy = width / tw, height / th
+    integral = np.pad(mask.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    xs = np.arange(0, width - extent + 0.5 * ds, step)
+    ys = np.arange(0, height - extent + 0.5 * ds, step)
+    locations = []
+    for y in ys:
+        for x in xs:
+            x0, x1 = int(np.floor(x / sx)), max(int(np.ceil((x + extent) / sx)), int(np.floor(x / sx)) + 1)
+            y0, y1 = int(np.floor(y / sy)), max(int(np.ceil((y + extent) / sy)), int(np.floor(y / sy)) + 1)
+            x1, y1 = min(x1, tw), min(y1, th)
+            area = (x1 - x0) * (y1 - y0)
+            tissue = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+            fraction = float(tissue / area) if area > 0 else 0.0
+            if fraction >= tissue_threshold:
+                location = {"x": round(float(x)), "y": round(float(y)), "level": level, "size": read_size}
+                if plan is not None:
+                    location["out_size"] = patch_size
+                location["tissue_fraction"] = fraction
+                locations.append(location)
+    return SlideGrid(
+        path=path,
+        level=level,
+        patch_size=patch_size,
+        stride=stride,
+        locations=locations,
+        mask=mask,
+        thumbnail=thumb,
+        downsample=(sx, sy),
+        dimensions=(width, height),
+        level_downsample=ds,
+        threshold=threshold,
+        candidates=len(xs) * len(ys),
+        mpp_plan=plan,
+    )
