@@ -48,7 +48,9 @@ def test_slide_at_the_models_mpp_with_qupath_geojson(tmp_path, capsys):
                 "--device", "cpu"]) == 0  # fmt: skip
     assert "at 1 um/px, read from level 2" in capsys.readouterr().out
     meta = json.loads((out / "meta.json").read_text())["slide"]
-    assert meta["mpp"] == {"mpp": 1.0, "slide_mpp": 0.25, "level": 2, "level_mpp": 1.0, "size": 32, "read_size": 32}
+    assert meta["mpp"] == {"mpp": 1.0, "slide_mpp": 0.25, "slide_mpp_source": "openslide.mpp-x (from the TIFF "
+                           "resolution tag, 40000 px per centimeter)", "level": 2, "level_mpp": 1.0, "size": 32,
+                           "read_size": 32}  # fmt: skip
     _, rows = read_csv(out / "patches.csv")
     coords = [(int(r[0]), int(r[1])) for r in rows]
     assert set(coords) == {(x, y) for x in range(1024, 2048, 128) for y in range(512, 1536, 128)}

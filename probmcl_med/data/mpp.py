@@ -19,20 +19,41 @@ import numpy as np
 from probmcl_med.data.base import logger
 from probmcl_med.errors import ConfigError, DataError
 
+PLAUSIBLE_MPP = (0.05, 20.0)
+"""Level-0 microns per pixel that a slide may declare: from a 200x oil objective (about 0.05) to a 0.5x overview
+scan (about 20). A value outside is a unit slip (a TIFF resolution of 28.35 px per *inch* read as per centimetre, a
+scanner writing the magnification in the mpp field) and is refused before any patch is planned."""
 
-def level0_mpp(slide: Any, path: str | Path, override: float | None = None) -> float:
-    """Microns per pixel of level 0: ``override`` when given, else OpenSlide's ``openslide.mpp-x``/``-y`` (mean).
 
-    Raises:
-        DataError: the slide records no resolution and no override is given, or a value is not positive.
+@dataclass(frozen=True)
+class DeclaredMpp:
+    """What the slide file says about its level-0 resolution.
+
+    Attributes:
+        value: microns per pixel (mean of x and y), or None when the file records none.
+        source: the property it came from (``openslide.mpp-x``, with the vendor or TIFF field OpenSlide derived it
+            from when the slide names one), or None.
     """
-    if override is not None:
-        if not float(override) > 0:
-            raise DataError(
-                f"slide {path}: the level-0 mpp {override} (predict --slide-mpp, dataset.options.slide_mpp) must be a "
-                "positive number of microns per pixel"
-            )
-        return float(override)
+
+    value: float | None
+    source: str | None
+
+    @property
+    def plausible(self) -> bool:
+        """True when the value lies in :data:`PLAUSIBLE_MPP`."""
+        return self.value is not None and PLAUSIBLE_MPP[0] <= self.value <= PLAUSIBLE_MPP[1]
+
+
+_MPP_ORIGINS = (
+    ("aperio.MPP", "aperio.MPP"),
+    ("hamamatsu.XResolution", "hamamatsu.XResolution"),
+    ("dicom.PixelSpacing", "DICOM PixelSpacing"),
+    ("tiff.XResolution", "the TIFF resolution tag"),
+)
+
+
+def declared_mpp(slide: Any) -> DeclaredMpp:
+    """The level-0 mpp a slide declares (OpenSlide's ``openslide.mpp-x``/``-y``, their mean), and where it came from."""
     props = getattr(slide, "properties", {}) or {}
     values = []
     for key in ("openslide.mpp-x", "openslide.mpp-y"):
@@ -42,11 +63,55 @@ def level0_mpp(slide: Any, path: str | Path, override: float | None = None) -> f
             continue
     values = [v for v in values if v > 0]
     if not values:
+        return DeclaredMpp(None, None)
+    origin = next((words for key, words in _MPP_ORIGINS if any(k.startswith(key) for k in props)), None)
+    if origin == "the TIFF resolution tag":
+        unit = props.get("tiff.ResolutionUnit", "")
+        try:
+            per = f"{float(props.get('tiff.XResolution', 'nan')):g}"
+        except ValueError:
+            per = str(props.get("tiff.XResolution"))
+        origin = f"the TIFF resolution tag, {per} px per {unit or 'unit'}"
+    source = "openslide.mpp-x" + (f" (from {origin})" if origin else "")
+    return DeclaredMpp(float(np.mean(values)), source)
+
+
+def _check_plausible(value: float, path: str | Path, what: str) -> None:
+    lo, hi = PLAUSIBLE_MPP
+    if not lo <= value <= hi:
+        raise DataError(
+            f"slide {path}: {what} is {value:.3g} um/px, outside the plausible {lo:g}-{hi:g} um/px (a unit slip?); "
+            "give the scan's real level-0 resolution with --slide-mpp (dataset.options.slide_mpp in training), e.g. "
+            "0.25 for 40x or 0.5 for 20x"
+        )
+
+
+def level0_mpp(slide: Any, path: str | Path, override: float | None = None) -> tuple[float, str]:
+    """Microns per pixel of level 0 and where it came from: ``override`` when given, else what the slide declares.
+
+    Returns:
+        (mpp, source): source is ``"--slide-mpp"`` or the declared property (:func:`declared_mpp`).
+
+    Raises:
+        DataError: no override and the slide records no resolution, or the value used lies outside
+            :data:`PLAUSIBLE_MPP` (one line naming the value, its source and ``--slide-mpp``).
+    """
+    if override is not None:
+        if not float(override) > 0:
+            raise DataError(
+                f"slide {path}: the level-0 mpp {override} (predict --slide-mpp, dataset.options.slide_mpp) must be a "
+                "positive number of microns per pixel"
+            )
+        _check_plausible(float(override), path, "--slide-mpp (dataset.options.slide_mpp)")
+        return float(override), "--slide-mpp"
+    declared = declared_mpp(slide)
+    if declared.value is None:
         raise DataError(
             f"slide {path} records no microns per pixel (no openslide.mpp-x property); give the scan's resolution "
             "with predict --slide-mpp, or dataset.options.slide_mpp in training, e.g. 0.25 for 40x or 0.5 for 20x"
         )
-    return float(np.mean(values))
+    _check_plausible(declared.value, path, f"the level-0 resolution it declares in {declared.source}")
+    return declared.value, str(declared.source)
 
 
 @dataclass(frozen=True)
@@ -56,6 +121,7 @@ class MppPlan:
     Attributes:
         mpp: requested microns per pixel of the patches.
         slide_mpp: microns per pixel of the slide's level 0.
+        slide_mpp_source: where ``slide_mpp`` came from (``--slide-mpp`` or the slide's property).
         level: the pyramid level read: the coarsest whose resolution is at least the requested one (its mpp at most
             ``mpp``), level 0 when even level 0 is coarser (then patches are upsampled).
         level_mpp: microns per pixel of ``level``.
@@ -65,6 +131,7 @@ class MppPlan:
 
     mpp: float
     slide_mpp: float
+    slide_mpp_source: str
     level: int
     level_mpp: float
     size: int
@@ -76,8 +143,8 @@ class MppPlan:
         return self.read_size * self.level_mpp / self.slide_mpp
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mpp": self.mpp, "slide_mpp": self.slide_mpp, "level": self.level, "level_mpp": self.level_mpp,
-                "size": self.size, "read_size": self.read_size}  # fmt: skip
+        return {"mpp": self.mpp, "slide_mpp": self.slide_mpp, "slide_mpp_source": self.slide_mpp_source,
+                "level": self.level, "level_mpp": self.level_mpp, "size": self.size, "read_size": self.read_size}  # fmt: skip
 
 
 def plan_mpp(slide: Any, path: str | Path, mpp: float, size: int, slide_mpp_override: float | None = None) -> MppPlan:
@@ -88,7 +155,10 @@ def plan_mpp(slide: Any, path: str | Path, mpp: float, size: int, slide_mpp_over
     """
     if not float(mpp) > 0:
         raise DataError(f"slide {path}: mpp {mpp} must be a positive number of microns per pixel")
-    base = level0_mpp(slide, path, slide_mpp_override)
+    lo, hi = PLAUSIBLE_MPP
+    if not lo <= float(mpp) <= hi:
+        raise DataError(f"slide {path}: patches at {mpp:g} um/px requested; give an --mpp within {lo:g}-{hi:g} um/px")
+    base, source = level0_mpp(slide, path, slide_mpp_override)
     level = 0
     for k, ds in enumerate(slide.level_downsamples):
         if base * float(ds) <= float(mpp) * 1.001:
@@ -100,7 +170,7 @@ def plan_mpp(slide: Any, path: str | Path, mpp: float, size: int, slide_mpp_over
             "slide %s: scanned at %.4g um/px, coarser than the requested %.4g um/px; patches are upsampled",
             path, base, mpp,
         )  # fmt: skip
-    return MppPlan(float(mpp), base, level, level_mpp, int(size), int(read_size))
+    return MppPlan(float(mpp), base, source, level, level_mpp, int(size), int(read_size))
 
 
 def input_mpp(dataset: str, options: Mapping[str, Any], image_size: int, declared: float | None) -> float | None:

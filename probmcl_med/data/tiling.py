@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from probmcl_med.data.imageio import SLIDES
-from probmcl_med.data.mpp import MppPlan, plan_mpp
+from probmcl_med.data.mpp import DeclaredMpp, MppPlan, declared_mpp, plan_mpp
 from probmcl_med.data.tissue import tissue_mask
 from probmcl_med.errors import DataError
 
@@ -53,6 +53,18 @@ def slide_thumbnail(slide: Any, size: int) -> np.ndarray:
     return thumb
 
 
+MAX_GRID_PATCHES = 4_000_000
+"""Most candidate patches a grid may hold (a 200 000-pixel-wide scan at a quarter-patch stride holds about 1e6): a
+plan above it comes from a resolution slip, not from a real slide, and is refused before anything is read."""
+
+
+def resolution_words(declared: DeclaredMpp) -> str:
+    """``declares 0.499 um/px in openslide.mpp-x (from aperio.MPP)`` or ``declares none``."""
+    if declared.value is None:
+        return "it declares none"
+    return f"it declares {declared.value:.4g} um/px in {declared.source}"
+
+
 @dataclass
 class SlideGrid:
     """The patch grid of one slide for prediction, with the tissue mask for heat maps.
@@ -71,6 +83,8 @@ class SlideGrid:
         threshold: the saturation threshold used.
         candidates: patches in the full grid, before the tissue filter.
         mpp_plan: how patches are read at a requested mpp (:class:`MppPlan`), or None (level pixels).
+        declared_mpp: the level-0 resolution the slide file declares (recorded even when patches are in level
+            pixels).
     """
 
     path: str
@@ -86,6 +100,22 @@ class SlideGrid:
     threshold: float
     candidates: int = field(default=0)
     mpp_plan: MppPlan | None = None
+    declared_mpp: DeclaredMpp = field(default_factory=lambda: DeclaredMpp(None, None))
+
+    def resolution(self) -> dict[str, Any]:
+        """What meta.json records about resolution: declared mpp and its source, the mpp used, the level read."""
+        plan = self.mpp_plan
+        return {
+            "declared_mpp": self.declared_mpp.value,
+            "declared_source": self.declared_mpp.source,
+            "slide_mpp": None if plan is None else plan.slide_mpp,
+            "slide_mpp_source": None if plan is None else plan.slide_mpp_source,
+            "mpp": None if plan is None else plan.mpp,
+            "level": self.level,
+            "level_mpp": None if plan is None else plan.level_mpp,
+            "read_size": self.locations[0]["size"] if self.locations else None,
+            "patch_size": self.patch_size,
+        }
 
     def items(self) -> list[dict[str, Any]]:
         """Dataset items ``{"image": {"path", "x", "y", "level", "size", "out_size"?}, "location": index}``."""
@@ -134,6 +164,7 @@ def tile_slide(
     """
     path = str(path)
     slide = SLIDES.get(path)
+    declared = declared_mpp(slide)
     plan = None
     if mpp is not None:
         plan = plan_mpp(slide, path, mpp, patch_size, slide_mpp)
@@ -152,28 +183,27 @@ def tile_slide(
     if extent > width + 0.5 * ds or extent > height + 0.5 * ds:
         what = f"at level {level}" if plan is None else f"at {plan.mpp:g} um/px"
         raise DataError(f"slide {path}: a {patch_size}-pixel patch {what} is larger than the slide")
+    xs = np.arange(0, width - extent + 0.5 * ds, step)
+    ys = np.arange(0, height - extent + 0.5 * ds, step)
+    if len(xs) * len(ys) > MAX_GRID_PATCHES:
+        raise DataError(
+            f"slide {path}: the grid would hold {len(xs) * len(ys):.3g} candidate patches ({len(xs)} x {len(ys)}: "
+            f"a {extent:.4g}-pixel patch every {step:.4g} level-0 pixels of {width} x {height}), above the "
+            f"{MAX_GRID_PATCHES:.0e} limit; check the slide's mpp ({resolution_words(declared)}), or raise --stride "
+            "or --patch-size"
+        )
     thumb = slide_thumbnail(slide, thumbnail_size)
     mask, threshold = tissue_mask(thumb)
     th, tw = mask.shape
     sx, sy = width / tw, height / th
-    integral = np.pad(mask.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    xs = np.arange(0, width - extent + 0.5 * ds, step)
-    ys = np.arange(0, height - extent + 0.5 * ds, step)
+    fractions = grid_fractions(mask, xs / sx, ys / sy, extent / sx, extent / sy)
     locations = []
-    for y in ys:
-        for x in xs:
-            x0, x1 = int(np.floor(x / sx)), max(int(np.ceil((x + extent) / sx)), int(np.floor(x / sx)) + 1)
-            y0, y1 = int(np.floor(y / sy)), max(int(np.ceil((y + extent) / sy)), int(np.floor(y / sy)) + 1)
-            x1, y1 = min(x1, tw), min(y1, th)
-            area = (x1 - x0) * (y1 - y0)
-            tissue = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-            fraction = float(tissue / area) if area > 0 else 0.0
-            if fraction >= tissue_threshold:
-                location = {"x": round(float(x)), "y": round(float(y)), "level": level, "size": read_size}
-                if plan is not None:
-                    location["out_size"] = patch_size
-                location["tissue_fraction"] = fraction
-                locations.append(location)
+    for j, i in zip(*np.nonzero(fractions >= tissue_threshold), strict=True):  # row-major: y outer, x inner
+        location = {"x": round(float(xs[i])), "y": round(float(ys[j])), "level": level, "size": read_size}
+        if plan is not None:
+            location["out_size"] = patch_size
+        location["tissue_fraction"] = float(fractions[j, i])
+        locations.append(location)
     return SlideGrid(
         path=path,
         level=level,
@@ -188,4 +218,32 @@ def tile_slide(
         threshold=threshold,
         candidates=len(xs) * len(ys),
         mpp_plan=plan,
+        declared_mpp=declared,
     )
+
+
+def grid_fractions(mask: np.ndarray, x0: np.ndarray, y0: np.ndarray, width: float, height: float) -> np.ndarray:
+    """(len(y0), len(x0)) fraction of True mask pixels under each patch of the grid, from an integral image.
+
+    Args:
+        mask: (h, w) bool.
+        x0, y0: the patches' left and top edges in mask pixels (floats).
+        width, height: a patch's size in mask pixels.
+
+    A patch covers the mask pixels from ``floor(x0)`` to ``ceil(x0 + width)`` (at least one), clipped to the mask.
+    """
+    th, tw = mask.shape
+    integral = np.pad(mask.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    c0 = np.floor(x0).astype(np.int64)
+    c1 = np.minimum(np.maximum(np.ceil(x0 + width).astype(np.int64), c0 + 1), tw)
+    r0 = np.floor(y0).astype(np.int64)
+    r1 = np.minimum(np.maximum(np.ceil(y0 + height).astype(np.int64), r0 + 1), th)
+    c0, r0 = np.minimum(c0, tw), np.minimum(r0, th)
+    tissue = (
+        integral[r1[:, None], c1[None, :]]
+        - integral[r0[:, None], c1[None, :]]
+        - integral[r1[:, None], c0[None, :]]
+        + integral[r0[:, None], c0[None, :]]
+    )
+    area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
+    return np.divide(tissue, area, out=np.zeros(tissue.shape), where=area > 0)

@@ -161,12 +161,37 @@ def predict_images(
     )
 
 
+def patch_mpp(
+    bundle: ModelBundle, mpp: float | None, level: int | None, slide_mpp: float | None
+) -> tuple[float | None, str | None]:
+    """The microns per pixel a slide's patches are read at, and who chose it (``--mpp``, ``model.pt`` or None).
+
+    ``mpp`` when given; else, without ``level``, the mpp the model records; else None (patches in a level's pixels).
+
+    Raises:
+        DataError: both ``mpp`` and ``level``; or ``slide_mpp`` given while no mpp is planned (it would be ignored).
+    """
+    if mpp is not None and level is not None:
+        raise DataError("give --mpp (patches at a resolution) or --level (patches in a level's pixels), not both")
+    if mpp is not None:
+        return float(mpp), "--mpp"
+    if level is None and bundle.mpp is not None:
+        return float(bundle.mpp), "model.pt"
+    if slide_mpp is not None:
+        why = f"--level {level} reads" if level is not None else "this model records no mpp, so patches are read as"
+        raise DataError(
+            f"--slide-mpp {slide_mpp:g} would be ignored: {why} level pixels; add --mpp M to read patches at M um/px "
+            "(the slide's level 0 then counts as --slide-mpp), or drop --slide-mpp"
+        )
+    return None, None
+
+
 def predict_slide(
     bundle: ModelBundle,
     path: str | Path,
     *,
     patch_size: int | None = None,
-    level: int = 0,
+    level: int | None = None,
     tissue_threshold: float = 0.5,
     stride: int | None = None,
     mpp: float | None = None,
@@ -189,12 +214,14 @@ def predict_slide(
         bundle: the loaded model bundle.
         path: the slide file.
         patch_size: patch side in pixels of ``level``, or at ``mpp`` when given (default: the model's input size).
-        level: pyramid level the patches are read at (without ``mpp``).
+        level: pyramid level the patches are read at, in its pixels (not with ``mpp``). Neither given: the mpp the
+            model records (``bundle.mpp``), else level 0.
         tissue_threshold: minimum tissue fraction of a kept patch, in [0, 1].
         stride: grid step in pixels of the patches (default: ``patch_size``, no overlap).
         mpp: read patches at this many microns per pixel, from the level nearest above it
-            (:func:`probmcl_med.data.mpp.plan_mpp`); None: level pixels.
-        slide_mpp: the slide's level-0 microns per pixel when the file does not record it.
+            (:func:`probmcl_med.data.mpp.plan_mpp`); None: the model's, else level pixels.
+        slide_mpp: the slide's level-0 microns per pixel, overriding what the file declares (or standing in when it
+            declares none); refused when no mpp is planned (nothing would use it).
         threshold, batch_size, device, workers, uncertainty, progress, skip_bad: as in :func:`predict_images`
             (a skipped patch is listed as ``{"patch": "x=X, y=Y", "error": ...}``).
 
@@ -212,8 +239,9 @@ def predict_slide(
     dev = resolve_device(device)
     thresholds = decision_thresholds(bundle, threshold)
     size = int(patch_size or bundle.image_size)
+    mpp, mpp_source = patch_mpp(bundle, mpp, level, slide_mpp)
     grid = tile_slide(
-        path, size, level=level, stride=stride, tissue_threshold=tissue_threshold, mpp=mpp, slide_mpp=slide_mpp
+        path, size, level=level or 0, stride=stride, tissue_threshold=tissue_threshold, mpp=mpp, slide_mpp=slide_mpp
     )
     if not grid.locations:
         where = f"at level {grid.level}" if mpp is None else f"at {mpp:g} um/px"
@@ -246,6 +274,7 @@ def predict_slide(
         "patch_size": size,
         "patch_extent_level0": grid.extent,
         "mpp": None if grid.mpp_plan is None else grid.mpp_plan.to_dict(),
+        "resolution": {**grid.resolution(), "mpp_source": mpp_source},
         "stride": grid.stride,
         "tissue_threshold": float(tissue_threshold),
         "patches_on_tissue": len(grid.locations),
