@@ -89,6 +89,14 @@ def predict_command(
             "plan with: --mpp or the model's).",
         ),
     ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option(
+            "--mask",
+            help="Slides: predict only inside this region: GeoJSON polygons in level-0 pixels (e.g. a QuPath "
+            "annotation export) or a binary image of the whole slide (non-zero inside).",
+        ),
+    ] = None,
     tile_above: Annotated[
         float,
         typer.Option("--tile-above", help="Plain TIFF images above this many megapixels are tiled like slides."),
@@ -130,9 +138,9 @@ def predict_command(
 
     check_output_folder(out)
     kind = input_kind(input_path, large_pixels=int(tile_above * 1e6))
-    if kind != "slide" and slide_mpp is not None:
+    if kind != "slide" and (slide_mpp is not None or mask is not None):
         raise UserError(
-            f"--slide-mpp is for whole slides; {input_path} is {'a folder of images' if kind == 'folder' else 'an image'}"
+            f"--slide-mpp and --mask are for whole slides; {input_path} is {'a folder of images' if kind == 'folder' else 'an image'}"
         )
     path = resolve_bundle_path(checkpoint)
     dev = resolve_device(device)
@@ -159,6 +167,7 @@ def predict_command(
                 level=level,
                 mpp=mpp,
                 slide_mpp=slide_mpp,
+                mask=mask,
                 tissue_threshold=tissue_threshold,
                 stride=stride,
                 progress=progress,
@@ -171,7 +180,18 @@ def predict_command(
     meta = {"checkpoint": str(path), "input": str(input_path), "encoder": bundle.encoder_name, "device": str(dev)}
     write_predictions(out, predictions, meta)
     console = Console()
-    if kind == "slide":
+    if kind == "slide" and predictions.no_tissue:
+        stats = (predictions.slide or {}).get("tissue_mask") or {}
+        width, height = stats.get("thumbnail", [0, 0])
+        console.print(
+            f"no tissue found on {input_path} ({stats.get('coloured_pixels')} of the thumbnail's "
+            f"{width * height} pixels coloured above saturation "
+            f"{stats.get('saturation_threshold')}, none left as tissue); empty patches.csv and predictions.geojson "
+            f"written to {out}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif kind == "slide":
         info = predictions.slide or {}
         plan = info.get("mpp")
         where = (

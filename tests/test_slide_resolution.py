@@ -83,7 +83,7 @@ def test_slide_mpp_is_never_silently_ignored(tmp_path, run, capsys):
 
     Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(image)
     assert cli(["predict", str(image), "-c", str(run), "-o", str(tmp_path / "d"), "--slide-mpp", "0.5"]) == 1
-    assert "--slide-mpp is for whole slides" in error_line(capsys)
+    assert "--slide-mpp and --mask are for whole slides" in error_line(capsys)
     SLIDES.clear()
 
 

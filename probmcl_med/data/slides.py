@@ -24,7 +24,6 @@ read at its own level nearest above it (:mod:`probmcl_med.data.mpp`). The grid o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from probmcl_med.data.csv_dataset import (
 from probmcl_med.data.imageio import SLIDES, slide_location_check
 from probmcl_med.data.mpp import plan_mpp
 from probmcl_med.errors import DataError, EmptySplit
+from probmcl_med.fileio import read_json
 
 SLIDE_COLUMNS = ("slide", "path", "slide_path", "file", "filename")
 
@@ -55,12 +55,7 @@ def read_manifest(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """Header and string rows of a CSV or JSON manifest."""
     if path.suffix.lower() != ".json":
         return read_table(path)
-    if not path.is_file():
-        raise DataError(f"manifest {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    data = read_json(path, f"manifest {path} does not exist")
     records = data.get("patches") if isinstance(data, dict) else data
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise DataError(f'{path}: a JSON manifest must be a list of patch objects or {{"patches": [...]}}')

@@ -15,7 +15,8 @@ import numpy as np
 
 from probmcl_med.data.imageio import SLIDES
 from probmcl_med.data.mpp import DeclaredMpp, MppPlan, declared_mpp, plan_mpp
-from probmcl_med.data.tissue import tissue_mask
+from probmcl_med.data.regions import region_mask
+from probmcl_med.data.tissue import TissueMask, tissue_mask
 from probmcl_med.errors import DataError
 
 THUMBNAIL_READ_PIXELS = 2048 * 2048
@@ -85,6 +86,8 @@ class SlideGrid:
         mpp_plan: how patches are read at a requested mpp (:class:`MppPlan`), or None (level pixels).
         declared_mpp: the level-0 resolution the slide file declares (recorded even when patches are in level
             pixels).
+        tissue: the tissue mask with its statistics (:class:`~probmcl_med.data.tissue.TissueMask`).
+        read_size: side of the region read per patch, pixels of ``level``.
     """
 
     path: str
@@ -101,6 +104,8 @@ class SlideGrid:
     candidates: int = field(default=0)
     mpp_plan: MppPlan | None = None
     declared_mpp: DeclaredMpp = field(default_factory=lambda: DeclaredMpp(None, None))
+    tissue: TissueMask | None = None
+    read_size: int | None = None
 
     def resolution(self) -> dict[str, Any]:
         """What meta.json records about resolution: declared mpp and its source, the mpp used, the level read."""
@@ -113,7 +118,7 @@ class SlideGrid:
             "mpp": None if plan is None else plan.mpp,
             "level": self.level,
             "level_mpp": None if plan is None else plan.level_mpp,
-            "read_size": self.locations[0]["size"] if self.locations else None,
+            "read_size": self.read_size,
             "patch_size": self.patch_size,
         }
 
@@ -145,6 +150,7 @@ def tile_slide(
     *,
     mpp: float | None = None,
     slide_mpp: float | None = None,
+    region: str | Path | None = None,
 ) -> SlideGrid:
     """List the patch locations of a slide on a regular grid, keeping the patches that are mostly tissue.
 
@@ -158,6 +164,12 @@ def tile_slide(
         mpp: read patches at this many microns per pixel (:func:`plan_mpp`): each location then has ``size`` (the
             region side at the chosen level) and ``out_size`` (``patch_size``, what the reader resizes to).
         slide_mpp: level-0 microns per pixel when the slide does not record it (or to override it).
+        region: a ``--mask`` file (GeoJSON polygons or a binary image, :func:`~probmcl_med.data.regions.region_mask`):
+            only tissue inside it counts.
+
+    Returns:
+        The grid; with no tissue on the thumbnail (:attr:`SlideGrid.tissue` ``.found`` False) it has no locations,
+        which is a result (a blank slide), not an error.
 
     Raises:
         DataError: unreadable slide, a level it lacks, a patch larger than the slide, no mpp to plan with.
@@ -193,8 +205,10 @@ def tile_slide(
             "or --patch-size"
         )
     thumb = slide_thumbnail(slide, thumbnail_size)
-    mask, threshold = tissue_mask(thumb)
-    th, tw = mask.shape
+    th, tw = thumb.shape[:2]
+    user_region = None if region is None else region_mask(region, (th, tw), (width, height))
+    tissue = tissue_mask(thumb, user_region)
+    mask, threshold = tissue.mask, tissue.threshold
     sx, sy = width / tw, height / th
     fractions = grid_fractions(mask, xs / sx, ys / sy, extent / sx, extent / sy)
     locations = []
@@ -219,6 +233,8 @@ def tile_slide(
         candidates=len(xs) * len(ys),
         mpp_plan=plan,
         declared_mpp=declared,
+        tissue=tissue,
+        read_size=read_size,
     )
 
 
