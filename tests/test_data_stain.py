@@ -58,7 +58,7 @@ def test_normalised_image_has_the_reference_stains_and_maxima():
     same = normalize_stains(reference_rgb, reference)
     s_same, max_same = fit_macenko(same, IO)
     np.testing.assert_allclose(s_same, s_ref, atol=0.01)
-    np.testing.assert_allclose(max_same, max_ref, rtol=0.01)
+    np.testing.assert_allclose(max_same, max_ref, rtol=0.02)  # OD = -log((I + 1) / Io): not exactly Beer-Lambert
     assert np.abs(same.astype(int) - reference_rgb.astype(int)).max() <= 2
     # another lab's image, with stronger eosin, ends with the reference's stains and concentration maxima
     source, c_src = beer_lambert(OTHER_LAB, scale=(0.7, 1.6), seed=2)

@@ -262,7 +262,8 @@ def read_slide_region(location: dict[str, Any], cache: SlideCache | None = None)
         cache: slide cache (default: the process-wide :data:`SLIDES`).
 
     Returns:
-        (h, w, 3) uint8 RGB; transparent slide background (alpha 0 outside scanned areas) becomes white.
+        (h, w, 3) uint8 RGB (a :class:`SlidePatch` carrying ``location``); transparent slide background (alpha 0
+        outside scanned areas) becomes white.
 
     Raises:
         DataError: unreadable slide, or a location outside the slide.
@@ -282,7 +283,20 @@ def read_slide_region(location: dict[str, Any], cache: SlideCache | None = None)
     out_size = location.get("out_size")
     if out_size is not None and patch_size(out_size) != (width, height):  # read at a level, resized to a given mpp
         region = region.resize(patch_size(out_size), Image.Resampling.BILINEAR)
-    return rgba_to_rgb(np.asarray(region))
+    pixels = rgba_to_rgb(np.asarray(region)).view(SlidePatch)
+    pixels.location = dict(location)
+    return pixels
+
+
+class SlidePatch(np.ndarray):
+    """(h, w, 3) uint8 pixels read from a slide that carry ``location``, the dict they were read from, so that a
+    per-slide transform (stain normalisation fitted on the slide, :mod:`probmcl_med.data.stain`) knows their slide.
+    Anything else sees a plain array (``np.asarray`` drops the subclass)."""
+
+    location: dict[str, Any] | None = None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.location = getattr(obj, "location", None)
 
 
 def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:

@@ -109,7 +109,7 @@ class Session:
         mean, std = self.encoder.normalization
         self.normalization = resolve_normalization(d.normalization, mean, std, dataset=self.train_ds)
         # fitted once here; the same reference goes into model.pt for evaluate and predict
-        self.stain = fit_reference(d.stain_normalize).to_dict() if d.stain_normalize else None
+        self.stain = fit_reference(d.stain_normalize, method=d.stain_method).to_dict() if d.stain_normalize else None
         self.input_mpp = input_mpp(d.name, d.options, d.image_size, d.mpp)
 
     @property

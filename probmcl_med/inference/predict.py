@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from probmcl_med.bundle import ModelBundle
+from probmcl_med.data.stain import StainNormalized, fit_locations
 from probmcl_med.data.tiling import SlideGrid, tile_slide
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import CheckpointError, DataError
@@ -274,7 +275,9 @@ def predict_slide(
             f"fraction {tissue_threshold:g} (tissue covers {grid.tissue.mask.mean():.1%} of the thumbnail); lower "
             "--tissue-threshold or the --patch-size"
         )
-    dataset = ItemDataset(grid.items(), eval_transform(bundle), skip_bad=skip_bad)
+    transform = eval_transform(bundle)
+    info["stain"] = fit_slide_stain(transform, grid)
+    dataset = ItemDataset(grid.items(), transform, skip_bad=skip_bad)
     loader = make_loader(dataset, batch_size, workers, dev)
     out = run_bundle(
         bundle, loader, dev, uncertainty=uncertainty, progress=progress, description="slide patches", allow_empty=True
@@ -293,6 +296,22 @@ def predict_slide(
         row["tissue_fraction"] = round(float(row["tissue_fraction"]), 4)
     info.update(status="predicted", patches_on_tissue=len(grid.locations))
     return Predictions("slide", ids, out.probs, thresholds, names, out.pi, out.var, info, skipped)
+
+
+def fit_slide_stain(transform: Any, grid: SlideGrid) -> dict[str, Any] | None:
+    """Fit the slide's stain statistics once on its grid's tissue patches and give them to the transform's stain
+    step (:class:`~probmcl_med.data.stain.StainNormalized`); what meta.json records, or None without normalisation."""
+    for step in getattr(transform, "transforms", []):
+        if isinstance(step, StainNormalized):
+            locations = [{**loc, "path": grid.path} for loc in grid.locations]
+            source, used = fit_locations(locations, step.reference)
+            step.sources[grid.path] = (source, used)
+            return {
+                "method": step.reference.method,
+                "fitted_on": f"{used} tissue patches spread over the slide" if source is not None else "each patch",
+                "source": None if source is None else [np.asarray(v).tolist() for v in source],
+            }
+    return None
 
 
 NO_TISSUE = "no tissue found"
