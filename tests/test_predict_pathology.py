@@ -66,8 +66,11 @@ def test_slide_at_the_models_mpp_with_qupath_geojson(tmp_path, capsys):
         assert shape(feature["geometry"]).bounds == (x, y, x + 128, y + 128)  # level-0 pixels
         measured = feature["properties"]["measurements"]
         assert [measured[f"p({c})"] for c in CLASSES] == pytest.approx([float(v) for v in row[5:8]], rel=1e-6)
-        expected_class = row[8].replace("|", ": ")
+        probs_row = [float(v) for v in row[5:8]]
+        called = [c for c in row[8].split("|") if c]  # one classification: the most probable called class
+        expected_class = max(called, key=lambda c: probs_row[CLASSES.index(c)]) if called else ""
         assert feature["properties"].get("classification", {}).get("name", "") == expected_class
+        assert ": " not in expected_class and feature["properties"]["predicted"] == called
     SLIDES.clear()
 
 
