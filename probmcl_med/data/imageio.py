@@ -200,6 +200,9 @@ SLIDES = SlideCache()
 def open_slide(path: str | Path) -> Any:
     """Open a whole-slide image with OpenSlide (uncached; most code should go through :data:`SLIDES`).
 
+    A TIFF that OpenSlide rejects (untiled) or reads with fewer levels than tifffile finds (a SubIFD or OME-TIFF
+    pyramid) is read through tifffile instead (:class:`~probmcl_med.data.plaintiff.PlainTiff`, every level).
+
     Raises:
         DataError: the file is missing, or OpenSlide cannot read it (unsupported format, corrupt file).
     """
@@ -207,7 +210,7 @@ def open_slide(path: str | Path) -> Any:
     if not path.is_file():
         raise DataError(f"slide {path} does not exist; check dataset.root and the slide paths in the manifest")
     try:
-        return openslide.OpenSlide(str(path))
+        slide = openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError:
         if path.suffix.lower() in (".tif", ".tiff"):  # a plain (untiled or single-level) TIFF: read piecewise
             from probmcl_med.data.plaintiff import PlainTiff
@@ -219,6 +222,22 @@ def open_slide(path: str | Path) -> Any:
         ) from None
     except openslide.OpenSlideError as exc:
         raise DataError(f"slide {path} cannot be read by OpenSlide ({exc}); the file may be corrupt") from None
+    if path.suffix.lower() in (".tif", ".tiff") and tiff_levels(path) > slide.level_count:
+        # a SubIFD or OME-TIFF pyramid: OpenSlide sees its level 0 only, tifffile every level
+        from probmcl_med.data.plaintiff import PlainTiff
+
+        slide.close()
+        return PlainTiff(path)
+    return slide
+
+
+def tiff_levels(path: str | Path) -> int:
+    """Levels of the pyramid in a TIFF's first series as tifffile reads it (SubIFDs, OME-TIFF); 0 if unreadable."""
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            return len(tif.series[0].levels)
+    except Exception:  # not a TIFF tifffile parses
+        return 0
 
 
 def slide_location_check(slide: Any, path: str | Path, x: int, y: int, level: int, width: int, height: int) -> None:

@@ -48,6 +48,7 @@ _MPP_ORIGINS = (
     ("aperio.MPP", "aperio.MPP"),
     ("hamamatsu.XResolution", "hamamatsu.XResolution"),
     ("dicom.PixelSpacing", "DICOM PixelSpacing"),
+    ("ome.PhysicalSizeX", "the OME-XML PhysicalSizeX"),
     ("tiff.XResolution", "the TIFF resolution tag"),
 )
 
@@ -155,9 +156,6 @@ def plan_mpp(slide: Any, path: str | Path, mpp: float, size: int, slide_mpp_over
     """
     if not float(mpp) > 0:
         raise DataError(f"slide {path}: mpp {mpp} must be a positive number of microns per pixel")
-    lo, hi = PLAUSIBLE_MPP
-    if not lo <= float(mpp) <= hi:
-        raise DataError(f"slide {path}: patches at {mpp:g} um/px requested; give an --mpp within {lo:g}-{hi:g} um/px")
     base, source = level0_mpp(slide, path, slide_mpp_override)
     level = 0
     for k, ds in enumerate(slide.level_downsamples):

@@ -89,15 +89,31 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return hsv(rgb)[1]
 
 
+INK_RULES = ("green_ink", "blue_ink", "black_ink")
+
+BAND_ROWS = 128
+"""Rows of the thumbnail converted to HSV at once (the float temporaries stay a few MB whatever its size)."""
+
+
 def ink_masks(rgb: np.ndarray) -> dict[str, np.ndarray]:
     """(H, W) bool masks of the green, blue and black ink (and dark debris) rules of the module docstring."""
-    hue, sat, value = hsv(rgb)
-    coloured = sat > 0.15  # a hue is meaningful only on a coloured pixel
-    return {
-        "green_ink": coloured & (hue >= 60.0) & (hue < 185.0),
-        "blue_ink": (sat > BLUE_INK_SATURATION) & (hue >= 185.0) & (hue < 250.0),
-        "black_ink": (value < BLACK_VALUE) | ((value < DARK_VALUE) & (sat < DARK_GREY_SATURATION)),
-    }
+    return _pixel_rules(rgb)[1]
+
+
+def _pixel_rules(rgb: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(H, W) float32 saturation and the ink masks, computed in bands of :data:`BAND_ROWS` rows."""
+    h, w = rgb.shape[:2]
+    sat_out = np.empty((h, w), np.float32)
+    inks = {name: np.empty((h, w), bool) for name in INK_RULES}
+    for r0 in range(0, h, BAND_ROWS):
+        hue, sat, value = hsv(rgb[r0 : r0 + BAND_ROWS])
+        band = slice(r0, r0 + BAND_ROWS)
+        sat_out[band] = sat
+        coloured = sat > 0.15  # a hue is meaningful only on a coloured pixel
+        inks["green_ink"][band] = coloured & (hue >= 60.0) & (hue < 185.0)
+        inks["blue_ink"][band] = (sat > BLUE_INK_SATURATION) & (hue >= 185.0) & (hue < 250.0)
+        inks["black_ink"][band] = (value < BLACK_VALUE) | ((value < DARK_VALUE) & (sat < DARK_GREY_SATURATION))
+    return sat_out, inks
 
 
 @dataclass
@@ -147,8 +163,7 @@ def tissue_mask(rgb: np.ndarray, region: np.ndarray | None = None) -> TissueMask
         rgb: the thumbnail.
         region: optional (h, w) bool: only tissue inside it is kept (``predict --mask``).
     """
-    sat = saturation(rgb)
-    inks = ink_masks(rgb)
+    sat, inks = _pixel_rules(rgb)
     clean = ~np.logical_or.reduce(list(inks.values()))
     # the threshold is Otsu's of the pixels that are not ink: strokes of saturated marker do not move it
     threshold = max(otsu_threshold(sat[clean] if clean.any() else sat), MIN_SATURATION)
