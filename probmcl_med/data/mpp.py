@@ -82,7 +82,7 @@ def _check_plausible(value: float, path: str | Path, what: str) -> None:
     if not lo <= value <= hi:
         raise DataError(
             f"slide {path}: {what} is {value:.3g} um/px, outside the plausible {lo:g}-{hi:g} um/px (a unit slip?); "
-            "give the scan's real level-0 resolution with --slide-mpp (dataset.options.slide_mpp in training), e.g. "
+            "give the scan's real level-0 resolution with predict --slide-mpp (dataset.options.slide_mpp in training), e.g. "
             "0.25 for 40x or 0.5 for 20x"
         )
 
@@ -103,7 +103,7 @@ def level0_mpp(slide: Any, path: str | Path, override: float | None = None) -> t
                 f"slide {path}: the level-0 mpp {override} (predict --slide-mpp, dataset.options.slide_mpp) must be a "
                 "positive number of microns per pixel"
             )
-        _check_plausible(float(override), path, "--slide-mpp (dataset.options.slide_mpp)")
+        _check_plausible(float(override), path, "predict --slide-mpp (dataset.options.slide_mpp)")
         return float(override), "--slide-mpp"
     declared = declared_mpp(slide)
     if declared.value is None:

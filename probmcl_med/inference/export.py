@@ -104,7 +104,7 @@ def preprocessing_recipe(bundle: Any) -> dict[str, Any]:
             "round(patch_size * mpp / (m0 * d_L)) pixels at (x, y) in level-0 pixels, then resize it to patch_size "
             "with PIL bilinear (antialiased) before step 2; without an mpp, patch_size pixels of the level read",
             "grid": "x, y step by the patch's level-0 extent from 0; a patch is kept when its tissue fraction (a "
-            "thumbnail mask) reaches --tissue-threshold; predict's patches.csv lists every location it predicted",
+            "thumbnail mask) reaches predict --tissue-threshold; predict's patches.csv lists every location it predicted",
         },
         "stain": None,
     }
