@@ -142,6 +142,11 @@ def predict_command(
         raise UserError(
             f"--slide-mpp and --mask are for whole slides; {input_path} is {'a folder of images' if kind == 'folder' else 'an image'}"
         )
+    if kind == "slide" and mpp is not None:  # a resolution slip is refused before the model is loaded
+        from probmcl_med.data.imageio import SLIDES
+        from probmcl_med.data.mpp import level0_mpp
+
+        level0_mpp(SLIDES.get(str(input_path)), input_path, slide_mpp)
     path = resolve_bundle_path(checkpoint)
     dev = resolve_device(device)
     bundle = load_model_bundle(path, device=dev)

@@ -9,6 +9,7 @@ level still at least as fine as ``mpp`` and resized (:func:`plan_mpp`, :class:`M
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from probmcl_med.data.base import logger
 from probmcl_med.errors import ConfigError, DataError
+
+logger = logging.getLogger("probmcl_med.data")
 
 PLAUSIBLE_MPP = (0.05, 20.0)
 """Level-0 microns per pixel that a slide may declare: from a 200x oil objective (about 0.05) to a 0.5x overview
