@@ -142,7 +142,7 @@ def predict_command(
         raise UserError(
             f"--slide-mpp and --mask are for whole slides; {input_path} is {'a folder of images' if kind == 'folder' else 'an image'}"
         )
-    if kind == "slide" and mpp is not None:  # a resolution slip is refused before the model is loaded
+    if kind == "slide" and mpp is not None and level is None:  # a resolution slip: refused before the model loads
         from probmcl_med.data.imageio import SLIDES
         from probmcl_med.data.mpp import level0_mpp
 
