@@ -88,7 +88,9 @@ def test_slide_mpp_is_never_silently_ignored(tmp_path, run, capsys):
 
 
 def test_model_without_mpp_records_the_declared_resolution(tmp_path, run, capsys):
-    slide = write_pyramidal_tiff(tmp_path / "s.tif", np.full((512, 512, 3), 200, np.uint8), levels=2, mpp=0.499)
+    image = np.full((512, 512, 3), 240, np.uint8)
+    image[128:384, 128:384] = (200, 90, 160)  # tissue: a blank slide would be a 'no tissue' result
+    slide = write_pyramidal_tiff(tmp_path / "s.tif", image, levels=2, mpp=0.499)
     assert cli(["predict", str(slide), "-c", str(run), "-o", str(tmp_path / "out"), "--tissue-threshold", "0",
                 "--patch-size", "128", "--device", "cpu"]) == 0  # fmt: skip
     assert "the slide declares 0.499 um/px" in capsys.readouterr().out
