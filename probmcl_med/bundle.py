@@ -339,7 +339,7 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
     enc = data["encoder"]
     options = dict(enc.get("options") or {})
     try:
-        encoder = get_encoder(enc["name"], pretrained=False, weights=None, **options)
+        encoder = get_encoder(enc["name"], pretrained=False, weights=None, require_weights=False, **options)
         encoder.load_state_dict(enc["state_dict"], strict=True)
         head_spec = data["head"]
         head = LinearHead(int(head_spec["in_features"]), int(head_spec["num_classes"]))

@@ -397,7 +397,7 @@ class Session:
         encoder = self.encoder
         e = self.config.encoder
         if best.get("encoder") is not None:  # fine-tuned: the best epoch's encoder, not the current one
-            encoder = get_encoder(e.name, **dict(e.options))
+            encoder = get_encoder(e.name, require_weights=False, **dict(e.options))
             encoder.load_state_dict(best["encoder"])
         best_head = LinearHead(head.in_features, head.out_features)
         best_head.load_state_dict(best["head"])
