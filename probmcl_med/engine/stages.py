@@ -226,7 +226,7 @@ def train_classifier(session: Session, plan: HeadTraining, resume: Resume | None
         s.ctx.device,
         s.amp.autocast,
         frozen_encoder=frozen,
-        save_best=lambda best: s.write_bundle(head, best, plan.normalize_features),
+        save_best=lambda best: s.write_bundle(head, best, plan.normalize_features, feature_cache=cached),
         is_main=s.ctx.is_main,
         best=own.state.get("best") if own is not None else None,
     )

@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from probmcl_med.data.base import make_loader
 from probmcl_med.inference.feature_cache import CachedFeatures, FeatureCache, cache_key
 from probmcl_med.inference.loop import ProgressHook
 from probmcl_med.models.heads import Classifier
@@ -145,3 +146,29 @@ def cached_features(
         progress=progress,
         module=classifier,
     )
+
+
+def feature_batches(
+    bundle: Any,
+    dataset: Any,
+    batch_size: int,
+    device: torch.device,
+    workers: int = 0,
+    progress: ProgressHook | None = None,
+) -> Any:
+    """Batches of ``{"features", "label", "index"}`` for a saved model whose head trained on cached features
+    (``bundle.feature_cache``): read from the cache the training run filled (computed into it once on a miss, e.g. the
+    test split), under the model's own encoder, options and preprocessing. Scoring then runs the head alone.
+    """
+    bundle.to(device)
+    source = cached_features(
+        bundle.classifier(),
+        dataset,
+        encoder=EncoderIdentity(bundle.encoder_name, dict(bundle.encoder_options)),
+        preprocessing=Preprocessing(bundle.image_size, bundle.mean, bundle.std, bundle.stain_reference),
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        progress=progress,
+    )
+    return make_loader(source, batch_size)
