@@ -126,12 +126,12 @@ def run_job(job: dict) -> dict:
 
 
 def launch(job: dict, out: Path) -> None:
-    """Run one job in a subprocess unless it has finished or another launcher holds it (``flock`` on run/.lock)."""
+    """Run one job in a subprocess unless it has finished or another launcher holds it (``flock`` on run/.launcher.lock)."""
     run_dir = Path(job["run_dir"])
     if (run_dir / "result.json").is_file():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as lock:
+    with open(run_dir / ".launcher.lock", "a+") as lock:  # not .lock: the project's run lock
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

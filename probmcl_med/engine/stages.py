@@ -158,6 +158,7 @@ def _cached(s: Session, plan: HeadTraining, classifier: Classifier, dataset: Any
         workers=s.config.workers,
         autocast=s.amp.autocast,
         progress=ConsoleBar(s.console),
+        precision="float32" if s.amp.name == "off" else s.amp.name,
     )
 
 

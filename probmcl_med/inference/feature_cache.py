@@ -4,7 +4,8 @@ A frozen encoder (a pathology foundation model, ImageNet weights, a finished sta
 features in every epoch of every run that uses it, so the classifier stage can train its head on features computed
 once. The cache keeps them on disk, keyed by everything they depend on::
 
-    key = sha256({encoder: name, options, sha256 of its state (every tensor's bytes), what the head reads},
+    key = sha256({encoder: name, options, sha256 of its state (every tensor's bytes), what the head reads,
+                           the forward pass's precision (float32, or the bfloat16/float16 of training's AMP)},
                  {preprocessing: image size, mean, std, stain reference, sha256 of a probe image through the transform},
                  {dataset: sha256 of its sample list (each file's path, size and mtime; each array's bytes)})
 
@@ -135,7 +136,8 @@ class CacheKey:
     """What a dataset's cached features depend on (see the module docstring); ``digest`` names the folder.
 
     Attributes:
-        encoder: ``{name, options, state_sha256, reads}``: ``reads`` is ``unit-norm`` or ``raw`` features.
+        encoder: ``{name, options, state_sha256, reads, precision}``: ``reads`` is ``unit-norm`` or ``raw``
+            features, ``precision`` the dtype the forward pass ran in (``float32``, or AMP's ``bfloat16``/``float16``).
         preprocessing: ``{image_size, mean, std, stain_reference, transform_sha256}``.
         dataset: ``{samples_sha256, samples}`` (and ``source``, for people; not hashed).
     """
@@ -171,6 +173,7 @@ def cache_key(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
     stain_reference: Mapping[str, Any] | None,
+    precision: str = "float32",
 ) -> CacheKey:
     """The key of ``dataset``'s features under ``encoder`` with this preprocessing (``dataset.transform`` is probed)."""
     return CacheKey(
@@ -179,6 +182,7 @@ def cache_key(
             "options": dict(encoder_options),
             "state_sha256": state_sha256(encoder),
             "reads": "unit-norm" if normalize_features else "raw",
+            "precision": precision,
         },
         preprocessing={
             "image_size": int(image_size),

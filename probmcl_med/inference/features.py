@@ -104,6 +104,7 @@ def cached_features(
     autocast: Callable[[], AbstractContextManager[Any]] | None = None,
     progress: ProgressHook | None = None,
     root: Path | None = None,
+    precision: str = "float32",
 ) -> CachedFeatures:
     """The features the head reads (``classifier.embed``) for every sample of ``dataset``, from the disk cache.
 
@@ -118,6 +119,7 @@ def cached_features(
         autocast: the forward pass's AMP context, or None.
         progress: a progress hook for the build (nothing is computed on a cache hit).
         root: the cache folder (default ``$PROBMCL_MED_CACHE/features``).
+        precision: the dtype ``autocast`` runs the forward pass in (``float32`` without AMP): part of the key.
 
     Returns:
         A dataset of ``{"features": (H,), "label": (C,), "index"}`` over the readable samples, memory-mapped.
@@ -132,6 +134,7 @@ def cached_features(
         mean=preprocessing.mean,
         std=preprocessing.std,
         stain_reference=preprocessing.stain_reference,
+        precision=precision,
     )
     cache = FeatureCache(key, root)
     if cache.complete():
