@@ -240,3 +240,61 @@ def test_reading_a_large_cache_keeps_memory_flat(tmp_path) -> None:
     assert total == pytest.approx(n * (n - 1) / 2)
     assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
     assert os.path.getsize(tmp_path / "features.npy") > 80 * 10**6
+
+
+KILLED_BUILD = """
+import sys, time, torch
+sys.path.insert(0, {tests!r})
+from test_feature_cache import dataset_of, MEAN, STD
+from pathlib import Path
+from probmcl_med.inference.feature_cache import FeatureCache, cache_key
+from probmcl_med.models.encoders import get_encoder
+from probmcl_med.models.heads import Classifier, LinearHead
+torch.manual_seed(0)
+encoder = get_encoder("test_resnet")
+classifier = Classifier(encoder, LinearHead(encoder.num_features, 3))
+ds = dataset_of(sorted(Path({images!r}).glob("*.png")))
+key = cache_key(encoder=encoder, encoder_name="test_resnet", encoder_options={{}}, normalize_features=True,
+                dataset=ds, image_size=32, mean=MEAN, std=STD, stain_reference=None)
+def slow(x):
+    time.sleep(0.5)
+    return classifier.embed(x)
+FeatureCache(key, Path({root!r}), chunk=2).build(slow, ds, batch_size=1, device=torch.device("cpu"), module=classifier)
+"""
+
+
+@pytest.mark.slow  # a subprocess that imports torch: minutes on a busy 2-core machine; the raise-based twin above runs
+def test_a_build_killed_with_sigkill_resumes_from_its_last_complete_chunk(tmp_path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    write_images(tmp_path / "img", 12)
+    root = tmp_path / "cache"
+    script = KILLED_BUILD.format(tests=str(Path(__file__).parent), images=str(tmp_path / "img"), root=str(root))
+    process = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until at least two chunks are recorded, then kill -9 mid-chunk
+            progress = list(root.glob("*/progress.json"))
+            if progress and len(json.loads(progress[0].read_text())["done"]) >= 2:
+                break
+            assert process.poll() is None, "the build ended before it could be killed"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        process.kill()
+    torch.manual_seed(0)
+    encoder = Counting(get_encoder("test_resnet"))
+    classifier = Classifier(encoder, LinearHead(encoder.num_features, 3))
+    ds = dataset_of(sorted((tmp_path / "img").glob("*.png")))
+    key = cache_key(encoder=encoder.inner, encoder_name="test_resnet", encoder_options={}, normalize_features=True,
+                    dataset=ds, image_size=32, mean=MEAN, std=STD, stain_reference=None)  # fmt: skip
+    cache = FeatureCache(key, root, chunk=2)
+    done = cache.done_chunks()
+    assert 2 <= len(done) < 6
+    resumed = cache.build(classifier.embed, ds, batch_size=1, device=torch.device("cpu"), module=classifier)
+    assert encoder.images == 12 - 2 * len(done)  # only the chunks not recorded
+    np.testing.assert_allclose(np.stack([resumed[j]["features"].numpy() for j in range(12)]), direct(classifier, ds),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
