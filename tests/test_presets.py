@@ -55,7 +55,7 @@ def test_h_optimus_carries_its_own_normalisation() -> None:
     assert PRESETS["h_optimus_0"].normalization == ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
 
 
-@pytest.mark.parametrize("name", ["uni", "uni2_h", "virchow2", "h_optimus_0"])
+@pytest.mark.parametrize("name", ["uni", "uni2_h", "virchow2", "h_optimus_0", "gigapath"])
 def test_a_state_dict_saved_from_the_preset_loads_back_and_gives_the_documented_size(tmp_path, name: str) -> None:
     """One block of the real architecture (every other key as published): save, load by file, same features."""
     torch.manual_seed(0)
