@@ -103,7 +103,8 @@ def build_split_dataset(bundle: Any, split: str, checkpoint: Any = "checkpoint",
 @dataclass
 class SplitScores:
     """Model outputs on one split: ``scores`` (N, C) probabilities and ``targets`` (N, C) 0/1 labels; ``indices``
-    (N,) the dataset index of each row, ``dataset`` the split's dataset (with the eval transform)."""
+    (N,) the dataset index of each row, ``dataset`` the split's dataset (with the eval transform), ``logits`` (N, C)
+    the head's raw logits."""
 
     split: str
     scores: np.ndarray
@@ -112,6 +113,7 @@ class SplitScores:
     skipped: int = 0
     indices: np.ndarray | None = None
     dataset: Any = None
+    logits: np.ndarray | None = None
 
 
 def score_split(
@@ -133,7 +135,7 @@ def score_split(
     if out.targets is None or len(out.probs) == 0:
         raise DataError(f"dataset {dataset.source}: no readable sample in split {split!r}")
     skipped = len(dataset) - len(out.probs)
-    return SplitScores(split, out.probs, out.targets, str(dataset.source), skipped, out.indices, dataset)
+    return SplitScores(split, out.probs, out.targets, str(dataset.source), skipped, out.indices, dataset, out.logits)
 
 
 def parse_recall_target(text: str) -> float:

@@ -53,6 +53,7 @@ class BatchOutputs:
         features: (N, H) float32 CPU features the head read, when asked for.
         pi: (N, C) MDN weights, when an MDN was given.
         var: (N, C) MDN variances, when an MDN was given.
+        logits: (N, C) float64 raw logits of the head (before any calibration), what temperatures are fitted on.
     """
 
     probs: np.ndarray
@@ -61,6 +62,7 @@ class BatchOutputs:
     features: torch.Tensor | None = None
     pi: np.ndarray | None = None
     var: np.ndarray | None = None
+    logits: np.ndarray | None = None
 
 
 def mdn_uncertainty(mdn: nn.Module, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +153,7 @@ def predict_batches(
         DataError: every sample was unreadable and skipped (``skip_bad``), unless ``allow_empty``.
     """
     context = autocast or contextlib.nullcontext
-    probs, indices, targets, features, pis, variances = [], [], [], [], [], []
+    probs, raw, indices, targets, features, pis, variances = [], [], [], [], [], [], []
     offset = 0
     if progress is not None:
         progress.start(description, len(getattr(batches, "dataset", ())))
@@ -166,6 +168,7 @@ def predict_batches(
                     h = classifier.embed(batch["image"].to(device, non_blocking=True))
                 logits = classifier.head(h.to(classifier.head.weight.dtype)).float()
             probs.append(torch.sigmoid(logits).double().cpu().numpy())
+            raw.append(logits.double().cpu().numpy())
             n = h.shape[0]
             index = batch.get("index")
             indices.append(np.arange(offset, offset + n) if index is None else np.asarray(index, dtype=np.int64))
@@ -191,6 +194,7 @@ def predict_batches(
         features=torch.cat(features) if features else None,
         pi=_concat(pis),
         var=_concat(variances),
+        logits=_concat(raw) if raw else np.zeros((0, classifier.head.out_features)),
     )
 
 
