@@ -132,8 +132,9 @@ def predict_batches(
     progress: ProgressHook | None = None,
     description: str = "predicting",
     allow_empty: bool = False,
+    temperatures: Any = None,
 ) -> BatchOutputs:
-    """sigmoid(head(features)) for every batch, in eval mode under ``torch.no_grad`` on ``device``.
+    """sigmoid(head(features) / T) for every batch, in eval mode under ``torch.no_grad`` on ``device``.
 
     Args:
         classifier: encoder + head (the modes of its submodules are restored afterwards).
@@ -148,11 +149,14 @@ def predict_batches(
         description: what the progress bar says.
         allow_empty: return empty outputs when samples there were but none readable (the caller names them), instead
             of raising.
+        temperatures: (C,) per-class temperatures T of a calibration (:mod:`probmcl_med.calibration_file`): the
+            probabilities are ``sigmoid(logits / T)``; None: ``sigmoid(logits)``. ``logits`` stay raw either way.
 
     Raises:
         DataError: every sample was unreadable and skipped (``skip_bad``), unless ``allow_empty``.
     """
     context = autocast or contextlib.nullcontext
+    scale = None if temperatures is None else torch.as_tensor(np.asarray(temperatures, dtype=np.float64))
     probs, raw, indices, targets, features, pis, variances = [], [], [], [], [], [], []
     offset = 0
     if progress is not None:
@@ -167,8 +171,10 @@ def predict_batches(
                 else:
                     h = classifier.embed(batch["image"].to(device, non_blocking=True))
                 logits = classifier.head(h.to(classifier.head.weight.dtype)).float()
-            probs.append(torch.sigmoid(logits).double().cpu().numpy())
-            raw.append(logits.double().cpu().numpy())
+            raw_logits = logits.double().cpu()
+            calibrated = raw_logits if scale is None else raw_logits / scale
+            probs.append(torch.sigmoid(calibrated).numpy())
+            raw.append(raw_logits.numpy())
             n = h.shape[0]
             index = batch.get("index")
             indices.append(np.arange(offset, offset + n) if index is None else np.asarray(index, dtype=np.int64))
@@ -210,9 +216,15 @@ def run_bundle(
 ) -> BatchOutputs:
     """:func:`predict_batches` with a loaded bundle (moved to ``device``), adding the MDN's (pi, var) on request.
 
+    The one place where a model's calibration (``bundle.calibration``, from ``calibration.json``) is applied: every
+    probability that predict, explain and evaluate report passes through here.
+
     Raises:
-        CheckpointError: ``uncertainty`` asked for but the bundle has no MDN.
+        CheckpointError: ``uncertainty`` asked for but the bundle has no MDN, or a ``calibration.json`` that could not be
+            applied (stale, malformed: the message names the command that refits it).
     """
+    if bundle.calibration_problem is not None:
+        raise CheckpointError(bundle.calibration_problem)
     if uncertainty:
         require_mdn(bundle)
     bundle.to(device)
@@ -224,4 +236,5 @@ def run_bundle(
         progress=progress,
         description=description,
         allow_empty=allow_empty,
+        temperatures=None if bundle.calibration is None else bundle.calibration.temperatures,
     )
