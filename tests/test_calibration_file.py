@@ -126,7 +126,7 @@ def test_every_command_reports_calibrated_probabilities_and_names_the_file(
     assert "calibration.json" in json.loads((tmp_path / "pred" / "meta.json").read_text())["probabilities"]
     # evaluate: ECE of the evaluated split before and after, and the calibrated scores
     doc = _evaluate_json(["-c", str(run), "--split", "test"], capsys)
-    assert doc["calibration"]["per_class_ece_calibrated"] is not None
+    assert doc["temperature_scaling"]["per_class_ece_calibrated"] is not None
     assert "raw -> calibrated" in " ".join(doc["meta"])
     # explain: its JSON names the calibration and holds the calibrated probability
     assert cli(["explain", str(paths[0]), "-c", str(run), "--out", str(tmp_path / "cam")]) == 0

@@ -338,7 +338,7 @@ def evaluate_checkpoint(
         meta["ECE per class, raw -> calibrated"] = (
             f"worst {max(raw_ece):.1f} -> {max(cal_ece):.1f} %, mean {np.mean(raw_ece):.1f} -> {np.mean(cal_ece):.1f} %"
         )
-        metrics["calibration"] = {
+        metrics["temperature_scaling"] = {
             "per_class_ece_raw": raw_ece,
             "per_class_ece_calibrated": cal_ece,
             "fit": calibration_fit,

@@ -171,10 +171,9 @@ def predict_batches(
                 else:
                     h = classifier.embed(batch["image"].to(device, non_blocking=True))
                 logits = classifier.head(h.to(classifier.head.weight.dtype)).float()
-            raw_logits = logits.double().cpu()
-            calibrated = raw_logits if scale is None else raw_logits / scale
-            probs.append(torch.sigmoid(calibrated).numpy())
-            raw.append(raw_logits.numpy())
+            scaled = logits if scale is None else logits / scale.to(logits.device, torch.float32)
+            probs.append(torch.sigmoid(scaled).double().cpu().numpy())  # fp32 sigmoid, as without a calibration
+            raw.append(logits.double().cpu().numpy())
             n = h.shape[0]
             index = batch.get("index")
             indices.append(np.arange(offset, offset + n) if index is None else np.asarray(index, dtype=np.int64))
