@@ -164,11 +164,15 @@ def calibration_cells(record: dict) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------------------- report
-def report(out: Path, results: Path) -> str:
-    """Markdown tables of every finished run (results/tables.md) and the raw records (results/runs.json)."""
-    rows = load_runs(out, {**DECIDING, **CONFIRMING})
+def report(out: Path, results: Path, deciding_only: bool = False) -> str:
+    """Markdown tables of every finished run (results/tables.md) and the raw records (results/runs.json).
+
+    ``deciding_only``: the deciding sets alone (results/tables_deciding.md), what may be read before the decision.
+    """
+    chosen = dict(DECIDING) if deciding_only else {**DECIDING, **CONFIRMING}
+    rows = load_runs(out, chosen)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "runs.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (results / ("runs_deciding.json" if deciding_only else "runs.json")).write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
         "## Decision (deciding sets only)\n",
         decide(out, results),
@@ -179,7 +183,7 @@ def report(out: Path, results: Path) -> str:
         "| set | role | " + " | ".join(arms) + " | default within 1 std of best plain | default - plain-onecycle |"
     )
     lines.append("|---|---|" + "---:|" * len(arms) + "---|---:|")
-    for dataset in [*DECIDING, *CONFIRMING]:
+    for dataset in chosen:
         cells = [
             f"{mean_sd(list(test_maps(rows, dataset, a).values()))} ({len(test_maps(rows, dataset, a))})" for a in arms
         ]
@@ -189,7 +193,7 @@ def report(out: Path, results: Path) -> str:
         gap = f"{np.mean(list(d.values())) - np.mean(list(o.values())):+.1f}" if d and o else "-"
         role = "deciding" if dataset in DECIDING else "confirmation"
         lines.append(f"| {dataset} | {role} | " + " | ".join(cells) + f" | {ok} | {gap} |")
-    for dataset in [*DECIDING, *CONFIRMING]:
+    for dataset in chosen:
         block = [r for r in rows if r["dataset"] == dataset]
         if not block:
             continue
@@ -222,5 +226,5 @@ def report(out: Path, results: Path) -> str:
                  f"fitted on the run's own validation logits (probmcl_med.core.temperature). Bar: worst class <= "
                  f"{ECE_BAR:.0f} %.")  # fmt: skip
     text = "\n".join(lines) + "\n"
-    (results / "tables.md").write_text(text)
+    (results / ("tables_deciding.md" if deciding_only else "tables.md")).write_text(text)
     return text

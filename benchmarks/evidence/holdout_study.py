@@ -4,6 +4,7 @@
     python benchmarks/evidence/holdout_study.py --jobs 2             # resumable: rerun to finish; hours on 2 cores
     python benchmarks/evidence/holdout_study.py --decide             # the decision rule on the deciding sets only
     python benchmarks/evidence/holdout_study.py --report             # every table, from whatever has finished
+    python benchmarks/evidence/holdout_study.py --report --deciding-only   # the deciding sets' tables alone
     python benchmarks/evidence/holdout_study.py --quick              # smoke test: 1 seed, 1 epoch, small data
 
 The protocol, written before the first run, is in benchmarks/evidence/README.md ("Issue 20: a hold-out protocol").
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 1 epoch, 100/50/50 images")
     parser.add_argument("--report", action="store_true", help="only write the tables from finished runs")
     parser.add_argument("--decide", action="store_true", help="only apply the decision rule to the deciding sets")
+    parser.add_argument("--deciding-only", action="store_true", help="with --report: the deciding sets' tables alone")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.job:
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.decide or args.report:
         from holdout_report import decide, report
 
-        print(decide(out) if args.decide else report(out, results))
+        print(decide(out, results) if args.decide else report(out, results, args.deciding_only))
         return 0
     datasets = args.datasets.split(",")
     ctx = {
