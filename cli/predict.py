@@ -130,6 +130,7 @@ def predict_command(
     """
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
+    from probmcl_med.calibration_file import describe_probabilities
     from probmcl_med.devices import resolve_device
     from probmcl_med.inference.inputs import input_kind, list_images
     from probmcl_med.inference.loop import require_mdn
@@ -151,7 +152,10 @@ def predict_command(
     dev = resolve_device(device)
     bundle = load_model_bundle(path, device=dev)
     Console().print(
-        f"thresholds: {describe_thresholds(bundle, threshold)}", highlight=False, soft_wrap=True, markup=False
+        f"thresholds: {describe_thresholds(bundle, threshold)}\nprobabilities: {describe_probabilities(bundle.calibration)}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
     )
     if uncertainty:
         require_mdn(bundle, path)
@@ -182,7 +186,13 @@ def predict_command(
         else:
             paths = list_images(input_path) if kind == "folder" else [input_path]
             predictions = predict_images(bundle, paths, progress=progress, skip_bad=skip_bad, **options)
-    meta = {"checkpoint": str(path), "input": str(input_path), "encoder": bundle.encoder_name, "device": str(dev)}
+    meta = {
+        "checkpoint": str(path),
+        "input": str(input_path),
+        "encoder": bundle.encoder_name,
+        "device": str(dev),
+        "probabilities": describe_probabilities(bundle.calibration),
+    }
     write_predictions(out, predictions, meta)
     console = Console()
     if kind == "slide" and predictions.no_tissue:

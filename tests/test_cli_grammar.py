@@ -182,6 +182,8 @@ REACHED_BY: dict[str, object] = {
     "probmcl_med/inference/export.py": [("export",)],
     # a stale thresholds file: the commands that apply thresholds print the fix (info shows it as the file's state)
     "probmcl_med/operating_point.py": [("predict",), ("evaluate",), ("explain",)],
+    # a stale calibration, or thresholds tuned on another calibration: the same commands, the same fixes
+    "probmcl_med/calibration_file.py": [("predict",), ("evaluate",), ("explain",)],
     "probmcl_med/inference/inputs.py:__getitem__": [("predict",)],  # ItemDataset: predict's images and patches
     "probmcl_med/inference/inputs.py": [("predict",), ("evaluate",)],
     "probmcl_med/inference/loop.py": [("predict",)],

@@ -226,7 +226,7 @@ class RunConfig(_Section):
         "contrastive.epochs and classifier.epochs instead)",
     )
     lr_schedule: Literal["warmup-cosine", "onecycle", "cosine", "constant"] = Field(
-        "constant",
+        "warmup-cosine",
         description="learning rate over each stage, stepped per iteration: warmup-cosine (linear warm-up from 0 over "
         "5 % of the steps, then cosine to 0), onecycle (OneCycleLR, 20 % warm-up, the ASL training script's), cosine "
         "(cosine annealing from the lr to 0, no warm-up), constant",

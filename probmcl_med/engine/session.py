@@ -103,7 +103,13 @@ class Session:
         try:
             self.val_ds = build_dataset(d.name, d.root, d.val_split, d.options, d.skip_bad)
         except DataError as exc:  # a dataset without a validation split: keep the last epoch instead of the best
-            warnings.warn(f"no validation split ({exc}); the classifier keeps its last epoch", RuntimeWarning, 2)
+            warnings.warn(
+                f"no validation split ({exc}): no best epoch (the classifier keeps its last), no calibration and no "
+                "tuned thresholds (both are fitted on it); hold some rows out with a split column's 'valid' rows or, "
+                "without one, --set dataset.options.valid_fraction=0.1",
+                RuntimeWarning,
+                2,
+            )
         if self.val_ds is not None and list(self.val_ds.class_names) != self.class_names:
             raise ConfigError(f"dataset {d.name}: the {d.val_split} split has other classes than {d.train_split}")
         mean, std = self.encoder.normalization
