@@ -40,8 +40,8 @@ _EXPORTS = {
     "read_image": "probmcl_med.data.imageio",
     "read_pixels": "probmcl_med.data.imageio",
     "read_slide_region": "probmcl_med.data.imageio",
-    "SlideGrid": "probmcl_med.data.slides",
-    "tile_slide": "probmcl_med.data.slides",
+    "SlideGrid": "probmcl_med.data.tiling",
+    "tile_slide": "probmcl_med.data.tiling",
     "check_dataset": "probmcl_med.data.checks",
 }
 
