@@ -19,6 +19,8 @@ ran beside it.
 
     python benchmarks/bench_train_vs_plain.py                       # 4,000 demo mosaics, resnet18 at 64 px, 2 epochs
     python benchmarks/bench_train_vs_plain.py --rounds 2 --arm "no cache:--set dataset.cache_gb=0" --plain-threads 2,1
+    nice -n 15 python benchmarks/bench_train_vs_plain.py --images 500 --plain-threads 2,1 \
+        --arm "one thread:--set threads=1"                          # the README's table (a few minutes when idle)
 
 The data are the embedded demo's digit mosaics (64 x 64 PNGs), generated on first use under ``--data``.
 """
