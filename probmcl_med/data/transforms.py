@@ -87,8 +87,8 @@ class ResizeImaged(MapTransform):
             if img.shape[:2] == (self.size, self.size):
                 continue
             if img.dtype == np.uint8:
-                small = Image.fromarray(np.ascontiguousarray(img)).resize((self.size, self.size), Image.Resampling.BILINEAR)
-                d[key] = np.asarray(small)
+                pixels = Image.fromarray(np.ascontiguousarray(img))
+                d[key] = np.asarray(pixels.resize((self.size, self.size), Image.Resampling.BILINEAR))
             else:
                 chw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
                 resized = tvf.resize(chw, [self.size, self.size], antialias=True)
