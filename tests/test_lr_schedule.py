@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from probmcl_med.engine.stages import lr_scheduler
+from probmcl_med.engine.schedule import lr_scheduler
 
 STEPS = 20
 

@@ -20,7 +20,7 @@ from probmcl_med.bundle import ModelBundle
 from probmcl_med.data.slides import tile_slide
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import CheckpointError, DataError
-from probmcl_med.inference.inputs import ItemDataset, eval_transform, make_loader
+from probmcl_med.inference.inputs import ItemDataset, eval_transform, prediction_batches
 from probmcl_med.inference.loop import ProgressHook, require_mdn, run_bundle
 from probmcl_med.operating_point import DEFAULT_THRESHOLD, THRESHOLDS_FILE
 
@@ -142,7 +142,7 @@ def predict_images(
     if not items:
         raise DataError("no images to predict")
     dataset = ItemDataset(items, eval_transform(bundle), skip_bad=skip_bad)
-    loader = make_loader(dataset, batch_size, workers, dev)
+    loader = prediction_batches(dataset, batch_size, workers, dev)
     # none readable: this function's message, naming the first error, not the loop's generic one
     out = run_bundle(bundle, loader, dev, uncertainty=uncertainty, progress=progress, allow_empty=True)
     done = set(out.indices.tolist())
@@ -222,7 +222,7 @@ def predict_slide(
             f"fraction {tissue_threshold:g}; lower --tissue-threshold or the --patch-size"
         )
     dataset = ItemDataset(grid.items(), eval_transform(bundle), skip_bad=skip_bad)
-    loader = make_loader(dataset, batch_size, workers, dev)
+    loader = prediction_batches(dataset, batch_size, workers, dev)
     out = run_bundle(
         bundle, loader, dev, uncertainty=uncertainty, progress=progress, description="slide patches", allow_empty=True
     )

@@ -1,4 +1,4 @@
-"""Encoders: any timm backbone as a module that returns pooled, L2-normalised features.
+"""Encoders: any timm backbone as a module that returns its pooled features.
 
 The contract every encoder meets (built-in or plugin, see the ENCODERS registry)::
 
@@ -6,8 +6,11 @@ The contract every encoder meets (built-in or plugin, see the ENCODERS registry)
     enc.num_features      # H, the width of the pooled feature (measured with a dummy forward, not trusted)
     enc.normalization     # ((mean_r, mean_g, mean_b), (std_r, std_g, std_b)) the weights expect
     enc.input_size        # (3, H, W) of the weights' pre-training
-    enc(x)                # (B, 3, H, W) -> (B, num_features), unit L2 norm per row, float32
-    enc.features(x)       # the same, not normalised (dtype of the backbone)
+    enc(x)                # (B, 3, H, W) -> (B, num_features) raw pooled features (the backbone's dtype)
+
+The features are raw: the models that need unit-norm features (the ProbMCL contrastive model, a head on unit-norm
+features) normalise them themselves (:mod:`probmcl_med.engine.contrastive`, :class:`~probmcl_med.models.heads.
+Classifier`).
 
 Names registered here: the paper's backbones (``tresnet_m`` for ADP, ``tresnet_l`` for MS-COCO), ``resnet18``,
 ``resnet50``, timm's tiny test models (``test_resnet``, ``test_efficientnet``, ``test_convnext3``) and torchvision
@@ -31,7 +34,6 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 import torchvision
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
@@ -50,19 +52,17 @@ STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", 
 
 
 class TimmEncoder(nn.Module):
-    """A timm backbone without its classifier: pooled features, L2-normalised by default.
+    """A timm backbone without its classifier: ``forward(x)`` returns its pooled features.
 
     Args:
         model: a timm model created with ``num_classes=0`` (its forward returns pooled features).
         name: the timm model name (stored in checkpoints).
-        normalize: return unit-norm features from :meth:`forward` (the ProbMCL encoder output h(x), math.md s.1).
     """
 
-    def __init__(self, model: nn.Module, name: str, normalize: bool = True) -> None:
+    def __init__(self, model: nn.Module, name: str) -> None:
         super().__init__()
         self.model = model
         self.name = name
-        self.normalize = normalize
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
         std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
@@ -71,14 +71,9 @@ class TimmEncoder(nn.Module):
         self.classifier_name: str | None = cfg.get("classifier")
         self.num_features = measure_num_features(model, self.input_size)
 
-    def features(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         """Pooled features, not normalised: (B, 3, H, W) -> (B, num_features)."""
         return self.model(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, num_features) in float32; unit L2 norm per row when ``normalize``."""
-        h = self.features(x).float()
-        return F.normalize(h, dim=1) if self.normalize else h
 
 
 @contextlib.contextmanager
@@ -144,9 +139,8 @@ def create_timm_encoder(name: str, pretrained: bool = False, **options: Any) -> 
     Args:
         name: any name timm knows (``timm.list_models()``).
         pretrained: download timm's weights (fails at once when offline, see :func:`_check_hub_reachable`).
-        **options: keyword arguments for ``timm.create_model`` (e.g. ``drop_path_rate``); ``normalize`` is ours.
+        **options: keyword arguments for ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
-    normalize = bool(options.pop("normalize", True))
     options.pop("num_classes", None)
     if pretrained:
         _check_hub_reachable(name)
@@ -162,7 +156,7 @@ def create_timm_encoder(name: str, pretrained: bool = False, **options: Any) -> 
             f"encoder {name!r}: timm could not load its pretrained weights ({first}); set encoder.weights to a local "
             f"file instead"
         ) from None
-    return TimmEncoder(model, name, normalize=normalize)
+    return TimmEncoder(model, name)
 
 
 def _named_factory(name: str, create: Any, doc: str) -> Any:
@@ -177,7 +171,7 @@ def _named_factory(name: str, create: Any, doc: str) -> Any:
 
 
 def _timm_factory(name: str) -> Any:
-    return _named_factory(name, create_timm_encoder, f"timm {name} backbone, pooled L2-normalised features.")
+    return _named_factory(name, create_timm_encoder, f"timm {name} backbone, pooled features.")
 
 
 BUILTIN_TIMM = ("tresnet_m", "tresnet_l", "resnet18", "resnet50", "test_resnet", "test_efficientnet", "test_convnext3")
@@ -197,12 +191,11 @@ def create_torchvision_encoder(name: str, pretrained: bool = False, **options: A
     Args:
         name: a key of :data:`TORCHVISION_ARCHS`.
         pretrained: refused (torchvision would download); set ``encoder.weights`` to a local file instead.
-        **options: keyword arguments for the torchvision builder; ``normalize`` is ours.
+        **options: keyword arguments for the torchvision builder.
 
     The module is wrapped as a :class:`TimmEncoder` (same contract: ``num_features`` measured, ImageNet mean/std,
-    unit-norm ``forward``); :func:`load_weights` loads into the torchvision model, so its keys are torchvision's.
+    pooled features from ``forward``); :func:`load_weights` loads into the torchvision model, so its keys are torchvision's.
     """
-    normalize = bool(options.pop("normalize", True))
     options.pop("num_classes", None)
     if pretrained:
         raise ConfigError(
@@ -216,13 +209,13 @@ def create_torchvision_encoder(name: str, pretrained: bool = False, **options: A
     for attr in ("classifier", "fc"):
         if isinstance(getattr(model, attr, None), nn.Module):
             setattr(model, attr, nn.Identity())
-    encoder = TimmEncoder(model, name, normalize=normalize)
+    encoder = TimmEncoder(model, name)
     encoder.classifier_name = "classifier" if hasattr(model, "classifier") else "fc"
     return encoder
 
 
 for _name, _arch in TORCHVISION_ARCHS.items():
-    _doc = f"torchvision {_arch}, pooled L2-normalised features (local weights only)."
+    _doc = f"torchvision {_arch}, pooled features (local weights only)."
     ENCODERS.register(
         _name, _named_factory(_name, create_torchvision_encoder, _doc), source="probmcl_med.models.encoders"
     )
@@ -295,6 +288,7 @@ def read_state_file(path: str | Path) -> Any:
             if_refused="if you trust its source, re-save only its tensors: "
             "torch.save(torch.load(f, weights_only=False)['state_dict'], 'weights.pt')",
             if_damaged="replace it, or set encoder.weights to another file",
+            path=path,
         ) from None
 
 
