@@ -15,6 +15,7 @@ their own, their entries snapshotted, and unregistered again, so the other test 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -138,11 +139,16 @@ LARGE_ENCODERS = {"tresnet_m", "tresnet_l", "resnet50", "tv_resnet50"}
     ids=_ids("encoders"),
 )
 def test_encoder_contract(name: str, factory: Any) -> None:
+    from probmcl_med.models.presets import PRESETS
+
     torch.manual_seed(0)
-    testing.check_encoder(factory, name=name, image_size=64)
+    size = 64
+    if name in PRESETS:  # a foundation model: one block of its architecture (a full ViT-g is minutes and GBs), 224 px
+        factory, size = functools.partial(factory, depth=1), 224
+    testing.check_encoder(factory, name=name, image_size=size)
     encoder = factory().eval()
     with torch.no_grad():
-        h = encoder(torch.randn(2, 3, 64, 64))
+        h = encoder(torch.randn(2, 3, size, size))
     assert h.shape == (2, encoder.num_features) and h.dtype == torch.float32 and torch.isfinite(h).all()
     mean, std = encoder.normalization
     assert len(mean) == len(std) == 3 and all(s > 0 for s in std)

@@ -20,7 +20,8 @@ from probmcl_med.engine.checkpoint import CheckpointManager, read_checkpoint
 ASL = ["mode=asl", "encoder.name=test_resnet", "dataset.name=demo", "dataset.image_size=16",
        "dataset.options={n_train: 16, n_valid: 8, n_test: 8}", "dataset.augment.num_ops=1",
        "classifier.batch_size=8", "classifier.lr=0.01", "checkpoint.every_n_iterations=1",
-       "checkpoint.keep_last=20", "deterministic=true", "workers=0", "amp=false", "seed=3"]  # fmt: skip
+       "checkpoint.keep_last=20", "deterministic=true", "workers=0", "amp=false", "seed=3",
+       "lr_schedule=constant"]  # fmt: skip
 """Two iterations per epoch; a checkpoint after every iteration."""
 
 

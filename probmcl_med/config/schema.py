@@ -46,10 +46,11 @@ class RunBase(Section):
     """The keys every mode reads: the data, the encoder, the schedule's shape, the machine and the run folder."""
 
     mode: str = Field("asl", description="the training mode (asl, two-stage, probe, joint)")
-    lr_schedule: Literal["onecycle", "cosine", "constant"] = Field(
-        "constant",
-        description="learning rate over each stage, stepped per iteration: onecycle (OneCycleLR, 20 % warm-up, the "
-        "ASL training script's), cosine (cosine annealing from the lr to 0, no warm-up), constant",
+    lr_schedule: Literal["warmup-cosine", "onecycle", "cosine", "constant"] = Field(
+        "warmup-cosine",
+        description="learning rate over each stage, stepped per iteration: warmup-cosine (linear warm-up from 0 over "
+        "5 % of the steps, then cosine to 0), onecycle (OneCycleLR, 20 % warm-up, the ASL training script's), cosine "
+        "(cosine annealing from the lr to 0, no warm-up), constant",
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of every random stream (torch takes up to 2**63 - 1)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")

@@ -97,8 +97,14 @@ class DatasetConfig(Section):
     )
     stain_normalize: str | None = Field(
         None,
-        description="Macenko stain normalisation to the stains of this H&E image or folder of images (fitted once; "
-        "the reference travels in model.pt, so evaluate and predict apply the same)",
+        description="stain normalisation to the stains of this H&E image or folder of images (fitted once; the "
+        "reference travels in model.pt, so evaluate and predict apply the same; slide patches are mapped with "
+        "statistics fitted once per slide, loose images with their own)",
+    )
+    stain_method: Literal["macenko", "reinhard"] = Field(
+        "macenko",
+        description="with stain_normalize: macenko (stain vectors and concentration maxima) or reinhard (L*a*b* "
+        "means and standard deviations)",
     )
 
     @field_validator("name")

@@ -25,7 +25,7 @@ from probmcl_med.engine.divergence import classifier_cause
 from probmcl_med.engine.steps import TrainStep
 from probmcl_med.engine.training import Carried, StageRun, model_states
 from probmcl_med.engine.validation import best_record, bundle_writer, validation_handlers
-from probmcl_med.inference.features import compute_features
+from probmcl_med.inference.features import ConsoleBar, EncoderIdentity, Preprocessing, cached_features
 from probmcl_med.models.heads import Classifier, LinearHead
 
 
@@ -137,7 +137,7 @@ class ClassifierStage:
             inputs.class_names,
             device,
             run.amp.autocast,
-            save=bundle_writer(inputs, run.session.out, head, carried.mdn, self.unit_norm),
+            save=bundle_writer(inputs, run.session.out, head, carried.mdn, self.unit_norm, feature_cache=cached),
             best=run.resume.state.get("best") if run.resume is not None else None,
             is_main=run.ctx.is_main,
         )
@@ -156,6 +156,23 @@ class ClassifierStage:
         )
         return Carried(mdn=carried.mdn, best=best_record(validation))
 
+    def cached(self, run: StageRun, classifier: Classifier, dataset: Any) -> Any:
+        """``dataset``'s frozen features from the disk cache (computed into it on a miss): the stage's one call of
+        the feature cache (:func:`probmcl_med.inference.features.cached_features`)."""
+        inputs, e = run.inputs, run.config.encoder
+        return cached_features(
+            classifier,
+            dataset,
+            encoder=EncoderIdentity(e.name, dict(e.options)),
+            preprocessing=Preprocessing(run.config.dataset.image_size, *inputs.mean_std, inputs.stain),
+            batch_size=self.head.batch_size,
+            device=run.ctx.device,
+            workers=run.config.workers,
+            autocast=run.amp.autocast,
+            progress=ConsoleBar(run.session.console),
+            precision="float32" if run.amp.name == "off" else run.amp.name,
+        )
+
     def sources(self, run: StageRun, classifier: Classifier, frozen: bool) -> tuple[Any, Any, bool]:
         """(training source, validation source or None, cached?): views of the datasets with this stage's
         transforms, or, with a frozen encoder and no augmentation, the features computed once."""
@@ -163,15 +180,9 @@ class ClassifierStage:
         plain = inputs.eval_transform()
         val = None if inputs.val_ds is None else inputs.view(inputs.val_ds, plain)
         if frozen and not self.augment:
-            batch, workers = self.head.batch_size, run.config.workers
-            train = cached_features(run, classifier, run.batches(inputs.view(inputs.train_ds, plain), batch, workers))
+            train = self.cached(run, classifier, inputs.view(inputs.train_ds, plain))
             if val is not None and run.ctx.is_main:
-                val = cached_features(run, classifier, run.batches(val, batch))
+                val = self.cached(run, classifier, val)
             return train, val, True
         train = inputs.view(inputs.train_ds, inputs.train_transform() if self.augment else plain)
         return train, val, False
-
-
-def cached_features(run: StageRun, classifier: Classifier, batches: Any) -> Any:
-    """The frozen encoder's features of a whole loader, computed once (the one place the stage caches them)."""
-    return compute_features(classifier, batches, run.ctx.device, run.amp.autocast)

@@ -109,8 +109,8 @@ def evaluation_step(
             empty = torch.zeros(0, int(classifier.head.out_features), dtype=torch.float64)
             return {"y_pred": empty, "y": empty}
         with eval_mode(classifier), torch.no_grad(), autocast():
-            probs, _ = forward_batch(classifier, batch, engine.state.device)
-        return {"y_pred": probs, "y": batch["label"]}
+            logits, _ = forward_batch(classifier, batch, engine.state.device)
+        return {"y_pred": torch.sigmoid(logits).double().cpu(), "y": batch["label"]}  # as predict_batches
 
     return step
 
@@ -207,7 +207,7 @@ def best_record(handlers: tuple[Any, ...]) -> dict[str, Any] | None:
 
 
 def bundle_writer(
-    inputs: RunInputs, out: Path, head: nn.Module, mdn: nn.Module | None, unit_norm: bool
+    inputs: RunInputs, out: Path, head: nn.Module, mdn: nn.Module | None, unit_norm: bool, feature_cache: bool = False
 ) -> Callable[[dict[str, Any]], Path]:
     """``save(best)``: ``RUN/model.pt`` from the current encoder and head (and the MDN the run trained), atomically.
 
@@ -217,6 +217,7 @@ def bundle_writer(
         head: the classifier's head.
         mdn: the mixture density network (kept for ``predict --uncertainty``), or None.
         unit_norm: the head reads unit-norm features (two-stage, probe, joint) or raw ones (asl).
+        feature_cache: the head trained on the frozen encoder's cached features (``evaluate`` reads them back).
     """
     config = inputs.config
     e = config.encoder
@@ -242,6 +243,7 @@ def bundle_writer(
             best_epoch=best.get("epoch"),
             mpp=inputs.input_mpp,
             stain_reference=inputs.stain,
+            feature_cache=feature_cache,
         )
 
     return save

@@ -54,6 +54,7 @@ class BatchOutputs:
         features: (N, H) float32 CPU features the head read, when asked for.
         pi: (N, C) MDN weights, when an MDN was given.
         var: (N, C) MDN variances, when an MDN was given.
+        logits: (N, C) float64 raw logits of the head (before any calibration), what temperatures are fitted on.
     """
 
     probs: np.ndarray
@@ -62,6 +63,7 @@ class BatchOutputs:
     features: torch.Tensor | None = None
     pi: np.ndarray | None = None
     var: np.ndarray | None = None
+    logits: np.ndarray | None = None
 
 
 def mdn_uncertainty(mdn: nn.Module, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,14 +124,13 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray | None:
 
 def forward_batch(classifier: Classifier, batch: dict[str, Any], device: torch.device) -> tuple[Any, Any]:
     """One batch through the model, in the caller's mode and context (eval, ``no_grad``, autocast): the (B, C)
-    float64 CPU probabilities ``sigmoid(head(h))`` and the (B, H) features ``h`` the head read (``batch["features"]``
-    when the batch carries cached features, else ``classifier.embed(batch["image"])``)."""
+    float32 logits ``head(h)`` and the (B, H) features ``h`` the head read (``batch["features"]`` when the batch
+    carries cached features, else ``classifier.embed(batch["image"])``)."""
     if "features" in batch:
         h = batch["features"].to(device, non_blocking=True)
     else:
         h = classifier.embed(batch["image"].to(device, non_blocking=True))
-    logits = classifier.head(h.to(classifier.head.weight.dtype)).float()
-    return torch.sigmoid(logits).double().cpu(), h
+    return classifier.head(h.to(classifier.head.weight.dtype)).float(), h
 
 
 def predict_batches(
@@ -143,8 +144,9 @@ def predict_batches(
     progress: ProgressHook | None = None,
     description: str = "predicting",
     allow_empty: bool = False,
+    temperatures: Any = None,
 ) -> BatchOutputs:
-    """sigmoid(head(features)) for every batch, in eval mode under ``torch.no_grad`` on ``device``.
+    """sigmoid(head(features) / T) for every batch, in eval mode under ``torch.no_grad`` on ``device``.
 
     Args:
         classifier: encoder + head (the modes of its submodules are restored afterwards).
@@ -159,12 +161,15 @@ def predict_batches(
         description: what the progress bar says.
         allow_empty: return empty outputs when samples there were but none readable (the caller names them), instead
             of raising.
+        temperatures: (C,) per-class temperatures T of a calibration (:mod:`probmcl_med.calibration_file`): the
+            probabilities are ``sigmoid(logits / T)``; None: ``sigmoid(logits)``. ``logits`` stay raw either way.
 
     Raises:
         DataError: every sample was unreadable and skipped (``skip_bad``), unless ``allow_empty``.
     """
     context = autocast or contextlib.nullcontext
-    probs, indices, targets, features, pis, variances = [], [], [], [], [], []
+    scale = None if temperatures is None else torch.as_tensor(np.asarray(temperatures, dtype=np.float64))
+    probs, raw, indices, targets, features, pis, variances = [], [], [], [], [], [], []
     offset = 0
     if progress is not None:
         progress.start(description, len(getattr(batches, "dataset", ())))
@@ -173,8 +178,10 @@ def predict_batches(
             if batch is None:
                 continue
             with context():
-                probability, h = forward_batch(classifier, batch, device)
-            probs.append(probability.numpy())
+                logits, h = forward_batch(classifier, batch, device)
+            scaled = logits if scale is None else logits / scale.to(logits.device, torch.float32)
+            probs.append(torch.sigmoid(scaled).double().cpu().numpy())  # fp32 sigmoid, as without a calibration
+            raw.append(logits.double().cpu().numpy())
             n = h.shape[0]
             index = batch.get("index")
             indices.append(np.arange(offset, offset + n) if index is None else np.asarray(index, dtype=np.int64))
@@ -200,6 +207,7 @@ def predict_batches(
         features=torch.cat(features) if features else None,
         pi=_concat(pis),
         var=_concat(variances),
+        logits=_concat(raw) if raw else np.zeros((0, classifier.head.out_features)),
     )
 
 
@@ -215,9 +223,15 @@ def run_bundle(
 ) -> BatchOutputs:
     """:func:`predict_batches` with a loaded bundle (moved to ``device``), adding the MDN's (pi, var) on request.
 
+    The one place where a model's calibration (``bundle.calibration``, from ``calibration.json``) is applied: every
+    probability that predict, explain and evaluate report passes through here.
+
     Raises:
-        CheckpointError: ``uncertainty`` asked for but the bundle has no MDN.
+        CheckpointError: ``uncertainty`` asked for but the bundle has no MDN, or a ``calibration.json`` that could not be
+            applied (stale, malformed: the message names the command that refits it).
     """
+    if bundle.calibration_problem is not None:
+        raise CheckpointError(bundle.calibration_problem)
     if uncertainty:
         require_mdn(bundle)
     bundle.to(device)
@@ -229,4 +243,5 @@ def run_bundle(
         progress=progress,
         description=description,
         allow_empty=allow_empty,
+        temperatures=None if bundle.calibration is None else bundle.calibration.temperatures,
     )
