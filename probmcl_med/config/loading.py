@@ -229,8 +229,8 @@ def load_config(
             _pop(data, key)
         if dropped:
             warnings.warn(
-                f"--set mode={mode}: dropped the keys of mode {before} that mode {mode} does not read: "
-                f"{', '.join(dropped)}",
+                f"--set mode={mode}: dropped the keys of mode {before} that mode {mode} does not read, or reads with "
+                f"another meaning: {', '.join(dropped)}",
                 ConfigWarning,
                 stacklevel=2,
             )
