@@ -130,8 +130,9 @@ def test_workers_follow_the_data_unless_the_config_sets_them():
 def test_training_chooses_from_the_data(tmp_path):
     from test_inference import make_csv_dataset
 
-    from probmcl_med.config import load_config
+    from probmcl_med.config import load_config, with_epochs
     from probmcl_med.engine.distributed import setup_distributed
+    from probmcl_med.engine.inputs import RunInputs
     from probmcl_med.engine.session import Session
     from probmcl_med.threads import available_cores
 
@@ -147,10 +148,10 @@ def test_training_chooses_from_the_data(tmp_path):
         ([*base, "workers=1"], 1, 12),
         ([*base, "dataset.cache_gb=0"], 2, None),
     ):
-        session = Session(load_config(overrides=sets), setup_distributed("cpu"))
-        session.build_encoder()
-        session.build_data()
-        session.prepare_loading()
-        kept = session.loading["in_memory"]
-        assert session.workers == workers and (kept["images"] if kept else None) == in_memory
-        assert session.loading["threads"] == max(1, available_cores() - workers)
+        config = load_config(overrides=sets)
+        for given in (config, with_epochs(config, 3)):  # --epochs N, as train's command line gives it
+            session = Session(given, setup_distributed("cpu"))
+            session.prepare_loading(RunInputs.build(given, torch.device("cpu")))
+            kept = session.loading["in_memory"]
+            assert session.loading["workers"] == workers and (kept["images"] if kept else None) == in_memory
+            assert session.loading["threads"] == max(1, available_cores() - workers)

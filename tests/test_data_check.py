@@ -114,9 +114,10 @@ def _retag(root, splits):
 def test_an_empty_split_is_reported_as_training_treats_it(tmp_path):
     import warnings
 
+    import torch
+
     from probmcl_med.config import load_config
-    from probmcl_med.engine.distributed import setup_distributed
-    from probmcl_med.engine.session import Session
+    from probmcl_med.engine.inputs import RunInputs
 
     root, _ = _root(tmp_path)
     _retag(root, lambda i: "test" if i % 3 == 0 else "train")  # train and test rows only
@@ -128,12 +129,10 @@ def test_an_empty_split_is_reported_as_training_treats_it(tmp_path):
     assert "without validation" in by_split["valid"]["consequence"]
     # what training does with the same file: a warning, no validation set, and it goes on
     config = load_config(overrides=["dataset.name=csv", f"dataset.root={root}", "encoder.name=test_resnet"])
-    session = Session(config, setup_distributed("cpu"))
-    session.build_encoder()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        session.build_data()
-    assert session.val_ds is None and len(session.train_ds) == 20
+        inputs = RunInputs.build(config, torch.device("cpu"))
+    assert inputs.val_ds is None and len(inputs.train_ds) == 20
     said = [str(w.message) for w in caught if "no validation split" in str(w.message)]
     assert len(said) == 1 and "\n" not in said[0]
     for cost in ("no best epoch", "no calibration", "no tuned thresholds", "dataset.options.valid_fraction"):
@@ -154,8 +153,7 @@ def test_an_empty_training_split_is_an_error(tmp_path):
 def test_a_class_without_training_positives_fails_the_check_and_warns_in_train(tmp_path, caplog):
     """The only group holding class 'd' lands in valid: data check exits 1 naming it; train warns in one line."""
     from probmcl_med.config import load_config
-    from probmcl_med.engine.distributed import setup_distributed
-    from probmcl_med.engine.session import Session
+    from probmcl_med.engine import train
 
     root = tmp_path
     lines = ["image,a,b,c,d,patient"]
@@ -183,12 +181,11 @@ def test_a_class_without_training_positives_fails_the_check_and_warns_in_train(t
     table = CliRunner().invoke(_app(), ["data", "check", "-d", "csv", "-r", str(root), *options])
     assert table.exit_code == 1 and "no positive image in the train split" in " ".join(table.output.split())
 
+    run = ["dataset.image_size=16", "epochs=1", "device=cpu", f"output_dir={tmp_path / 'run'}"]
     config = load_config(
-        overrides=["dataset.name=csv", f"dataset.root={root}", "encoder.name=test_resnet", *options[1::2]]
+        overrides=["dataset.name=csv", f"dataset.root={root}", "encoder.name=test_resnet", *options[1::2], *run]
     )
-    session = Session(config, setup_distributed("cpu"))
-    session.build_encoder()
     with caplog.at_level("WARNING", logger="probmcl_med.data"):
-        session.build_data()
+        train(config)  # it warns and trains
     lines = [r.getMessage() for r in caplog.records if "no positive image" in r.getMessage()]
     assert len(lines) == 1 and "'d'" in lines[0] and "train split" in lines[0] and "\n" not in lines[0]
