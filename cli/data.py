@@ -16,6 +16,7 @@ from probmcl_med.config import load_config
 from probmcl_med.data.checks import check_dataset, group_leaks, missing_classes_message
 from probmcl_med.data.datasets import build_dataset
 from probmcl_med.errors import ConfigError, EmptySplit
+from probmcl_med.fileio import OVERWRITE_HELP
 
 CHECK_EPILOG = (
     "Examples: probmcl-med data check --dataset csv --root ~/my_patches;  "
@@ -202,6 +203,7 @@ def from_annotations(
     slide_mpp: Annotated[
         float | None, typer.Option("--slide-mpp", help="Level-0 mpp of slides that do not record it.")
     ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Turn QuPath's classified annotation polygons into a slides dataset (manifest.csv, annotations.json).
 
@@ -222,7 +224,7 @@ def from_annotations(
     ]
     settings = {"mpp": mpp, "patch_size": patch_size, "min_coverage": min_coverage, "derived": derived,
                 "annotations": [str(a) for a in files]}  # fmt: skip
-    write_annotation_dataset(out, done, settings)
+    write_annotation_dataset(out, done, settings, overwrite=overwrite)
     classes = sorted({name for d in done for row in d.rows for name in row["labels"]})
     Console().print(
         f"{sum(len(d.rows) for d in done)} labelled patches of {len(done)} slide(s), classes: "
