@@ -52,8 +52,13 @@ def print_predictions(predictions: Any, console: Console) -> None:
 
 
 def predict_command(
-    input_path: Annotated[
-        Path, typer.Argument(help="An image, a folder of images, or a whole slide (.svs, .tif, ...).")
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="An image, a folder of images, or a whole slide (.svs, .tif, ...); or a cohort of slides: several "
+            "slides, a folder of slides, a quoted glob ('scans/*.svs') or a manifest CSV (one slide per row).",
+            show_default=False,
+        ),
     ],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Run folder (or its model.pt).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (written whole or not at all).")],
@@ -101,6 +106,10 @@ def predict_command(
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
+    fail_fast: Annotated[
+        bool,
+        typer.Option("--fail-fast", help="Cohorts: stop at the first slide that fails (default: record it, go on)."),
+    ] = False,
     skip_bad: Annotated[
         bool,
         typer.Option(
@@ -118,15 +127,27 @@ def predict_command(
     """
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
+    from probmcl_med.cli.predict_cohort import predict_cohort_command
     from probmcl_med.devices import resolve_device
+    from probmcl_med.inference.cohort_inputs import is_cohort
     from probmcl_med.inference.inputs import input_kind, list_images
     from probmcl_med.inference.loop import require_mdn
-    from probmcl_med.inference.predict import describe_thresholds, predict_images, predict_slide
+    from probmcl_med.inference.predict import describe_thresholds, predict_images, predict_slide, read_mpp
     from probmcl_med.inference.writers import check_output_folder, write_predictions
 
-    check_output_folder(out)
     if mpp is not None and level is not None:
         raise UserError("give --mpp (patches at a resolution) or --level (patches in a level's pixels), not both")
+    if is_cohort(inputs, int(tile_above * 1e6)):
+        options = {"patch_size": patch_size, "level": level, "mpp": mpp, "slide_mpp": slide_mpp, "stride": stride,
+                   "tissue_threshold": tissue_threshold, "threshold": threshold, "batch_size": batch_size,
+                   "device": device, "workers": workers, "uncertainty": uncertainty, "skip_bad": skip_bad}  # fmt: skip
+        predict_cohort_command(inputs, checkpoint=checkpoint, out=out, fail_fast=fail_fast, tile_above=tile_above,
+                               options=options)  # fmt: skip
+        return
+    if fail_fast:
+        raise UserError("--fail-fast is for cohorts of slides (it stops at the first slide that fails); drop it")
+    (input_path,) = inputs
+    check_output_folder(out)
     kind = input_kind(input_path, large_pixels=int(tile_above * 1e6))
     path = resolve_bundle_path(checkpoint)
     dev = resolve_device(device)
@@ -146,13 +167,12 @@ def predict_command(
     err = Console(stderr=True)
     with RichProgress(err) as progress:
         if kind == "slide":
-            use_mpp = mpp if mpp is not None else (bundle.mpp if level is None else None)
             predictions = predict_slide(
                 bundle,
                 input_path,
                 patch_size=patch_size,
                 level=level or 0,
-                mpp=use_mpp,
+                mpp=read_mpp(bundle, mpp, level),
                 slide_mpp=slide_mpp,
                 tissue_threshold=tissue_threshold,
                 stride=stride,

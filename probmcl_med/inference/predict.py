@@ -105,6 +105,14 @@ def describe_thresholds(bundle: ModelBundle, threshold: float | None) -> str:
     return f"{DEFAULT_THRESHOLD:g} for every class (the default: no {THRESHOLDS_FILE} beside model.pt)"
 
 
+def read_mpp(bundle: ModelBundle, mpp: float | None, level: int | None) -> float | None:
+    """Microns per pixel that slide patches are read at: ``mpp`` (``--mpp``) when given, else the model's own
+    (``bundle.mpp``, None when model.pt records none) unless ``level`` (``--level``) asks for a level's pixels."""
+    if mpp is not None:
+        return float(mpp)
+    return bundle.mpp if level is None else None
+
+
 def predict_images(
     bundle: ModelBundle,
     paths: Sequence[str | Path],
