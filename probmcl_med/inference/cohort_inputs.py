@@ -17,11 +17,11 @@ a manifest CSV, or a folder that holds slides; one slide file alone keeps the on
 **Slide ids** name the output folder ``OUT/<id>/``. A manifest's ``id`` is used as given (letters, digits, ``.``,
 ``_``, ``-``; unique). Otherwise the id is the file's name without its extension, characters other than letters,
 digits, ``.``, ``_`` and ``-`` replaced by ``_``. Slides whose ids would be equal (compared ignoring case, as macOS
-and Windows file systems do), e.g. ``a/x.svs`` and ``b/x.svs``, are each prefixed with as many of their parent
-folders as it takes to tell them apart (``a__x``, ``b__x``); when even that does not (``x.svs`` and ``x.tif`` in one
-folder), the extension is kept (``x_svs``, ``x_tif``). An id therefore depends on the cohort it is in: a slide that
-gains a namesake in a later run gets a longer id there (its earlier outputs stay under the old one); a manifest's
-``id`` column pins ids.
+and Windows file systems do) get longer ids, step by step until they differ: the extension kept (``x.svs`` and
+``x.tif`` in one folder: ``x_svs``, ``x_tif``), then their parent folders prefixed, one more at each step
+(``a/x.svs`` and ``b/x.svs``: ``a__x``, ``b__x``). An id therefore depends on the cohort it is in: a slide that gains
+a namesake in a later run gets a longer id there (its earlier outputs stay under the old one); a manifest's ``id``
+column pins ids.
 """
 
 from __future__ import annotations
@@ -245,13 +245,14 @@ def safe_id(text: str) -> str:
 
 
 def _candidates(path: Path) -> list[str]:
-    """The ids a slide may take, from the shortest: its stem, then parents prepended, then with its extension, then
-    with a hash of its resolved path (always unique)."""
+    """The ids a slide may take, shortest first: its stem, then with its extension, then with one parent folder
+    more at each step (each without and with the extension), last with a hash of its resolved path (unique)."""
     parts = [p for p in _identity(path).split("/") if p][:-1]
-    names = [path.stem]
-    for k in range(1, len(parts) + 1):
-        names.append("__".join([*parts[-k:], path.stem]))
-    names.append("__".join([*parts, path.name]))
+    ext = path.suffix[1:]
+    names = []
+    for k in range(len(parts) + 1):
+        stem = "__".join([*parts[len(parts) - k :], path.stem])
+        names += [stem, f"{stem}_{ext}"] if ext else [stem]
     names.append(f"{path.stem}-{hashlib.sha256(_identity(path).encode()).hexdigest()[:12]}")
     return [safe_id(n) for n in names]
 
