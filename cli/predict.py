@@ -15,7 +15,9 @@ from probmcl_med.errors import UserError
 
 EXAMPLE = (
     "Examples: probmcl-med predict patches/ --checkpoint runs/adp --out preds/; "
-    "probmcl-med predict slide.svs --checkpoint runs/adp --out slide-preds/ --patch-size 224 --mpp 0.5"
+    "probmcl-med predict slide.svs --checkpoint runs/adp --out slide-preds/ --patch-size 224 --mpp 0.5; "
+    "probmcl-med predict slides/ --checkpoint runs/adp --out cohort/ (a cohort: also 'scans/*.svs' or manifest.csv; "
+    "under torchrun the slides are shared among the processes)"
 )
 
 UNCERTAINTY_HELP = (
@@ -124,6 +126,11 @@ def predict_command(
     in level-0 pixels, level, size in pixels of that level, tissue fraction, probabilities, labels),
     predictions.geojson (QuPath: File > Import objects), thumbnail.png, heatmaps/CLASS.png, meta.json (with the
     slide's mpp, the requested mpp and the level read).
+
+    Cohorts (several slides, a folder of slides, a quoted glob, a manifest CSV with a slide column and optional
+    slide_mpp, mask and id columns): each slide's outputs in OUT/<slide-id>/, then OUT/cohort.csv (a row per slide),
+    OUT/failed.csv and OUT/cohort.html. A rerun skips the slides done with the same model.pt and settings. Exit code
+    0 when every slide was predicted or had no tissue, 3 when some failed (listed in failed.csv).
     """
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
