@@ -42,6 +42,7 @@ from probmcl_med.bundle import load_model_bundle, save_model_bundle
 from probmcl_med.data.imageio import SLIDES
 from probmcl_med.data.slides import tile_slide
 from probmcl_med.devices import resolve_device
+from probmcl_med.inference import inputs
 from probmcl_med.inference.inputs import eval_transform
 from probmcl_med.inference.predict import predict_slide
 from probmcl_med.inference.writers import write_predictions
@@ -219,9 +220,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--side", type=int, default=12000, help="synthetic pyramid: level-0 width (height 3/4 of it)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads for both (0: predict's own choice, all cores for the bare)",
+    )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "probmcl-med" / "bench")
     parser.add_argument("--slides", nargs="+", default=["cmu", "synthetic"], choices=["cmu", "synthetic"])
     args = parser.parse_args()
+    if args.threads:  # predict sizes its threads per call (probmcl_med.threads); here both loops get the same count
+        inputs.configure_threads = lambda threads, workers: torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
     device = resolve_device(args.device)
     console = Console()

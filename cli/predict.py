@@ -107,7 +107,16 @@ def predict_command(
         typer.Option("--stride", min=1, help="Slides: grid step in pixels of --level (default: the patch size)."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="DataLoader worker processes reading the images or patches (default: none on the CPU; on a GPU one "
+            "per core of this process but one, at most 16).",
+            show_default=False,
+        ),
+    ] = None,
     fail_fast: Annotated[
         bool,
         typer.Option("--fail-fast", help="Cohorts: stop at the first slide that fails (default: record it, go on)."),

@@ -142,12 +142,19 @@ def _run(ctx: Any, plan: dict, bundle: Any, model_path: Path, out: Path, options
             "thresholds_source": thresholds, "rank": ctx.rank, "world_size": ctx.world_size}  # fmt: skip
     prefix = f"[rank {ctx.rank}] " if ctx.distributed else ""
 
+    lines = not err.is_terminal  # a log file (SLURM, nohup): a line per slide instead of the bars
+    finished = []
+
     with CohortProgress(err, len(mine), enabled=ctx.is_main) as progress:
 
         def report(result: SlideResult) -> None:
             progress.slide_done()
+            finished.append(result)
             if result.status == FAILED:
                 progress.print(f"{prefix}failed: {result.slide.id}: {result.reason}")
+            elif lines:
+                took = f" in {result.seconds:.1f} s" if result.status != DONE else ""
+                progress.print(f"{prefix}[{len(finished)}/{len(mine)}] {result.slide.id}: {result.status}{took}")
 
         results = predict_cohort(bundle, mine, out, options, plan["common"], meta, fail_fast=fail_fast,
                                  progress=progress, on_result=report)  # fmt: skip

@@ -141,3 +141,16 @@ def test_shards_cover_every_slide_once_in_order_and_balance_bytes(tmp_path, rank
     loads = [sum(sizes[int(s.id[1:])] for s in shard) for shard in shards]
     assert max(loads) <= greedy_makespan_bound(sizes, ranks) + 1e-9
     assert shard_slides(slides, 0, 1) == slides
+
+
+@pytest.mark.parametrize(("cores", "local", "expected"), [(16, "1", 15), (64, "1", 16), (16, "4", 3), (1, "1", 1)])
+def test_default_workers_feed_a_gpu_from_every_core_but_one(monkeypatch, cores, local, expected):
+    import torch
+
+    import probmcl_med.threads
+    from probmcl_med.inference.inputs import default_workers
+
+    monkeypatch.setattr(probmcl_med.threads, "available_cores", lambda: cores)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    assert default_workers(torch.device("cuda", 0)) == expected
+    assert default_workers(torch.device("cpu")) == 0

@@ -74,7 +74,7 @@ class SlideOptions:
     threshold: float | None = None
     batch_size: int = 32
     device: Any = "auto"
-    workers: int = 0
+    workers: int | None = None
     uncertainty: bool = False
     skip_bad: bool = False
 

@@ -24,7 +24,7 @@ from probmcl_med.data.imageio import IMAGE_SUFFIXES, image_files
 from probmcl_med.data.plaintiff import image_dimensions
 from probmcl_med.data.transforms import build_eval_transform
 from probmcl_med.errors import DataError
-from probmcl_med.threads import configure_threads
+from probmcl_med.threads import auto_threads, configure_threads
 
 LARGE_IMAGE_PIXELS = 25_000_000
 """A plain image above this many pixels (5000 x 5000) is predicted like a slide, tiled on tissue (``--tile-above``)."""
@@ -141,11 +141,26 @@ def eval_transform(bundle: ModelBundle) -> Callable[[dict[str, Any]], dict[str, 
     return build_eval_transform(bundle.image_size, bundle.mean, bundle.std, bundle.stain_reference)
 
 
-def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
-    """A deterministic (unshuffled) DataLoader over ``dataset`` (the data layer's collate drops skipped samples).
+MAX_DEFAULT_WORKERS = 16
+
+
+def default_workers(device: torch.device) -> int:
+    """Loader workers when none are asked for: 0 on the CPU, where the model needs the cores the readers would take;
+    on a GPU this process's share of the cores but one (at most :data:`MAX_DEFAULT_WORKERS`), because a GPU runs
+    the model far faster than one process reads and resizes patches (README, "Cohorts of slides": the arithmetic)."""
+    if device.type == "cpu":
+        return 0
+    return max(1, min(MAX_DEFAULT_WORKERS, auto_threads(0) - 1))
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int | None, device: torch.device) -> DataLoader:
+    """A deterministic (unshuffled) DataLoader over ``dataset`` (the data layer's collate drops skipped samples), with
+    ``workers`` loader processes (None: :func:`default_workers`).
 
     On the CPU it also sizes torch's threads to the cores the ``workers`` leave free (:mod:`probmcl_med.threads`).
     """
+    if workers is None:
+        workers = default_workers(device)
     if batch_size < 1:
         raise DataError(f"--batch-size {batch_size}: give a positive number of images per batch")
     if device.type == "cpu":
