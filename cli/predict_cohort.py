@@ -50,7 +50,8 @@ class CohortProgress(RichProgress):
 def _plan(inputs: list[Path], out: Path, model_path: Path, bundle: Any, options: Any, large_pixels: int) -> dict:
     """Rank 0's plan: every slide, the settings, which slides to predict, and what changed for those done before."""
     from probmcl_med.fileio import atomic_write_text, file_sha256
-    from probmcl_med.inference.cohort import (
+    from probmcl_med.inference.cohort_inputs import collect_slides
+    from probmcl_med.inference.cohort_state import (
         COHORT_MARKER,
         check_cohort_folder,
         common_settings,
@@ -58,7 +59,6 @@ def _plan(inputs: list[Path], out: Path, model_path: Path, bundle: Any, options:
         settings_change,
         slide_settings,
     )
-    from probmcl_med.inference.cohort_inputs import collect_slides
 
     slides = collect_slides(inputs, large_pixels)
     check_cohort_folder(out, slides)
@@ -94,7 +94,7 @@ def predict_cohort_command(
     """
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
     from probmcl_med.engine.distributed import broadcast_object, cleanup_distributed, setup_distributed
-    from probmcl_med.inference.cohort import SlideOptions
+    from probmcl_med.inference.cohort_state import SlideOptions
 
     ctx = setup_distributed(str(options["device"]), backend="gloo", timeout=COLLECTIVE_TIMEOUT)
     try:
@@ -118,8 +118,9 @@ def predict_cohort_command(
 def _run(ctx: Any, plan: dict, bundle: Any, model_path: Path, out: Path, options: Any, fail_fast: bool) -> None:
     """Predict this rank's share of the plan; on rank 0, once every rank is done, the summaries and the last line."""
     from probmcl_med.engine.distributed import all_gather_objects
-    from probmcl_med.inference.cohort import DONE, FAILED, SlideResult, predict_cohort, result_from_dict, shard_slides
+    from probmcl_med.inference.cohort import DONE, FAILED, SlideResult, predict_cohort, result_from_dict
     from probmcl_med.inference.cohort_report import COHORT_CSV, COHORT_HTML, FAILED_CSV, write_cohort_summary
+    from probmcl_med.inference.cohort_state import shard_slides
     from probmcl_med.inference.predict import describe_thresholds
 
     console, err = Console(), Console(stderr=True)

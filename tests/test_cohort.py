@@ -172,3 +172,39 @@ def test_torchrun_two_processes_write_the_cohort_csv_of_one(cohort, tmp_path, ca
     assert (two / "failed.csv").read_bytes() == (one / "failed.csv").read_bytes()
     for s in ("a", "b", "blank"):
         assert (two / s / "patches.csv").read_bytes() == (one / s / "patches.csv").read_bytes()
+
+
+def test_background_writer_writes_what_the_serial_path_writes_and_records_its_failures(cohort, tmp_path):
+    from probmcl_med.bundle import load_model_bundle
+    from probmcl_med.inference.cohort import FAILED, PREDICTED, predict_cohort
+    from probmcl_med.inference.cohort_inputs import collect_slides
+    from probmcl_med.inference.cohort_state import SlideOptions, common_settings
+
+    block_slide(cohort["slides"].parent / "more" / "c.tif", mpp=0.5, seed=8)
+    slides = collect_slides([cohort["slides"] / "a.tif", cohort["slides"].parent / "more" / "c.tif"])
+    bundle = load_model_bundle(cohort["run"] / "model.pt")
+    options = SlideOptions(device="cpu", workers=0)
+    common = common_settings(bundle, "0" * 64, options)
+    outs = {}
+    for background in (False, True):
+        out = outs[background] = tmp_path / f"bg{background}"
+        out.mkdir()
+        (out / "c").write_text("a file where slide c's folder goes: its write fails")
+        results = predict_cohort(bundle, slides, out, options, common, {}, background=background)
+        SLIDES.clear()
+        assert {r.slide.id: r.status for r in results} == {"a": PREDICTED, "c": FAILED}  # a is written while c runs
+        failed = next(r for r in results if r.status == FAILED)
+        assert "output path" in failed.reason and str(out / "c") in failed.reason
+        assert all(r.seconds > 0 for r in results if r.status == PREDICTED)
+    for file in ("patches.csv", "predictions.geojson", "cohort.json", "heatmaps/necrosis.png"):
+        serial, background = (json_or_text(outs[flag] / "a" / file) for flag in (False, True))
+        assert serial == background, file
+
+
+def json_or_text(path: Path):
+    """A file's bytes, or its JSON without the time it took (which differs from run to run)."""
+    if path.suffix != ".json":
+        return path.read_bytes()
+    data = json.loads(path.read_text())
+    data.pop("seconds", None)
+    return data

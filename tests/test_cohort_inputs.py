@@ -11,8 +11,8 @@ from cohort_common import block_slide
 from PIL import Image
 
 from probmcl_med.errors import DataError
-from probmcl_med.inference.cohort import shard_slides
 from probmcl_med.inference.cohort_inputs import CohortSlide, assign_ids, collect_slides, is_cohort, safe_id
+from probmcl_med.inference.cohort_state import shard_slides
 
 
 def touch(path: Path, size: int = 10) -> Path:

@@ -1,30 +1,31 @@
-"""Predicting a cohort of slides: one slide at a time, each written whole, resumable, shardable over processes.
+"""Predicting a cohort of slides: one slide at a time, each written whole, failures recorded, writing overlapped.
 
-``OUT`` holds :data:`COHORT_MARKER`, one folder per slide (``OUT/<slide-id>/``, exactly what the one-slide
-``predict`` writes, plus :data:`RECORD_FILE`) and the summaries (:mod:`probmcl_med.inference.cohort_report`).
+``OUT`` holds :data:`~probmcl_med.inference.cohort_state.COHORT_MARKER`, one folder per slide (``OUT/<slide-id>/``,
+exactly what the one-slide ``predict`` writes, plus
+:data:`~probmcl_med.inference.cohort_state.RECORD_FILE`) and the summaries
+(:mod:`probmcl_med.inference.cohort_report`); which slides are done and which rank predicts which is
+:mod:`probmcl_med.inference.cohort_state`.
 
 - **Written whole or not at all.** A slide's folder is built under a temporary name and renamed
-  (:func:`~probmcl_med.inference.writers.write_predictions`); its :data:`RECORD_FILE` is written inside it, last
-  but one, so a folder that has one is complete.
-- **Resumable.** The record holds the settings that decide the slide's outputs (:func:`slide_settings`: the
-  sha256 of ``model.pt``, the patch plan, the thresholds, the slide file's size and a hash of its first and last
-  64 KiB, the mask's sha256). A slide whose record holds the same settings is not predicted again; any difference
-  (another model, ``--mpp``, a rescanned file) predicts it again.
-- **Failures.** A slide that cannot be predicted (unreadable, no mpp, a resolution refused, a missing file) is a
-  :class:`SlideResult` with status ``failed`` and its one-line reason, and the next slide follows, unless
-  ``fail_fast``. A slide without tissue is a result (status ``no tissue``, empty outputs), not a failure.
-- **Shards.** :func:`shard_slides` splits the slides to predict over the ranks of a ``torchrun`` job: largest file
-  first, each to the rank with the fewest bytes so far (every rank computes the same split).
+  (:func:`~probmcl_med.inference.writers.write_predictions`), its record inside it.
+- **Failures.** A slide that cannot be predicted or written (unreadable, no mpp, a resolution refused, a missing
+  file) is a :class:`SlideResult` with status ``failed`` and its one-line reason, and the next slide follows, unless
+  ``fail_fast``. A full or read-only output disk stops the run. A slide without tissue is a result (status
+  ``no tissue``, empty outputs), not a failure.
+- **Writing overlapped.** On a GPU the folder of slide k (heat maps, GeoJSON, CSV: seconds of CPU work on a large
+  slide) is written by a background process while slide k+1 is predicted (:class:`SlideWriter`, at most one write
+  pending); on the CPU the model needs the cores, and slides are written in turn.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import inspect
 import json
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,48 +36,18 @@ from probmcl_med.bundle import ModelBundle
 from probmcl_med.data.imageio import SLIDES
 from probmcl_med.data.slides import level0_mpp, tile_slide
 from probmcl_med.errors import DataError, UserError, one_line_message
-from probmcl_med.fileio import check_replaceable_folder
 from probmcl_med.inference.cohort_inputs import CohortSlide
+from probmcl_med.inference.cohort_state import RECORD_FILE, SlideOptions, read_record, settings_change, slide_settings
 from probmcl_med.inference.loop import ProgressHook
 from probmcl_med.inference.predict import Predictions, decision_thresholds, predict_slide, read_mpp
-from probmcl_med.inference.writers import OUTPUT_MARKER, check_output_folder, write_predictions
-
-COHORT_MARKER = ".probmcl-med-cohort"
-"""File in every cohort output folder: such a folder may be written into again by a later cohort run."""
-
-RECORD_FILE = "cohort.json"
-"""Per slide folder: the slide's id, path, settings, summary and time (what ``cohort.csv`` is made of)."""
+from probmcl_med.inference.writers import write_predictions
 
 PREDICTED, NO_TISSUE, DONE, FAILED = "predicted", "no tissue", "done earlier", "failed"
 """A slide's status in this run."""
 
-FINGERPRINT_BYTES = 65536
-
 NO_TISSUE_MASK_FRACTION = 0.001
 """Interim "no tissue" rule (see :func:`predict_or_no_tissue`): below this tissue fraction of the thumbnail mask a
 slide without a single tissue patch has no tissue, above it the tissue threshold or patch size is the problem."""
-
-
-@dataclass(frozen=True)
-class SlideOptions:
-    """How every slide of the cohort is predicted (``predict``'s options; :func:`predict_slide`'s arguments).
-
-    ``mpp`` is the resolution asked for on the command line (None: the model's, unless ``level`` is given);
-    ``slide_mpp`` the level-0 resolution for slides whose manifest row gives none.
-    """
-
-    patch_size: int | None = None
-    level: int | None = None
-    mpp: float | None = None
-    slide_mpp: float | None = None
-    tissue_threshold: float = 0.5
-    stride: int | None = None
-    threshold: float | None = None
-    batch_size: int = 32
-    device: Any = "auto"
-    workers: int | None = None
-    uncertainty: bool = False
-    skip_bad: bool = False
 
 
 @dataclass
@@ -93,108 +64,6 @@ class SlideResult:
     def to_dict(self) -> dict[str, Any]:
         """A picklable summary (sent between ranks): the slide id, status, reason and seconds."""
         return {"id": self.slide.id, "status": self.status, "reason": self.reason, "seconds": self.seconds}
-
-
-def check_cohort_folder(out: Path, slides: Sequence[CohortSlide]) -> None:
-    """Refuse an ``OUT`` that holds anything but an earlier cohort (or nothing), and slide folders not ours.
-
-    Raises:
-        DataError: ``OUT`` is a file, a folder with files and no :data:`COHORT_MARKER`, or ``OUT/<id>`` is a file or
-            a folder that is not a prediction folder.
-    """
-    check_replaceable_folder(out, COHORT_MARKER, "cohort output", "--out")
-    for slide in slides:
-        check_output_folder(out / slide.id)
-
-
-def file_fingerprint(path: Path) -> str | None:
-    """sha256 of a file's size and its first and last :data:`FINGERPRINT_BYTES`, or None when it cannot be read.
-
-    A slide's identity for resuming: cheap on a multi-gigabyte file, unchanged by a copy (unlike a modification
-    time), changed by a rescan or another file under the same name.
-    """
-    try:
-        with path.open("rb") as handle:
-            size = path.stat().st_size
-            head = handle.read(FINGERPRINT_BYTES)
-            handle.seek(max(0, size - FINGERPRINT_BYTES))
-            tail = handle.read(FINGERPRINT_BYTES)
-    except OSError:
-        return None
-    return hashlib.sha256(str(size).encode() + b"\0" + head + b"\0" + tail).hexdigest()
-
-
-def common_settings(bundle: ModelBundle, model_sha256: str, options: SlideOptions) -> dict[str, Any]:
-    """The settings shared by every slide that decide its outputs (batch size, workers and device do not).
-
-    Raises:
-        What :func:`decision_thresholds` raises (a bad ``--threshold``, a stale thresholds.json).
-    """
-    return {
-        "model_sha256": model_sha256,
-        "patch_size": int(options.patch_size or bundle.image_size),
-        "level": options.level,
-        "mpp": read_mpp(bundle, options.mpp, options.level),
-        "tissue_threshold": float(options.tissue_threshold),
-        "stride": options.stride,
-        "thresholds": [float(t) for t in decision_thresholds(bundle, options.threshold)],
-        "uncertainty": bool(options.uncertainty),
-    }
-
-
-def slide_settings(common: dict[str, Any], slide: CohortSlide, options: SlideOptions) -> dict[str, Any]:
-    """``common`` plus what is the slide's own: its level-0 mpp override, its mask's and its file's fingerprints."""
-    mask = None
-    if slide.mask is not None:
-        mask = file_fingerprint(slide.mask) or str(slide.mask)
-    slide_mpp = slide.slide_mpp if slide.slide_mpp is not None else options.slide_mpp
-    return {**common, "slide_mpp": slide_mpp, "mask": mask, "slide_file": file_fingerprint(slide.path)}
-
-
-def read_record(folder: Path) -> dict[str, Any] | None:
-    """A slide folder's :data:`RECORD_FILE` when the folder is complete (marker, meta.json, record), else None."""
-    if not all((folder / name).is_file() for name in (OUTPUT_MARKER, "meta.json", RECORD_FILE)):
-        return None
-    try:
-        record = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def settings_change(record: dict[str, Any] | None, settings: dict[str, Any]) -> str | None:
-    """None when ``record`` was made with ``settings`` (the slide is done), else what differs, in words."""
-    if record is None:
-        return "not predicted yet"
-    before = record.get("settings") or {}
-    now = json.loads(json.dumps(settings))
-    changed = [k for k in now if before.get(k) != now[k]] + [k for k in before if k not in now]
-    if not changed:
-        return None
-    key = changed[0]
-    return f"{key} was {before.get(key)!r}, now {now.get(key)!r}" if key != "slide_file" else "the slide file changed"
-
-
-def shard_slides(slides: Sequence[CohortSlide], rank: int, world_size: int) -> list[CohortSlide]:
-    """Rank ``rank``'s share of ``slides``, in their original order.
-
-    Longest-processing-time-first on file sizes: slides sorted by size (largest first, ties by position), each given
-    to the rank with the fewest bytes so far (lowest rank on ties). Deterministic, so every rank computes the same
-    split without talking to the others.
-    """
-    sizes = []
-    for i, slide in enumerate(slides):
-        try:
-            sizes.append((slide.path.stat().st_size, i))
-        except OSError:
-            sizes.append((0, i))
-    load = [0] * world_size
-    owner = {}
-    for size, i in sorted(sizes, key=lambda t: (-t[0], t[1])):
-        r = min(range(world_size), key=lambda k: (load[k], k))
-        owner[i] = r
-        load[r] += max(size, 1)
-    return [s for i, s in enumerate(slides) if owner[i] == rank]
 
 
 def _accepts(function: Callable[..., Any], name: str) -> bool:
@@ -312,6 +181,19 @@ class _Named:
         self.hook.advance(count)
 
 
+@dataclass
+class SlideWrite:
+    """A slide's predictions on their way to ``folder``, with its record (:data:`RECORD_FILE`) and the wall-clock
+    time (``time.time()``) its prediction began."""
+
+    slide: CohortSlide
+    folder: Path
+    predictions: Predictions
+    meta: dict[str, Any]
+    record: dict[str, Any]
+    started: float
+
+
 def predict_cohort_slide(
     bundle: ModelBundle,
     slide: CohortSlide,
@@ -320,26 +202,79 @@ def predict_cohort_slide(
     settings: dict[str, Any],
     meta: dict[str, Any],
     progress: ProgressHook | None = None,
-) -> SlideResult:
-    """Predict one slide into ``out/<id>/`` (whole or not at all) with its :data:`RECORD_FILE`.
+) -> SlideWrite:
+    """Predict one slide: its predictions and record, ready for :func:`write_slide` into ``out/<id>/``.
 
     Raises:
-        DataError (and other UserErrors): the slide cannot be predicted; nothing is written.
+        DataError (and other UserErrors): the slide cannot be predicted.
     """
-    start = time.perf_counter()
+    started = time.time()
     hook = _Named(progress, slide.id) if progress is not None else None
     predictions = predict_or_no_tissue(bundle, slide, options, hook)
     slide_mpp = slide.slide_mpp if slide.slide_mpp is not None else options.slide_mpp
-    summary = slide_summary(predictions, slide, slide_mpp)
     record = {"id": slide.id, "path": str(slide.path), "source": slide.source, "extra": slide.extra,
-              "settings": settings, "thresholds_source": meta.get("thresholds_source"), "summary": summary}  # fmt: skip
+              "settings": settings, "thresholds_source": meta.get("thresholds_source"),
+              "summary": slide_summary(predictions, slide, slide_mpp)}  # fmt: skip
+    return SlideWrite(slide, out / slide.id, predictions, {**meta, "input": str(slide.path)}, record, started)
+
+
+def write_slide(job: SlideWrite) -> float:
+    """Write a slide's folder whole or not at all, its record inside; returns the seconds since its prediction began
+    (module level: the background writer's process runs it)."""
 
     def add_record(folder: Path) -> None:
-        record["seconds"] = round(time.perf_counter() - start, 3)
-        (folder / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        job.record["seconds"] = round(time.time() - job.started, 3)
+        (folder / RECORD_FILE).write_text(json.dumps(job.record, indent=2) + "\n", encoding="utf-8")
 
-    write_predictions(out / slide.id, predictions, {**meta, "input": str(slide.path)}, extra_files=add_record)
-    return SlideResult(slide, summary["status"], seconds=float(record["seconds"]))
+    write_predictions(job.folder, job.predictions, job.meta, extra_files=add_record)
+    return float(job.record["seconds"])
+
+
+Written = tuple[SlideWrite, "float | BaseException"]
+"""A finished write: the job and its seconds, or the exception it raised."""
+
+
+class SlideWriter:
+    """Writes slide folders one at a time, in this process or in one background process (``spawn``ed: a fork would
+    copy the parent's threads and CUDA state), so that slide k is written while slide k+1 is predicted.
+
+    :meth:`submit` hands over a job and returns the writes finished meanwhile (in this process: this one; in the
+    background: the previous one, waited for, so at most one is pending and memory stays bounded);
+    :meth:`drain` returns the last.
+    """
+
+    def __init__(self, background: bool) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context) if background else None
+        self._pending: tuple[SlideWrite, Future] | None = None
+
+    def submit(self, job: SlideWrite) -> list[Written]:
+        if self._pool is None:
+            return [_run(job)]
+        finished = self.drain()
+        self._pending = (job, self._pool.submit(write_slide, job))
+        return finished
+
+    def drain(self) -> list[Written]:
+        if self._pending is None:
+            return []
+        job, future = self._pending
+        self._pending = None
+        try:
+            return [(job, future.result())]
+        except Exception as exc:
+            return [(job, exc)]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run(job: SlideWrite) -> Written:
+    try:
+        return job, write_slide(job)
+    except Exception as exc:
+        return job, exc
 
 
 STOPPING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
@@ -357,62 +292,76 @@ def predict_cohort(
     fail_fast: bool = False,
     progress: ProgressHook | None = None,
     on_result: Callable[[SlideResult], None] | None = None,
+    background: bool | None = None,
 ) -> list[SlideResult]:
     """Predict ``slides`` one after another into ``out``, skipping those done earlier with the same settings.
 
     Args:
         bundle: the loaded model.
-        slides: this process's slides (:func:`shard_slides`).
-        out: the cohort folder (checked with :func:`check_cohort_folder` by the caller).
+        slides: this process's slides (:func:`~probmcl_med.inference.cohort_state.shard_slides`).
+        out: the cohort folder (checked with :func:`~probmcl_med.inference.cohort_state.check_cohort_folder`).
         options: how slides are predicted.
-        common: :func:`common_settings`.
+        common: :func:`~probmcl_med.inference.cohort_state.common_settings`.
         meta: entries for every slide's meta.json (checkpoint, encoder, device).
         fail_fast: raise a slide's error instead of recording it.
         progress: the patches' progress hook (each slide's pass is named by its id).
-        on_result: called with each slide's result as soon as it is known.
+        on_result: called with each slide's result as soon as it is known (written, failed or found done).
+        background: write each slide's folder in a background process while the next is predicted (None: on a GPU,
+            when there are two slides or more).
+
+    Returns:
+        One result per slide, in the order they became known.
 
     Raises:
         UserError: with ``fail_fast``, the first slide that fails (its message names the slide).
         OSError: the output disk is full or read-only (:data:`STOPPING_ERRNOS`).
     """
-    results = []
-    for slide in slides:
-        settings = slide_settings(common, slide, options)
-        if settings_change(read_record(out / slide.id), settings) is None:
-            result = SlideResult(slide, DONE)
-        else:
-            try:
-                result = predict_cohort_slide(bundle, slide, out, options, settings, meta, progress)
-            except Exception as exc:  # a slide's failure, whatever it is, is recorded and the run goes on
-                if fail_fast or (isinstance(exc, OSError) and exc.errno in STOPPING_ERRNOS):
-                    raise
-                result = SlideResult(slide, FAILED, reason=_reason(exc))
+    if background is None:
+        background = getattr(options.device, "type", str(options.device)) == "cuda" and len(slides) > 1
+    results: list[SlideResult] = []
+
+    def emit(result: SlideResult) -> None:
         results.append(result)
         if on_result is not None:
             on_result(result)
+
+    def written(done: list[Written]) -> None:
+        for job, outcome in done:
+            if isinstance(outcome, BaseException):
+                emit(_failure(job.slide, outcome, fail_fast))
+            else:
+                emit(SlideResult(job.slide, job.record["summary"]["status"], seconds=outcome))
+
+    writer = SlideWriter(background)
+    try:
+        for slide in slides:
+            settings = slide_settings(common, slide, options)
+            if settings_change(read_record(out / slide.id), settings) is None:
+                emit(SlideResult(slide, DONE))
+                continue
+            try:
+                job = predict_cohort_slide(bundle, slide, out, options, settings, meta, progress)
+            except Exception as exc:  # a slide's failure, whatever it is, is recorded and the run goes on
+                emit(_failure(slide, exc, fail_fast))
+                continue
+            written(writer.submit(job))
+        written(writer.drain())
+    finally:
+        writer.close()
     return results
 
 
-def _reason(exc: BaseException) -> str:
+def _failure(slide: CohortSlide, exc: BaseException, fail_fast: bool) -> SlideResult:
+    """The failed result of ``slide``; re-raises ``exc`` with ``fail_fast`` or when the output disk is unusable."""
+    if fail_fast or (isinstance(exc, OSError) and exc.errno in STOPPING_ERRNOS):
+        raise exc
     if isinstance(exc, (UserError, OSError)):
-        return one_line_message(exc)
-    return f"unexpected {type(exc).__name__}: {one_line_message(exc)} (rerun the slide alone with --debug)"
+        reason = one_line_message(exc)
+    else:
+        reason = f"unexpected {type(exc).__name__}: {one_line_message(exc)} (rerun the slide alone with --debug)"
+    return SlideResult(slide, FAILED, reason=reason)
 
 
 def result_from_dict(slide: CohortSlide, data: dict[str, Any]) -> SlideResult:
     """The :class:`SlideResult` of :meth:`SlideResult.to_dict` for ``slide``."""
     return SlideResult(slide, data["status"], data.get("reason", ""), float(data.get("seconds", 0.0)))
-
-
-__all__ = [
-    "COHORT_MARKER",
-    "RECORD_FILE",
-    "SlideOptions",
-    "SlideResult",
-    "check_cohort_folder",
-    "common_settings",
-    "file_fingerprint",
-    "predict_cohort",
-    "shard_slides",
-    "slide_settings",
-]

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from probmcl_med.fileio import atomic_write_text
-from probmcl_med.inference.cohort import FAILED, NO_TISSUE, SlideResult, read_record
+from probmcl_med.inference.cohort import FAILED, NO_TISSUE, SlideResult
 from probmcl_med.inference.cohort_inputs import CohortSlide
+from probmcl_med.inference.cohort_state import read_record
 from probmcl_med.inference.writers import safe_filename
 
 COHORT_CSV, FAILED_CSV, COHORT_HTML = "cohort.csv", "failed.csv", "cohort.html"
