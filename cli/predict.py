@@ -162,9 +162,9 @@ def predict_command(
         return
     if fail_fast:
         raise UserError("--fail-fast is for cohorts of slides (it stops at the first slide that fails); drop it")
-    (input_path,) = inputs
     check_output_folder(out)
-    kind = input_kind(input_path, large_pixels=int(tile_above * 1e6))
+    input_path = inputs[0]
+    kind = "images" if len(inputs) > 1 else input_kind(input_path, large_pixels=int(tile_above * 1e6))
     path = resolve_bundle_path(checkpoint)
     dev = resolve_device(device)
     bundle = load_model_bundle(path, device=dev)
@@ -197,9 +197,10 @@ def predict_command(
                 **options,
             )
         else:
-            paths = list_images(input_path) if kind == "folder" else [input_path]
+            paths = list_images(input_path) if kind == "folder" else list(inputs)
             predictions = predict_images(bundle, paths, progress=progress, skip_bad=skip_bad, **options)
-    meta = {"checkpoint": str(path), "input": str(input_path), "encoder": bundle.encoder_name, "device": str(dev)}
+    given = str(input_path) if len(inputs) == 1 else [str(p) for p in inputs]
+    meta = {"checkpoint": str(path), "input": given, "encoder": bundle.encoder_name, "device": str(dev)}
     write_predictions(out, predictions, meta)
     console = Console()
     if kind == "slide":

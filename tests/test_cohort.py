@@ -128,6 +128,18 @@ def image_tissue_is_the_block(image: np.ndarray) -> bool:
     return bool((coloured == expected).mean() > 0.99)
 
 
+def test_several_images_are_predicted_as_images_and_an_image_among_slides_fails(cohort, tmp_path, capsys):
+    from test_inference import write_images
+
+    a, b = write_images(tmp_path / "images", 2)
+    assert predict(cohort, tmp_path / "imgs", str(a), str(b)) == 0
+    assert [r["image"] for r in read_rows(tmp_path / "imgs" / "predictions.csv")] == [str(a), str(b)]
+    assert predict(cohort, tmp_path / "mixed", str(a), str(cohort["slides"] / "blank.tif")) == 3
+    (failed,) = read_rows(tmp_path / "mixed" / "failed.csv")
+    assert failed["reason"] == f"{a} is an image, not a slide; predict images in a run of their own"
+    capsys.readouterr()
+
+
 def test_fail_fast_stops_at_the_failed_slide_with_its_line(cohort, tmp_path, capsys):
     out = tmp_path / "out"
     nompp = cohort["slides"] / "nompp.tif"

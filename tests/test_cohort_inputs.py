@@ -56,6 +56,8 @@ def test_what_makes_a_cohort(tmp_path):
     assert is_cohort([slides]) and not is_cohort([images]) and not is_cohort([slides / "a.tif"])
     assert is_cohort([slides / "a.tif", slides / "a.tif"]) and is_cohort([tmp_path / "m.csv"])
     assert is_cohort([str(slides / "*.tif")]) and not is_cohort([images / "p.png"])
+    assert not is_cohort([images / "p.png", images / "p.png"])  # several images: predicted as images
+    assert is_cohort([images / "p.png", slides / "a.tif"])  # the image fails as a slide, with its reason
 
 
 def test_folders_globs_and_duplicates(tmp_path):

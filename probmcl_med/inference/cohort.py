@@ -33,17 +33,21 @@ from typing import Any
 import numpy as np
 
 from probmcl_med.bundle import ModelBundle
-from probmcl_med.data.imageio import SLIDES
+from probmcl_med.data.imageio import IMAGE_SUFFIXES, SLIDES
 from probmcl_med.data.slides import level0_mpp, tile_slide
 from probmcl_med.errors import DataError, UserError, one_line_message
 from probmcl_med.inference.cohort_inputs import CohortSlide
 from probmcl_med.inference.cohort_state import RECORD_FILE, SlideOptions, read_record, settings_change, slide_settings
+from probmcl_med.inference.inputs import is_slide
 from probmcl_med.inference.loop import ProgressHook
 from probmcl_med.inference.predict import Predictions, decision_thresholds, predict_slide, read_mpp
 from probmcl_med.inference.writers import write_predictions
 
 PREDICTED, NO_TISSUE, DONE, FAILED = "predicted", "no tissue", "done earlier", "failed"
 """A slide's status in this run."""
+
+IMAGE_ONLY_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in (".tif", ".tiff"))
+"""Extensions of images that are never slides (a TIFF may be either)."""
 
 NO_TISSUE_MASK_FRACTION = 0.001
 """Interim "no tissue" rule (see :func:`predict_or_no_tissue`): below this tissue fraction of the thumbnail mask a
@@ -109,6 +113,8 @@ def predict_or_no_tissue(
             )
         kwargs["mask"] = slide.mask
     size = int(options.patch_size or bundle.image_size)
+    if slide.path.suffix.lower() in IMAGE_ONLY_SUFFIXES and not is_slide(slide.path):
+        raise DataError(f"{slide.path} is an image, not a slide; predict images in a run of their own")
     try:
         return predict_slide(bundle, slide.path, **kwargs)
     except DataError as err:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from probmcl_med.data.csv_dataset import find_column, read_table, resolve_image_path
+from probmcl_med.data.imageio import IMAGE_SUFFIXES
 from probmcl_med.data.slides import SLIDE_COLUMNS
 from probmcl_med.errors import DataError
 from probmcl_med.inference.inputs import LARGE_IMAGE_PIXELS, input_kind, is_slide
@@ -90,22 +91,28 @@ def folder_slides(folder: Path, large_pixels: int = LARGE_IMAGE_PIXELS) -> tuple
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         if is_slide(path):
             slides.append(path)
-        elif path.suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"):
-            try:
-                kind = input_kind(path, large_pixels)
-            except DataError:  # a huge non-TIFF image: not a slide, and not ours to predict here
-                kind = "image"
-            if kind == "slide":
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            if _kind(path, large_pixels) == "slide":
                 slides.append(path)
             else:
                 images += 1
     return slides, images
 
 
+def _kind(path: Path, large_pixels: int) -> str:
+    try:
+        return input_kind(path, large_pixels)
+    except DataError:  # a huge non-TIFF image: an image, refused as such when it is predicted
+        return "image"
+
+
 def is_cohort(inputs: Sequence[str | Path], large_pixels: int = LARGE_IMAGE_PIXELS) -> bool:
-    """Whether ``predict`` runs over a cohort: several inputs, a glob, a manifest, or a folder that holds slides."""
-    if len(inputs) != 1:
-        return len(inputs) > 1
+    """Whether ``predict`` runs over a cohort: several inputs (unless all are image files), a glob, a manifest, or a
+    folder that holds slides."""
+    if len(inputs) > 1:
+        return not all(Path(p).is_file() and _kind(Path(p), large_pixels) == "image" for p in inputs)
+    if not inputs:
+        return False
     only = Path(inputs[0])
     if is_glob(only) or (is_manifest(only) and not only.is_dir()):
         return True
