@@ -156,3 +156,26 @@ def test_default_workers_feed_a_gpu_from_every_core_but_one(monkeypatch, cores, 
     monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
     assert default_workers(torch.device("cuda", 0)) == expected
     assert default_workers(torch.device("cpu")) == 0
+
+
+def test_a_dead_background_writer_hands_its_write_back_to_this_process(tmp_path):
+    from probmcl_med.inference.cohort import SlideWrite, SlideWriter
+    from probmcl_med.inference.predict import Predictions
+
+    def job(name: str) -> SlideWrite:
+        predictions = Predictions("images", [{"image": "x.png"}], np.array([[0.25]]), np.array([0.5]), ["c"])
+        record = {"summary": {"status": "predicted"}}
+        return SlideWrite(CohortSlide(name, tmp_path / f"{name}.svs"), tmp_path / name, predictions, {}, record, 0.0)
+
+    writer = SlideWriter(background=True)
+    try:
+        assert writer.submit(job("one")) == []  # pending in the spawned process, which is still importing
+        for process in list(writer._pool._processes.values()):
+            process.kill()
+        done = writer.submit(job("two"))  # the dead process's write is done here, and "two" after it
+        assert [(j.slide.id, type(seconds)) for j, seconds in done] == [("one", float), ("two", float)]
+        assert writer.drain() == [] and writer._pool is None  # the dead pool was let go
+    finally:
+        writer.close()
+    for name in ("one", "two"):
+        assert (tmp_path / name / "predictions.csv").read_text() == "image,c\nx.png,0.25\n"

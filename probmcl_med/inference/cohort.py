@@ -26,6 +26,7 @@ import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,8 @@ class SlideWriter:
 
     :meth:`submit` hands over a job and returns the writes finished meanwhile (in this process: this one; in the
     background: the previous one, waited for, so at most one is pending and memory stays bounded);
-    :meth:`drain` returns the last.
+    :meth:`drain` returns the last. If the background process dies, the write it held and every later one are done
+    in this process.
     """
 
     def __init__(self, background: bool) -> None:
@@ -258,6 +260,8 @@ class SlideWriter:
         if self._pool is None:
             return [_run(job)]
         finished = self.drain()
+        if self._pool is None:  # the background process died while the previous slide was written
+            return [*finished, _run(job)]
         self._pending = (job, self._pool.submit(write_slide, job))
         return finished
 
@@ -268,6 +272,10 @@ class SlideWriter:
         self._pending = None
         try:
             return [(job, future.result())]
+        except BrokenProcessPool:  # the writer process died (killed for memory?): write here from now on
+            self.close()
+            self._pool = None
+            return [_run(job)]
         except Exception as exc:
             return [(job, exc)]
 
