@@ -73,7 +73,8 @@ def _plan(inputs: list[Path], out: Path, model_path: Path, bundle: Any, options:
                 redo.append(f"{slide.id}: {change}")
     if not (out / COHORT_MARKER).is_file():
         atomic_write_text(out / COHORT_MARKER, "written by probmcl-med predict over a cohort of slides\n")
-    return {"slides": slides, "todo": todo, "redo": redo, "common": common}
+    given = " ".join(str(p) for p in inputs)
+    return {"slides": slides, "todo": todo, "redo": redo, "common": common, "inputs": given}
 
 
 def predict_cohort_command(
@@ -168,7 +169,7 @@ def _run(ctx: Any, plan: dict, bundle: Any, model_path: Path, out: Path, options
         for data in part:
             outcome[data["id"]] = result_from_dict(by_id[data["id"]], data)
     title = {"model": f"{model_path} ({bundle.encoder_name}, sha256 {plan['common']['model_sha256'][:12]})",
-             "thresholds": thresholds, "slides": " ".join(sorted({s.source for s in slides})[:3])}  # fmt: skip
+             "thresholds": thresholds, "slides": plan["inputs"]}  # fmt: skip
     rows = write_cohort_summary(out, slides, outcome, list(bundle.class_names), title)
     statuses = [row["status"] for row in rows]
     failed = statuses.count(FAILED)
@@ -179,6 +180,6 @@ def _run(ctx: Any, plan: dict, bundle: Any, model_path: Path, out: Path, options
         f"{failed} failed ({done_before} done by an earlier run)"
     )
     if failed:
-        err.print(f"{summary} (reasons in {out / FAILED_CSV})", highlight=False, soft_wrap=True, markup=False)
+        err.print(f"{summary}; reasons in {out / FAILED_CSV}", highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(FAILED_EXIT)
     console.print(summary, highlight=False, soft_wrap=True, markup=False)

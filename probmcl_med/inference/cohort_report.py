@@ -114,7 +114,7 @@ h1{font-size:22px;margin:0 0 4px} p{margin:4px 0 12px;color:#444}
 table{border-collapse:collapse;font-size:13px} th,td{border-bottom:1px solid #ddd;padding:6px 8px;text-align:left;
 vertical-align:top} th{background:#f4f4f4;position:sticky;top:0}
 td.num{text-align:right;font-variant-numeric:tabular-nums} img{max-width:200px;max-height:200px;display:block}
-tr.failed td{background:#fdecec} tr.notissue td{background:#f6f6f6;color:#666} .small{font-size:12px;color:#555}
+td.classes{white-space:nowrap} tr.failed td{background:#fdecec} tr.notissue td{background:#f6f6f6;color:#666} .small{font-size:12px;color:#555}
 """
 
 
@@ -127,8 +127,8 @@ def _top_classes(row: dict[str, Any], class_names: Sequence[str], k: int = 3) ->
 def cohort_html(
     header: Sequence[str], rows: Sequence[dict[str, Any]], class_names: Sequence[str], title: dict[str, str]
 ) -> str:
-    """A self-contained page: what was run, then per slide its status, thumbnail, the top class's heat map, the
-    classes called in most patches, tissue, patches, resolution and time. Images are the slide folders' own files,
+    """A self-contained page: what was run, then per slide its id, path and manifest columns, status, thumbnail, the
+    top class's heat map, the classes called in most patches, tissue, patches, resolution and time. Images are the slide folders' own files,
     linked relatively (the page is meant to stay in ``OUT``)."""
     counts: dict[str, int] = {}
     for row in rows:
@@ -145,6 +145,8 @@ def cohort_html(
         "<th>called in most patches</th><th>patches</th><th>tissue mm²</th><th>um/px (level)</th><th>seconds</th>"
         "</tr>",
     ]
+    known = {"id", "path", "status", "mpp", "level", "tissue_mm2", "patches", "thresholds", "seconds", "note"}
+    extra_columns = [h for h in header if h not in known and not h.startswith(("called_", "mean_p_"))]
     for row in rows:
         record = row.get("_record")
         slide_id = html.escape(row["id"])
@@ -162,9 +164,10 @@ def cohort_html(
         mpp = "" if row.get("mpp") is None else f"{row['mpp']:.3g} ({row.get('level')})"
         area = "" if row.get("tissue_mm2") is None else f"{row['tissue_mm2']:.2f}"
         seconds = "" if row.get("seconds") is None else f"{row['seconds']:.1f}"
+        extra = "".join(f"<br>{html.escape(k)}: {html.escape(str(v))}" for k, v in row.items() if k in extra_columns)
         lines.append(
-            f"<tr class='{css}'><td>{slide_id}<br><span class='small'>{html.escape(row['path'])}</span></td>"
-            f"<td>{status}</td><td>{thumb}</td><td>{heat}</td><td>{_top_classes(row, class_names)}</td>"
+            f"<tr class='{css}'><td>{slide_id}<br><span class='small'>{html.escape(row['path'])}{extra}</span></td>"
+            f"<td>{status}</td><td>{thumb}</td><td>{heat}</td><td class='classes'>{_top_classes(row, class_names)}</td>"
             f"<td class='num'>{_cell(row.get('patches'))}</td><td class='num'>{area}</td><td class='num'>{mpp}</td>"
             f"<td class='num'>{seconds}</td></tr>"
         )
