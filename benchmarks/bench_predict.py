@@ -45,7 +45,7 @@ from rich.table import Table
 
 from probmcl_med.bundle import load_model_bundle, save_model_bundle
 from probmcl_med.data.imageio import SLIDES
-from probmcl_med.data.slides import tile_slide
+from probmcl_med.data.tiling import tile_slide
 from probmcl_med.devices import resolve_device
 from probmcl_med.inference import inputs
 from probmcl_med.inference.inputs import eval_transform

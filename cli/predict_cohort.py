@@ -122,15 +122,18 @@ def _run(ctx: Any, plan: dict, bundle: Any, model_path: Path, out: Path, options
     from probmcl_med.inference.cohort import DONE, FAILED, SlideResult, predict_cohort, result_from_dict
     from probmcl_med.inference.cohort_report import COHORT_CSV, COHORT_HTML, FAILED_CSV, write_cohort_summary
     from probmcl_med.inference.cohort_state import shard_slides
+    from probmcl_med.calibration_file import describe_probabilities
     from probmcl_med.inference.predict import describe_thresholds
 
     console, err = Console(), Console(stderr=True)
     slides, todo = plan["slides"], plan["todo"]
     thresholds = describe_thresholds(bundle, options.threshold)
+    probabilities = describe_probabilities(bundle.calibration)
     mine = shard_slides(todo, ctx.rank, ctx.world_size)
     if ctx.is_main:
         where = f" over {ctx.world_size} processes" if ctx.distributed else ""
-        console.print(f"thresholds: {thresholds}", highlight=False, soft_wrap=True, markup=False)
+        console.print(f"thresholds: {thresholds}\nprobabilities: {probabilities}", highlight=False, soft_wrap=True,
+                      markup=False)  # fmt: skip
         console.print(
             f"{len(slides)} slides: {len(slides) - len(todo)} done earlier with these settings, {len(todo)} to "
             f"predict{where}",
@@ -141,7 +144,8 @@ def _run(ctx: Any, plan: dict, bundle: Any, model_path: Path, out: Path, options
         if len(plan["redo"]) > 5:
             console.print(f"  ... and {len(plan['redo']) - 5} more predicted again", highlight=False)
     meta = {"checkpoint": str(model_path), "encoder": bundle.encoder_name, "device": str(options.device),
-            "thresholds_source": thresholds, "rank": ctx.rank, "world_size": ctx.world_size}  # fmt: skip
+            "thresholds_source": thresholds, "probabilities": probabilities, "rank": ctx.rank,
+            "world_size": ctx.world_size}  # fmt: skip
     prefix = f"[rank {ctx.rank}] " if ctx.distributed else ""
 
     lines = not err.is_terminal  # a log file (SLURM, nohup): a line per slide instead of the bars
@@ -169,7 +173,7 @@ def _run(ctx: Any, plan: dict, bundle: Any, model_path: Path, out: Path, options
         for data in part:
             outcome[data["id"]] = result_from_dict(by_id[data["id"]], data)
     title = {"model": f"{model_path} ({bundle.encoder_name}, sha256 {plan['common']['model_sha256'][:12]})",
-             "thresholds": thresholds, "slides": plan["inputs"]}  # fmt: skip
+             "thresholds": thresholds, "probabilities": probabilities, "slides": plan["inputs"]}  # fmt: skip
     rows = write_cohort_summary(out, slides, outcome, list(bundle.class_names), title)
     statuses = [row["status"] for row in rows]
     failed = statuses.count(FAILED)

@@ -6,10 +6,9 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from slide_files import write_pyramidal_tiff
 from test_inference import make_bundle
 from test_predict_pathology import set_bundle_entries
-
-from probmcl_med.data.slides import write_pyramidal_tiff
 
 SLIDE_SIDE = 1024
 TISSUE = (slice(256, 768), slice(512, 1024))

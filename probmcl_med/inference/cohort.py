@@ -20,7 +20,6 @@ exactly what the one-slide ``predict`` writes, plus
 from __future__ import annotations
 
 import errno
-import inspect
 import json
 import multiprocessing
 import time
@@ -31,17 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from probmcl_med.bundle import ModelBundle
-from probmcl_med.data.imageio import IMAGE_SUFFIXES, SLIDES
-from probmcl_med.data.slides import level0_mpp, tile_slide
+from probmcl_med.data.imageio import IMAGE_SUFFIXES
+from probmcl_med.data.mpp import PLAUSIBLE_MPP
 from probmcl_med.errors import DataError, UserError, one_line_message
 from probmcl_med.inference.cohort_inputs import CohortSlide
 from probmcl_med.inference.cohort_state import RECORD_FILE, SlideOptions, read_record, settings_change, slide_settings
 from probmcl_med.inference.inputs import is_slide
 from probmcl_med.inference.loop import ProgressHook
-from probmcl_med.inference.predict import Predictions, decision_thresholds, predict_slide, read_mpp
+from probmcl_med.inference.predict import Predictions, predict_slide
 from probmcl_med.inference.writers import write_predictions
 
 PREDICTED, NO_TISSUE, DONE, FAILED = "predicted", "no tissue", "done earlier", "failed"
@@ -49,10 +46,6 @@ PREDICTED, NO_TISSUE, DONE, FAILED = "predicted", "no tissue", "done earlier", "
 
 IMAGE_ONLY_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s not in (".tif", ".tiff"))
 """Extensions of images that are never slides (a TIFF may be either)."""
-
-NO_TISSUE_MASK_FRACTION = 0.001
-"""Interim "no tissue" rule (see :func:`predict_or_no_tissue`): below this tissue fraction of the thumbnail mask a
-slide without a single tissue patch has no tissue, above it the tissue threshold or patch size is the problem."""
 
 
 @dataclass
@@ -71,66 +64,35 @@ class SlideResult:
         return {"id": self.slide.id, "status": self.status, "reason": self.reason, "seconds": self.seconds}
 
 
-def _accepts(function: Callable[..., Any], name: str) -> bool:
-    return name in inspect.signature(function).parameters
-
-
-def predict_or_no_tissue(
+def predict_cohort_slide_patches(
     bundle: ModelBundle, slide: CohortSlide, options: SlideOptions, progress: ProgressHook | None
 ) -> Predictions:
-    """One slide's predictions; a slide without tissue gives Predictions without patches.
-
-    Interim, until issue 21's "no tissue is a result" is on main (then :func:`predict_slide` returns the empty
-    Predictions itself and the ``except`` branch goes): the one-slide path raises its "no patch reaches the tissue
-    fraction" error for a blank slide too, so here the slide is tiled again and, when its thumbnail's tissue mask
-    covers less than :data:`NO_TISSUE_MASK_FRACTION`, the slide has no tissue; otherwise the error stands (a real
-    threshold problem keeps its hint).
+    """One slide's predictions through the one-slide path, with the slide's own ``slide_mpp`` and mask (a slide
+    without tissue gives Predictions without patches, ``no_tissue``).
 
     Raises:
-        DataError: the slide cannot be predicted (the one-slide path's one-line reasons).
+        DataError: the slide cannot be predicted (the one-slide path's one-line reasons), or it is an image.
     """
-    slide_mpp = slide.slide_mpp if slide.slide_mpp is not None else options.slide_mpp
-    mpp = read_mpp(bundle, options.mpp, options.level)
-    kwargs: dict[str, Any] = {
-        "patch_size": options.patch_size,
-        "level": options.level or 0,
-        "mpp": mpp,
-        "slide_mpp": slide_mpp,
-        "tissue_threshold": options.tissue_threshold,
-        "stride": options.stride,
-        "threshold": options.threshold,
-        "batch_size": options.batch_size,
-        "device": options.device,
-        "workers": options.workers,
-        "uncertainty": options.uncertainty,
-        "skip_bad": options.skip_bad,
-        "progress": progress,
-    }
-    if slide.mask is not None:
-        if not _accepts(predict_slide, "mask"):
-            raise DataError(
-                f"{slide.source}: a mask for slide {slide.path} needs predict's --mask (issue 21), which this version "
-                "lacks; leave the mask cell empty"
-            )
-        kwargs["mask"] = slide.mask
-    size = int(options.patch_size or bundle.image_size)
     if slide.path.suffix.lower() in IMAGE_ONLY_SUFFIXES and not is_slide(slide.path):
         raise DataError(f"{slide.path} is an image, not a slide; predict images in a run of their own")
-    try:
-        return predict_slide(bundle, slide.path, **kwargs)
-    except DataError as err:
-        if "reaches the tissue fraction" not in str(err):
-            raise
-        grid = tile_slide(slide.path, size, level=options.level or 0, stride=options.stride, mpp=mpp,
-                          slide_mpp=slide_mpp, tissue_threshold=options.tissue_threshold)  # fmt: skip
-        if grid.mask.mean() >= NO_TISSUE_MASK_FRACTION:
-            raise
-    info = {"path": str(slide.path), "level": grid.level, "patch_size": size, "patches_on_tissue": 0,
-            "patches_in_grid": grid.candidates, "mpp": None if grid.mpp_plan is None else grid.mpp_plan.to_dict(),
-            "no_tissue": "no tissue found", "grid": grid}  # fmt: skip
-    num_classes = len(bundle.class_names)
-    thresholds = decision_thresholds(bundle, options.threshold)
-    return Predictions("slide", [], np.zeros((0, num_classes)), thresholds, list(bundle.class_names), slide=info)
+    return predict_slide(
+        bundle,
+        slide.path,
+        patch_size=options.patch_size,
+        level=options.level,
+        mpp=options.mpp,
+        slide_mpp=slide.slide_mpp if slide.slide_mpp is not None else options.slide_mpp,
+        mask=slide.mask,
+        tissue_threshold=options.tissue_threshold,
+        stride=options.stride,
+        threshold=options.threshold,
+        batch_size=options.batch_size,
+        device=options.device,
+        workers=options.workers,
+        uncertainty=options.uncertainty,
+        skip_bad=options.skip_bad,
+        progress=progress,
+    )
 
 
 def slide_summary(predictions: Predictions, slide: CohortSlide, slide_mpp: float | None) -> dict[str, Any]:
@@ -139,18 +101,18 @@ def slide_summary(predictions: Predictions, slide: CohortSlide, slide_mpp: float
     Returns:
         ``{"status", "mpp", "level", "tissue_mm2", "patches", "called": {class: share}, "mean_probability":
         {class: mean}, "top_class"}``: ``mpp`` the microns per pixel of the patches as read (None when the slide's
-        resolution is unknown), ``tissue_mm2`` the thumbnail mask's area (pixels times the level-0 area of a
-        thumbnail pixel times mpp squared, None without an mpp), ``called`` the share of the slide's tissue patches
+        resolution is unknown), ``tissue_mm2`` the thumbnail's tissue mask's area (pixels times the level-0 area
+        of a thumbnail pixel times the level-0 mpp squared: the plan's, else ``slide_mpp``, else the declared one
+        when plausible; None without one), ``called`` the share of the slide's tissue patches
         in which the class reaches its threshold, ``mean_probability`` its mean probability over them (both None
         without patches), ``top_class`` the class called in the most patches (ties: the higher mean probability).
     """
-    info = predictions.slide or {}
-    grid = info["grid"]
-    try:
-        base = level0_mpp(SLIDES.get(str(slide.path)), slide.path, slide_mpp)
-    except DataError:
-        base = None
+    grid = (predictions.slide or {})["grid"]
     plan = grid.mpp_plan
+    base = plan.slide_mpp if plan is not None else slide_mpp
+    if base is None and grid.declared_mpp.value is not None:  # level pixels: the declared mpp, when plausible
+        lo, hi = PLAUSIBLE_MPP
+        base = grid.declared_mpp.value if lo <= grid.declared_mpp.value <= hi else None
     mpp = plan.mpp if plan is not None else (None if base is None else base * grid.level_downsample)
     area = None
     if base is not None:
@@ -164,7 +126,7 @@ def slide_summary(predictions: Predictions, slide: CohortSlide, slide_mpp: float
     if n:
         top = names[max(range(len(names)), key=lambda k: (called[k], mean[k]))]
     return {
-        "status": PREDICTED if n else NO_TISSUE,
+        "status": NO_TISSUE if predictions.no_tissue else PREDICTED,
         "mpp": mpp,
         "level": grid.level,
         "tissue_mm2": area,
@@ -217,7 +179,7 @@ def predict_cohort_slide(
     """
     started = time.time()
     hook = _Named(progress, slide.id) if progress is not None else None
-    predictions = predict_or_no_tissue(bundle, slide, options, hook)
+    predictions = predict_cohort_slide_patches(bundle, slide, options, hook)
     slide_mpp = slide.slide_mpp if slide.slide_mpp is not None else options.slide_mpp
     record = {"id": slide.id, "path": str(slide.path), "source": slide.source, "extra": slide.extra,
               "settings": settings, "thresholds_source": meta.get("thresholds_source"),

@@ -22,7 +22,7 @@ from typing import Any
 from probmcl_med.bundle import ModelBundle
 from probmcl_med.fileio import check_replaceable_folder
 from probmcl_med.inference.cohort_inputs import CohortSlide
-from probmcl_med.inference.predict import decision_thresholds, read_mpp
+from probmcl_med.inference.predict import decision_thresholds, patch_mpp
 from probmcl_med.inference.writers import OUTPUT_MARKER, check_output_folder
 
 COHORT_MARKER = ".probmcl-med-cohort"
@@ -90,13 +90,14 @@ def common_settings(bundle: ModelBundle, model_sha256: str, options: SlideOption
     """The settings shared by every slide that decide its outputs (batch size, workers and device do not).
 
     Raises:
-        What :func:`decision_thresholds` raises (a bad ``--threshold``, a stale thresholds.json).
+        What :func:`decision_thresholds` raises (a bad ``--threshold``, a stale thresholds.json) and
+        :func:`patch_mpp` (``--mpp`` with ``--level``).
     """
     return {
         "model_sha256": model_sha256,
         "patch_size": int(options.patch_size or bundle.image_size),
         "level": options.level,
-        "mpp": read_mpp(bundle, options.mpp, options.level),
+        "mpp": patch_mpp(bundle, options.mpp, options.level, None)[0],
         "tissue_threshold": float(options.tissue_threshold),
         "stride": options.stride,
         "thresholds": [float(t) for t in decision_thresholds(bundle, options.threshold)],
