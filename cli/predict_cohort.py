@@ -118,11 +118,11 @@ def predict_cohort_command(
 
 def _run(ctx: Any, plan: dict, bundle: Any, model_path: Path, out: Path, options: Any, fail_fast: bool) -> None:
     """Predict this rank's share of the plan; on rank 0, once every rank is done, the summaries and the last line."""
+    from probmcl_med.calibration_file import describe_probabilities
     from probmcl_med.engine.distributed import all_gather_objects
     from probmcl_med.inference.cohort import DONE, FAILED, SlideResult, predict_cohort, result_from_dict
     from probmcl_med.inference.cohort_report import COHORT_CSV, COHORT_HTML, FAILED_CSV, write_cohort_summary
     from probmcl_med.inference.cohort_state import shard_slides
-    from probmcl_med.calibration_file import describe_probabilities
     from probmcl_med.inference.predict import describe_thresholds
 
     console, err = Console(), Console(stderr=True)
