@@ -220,3 +220,26 @@ def json_or_text(path: Path):
     data = json.loads(path.read_text())
     data.pop("seconds", None)
     return data
+
+
+def square_geojson(x0: int, y0: int, x1: int, y1: int) -> str:
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": {}}
+    return json.dumps({"type": "FeatureCollection", "features": [feature]})
+
+
+def test_a_manifest_mask_restricts_its_slide_and_a_changed_mask_predicts_it_again(cohort, tmp_path, capsys):
+    (tmp_path / "a.geojson").write_text(square_geojson(512, 256, 768, 768))  # the left half of a's tissue block
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide,mask\n{cohort['slides']}/a.tif,a.geojson\n{cohort['slides']}/blank.tif,\n")
+    out = tmp_path / "out"
+    assert predict(cohort, out, str(manifest)) == 0
+    coords = {(int(r["x"]), int(r["y"])) for r in read_rows(out / "a" / "patches.csv")}
+    assert coords == {(x, y) for x in range(512, 768, 64) for y in range(256, 768, 64)}
+    (tmp_path / "a.geojson").write_text(square_geojson(768, 256, 1024, 768))  # the right half
+    capsys.readouterr()
+    assert predict(cohort, out, str(manifest)) == 0
+    said = capsys.readouterr().out
+    assert "1 done earlier with these settings, 1 to predict" in said and "predicted again, a: mask was" in said
+    coords = {(int(r["x"]), int(r["y"])) for r in read_rows(out / "a" / "patches.csv")}
+    assert coords == {(x, y) for x in range(768, 1024, 64) for y in range(256, 768, 64)}

@@ -10,9 +10,10 @@ a manifest CSV, or a folder that holds slides; one slide file alone keeps the on
 - A **manifest** (a ``.csv`` file): one slide per row. Columns: ``slide`` (also ``path``, ``slide_path``, ``file``,
   ``filename``; relative paths are relative to the manifest's folder), optional ``slide_mpp`` (the slide's level-0
   microns per pixel, for a file that records none or records it wrongly; overrides ``--slide-mpp``), optional
-  ``mask`` (a mask file restricting the slide's prediction), optional ``id`` (the slide's id, instead of one made
-  from its name). Any other column (patient, diagnosis) is copied into ``cohort.csv`` beside the slide's row; a
-  column named like a known one but misspelt (``slide_mmp``) is refused.
+  ``mask`` (the slide's ``--mask``: GeoJSON polygons in level-0 pixels or a binary image of the slide; relative to
+  the manifest's folder), optional ``id`` (the slide's id, instead of one made from its name). Any other column
+  (patient, diagnosis) is copied into ``cohort.csv`` beside the slide's row; a column named like a known one but
+  misspelt (``slide_mmp``) is refused.
 
 **Slide ids** name the output folder ``OUT/<id>/``. A manifest's ``id`` is used as given (letters, digits, ``.``,
 ``_``, ``-``; unique). Otherwise the id is the file's name without its extension, characters other than letters,
