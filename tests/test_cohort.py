@@ -243,3 +243,12 @@ def test_a_manifest_mask_restricts_its_slide_and_a_changed_mask_predicts_it_agai
     assert "1 done earlier with these settings, 1 to predict" in said and "predicted again, a: mask was" in said
     coords = {(int(r["x"]), int(r["y"])) for r in read_rows(out / "a" / "patches.csv")}
     assert coords == {(x, y) for x in range(768, 1024, 64) for y in range(256, 768, 64)}
+
+
+def test_the_page_lists_tied_classes_by_mean_probability_as_the_top_class_is_chosen():
+    from probmcl_med.inference.cohort_report import top_classes
+
+    row = {"called_tumour": 1.0, "mean_p_tumour": 0.6, "called_stroma": 0.2, "mean_p_stroma": 0.9,
+           "called_necrosis": 1.0, "mean_p_necrosis": 0.8, "called_mucosa": 1.0, "mean_p_mucosa": 0.7}  # fmt: skip
+    listed = top_classes(row, ["tumour", "stroma", "necrosis", "mucosa"]).split("<br>")
+    assert listed == ["necrosis 100%", "mucosa 100%", "tumour 100%"]

@@ -118,10 +118,14 @@ td.classes{white-space:nowrap} tr.failed td{background:#fdecec} tr.notissue td{b
 """
 
 
-def _top_classes(row: dict[str, Any], class_names: Sequence[str], k: int = 3) -> str:
-    shares = [(row.get(f"called_{c}"), c) for c in class_names if row.get(f"called_{c}") is not None]
-    shares.sort(key=lambda t: -t[0])
-    return "<br>".join(f"{html.escape(c)} {100 * v:.0f}%" for v, c in shares[:k])
+def top_classes(row: dict[str, Any], class_names: Sequence[str], k: int = 3) -> str:
+    """The ``k`` classes called in most of a ``cohort.csv`` row's patches, as ``class share%`` lines joined by
+    ``<br>``: by share, ties by the higher mean probability (the rule that picks the slide's top class for its heat
+    map), then by class order."""
+    shares = [(row[f"called_{c}"], row.get(f"mean_p_{c}") or 0.0, c) for c in class_names
+              if row.get(f"called_{c}") is not None]  # fmt: skip
+    shares.sort(key=lambda t: (-t[0], -t[1]))
+    return "<br>".join(f"{html.escape(c)} {100 * v:.0f}%" for v, _, c in shares[:k])
 
 
 def cohort_html(
@@ -167,7 +171,7 @@ def cohort_html(
         extra = "".join(f"<br>{html.escape(k)}: {html.escape(str(v))}" for k, v in row.items() if k in extra_columns)
         lines.append(
             f"<tr class='{css}'><td>{slide_id}<br><span class='small'>{html.escape(row['path'])}{extra}</span></td>"
-            f"<td>{status}</td><td>{thumb}</td><td>{heat}</td><td class='classes'>{_top_classes(row, class_names)}</td>"
+            f"<td>{status}</td><td>{thumb}</td><td>{heat}</td><td class='classes'>{top_classes(row, class_names)}</td>"
             f"<td class='num'>{_cell(row.get('patches'))}</td><td class='num'>{area}</td><td class='num'>{mpp}</td>"
             f"<td class='num'>{seconds}</td></tr>"
         )
