@@ -18,8 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from probmcl_med.bundle import ModelBundle
-from probmcl_med.data.base import find_data_error
-from probmcl_med.data.base import make_loader as data_loader
+from probmcl_med.data.base import find_data_error, make_loader
 from probmcl_med.data.imageio import IMAGE_SUFFIXES, image_files, tiff_levels
 from probmcl_med.data.plaintiff import image_dimensions
 from probmcl_med.data.transforms import build_eval_transform
@@ -156,16 +155,12 @@ def default_workers(device: torch.device) -> int:
     return max(1, min(MAX_DEFAULT_WORKERS, auto_threads(0) - 1))
 
 
-def make_loader(dataset: Dataset, batch_size: int, workers: int | None, device: torch.device) -> DataLoader:
-    """A deterministic (unshuffled) DataLoader over ``dataset`` (the data layer's collate drops skipped samples), with
-    ``workers`` loader processes (None: :func:`default_workers`).
-
-    On the CPU it also sizes torch's threads to the cores the ``workers`` leave free (:mod:`probmcl_med.threads`).
-    """
+def prediction_batches(dataset: Dataset, batch_size: int, workers: int | None, device: torch.device) -> DataLoader:
+    """The data layer's loader over ``dataset``, in order, for a prediction in this process, with ``workers`` loader
+    processes (None: :func:`default_workers`); on the CPU, torch's threads sized to the cores the ``workers`` leave
+    free first (:mod:`probmcl_med.threads`)."""
     if workers is None:
         workers = default_workers(device)
-    if batch_size < 1:
-        raise DataError(f"--batch-size {batch_size}: give a positive number of images per batch")
     if device.type == "cpu":
         configure_threads(None, workers)
-    return data_loader(dataset, batch_size, shuffle=False, workers=workers, pin_memory=device.type == "cuda")
+    return make_loader(dataset, batch_size, workers=workers, device=device)
