@@ -16,7 +16,9 @@ from probmcl_med.fileio import OVERWRITE_HELP
 
 EXAMPLE = (
     "Examples: probmcl-med predict patches/ --checkpoint runs/adp --out preds/; "
-    "probmcl-med predict slide.svs --checkpoint runs/adp --out slide-preds/ --patch-size 224 --mpp 0.5"
+    "probmcl-med predict slide.svs --checkpoint runs/adp --out slide-preds/ --patch-size 224 --mpp 0.5; "
+    "probmcl-med predict slides/ --checkpoint runs/adp --out cohort/ (a cohort: also 'scans/*.svs' or manifest.csv; "
+    "under torchrun the slides are shared among the processes)"
 )
 
 UNCERTAINTY_HELP = (
@@ -53,8 +55,13 @@ def print_predictions(predictions: Any, console: Console) -> None:
 
 
 def predict_command(
-    input_path: Annotated[
-        Path, typer.Argument(help="An image, a folder of images, or a whole slide (.svs, .tif, ...).")
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="An image, a folder of images, or a whole slide (.svs, .tif, ...); or a cohort of slides: several "
+            "slides, a folder of slides, a quoted glob ('scans/*.svs') or a manifest CSV (one slide per row).",
+            show_default=False,
+        ),
     ],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Run folder (or its model.pt).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (written whole or not at all).")],
@@ -113,7 +120,20 @@ def predict_command(
         typer.Option("--stride", min=1, help="Slides: grid step in pixels of --level (default: the patch size)."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="DataLoader worker processes reading the images or patches (default: none on the CPU; on a GPU one "
+            "per core of this process but one, at most 16).",
+            show_default=False,
+        ),
+    ] = None,
+    fail_fast: Annotated[
+        bool,
+        typer.Option("--fail-fast", help="Cohorts: stop at the first slide that fails (default: record it, go on)."),
+    ] = False,
     skip_bad: Annotated[
         bool,
         typer.Option(
@@ -129,22 +149,42 @@ def predict_command(
     in level-0 pixels, level, size in pixels of that level, tissue fraction, probabilities, labels),
     predictions.geojson (QuPath: File > Import objects), thumbnail.png, heatmaps/CLASS.png, meta.json (with the
     slide's mpp, the requested mpp and the level read).
+
+    Cohorts (several slides, a folder of slides, a quoted glob, a manifest CSV with a slide column and optional
+    slide_mpp, mask and id columns): each slide's outputs in OUT/<slide-id>/, then OUT/cohort.csv (a row per slide),
+    OUT/failed.csv and OUT/cohort.html. A rerun skips the slides done with the same model.pt and settings. Exit code
+    0 when every slide was predicted or had no tissue, 3 when some failed (listed in failed.csv).
     """
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
     from probmcl_med.calibration_file import describe_probabilities
+    from probmcl_med.cli.predict_cohort import predict_cohort_command
     from probmcl_med.devices import resolve_device
+    from probmcl_med.inference.cohort_inputs import is_cohort
     from probmcl_med.inference.inputs import input_kind, list_images
     from probmcl_med.inference.loop import require_mdn
     from probmcl_med.inference.predict import describe_thresholds, predict_images, predict_slide
     from probmcl_med.inference.writers import check_output_folder, write_predictions
 
+    if is_cohort(inputs, int(tile_above * 1e6)):
+        if mask is not None:
+            raise UserError(
+                "--mask is for one slide; give each slide of a cohort its mask in the manifest's mask column"
+            )
+        options = {"patch_size": patch_size, "level": level, "mpp": mpp, "slide_mpp": slide_mpp, "stride": stride,
+                   "tissue_threshold": tissue_threshold, "threshold": threshold, "batch_size": batch_size,
+                   "device": device, "workers": workers, "uncertainty": uncertainty, "skip_bad": skip_bad}  # fmt: skip
+        predict_cohort_command(inputs, checkpoint=checkpoint, out=out, fail_fast=fail_fast, tile_above=tile_above,
+                               options=options)  # fmt: skip
+        return
+    if fail_fast:
+        raise UserError("--fail-fast is for cohorts of slides (it stops at the first slide that fails); drop it")
     check_output_folder(out, overwrite)
-    kind = input_kind(input_path, large_pixels=int(tile_above * 1e6))
+    input_path = inputs[0]
+    kind = "images" if len(inputs) > 1 else input_kind(input_path, large_pixels=int(tile_above * 1e6))
     if kind != "slide" and (slide_mpp is not None or mask is not None):
-        raise UserError(
-            f"--slide-mpp and --mask are for whole slides; {input_path} is {'a folder of images' if kind == 'folder' else 'an image'}"
-        )
+        what = {"folder": "a folder of images", "images": "a list of images"}.get(kind, "an image")
+        raise UserError(f"--slide-mpp and --mask are for whole slides; {input_path} is {what}")
     if kind == "slide" and mpp is not None and level is None:  # a resolution slip: refused before the model loads
         from probmcl_med.data.imageio import SLIDES
         from probmcl_med.data.mpp import level0_mpp
@@ -186,11 +226,11 @@ def predict_command(
                 **options,
             )
         else:
-            paths = list_images(input_path) if kind == "folder" else [input_path]
+            paths = list_images(input_path) if kind == "folder" else list(inputs)
             predictions = predict_images(bundle, paths, progress=progress, skip_bad=skip_bad, **options)
     meta = {
         "checkpoint": str(path),
-        "input": str(input_path),
+        "input": str(input_path) if len(inputs) == 1 else [str(p) for p in inputs],
         "encoder": bundle.encoder_name,
         "device": str(dev),
         "probabilities": describe_probabilities(bundle.calibration),

@@ -205,6 +205,10 @@ REACHED_BY: dict[str, object] = {
     "probmcl_med/inference/explain.py": [("explain",)],
     "probmcl_med/inference/predict.py:decision_thresholds": [("predict",), ("explain",), ("evaluate",)],
     "probmcl_med/inference/predict.py": [("predict",)],
+    "probmcl_med/inference/cohort.py": [("predict",)],  # the cohort modules: predict over several slides
+    "probmcl_med/inference/cohort_inputs.py": [("predict",)],
+    "probmcl_med/inference/cohort_state.py": [("predict",)],
+    "probmcl_med/inference/cohort_report.py": [("predict",)],
 }
 """Where each message with an option can be printed from: ``file`` or ``file:function`` -> command paths."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -35,17 +36,26 @@ class DistContext:
         return self.world_size > 1
 
 
-def setup_distributed(device_name: str = "auto") -> DistContext:
-    """Initialise DDP from torchrun's environment when ``WORLD_SIZE > 1``; otherwise a single-process context."""
+def setup_distributed(
+    device_name: str = "auto", backend: str | None = None, timeout: timedelta | None = None
+) -> DistContext:
+    """Initialise DDP from torchrun's environment when ``WORLD_SIZE > 1``; otherwise a single-process context.
+
+    Args:
+        device_name: this rank's device setting (``auto``: its GPU, ``LOCAL_RANK``, when there is one).
+        backend: the process group's backend; default NCCL on CUDA, gloo on the CPU (gloo also serves ranks that
+            only exchange Python objects, whatever their devices).
+        timeout: how long a collective waits for the slowest rank (default: torch's).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = backend or ("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, **({"timeout": timeout} if timeout is not None else {}))
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
@@ -67,3 +77,21 @@ def all_reduce_sum(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.distributed and dist.is_initialized():
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def broadcast_object(obj: object, ctx: DistContext) -> object:
+    """Rank 0's ``obj`` on every rank."""
+    if not (ctx.distributed and dist.is_initialized()):
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def all_gather_objects(obj: object, ctx: DistContext) -> list[object]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a single process)."""
+    if not (ctx.distributed and dist.is_initialized()):
+        return [obj]
+    holder: list[object] = [None] * ctx.world_size
+    dist.all_gather_object(holder, obj)
+    return holder

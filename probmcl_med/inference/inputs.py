@@ -23,7 +23,7 @@ from probmcl_med.data.imageio import IMAGE_SUFFIXES, image_files, tiff_levels
 from probmcl_med.data.plaintiff import image_dimensions
 from probmcl_med.data.transforms import build_eval_transform
 from probmcl_med.errors import DataError
-from probmcl_med.threads import configure_threads
+from probmcl_med.threads import auto_threads, configure_threads
 
 LARGE_IMAGE_PIXELS = 25_000_000
 """A plain image above this many pixels (5000 x 5000) is predicted like a slide, tiled on tissue (``--tile-above``)."""
@@ -143,9 +143,24 @@ def eval_transform(bundle: ModelBundle) -> Callable[[dict[str, Any]], dict[str, 
     return build_eval_transform(bundle.image_size, bundle.mean, bundle.std, bundle.stain_reference)
 
 
-def prediction_batches(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
-    """The data layer's loader over ``dataset``, in order, for a prediction in this process; on the CPU, torch's
-    threads sized to the cores the ``workers`` leave free first (:mod:`probmcl_med.threads`)."""
+MAX_DEFAULT_WORKERS = 16
+
+
+def default_workers(device: torch.device) -> int:
+    """Loader workers when none are asked for: 0 on the CPU, where the model needs the cores the readers would take;
+    on a GPU this process's share of the cores but one (at most :data:`MAX_DEFAULT_WORKERS`), because a GPU runs
+    the model far faster than one process reads and resizes patches (README, "Cohorts of slides": the arithmetic)."""
+    if device.type == "cpu":
+        return 0
+    return max(1, min(MAX_DEFAULT_WORKERS, auto_threads(0) - 1))
+
+
+def prediction_batches(dataset: Dataset, batch_size: int, workers: int | None, device: torch.device) -> DataLoader:
+    """The data layer's loader over ``dataset``, in order, for a prediction in this process, with ``workers`` loader
+    processes (None: :func:`default_workers`); on the CPU, torch's threads sized to the cores the ``workers`` leave
+    free first (:mod:`probmcl_med.threads`)."""
+    if workers is None:
+        workers = default_workers(device)
     if device.type == "cpu":
         configure_threads(None, workers)
     return make_loader(dataset, batch_size, workers=workers, device=device)

@@ -118,7 +118,7 @@ def predict_images(
     threshold: float | None = None,
     batch_size: int = 32,
     device: torch.device | str | None = "auto",
-    workers: int = 0,
+    workers: int | None = 0,
     uncertainty: bool = False,
     progress: ProgressHook | None = None,
     skip_bad: bool = False,
@@ -132,7 +132,7 @@ def predict_images(
         threshold: one threshold for every class; None uses the bundle's tuned thresholds (else 0.5).
         batch_size: images per forward pass.
         device: "auto" (GPU when present), "cpu", "cuda:N".
-        workers: DataLoader worker processes.
+        workers: DataLoader worker processes (None: one per core but one on a GPU, none on the CPU).
         uncertainty: add the MDN's per-class (pi, var).
         progress: progress hook (:class:`ProgressHook`).
         skip_bad: skip unreadable images instead of stopping at the first.
@@ -206,7 +206,7 @@ def predict_slide(
     threshold: float | None = None,
     batch_size: int = 32,
     device: torch.device | str | None = "auto",
-    workers: int = 0,
+    workers: int | None = 0,
     uncertainty: bool = False,
     progress: ProgressHook | None = None,
     skip_bad: bool = False,
