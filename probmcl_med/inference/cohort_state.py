@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from probmcl_med.bundle import ModelBundle
-from probmcl_med.fileio import check_replaceable_folder
+from probmcl_med.errors import DataError
 from probmcl_med.inference.cohort_inputs import CohortSlide
 from probmcl_med.inference.predict import decision_thresholds, patch_mpp
 from probmcl_med.inference.writers import OUTPUT_MARKER, check_output_folder
@@ -64,7 +65,15 @@ def check_cohort_folder(out: Path, slides: Sequence[CohortSlide]) -> None:
         DataError: ``OUT`` is a file, a folder with files and no :data:`COHORT_MARKER`, or ``OUT/<id>`` is a file or
             a folder that is not a prediction folder.
     """
-    check_replaceable_folder(out, COHORT_MARKER, "cohort output", "--out")
+    # A cohort writes into OUT slide by slide (never replacing OUT whole, never deleting what it did not write), so
+    # the marker that says "a cohort folder" is enough here; each OUT/<id>/ is an output folder with its manifest.
+    if os.path.lexists(out) and not out.is_dir():
+        raise DataError(f"cohort output path {out} is a file; give a folder path for --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / COHORT_MARKER).is_file():
+        raise DataError(
+            f"cohort output folder {out} holds files that are not a probmcl-med cohort output; give a new or empty "
+            "folder for --out (a cohort run adds its slides to an earlier cohort's folder)"
+        )
     for slide in slides:
         check_output_folder(out / slide.id)
 
