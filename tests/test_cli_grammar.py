@@ -146,7 +146,6 @@ REACHED_BY: dict[str, object] = {
     # the CLI modules: the command each defines
     "cli/train.py": [("train",)],
     "cli/evaluate.py": [("evaluate",)],
-    "cli/evaluate_files.py": [("evaluate",)],
     "cli/predict.py": [("predict",)],
     "cli/explain.py": [("explain",)],
     "cli/info.py": [("info",)],
@@ -173,6 +172,8 @@ REACHED_BY: dict[str, object] = {
     "probmcl_med/evaluation/run_eval.py": [("evaluate",)],
     "probmcl_med/evaluation/report.py": [("evaluate",)],
     "probmcl_med/evaluation/findings.py": [("evaluate",)],
+    "probmcl_med/evaluation/files.py": [("evaluate",)],
+    "probmcl_med/evaluation/statistics.py": [("evaluate",)],
     "probmcl_med/inference/export.py": [("export",)],
     # a stale thresholds file: the commands that apply thresholds print the fix (info shows it as the file's state)
     "probmcl_med/operating_point.py": [("predict",), ("evaluate",), ("explain",)],

@@ -8,37 +8,40 @@
    it was trained on). A dataset whose classes differ from the checkpoint's is a one-line CheckpointError.
 2. :func:`score_split` runs the model over it (:func:`probmcl_med.inference.loop.run_bundle`: batched, no grad, GPU
    when present) and returns (N, C) probabilities and (N, C) labels.
-3. :func:`evaluate_checkpoint` adds the metrics with their bootstrap intervals and calibration, optionally tunes
-   per-class thresholds on the validation split for a recall target (written to ``RUN/thresholds.json`` only when
-   asked, never into ``model.pt``), and the model cost; it says which thresholds it used, and warns when it reports
-   on the split the thresholds were tuned on.
+3. :func:`evaluate_checkpoint` optionally tunes per-class thresholds on the validation split for a recall target
+   (written to ``RUN/thresholds.json`` only when asked, never into ``model.pt``), measures the model cost, and
+   assembles the one :class:`~probmcl_med.evaluation.result.EvaluationResult` (metrics, intervals, calibration,
+   verdict, findings, tuned against 0.5) that the report, ``--json`` and the terminal render.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from probmcl_med.bundle import DatasetSource, ModelBundle, load_model_bundle, resolve_bundle_path
-from probmcl_med.core.metrics import multilabel_metrics
+from probmcl_med.core.metrics import check_recall_floor
 from probmcl_med.data.base import normalize_split
 from probmcl_med.data.datasets import build_dataset
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import CheckpointError, DataError
+from probmcl_med.evaluation.bootstrap import RESAMPLES
 from probmcl_med.evaluation.complexity import model_cost
+from probmcl_med.evaluation.findings import PRECISION_FLOOR
 from probmcl_med.evaluation.gallery import DEFAULT_PER_KIND, build_gallery
-from probmcl_med.evaluation.report import add_statistics, write_report
-from probmcl_med.evaluation.thresholds import threshold_tradeoff, tune_thresholds
+from probmcl_med.evaluation.report import write_report
+from probmcl_med.evaluation.result import RECALL_FLOOR, EvaluationResult, assemble
+from probmcl_med.evaluation.thresholds import OperatingPoint, tune_thresholds, tuning_coverage
 from probmcl_med.fileio import read_json_lines
 from probmcl_med.inference.inputs import eval_transform, make_loader
 from probmcl_med.inference.loop import ProgressHook, run_bundle
 from probmcl_med.inference.predict import decision_thresholds, describe_thresholds
-from probmcl_med.operating_point import save_thresholds, thresholds_path
+from probmcl_med.operating_point import DEFAULT_THRESHOLD, save_thresholds, thresholds_path
 from probmcl_med.runlock import RunLock
 
 
@@ -155,48 +158,19 @@ def parse_recall_target(text: str) -> float:
 
 
 @dataclass
-class Evaluation:
-    """Everything ``evaluate --checkpoint`` prints and reports.
+class CheckpointEvaluation:
+    """What ``evaluate --checkpoint`` produced: the typed result every output renders, and what the report's
+    gallery needs besides (the split's dataset and the model).
 
     Attributes:
-        metrics: :func:`~probmcl_med.core.metrics.multilabel_metrics` of the split at ``thresholds``
-            (plus ``threshold_tuning`` when thresholds were tuned).
-        test: the evaluated split's scores and targets.
-        thresholds: (C,) thresholds used.
-        threshold_source: which thresholds, in words (the line every command prints).
-        tradeoff: :func:`~probmcl_med.evaluation.thresholds.threshold_tradeoff` vs 0.5 when thresholds were tuned.
-        cost: :class:`~probmcl_med.evaluation.complexity.ModelCost` of encoder + head.
-        meta: the report header (checkpoint, dataset, split, thresholds, model cost, ...).
-        bundle: the loaded model (for the report's Grad-CAM gallery).
-        warnings: what the user should know before reading the numbers (one line each).
-        saved: the thresholds file written (``--save``), or None.
+        result: the :class:`~probmcl_med.evaluation.result.EvaluationResult`.
+        split: the evaluated split's scores, targets, dataset and row indices.
+        bundle: the loaded model.
     """
 
-    metrics: dict[str, Any]
-    test: SplitScores
-    thresholds: np.ndarray
-    threshold_source: str
-    tradeoff: dict[str, Any] | None
-    cost: Any
-    meta: dict[str, Any] = field(default_factory=dict)
-    bundle: Any = None
-    warnings: list[str] = field(default_factory=list)
-    saved: Path | None = None
-
-
-def _tradeoff_text(tradeoff: dict[str, Any]) -> tuple[str, str]:
-    """(summary line, per-class line) of what the tuned thresholds cost vs the baseline, in percentage points."""
-    tuned, base = tradeoff["summary"]["tuned"], tradeoff["summary"]["baseline"]
-    b = tradeoff["baseline_threshold"]
-
-    def pair(key: str) -> str:
-        if tuned[key] is None or base[key] is None:
-            return f"{key} n/a"
-        return f"{key} {base[key]:.1f} -> {tuned[key]:.1f}"
-
-    summary = f"vs threshold {b:g}: " + ", ".join(pair(k) for k in ("CP", "CR", "OP", "OR"))
-    per_class = ", ".join(f"{r['name']} {r['precision_cost']:+.1f}" for r in tradeoff["per_class"])
-    return summary, f"precision paid per class (points, {b:g} minus tuned): {per_class}"
+    result: EvaluationResult
+    split: SplitScores
+    bundle: ModelBundle
 
 
 def evaluate_checkpoint(
@@ -206,25 +180,30 @@ def evaluate_checkpoint(
     threshold: float | None = None,
     tune_recall: float | None = None,
     save: bool = False,
-    resamples: int = 1000,
+    resamples: int = RESAMPLES,
+    recall_floor: float = RECALL_FLOOR,
+    precision_floor: float = PRECISION_FLOOR,
     batch_size: int = 64,
     device: Any = "auto",
     workers: int | None = None,
     root: str | None = None,
     progress: ProgressHook | None = None,
-) -> Evaluation:
-    """Load a bundle, score ``split``, compute the metrics (and tune thresholds on the validation split if asked).
+) -> CheckpointEvaluation:
+    """Load a bundle, score ``split``, and assemble its evaluation (tuning thresholds on the validation split if
+    asked).
 
     Args:
         checkpoint: a run folder or its ``model.pt``.
         split: the split to evaluate (train, valid, test).
         threshold: one threshold for every class; None uses ``thresholds.json`` beside the model, else 0.5.
         tune_recall: if given, per class the highest threshold keeping recall >= ``tune_recall`` on the validation
-            split (:func:`~probmcl_med.evaluation.thresholds.tune_thresholds`), used for ``split``. Excludes
-            ``threshold``.
+            split (:func:`~probmcl_med.evaluation.thresholds.tune_thresholds`), used for ``split`` and set against
+            0.5. Excludes ``threshold``. A class without a validation positive keeps 0.5 and is named.
         save: with ``tune_recall``, write the tuned thresholds to ``thresholds.json`` beside ``model.pt``
             (atomically; ``model.pt`` is never rewritten). Without it, nothing is written.
         resamples: bootstrap resamples for the 95 % intervals (0: none).
+        recall_floor: a fraction; classes under it are named first.
+        precision_floor: a fraction; classes called with a precision under it are over-called.
         batch_size: images per forward pass.
         device: auto (GPU when present), cpu, cuda:N.
         workers: DataLoader workers (None: the run config's ``workers``).
@@ -234,12 +213,14 @@ def evaluate_checkpoint(
     Raises:
         CheckpointError: missing/corrupt checkpoint, classes that differ from the dataset's, or a stale
             ``thresholds.json`` when it would be used.
-        DataError: bad split, threshold or data; ``save`` without ``tune_recall``.
+        DataError: bad split, threshold, floor or data; ``save`` without ``tune_recall``.
     """
     if threshold is not None and tune_recall is not None:
         raise DataError("give either --threshold or --tune-thresholds, not both")
     if save and tune_recall is None:
         raise DataError("--save writes tuned thresholds: add --tune-thresholds recall=R")
+    check_recall_floor(recall_floor)
+    check_recall_floor(precision_floor)
     evaluated = normalize_split(split, where="--split")
     path = resolve_bundle_path(checkpoint)
     dev = resolve_device(device)
@@ -253,66 +234,88 @@ def evaluate_checkpoint(
         data = dataset_source(bundle, path)
         n_workers = int(bundle.training_config.get("workers", 0)) if workers is None else workers
         kwargs = {"checkpoint": path, "batch_size": batch_size, "device": dev, "workers": n_workers, "root": root}
-        tradeoff, saved = None, None
-        op: dict[str, Any] = {"checkpoint": str(path.parent), "tuned": False}
         if tune_recall is not None:
-            valid = score_split(bundle, "valid", progress=progress, **kwargs)
-            thresholds = tune_thresholds(valid.scores, valid.targets, recall=tune_recall)
-            rule = f"recall >= {tune_recall:g} per class"
-            op.update(tuned=True, rule=rule, tuned_on=split_name(data, "valid"), recall_target=tune_recall)
-            if save:
-                tuned = save_thresholds(path, bundle.class_names, thresholds, rule=rule, split="valid",
-                                        split_name=split_name(data, "valid"), samples=len(valid.scores))  # fmt: skip
-                saved = tuned.path
-                source = f"{tuned.describe()}, just saved"
-            else:
-                source = (
-                    f"per class, tuned now for {rule} on the {split_name(data, 'valid')} split (not saved: add "
-                    f"--save to write {thresholds_path(path)})"
-                )
-            same_split = evaluated == "valid"
+            thresholds, op = _tune(bundle, path, data, tune_recall, save, progress, kwargs)
+            op = replace(op, same_split=evaluated == "valid")
         else:
             thresholds = decision_thresholds(bundle, threshold)
-            source = describe_thresholds(bundle, threshold)
-            same_split = False
+            op = OperatingPoint(description=describe_thresholds(bundle, threshold), checkpoint=str(path.parent))
             if threshold is None and bundle.tuned is not None:
                 t = bundle.tuned
-                op.update(tuned=True, rule=t.rule, tuned_on=t.split_name)
-                same_split = normalize_split(t.split) == evaluated
+                op = replace(op, tuned=True, rule=t.rule, tuned_on=t.split_name,
+                             same_split=normalize_split(t.split) == evaluated)  # fmt: skip
     finally:
         if lock is not None:
             lock.release()
-    op.update(description=source, same_split=same_split)
-    warnings = []
-    if same_split:
-        warnings.append(
-            f"the thresholds were tuned on the {op['tuned_on']} split and this evaluation reads the same split: its "
-            "recall and precision are optimistic; evaluate --split test for numbers that carry over"
-        )
     test = score_split(bundle, split, progress=progress, **kwargs)
-    metrics = multilabel_metrics(test.scores, test.targets, threshold=thresholds, class_names=bundle.class_names)
-    metrics = add_statistics(metrics, test.scores, test.targets, resamples=resamples)
     cost = model_cost(bundle.classifier(), bundle.image_size)
     meta: dict[str, Any] = {
         "checkpoint": str(path),
         "dataset": f"{data.name} ({test.source})",
         "split": split_name(data, split),
-        "thresholds from": source,
+        "thresholds from": op.description,
         "model cost": f"{cost.describe()} (encoder + head; MACs = FLOPs / 2)",
         "encoder": bundle.encoder_name,
     }
+    warnings = []
     if test.skipped:
         meta["skipped samples"] = f"{test.skipped} unreadable sample(s) skipped (dataset.skip_bad)"
-    if tune_recall is not None:
-        tradeoff = threshold_tradeoff(test.scores, test.targets, thresholds, class_names=bundle.class_names)
-        summary, per_class = _tradeoff_text(tradeoff)
-        meta["precision cost of the recall target"] = summary
-        meta["precision cost per class"] = per_class
-        metrics["threshold_tuning"] = {"recall_target": tune_recall, "tuned_on": "valid", **tradeoff}
-    metrics["operating_point"] = op
-    return Evaluation(
-        metrics, test, np.asarray(thresholds, dtype=np.float64), source, tradeoff, cost, meta, bundle, warnings, saved
+        warnings.append(f"{test.skipped} unreadable sample(s) of the {split} split were skipped (dataset.skip_bad)")
+    result = assemble(
+        test.scores,
+        test.targets,
+        bundle.class_names,
+        thresholds,
+        operating_point=op,
+        meta=meta,
+        recall_floor=recall_floor,
+        precision_floor=precision_floor,
+        resamples=resamples,
+        compare_with=DEFAULT_THRESHOLD if tune_recall is not None else None,
+        cost=cost,
+        warnings=warnings,
     )
+    return CheckpointEvaluation(result, test, bundle)
+
+
+def _tune(
+    bundle: ModelBundle,
+    path: Path,
+    data: DatasetSource,
+    recall: float,
+    save: bool,
+    progress: ProgressHook | None,
+    kwargs: dict[str, Any],
+) -> tuple[np.ndarray, OperatingPoint]:
+    """Thresholds tuned on the validation split for ``recall`` (saved with ``save``), and their operating point."""
+    valid = score_split(bundle, "valid", progress=progress, **kwargs)
+    thresholds = tune_thresholds(valid.scores, valid.targets, recall=recall)
+    untuned, few = tuning_coverage(valid.targets, bundle.class_names)
+    rule, valid_name = f"recall >= {recall:g} per class", split_name(data, "valid")
+    saved = None
+    if save:
+        tuned = save_thresholds(path, bundle.class_names, thresholds, rule=rule, split="valid",
+                                split_name=valid_name, samples=len(valid.scores))  # fmt: skip
+        saved = str(tuned.path)
+        # said of the file, so the report stays true when read later
+        description = f"{tuned.describe()}, written by this evaluation"
+    else:
+        description = (
+            f"per class, tuned now for {rule} on the {valid_name} split (not saved: add --save to write "
+            f"{thresholds_path(path)})"
+        )
+    op = OperatingPoint(
+        description=description,
+        tuned=True,
+        rule=rule,
+        tuned_on=valid_name,
+        recall_target=recall,
+        checkpoint=str(path.parent),
+        untuned=untuned,
+        few_positives=few,
+        saved=saved,
+    )
+    return thresholds, op
 
 
 def read_training_log(checkpoint: str | Path) -> list[dict[str, Any]]:
@@ -325,31 +328,17 @@ def read_training_log(checkpoint: str | Path) -> list[dict[str, Any]]:
 
 
 def write_checkpoint_report(
-    out_dir: str | Path,
-    result: Evaluation,
-    recall_floor: float = 0.8,
-    precision_floor: float = 0.5,
-    gallery: int = DEFAULT_PER_KIND,
+    out_dir: str | Path, evaluation: CheckpointEvaluation, gallery: int = DEFAULT_PER_KIND
 ) -> Path:
-    """The report folder of an :func:`evaluate_checkpoint` result: its metrics, the training curves from the run's
+    """The report folder of an :func:`evaluate_checkpoint` result, with the training curves from the run's
     ``metrics.jsonl`` and, with ``gallery`` > 0, the most confident mistakes per class with their Grad-CAM
     (:func:`~probmcl_med.evaluation.gallery.build_gallery`). See :func:`~probmcl_med.evaluation.report.write_report`.
     """
-    test = result.test
+    test, result = evaluation.split, evaluation.result
     examples = None
     if gallery > 0 and test.dataset is not None and test.indices is not None:
         examples = build_gallery(
-            result.bundle, test.dataset, test.indices, test.scores, test.targets, result.thresholds, gallery
+            evaluation.bundle, test.dataset, test.indices, test.scores, test.targets, result.thresholds, gallery
         )
-    return write_report(
-        out_dir,
-        result.metrics,
-        test.scores,
-        test.targets,
-        list(result.bundle.class_names),
-        result.meta,
-        recall_floor,
-        precision_floor=precision_floor,
-        training_log=read_training_log(result.meta["checkpoint"]),
-        gallery=examples,
-    )
+    log = read_training_log(result.meta["checkpoint"])
+    return write_report(out_dir, result, training_log=log, gallery=examples)
