@@ -66,7 +66,7 @@ def command_options(path: tuple[str, ...]) -> set[str]:
 def test_the_walk_finds_every_command() -> None:
     assert set(command_paths()) == {
         ("train",), ("evaluate",), ("predict",), ("explain",), ("info",), ("data", "check"), ("sweep",), ("plugins",),
-        ("export",),
+        ("export",), ("compare",),
     }  # fmt: skip
 
 
@@ -153,6 +153,7 @@ REACHED_BY: dict[str, object] = {
     "cli/sweep.py": [("sweep",)],
     "cli/plugins.py": [("plugins",)],
     "cli/export.py": [("export",)],
+    "cli/compare.py": [("compare",)],
     "cli/main.py": ALL,
     "cli/grammar.py": ALL,
     # the library: which commands call into the module (the sweep scores with run_eval's score_split at a fixed
@@ -173,6 +174,9 @@ REACHED_BY: dict[str, object] = {
     "probmcl_med/evaluation/report.py": [("evaluate",)],
     "probmcl_med/evaluation/findings.py": [("evaluate",)],
     "probmcl_med/evaluation/files.py": [("evaluate",)],
+    "probmcl_med/evaluation/compare.py": [("compare",)],
+    "probmcl_med/evaluation/compare_report.py": [("compare",)],
+    "probmcl_med/evaluation/paired.py": [("compare",)],
     "probmcl_med/evaluation/statistics.py": [("evaluate",)],
     "probmcl_med/inference/export.py": [("export",)],
     # a stale thresholds file: the commands that apply thresholds print the fix (info shows it as the file's state)

@@ -68,6 +68,23 @@ def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.full(np.broadcast(num, den).shape, np.nan), where=den > 0)
 
 
+def resampled_ap(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AP per class ((B, C), fractions, NaN without a positive) and mAP ((B,), over the classes with a positive in
+    that resample) of B resamples given as draw counts ``weights`` (B, N) of the (N, C) ``scores`` and ``targets``."""
+    support = weights @ targets
+    order, group_end = ranking(scores)
+    ap = np.empty_like(support)
+    for c in range(scores.shape[1]):
+        w = weights[:, order[c]]  # (B, N) in the class's ranking
+        positive = targets[order[c], c]
+        cum_tp = np.cumsum(w * positive, axis=1)
+        precision_at_end = _divide(cum_tp[:, group_end[c]], np.cumsum(w, axis=1)[:, group_end[c]])
+        ap[:, c] = _divide(np.nansum(w * positive * precision_at_end, axis=1), cum_tp[:, -1])
+    has_positive = support > 0
+    mean_ap = _divide(np.where(has_positive, ap, 0.0).sum(axis=1), has_positive.sum(axis=1))
+    return ap, mean_ap
+
+
 def resampled_metrics(
     scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, weights: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -80,25 +97,14 @@ def resampled_metrics(
         weights: (B, N) draw counts (:func:`resample_weights`).
     """
     pred = (scores >= thresholds[None, :]).astype(np.float64)
-    support = weights @ targets
     tp = weights @ (pred * targets)
-    recall = _divide(tp, support)
+    recall = _divide(tp, weights @ targets)
     precision = _divide(tp, weights @ pred)
-    order, group_end = ranking(scores)
-    ap = np.empty_like(support)
-    for c in range(scores.shape[1]):
-        w = weights[:, order[c]]  # (B, N) in the class's ranking
-        positive = targets[order[c], c]
-        cum_tp = np.cumsum(w * positive, axis=1)
-        precision_at_end = _divide(cum_tp[:, group_end[c]], np.cumsum(w, axis=1)[:, group_end[c]])
-        ap[:, c] = _divide(np.nansum(w * positive * precision_at_end, axis=1), cum_tp[:, -1])
-    has_positive = support > 0
-    count = has_positive.sum(axis=1)
-    mean_ap = _divide(np.where(has_positive, ap, 0.0).sum(axis=1), count)
+    ap, mean_ap = resampled_ap(scores, targets, weights)
     return {"recall": recall, "precision": precision, "ap": ap, "mAP": mean_ap}
 
 
-def _interval(values: np.ndarray, level: float) -> list[float] | None:
+def percentile_interval(values: np.ndarray, level: float) -> list[float] | None:
     """[lo, hi] percentiles (percent units) of the finite values, or None when there are none."""
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -161,14 +167,14 @@ def bootstrap_intervals(
         row = {}
         for key, count_key in COUNT_OF.items():
             count = int(counts[count_key][k])
-            ci = _interval(values[key][:, k], level) if count >= MIN_COUNT else None
+            ci = percentile_interval(values[key][:, k], level) if count >= MIN_COUNT else None
             if ci is not None and key != "ap":
                 ci = exact_interval(int(hits[k]), count, level) or ci
             row[f"{key}_ci"] = ci
         per_class.append(row)
     return {
         "per_class": per_class,
-        "mAP_ci": _interval(values["mAP"], level) if n >= MIN_COUNT else None,
+        "mAP_ci": percentile_interval(values["mAP"], level) if n >= MIN_COUNT else None,
         "method": {
             "name": "percentile bootstrap over images",
             "resamples": int(resamples),
