@@ -17,7 +17,7 @@ def explain_command(
     image: Annotated[Path, typer.Argument(help="The image to explain.")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Run folder (or its model.pt).")],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output folder: one overlay PNG per class and explain.json.")
+        Path, typer.Option("--out", "-o", help="Output folder: per class a figure, the raw overlay and map.")
     ],
     classes: Annotated[
         list[str] | None,
@@ -56,7 +56,11 @@ def explain_command(
         f"Grad-CAM of {layer.name} ({layer.height}x{layer.width} at {layer.input_size} px input)", highlight=False
     )
     for r in results:
-        console.print(f"{r.name}: p = {r.probability:.3f} -> {r.path}", highlight=False)
+        called = "called" if r.probability >= r.threshold else "not called"
+        console.print(f"{r.name}: p = {r.probability:.3f} (threshold {r.threshold:.3g}, {called}) -> {r.figure}",
+                      highlight=False)  # fmt: skip
+    console.print(f"raw overlays (image size) and maps (.npy) for scripts beside them; {out}/explain.json lists all",
+                  highlight=False)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
