@@ -18,7 +18,8 @@
 3. :func:`aggregate` groups runs by grid point: mean and sample standard deviation (``ddof=1``; NaN for a single
    seed) over seeds of mAP, CF1, OF1 and the mean per-class recall (all percent). :func:`write_outputs` writes
    ``runs.csv`` (one row per run), ``sweep.csv`` and ``sweep.md`` (one row per point) and ``plot_<key>.png`` per
-   swept key (the metric's mean +- std against that key's values, one line per combination of the other keys).
+   swept key (:func:`probmcl_med.evaluation.plots.sweep_figure`: the metric's mean with the std over seeds as
+   error bars against that key's values, points side by side per combination of the other keys).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import yaml
-from matplotlib.figure import Figure
 from rich.table import Table
 
 from probmcl_med.bundle import load_model_bundle
@@ -46,6 +46,7 @@ from probmcl_med.core.metrics import multilabel_metrics
 from probmcl_med.engine.checkpoint import IncompatibleCheckpoint
 from probmcl_med.engine.run import train
 from probmcl_med.errors import CheckpointError, ConfigError, DataError
+from probmcl_med.evaluation.plots import sweep_plot
 from probmcl_med.evaluation.run_eval import score_split
 from probmcl_med.fileio import atomic_write_bytes, atomic_write_text
 from probmcl_med.runlock import RunLock
@@ -412,34 +413,6 @@ def rich_table(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Any:
     return table
 
 
-def parameter_plot(rows: Sequence[dict[str, Any]], key: str, keys: Sequence[str], metric: str = "mAP") -> bytes:
-    """PNG: ``metric`` mean +- std against the values of ``key`` (categorical axis, first-seen order), one line per
-    combination of the other swept keys."""
-    values = list(dict.fromkeys(str(r.get(key, "")) for r in rows))
-    others = [k for k in keys if k != key]
-    lines: dict[str, dict[str, dict[str, Any]]] = {}
-    for row in rows:
-        label = ", ".join(f"{k}={row.get(k, '')}" for k in others) or metric
-        lines.setdefault(label, {})[str(row.get(key, ""))] = row
-    fig = Figure(figsize=(max(4.0, 1.2 * len(values) + 2), 3.6))
-    ax = fig.add_subplot()
-    for label, by_value in lines.items():
-        xs = [i for i, v in enumerate(values) if v in by_value]
-        means = [by_value[values[i]][f"{metric}_mean"] for i in xs]
-        stds = [np.nan_to_num(by_value[values[i]][f"{metric}_std"]) for i in xs]
-        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
-    ax.set_xticks(range(len(values)), values)
-    ax.set_xlabel(key)
-    ax.set_ylabel(f"test {metric} (%)")
-    ax.grid(alpha=0.3)
-    if len(lines) > 1:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
-
-
 def write_outputs(
     out: Path,
     records: Sequence[dict[str, Any]],
@@ -459,5 +432,5 @@ def write_outputs(
     ]
     if plots:
         for key in keys:
-            files.append(atomic_write_bytes(out / f"plot_{_safe(key)}.png", parameter_plot(rows, key, keys)))
+            files.append(atomic_write_bytes(out / f"plot_{_safe(key)}.png", sweep_plot(rows, key, keys)))
     return [Path(f) for f in files]

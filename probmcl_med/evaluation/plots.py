@@ -307,3 +307,88 @@ def cooccurrence_heatmaps(targets: np.ndarray, predictions: np.ndarray, class_na
         ax.set_yticks(range(c), class_names, fontsize=size)
     fig.colorbar(image, ax=axes, shrink=0.8)
     return _png(fig, dpi=90)
+
+
+MIN_SPAN = 10.0
+"""Percentage points: the smallest y-range of a sweep plot, so that a 0.7-point spread is not drawn as a cliff."""
+
+
+def _numeric(values: Sequence[str]) -> list[float] | None:
+    """The values as numbers when every one is a finite number, else None (a categorical key)."""
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        return None
+    return numbers if all(math.isfinite(x) for x in numbers) else None
+
+
+def sweep_figure(rows: Sequence[dict[str, Any]], key: str, keys: Sequence[str], metric: str = "mAP") -> Figure:
+    """``metric``'s mean over seeds, with the sample std as error bars, against the values of ``key``: points, not
+    lines, one series per combination of the other swept keys (side by side, not on top of each other).
+
+    The x axis is the values themselves when they are all numbers (log-scaled when positive and spanning 10x or
+    more: learning rates, tau), else one slot per value in first-seen order. The y axis spans at least
+    :data:`MIN_SPAN` points around the data, within [0, 100].
+
+    Args:
+        rows: aggregated sweep rows (``probmcl_med.sweep.aggregate``): the swept keys' values, ``n`` seeds,
+            ``<metric>_mean`` and ``<metric>_std`` (percent; std NaN for one seed).
+        key: the swept key on the x axis.
+        keys: every swept key (the others make the series).
+        metric: mAP, CF1, OF1 or mean_recall.
+    """
+    values = list(dict.fromkeys(str(r.get(key, "")) for r in rows))
+    numbers = _numeric(values)
+    log = numbers is not None and min(numbers) > 0 and max(numbers) / min(numbers) >= 10
+    others = [k for k in keys if k != key]
+    series: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        label = ", ".join(f"{k}={row.get(k, '')}" for k in others) or metric
+        series.setdefault(label, {})[str(row.get(key, ""))] = row
+    fig = Figure(figsize=(max(5.0, 1.3 * len(values) + 2.5), 4.0))
+    ax = fig.add_subplot()
+    width = 0.5 / max(1, len(series))  # the dodge: series side by side within a value's slot
+    low, high = [], []
+    for i, (label, by_value) in enumerate(series.items()):
+        shift = (i - (len(series) - 1) / 2) * width
+        present = [v for v in values if v in by_value]
+        if numbers is None:
+            xs = [values.index(v) + shift for v in present]
+        elif log:
+            xs = [float(v) * 10 ** (shift / 4) for v in present]  # a dodge of a fraction of a decade
+        else:
+            span = (max(numbers) - min(numbers)) or 1.0
+            xs = [float(v) + shift * span / max(1, len(values)) for v in present]
+        means = np.array([by_value[v][f"{metric}_mean"] for v in present], dtype=np.float64)
+        stds = np.nan_to_num(np.array([by_value[v][f"{metric}_std"] for v in present], dtype=np.float64))
+        ax.errorbar(xs, means, yerr=stds, fmt="o", linestyle="none", capsize=4, markersize=6, label=label)
+        low.append(np.nanmin(means - stds))
+        high.append(np.nanmax(means + stds))
+    if numbers is None:
+        ax.set_xticks(range(len(values)), values)
+        ax.set_xlim(-0.6, len(values) - 0.4)
+    else:
+        ax.set_xscale("log" if log else "linear")
+        ax.set_xticks(numbers, values)
+        ax.minorticks_off()
+    lo, hi = float(np.nanmin(low)), float(np.nanmax(high))
+    pad = max(0.0, MIN_SPAN - (hi - lo)) / 2 + 0.5
+    lo, hi = max(0.0, lo - pad), min(100.0, hi + pad)
+    if hi - lo < MIN_SPAN:
+        lo, hi = (0.0, MIN_SPAN) if lo == 0.0 else (100.0 - MIN_SPAN, 100.0)
+    ax.set_ylim(lo, hi)
+    seeds = sorted({int(r["n"]) for r in rows})
+    bars = "error bars: sample std over seeds" if max(seeds) > 1 else "one seed: no error bars"
+    ax.set_title(f"test {metric} against {key} ({bars}; n = {', '.join(map(str, seeds))})", fontsize=10)
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_plot(rows: Sequence[dict[str, Any]], key: str, keys: Sequence[str], metric: str = "mAP") -> bytes:
+    """PNG bytes of :func:`sweep_figure`."""
+    return _png(sweep_figure(rows, key, keys, metric))
