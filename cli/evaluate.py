@@ -98,15 +98,14 @@ def evaluate_command(
         int,
         typer.Option(
             "--gallery",
-            help="With --report: per class, this many confident misses and false alarms with Grad-CAM (0: none).",
+            help="With --report: per class, this many confident misses and false alarms.",
         ),
     ] = 3,
     bootstrap: Annotated[
         int,
         typer.Option(
             "--bootstrap",
-            help="Resamples of the images for the 95 % intervals (0: none; at 1000 a set of "
-            "tens of thousands of images and 80 classes takes minutes).",
+            help="Resamples of the images for the 95 % intervals (0: none).",
         ),
     ] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (no tables).")] = False,

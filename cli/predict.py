@@ -18,12 +18,7 @@ EXAMPLE = (
     "probmcl-med predict slide.svs --checkpoint runs/adp --out slide-preds/ --patch-size 224 --mpp 0.5"
 )
 
-UNCERTAINTY_HELP = (
-    "Add, per class, the stage-1 MDN's mixture weight pi_k and variance var_k for the image's encoder features "
-    "(uncertainty.csv): the spread the contrastive objective gave the class's component, an exploratory epistemic "
-    "signal. Not a calibrated probability and not validated here as a predictor of errors. Needs a checkpoint that "
-    "kept its MDN."
-)
+UNCERTAINTY_HELP = "Per class the stage-1 MDN's pi_k and var_k (uncertainty.csv): exploratory, not a probability."
 
 
 TABLE_LIMIT = 20
@@ -77,8 +72,7 @@ def predict_command(
         float | None,
         typer.Option(
             "--mpp",
-            help="Slides: microns per pixel of the patches (read from the nearest finer level and resized); default: "
-            "the mpp the model was trained at when model.pt records one, else level 0 pixels.",
+            help="Slides: microns per pixel of the patches (default: the model's training mpp, else level-0 pixels).",
         ),
     ] = None,
     slide_mpp: Annotated[

@@ -85,8 +85,7 @@ def train_command(
         int | None,
         typer.Option(
             "--epochs",
-            help="The run's length in passes over the training set, whatever the mode: two-stage divides it between "
-            "its stages in the ratio contrastive.epochs : classifier.epochs; asl and joint train all of it.",
+            help="Passes over the training set, whatever the mode (two-stage splits them in its stage ratio).",
         ),
     ] = None,
     stage: Annotated[
