@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from probmcl_med.cli.evaluate import RichProgress
 from probmcl_med.cli.grammar import Command
@@ -18,7 +19,7 @@ EXAMPLE = (
     "probmcl-med predict slide.svs --checkpoint runs/adp --out slide-preds/ --patch-size 224 --mpp 0.5"
 )
 
-UNCERTAINTY_HELP = "Per class the stage-1 MDN's pi_k and var_k (uncertainty.csv): exploratory, not a probability."
+UNCERTAINTY_HELP = "Per class the MDN's pi_k and var_k (uncertainty.csv): exploratory, not calibrated."
 
 
 TABLE_LIMIT = 20
@@ -112,6 +113,7 @@ def predict_command(
     """
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
+    from probmcl_med.core.ood import describe
     from probmcl_med.devices import resolve_device
     from probmcl_med.inference.inputs import input_kind, list_images
     from probmcl_med.inference.loop import require_mdn
@@ -178,6 +180,16 @@ def predict_command(
             f"{len(predictions.ids)} image(s) predicted; written to {out}/predictions.csv and labels.csv",
             highlight=False,
         )
+    if predictions.ood is None:
+        console.print(f"no out-of-distribution check: {path} keeps no training-feature statistics (a model saved "
+                      "before its training finished, or by an earlier version)", highlight=False, soft_wrap=True)  # fmt: skip
+    else:
+        line = describe(predictions.ood, slide=kind == "slide", units="patches" if kind == "slide" else "images")
+        if predictions.ood.flagged.any():  # a warning: on stderr, as one line
+            err.print(f"[yellow]warning:[/yellow] {escape(line)}; {out}/ood.csv lists each", highlight=False,
+                      soft_wrap=True)  # fmt: skip
+        else:
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
     if predictions.skipped:
         err.print(f"skipped {len(predictions.skipped)} unreadable input(s):", highlight=False)
         for item in predictions.skipped:

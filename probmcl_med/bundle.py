@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from probmcl_med.core.mdn import MixtureDensityNetwork
+from probmcl_med.core.ood import OodStatistics
 from probmcl_med.errors import CheckpointError, first_words, torch_load_error
 from probmcl_med.fileio import atomic_write
 from probmcl_med.models.encoders import get_encoder
@@ -172,6 +173,9 @@ class ModelBundle:
             commands that need the model's thresholds refuse with this message.
         mpp: microns per pixel of the network input the model was trained on, or None (not recorded).
         stain_reference: the Macenko stain reference (``StainReference.to_dict()``) applied to every input, or None.
+        ood: the training features' statistics for the out-of-distribution flag
+            (:class:`~probmcl_med.core.ood.OodStatistics`), or None (a model saved before training finished, or
+            by an earlier version).
     """
 
     encoder: nn.Module
@@ -191,6 +195,7 @@ class ModelBundle:
     threshold_problem: str | None = None
     mpp: float | None = None
     stain_reference: dict[str, Any] | None = None
+    ood: OodStatistics | None = None
 
     def classifier(self) -> Classifier:
         """Encoder + head as one module: images (B, 3, H, W) -> logits (B, C)."""
@@ -233,11 +238,14 @@ def bundle_dict(
     best_epoch: int | None = None,
     mpp: float | None = None,
     stain_reference: Mapping[str, Any] | None = None,
+    ood: OodStatistics | None = None,
 ) -> dict[str, Any]:
     """The plain (weights_only-loadable) dict that :func:`save_model_bundle` writes.
 
     ``best_val_map`` (percent) and ``best_epoch`` record which classifier epoch the saved head comes from; ``mpp``
-    the microns per pixel of the network input; ``stain_reference`` the Macenko reference as a plain dict.
+    the microns per pixel of the network input; ``stain_reference`` the Macenko reference as a plain dict; ``ood``
+    the training features' statistics for the out-of-distribution flag (:func:`add_ood_statistics` adds them to a
+    saved bundle at the end of training).
     """
     head = unwrap(head)
     if len(class_names) != head.out_features:
@@ -272,7 +280,20 @@ def bundle_dict(
         "best_epoch": None if best_epoch is None else int(best_epoch),
         "mpp": None if mpp is None else float(mpp),
         "stain_reference": None if stain_reference is None else dict(stain_reference),
+        "ood": None if ood is None else ood.to_dict(),
     }
+
+
+def add_ood_statistics(path: str | Path, ood: OodStatistics) -> Path:
+    """Store the out-of-distribution statistics in a saved bundle (atomically; the rest of the file unchanged).
+
+    Called once at the end of training, before ``thresholds.json`` or any other file tied to the model's hash can
+    exist; the statistics describe the saved (best) weights.
+    """
+    path = resolve_bundle_path(path)
+    data = read_checkpoint(path, expected_format=BUNDLE_FORMAT)
+    data["ood"] = ood.to_dict()
+    return save_torch(path, data)
 
 
 def save_model_bundle(path: str | Path, **parts: Any) -> Path:
@@ -280,7 +301,7 @@ def save_model_bundle(path: str | Path, **parts: Any) -> Path:
 
     Keyword arguments are those of :func:`bundle_dict`: ``encoder, head, class_names, mean, std, image_size,
     encoder_name`` and optionally ``encoder_options, mdn, thresholds, normalize_features, dataset, training_config,
-    best_val_map, best_epoch, mpp, stain_reference``.
+    best_val_map, best_epoch, mpp, stain_reference, ood``.
     """
     path = Path(path)
     if path.suffix != ".pt":
@@ -387,5 +408,6 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         threshold_problem=problem,
         mpp=None if data.get("mpp") is None else float(data["mpp"]),
         stain_reference=data.get("stain_reference"),
+        ood=None if data.get("ood") is None else OodStatistics.from_dict(data["ood"]),
     )
     return bundle.to(device)

@@ -16,7 +16,8 @@ The run folder (``config.output_dir``)::
     metrics.jsonl       one JSON line per epoch per stage (loss terms, lr, images/s, validation mAP)
     tensorboard/STAGE/  TensorBoard event files, one folder per stage
     checkpoints/        rolling training states (crash-proof; ``--resume`` continues from the newest readable one)
-    model.pt            the bundle evaluate/predict need (best validation mAP of the classifier stage)
+    model.pt            the bundle evaluate/predict need (best validation mAP of the classifier stage), with the
+                        training features' statistics for the out-of-distribution flag (fitted at the end)
 
 The mode (:mod:`probmcl_med.engine.modes`) decides what is trained and for how long; the stages it runs are in
 :mod:`probmcl_med.engine.stages`, the services they share in :mod:`probmcl_med.engine.session`.
@@ -40,7 +41,8 @@ from probmcl_med.engine.distributed import barrier, cleanup_distributed, setup_d
 from probmcl_med.engine.modes import MODES, stages_for
 from probmcl_med.engine.preflight import check_components
 from probmcl_med.engine.session import Session
-from probmcl_med.errors import TrainingInterrupted
+from probmcl_med.errors import TrainingInterrupted, UserError, one_line_message
+from probmcl_med.inference.ood import fit_model_ood
 from probmcl_med.runlock import RunLock
 from probmcl_med.threads import configure_threads
 
@@ -107,6 +109,8 @@ def train(config: RunConfig, *, stage: str = "all", resume: bool = False, consol
         found = session.find_resume(resume, stages)  # every refusal before the first write
         session.folder_plan = (found, stages)
         model_path = mode.run(session, stages, found)
+        if model_path is not None and ctx.is_main:
+            session.log(ood_statistics(model_path, ctx.device, config.workers))
         barrier(ctx)
         best = session.best
         return RunResult(session.out, model_path, session.records, best.get("map"), best.get("epoch"))
@@ -119,6 +123,19 @@ def train(config: RunConfig, *, stage: str = "all", resume: bool = False, consol
             lock.release()
         if ctx.distributed:
             cleanup_distributed()
+
+
+def ood_statistics(model_path: Path, device: torch.device, workers: int) -> str:
+    """Fit the out-of-distribution statistics into ``model_path`` (:func:`~probmcl_med.inference.ood.fit_model_ood`);
+    the line to log. A failure does not undo the training: the model then predicts without the flag, and says so."""
+    try:
+        stats = fit_model_ood(model_path, device=device, workers=workers)
+    except UserError as exc:
+        return f"out-of-distribution statistics not fitted ({one_line_message(exc)}): predict will say it cannot flag"
+    return (
+        f"out-of-distribution statistics: {stats.train_images} training images, flag threshold calibrated on "
+        f"{stats.calibration_images} images of the {stats.calibrated_on} split"
+    )
 
 
 def interrupted(out: Path) -> TrainingInterrupted:

@@ -2,7 +2,7 @@
 
 ``probmcl-med evaluate --checkpoint RUN`` is this module plus printing:
 
-1. :func:`build_split_dataset` rebuilds the dataset from the bundle's stored config (``dataset.name``, ``root``,
+1. :func:`~probmcl_med.inference.splits.build_split_dataset` rebuilds the dataset from the bundle's stored config (``dataset.name``, ``root``,
    ``options``, ``skip_bad``; the split names ``train_split``/``val_split``/``test_split``), with the deterministic
    eval transform at the bundle's image size and its stored normalisation (never recomputed: the model is fed what
    it was trained on). A dataset whose classes differ from the checkpoint's is a one-line CheckpointError.
@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,8 @@ import numpy as np
 from probmcl_med.bundle import DatasetSource, ModelBundle, load_model_bundle, resolve_bundle_path
 from probmcl_med.core.metrics import check_recall_floor
 from probmcl_med.data.base import normalize_split
-from probmcl_med.data.datasets import build_dataset
 from probmcl_med.devices import resolve_device
-from probmcl_med.errors import CheckpointError, DataError
+from probmcl_med.errors import DataError
 from probmcl_med.evaluation.bootstrap import RESAMPLES
 from probmcl_med.evaluation.complexity import model_cost
 from probmcl_med.evaluation.findings import PRECISION_FLOOR
@@ -38,69 +36,12 @@ from probmcl_med.evaluation.report import write_report
 from probmcl_med.evaluation.result import RECALL_FLOOR, EvaluationResult, assemble
 from probmcl_med.evaluation.thresholds import OperatingPoint, tune_thresholds, tuning_coverage
 from probmcl_med.fileio import read_json_lines
-from probmcl_med.inference.inputs import eval_transform, make_loader
+from probmcl_med.inference.inputs import make_loader
 from probmcl_med.inference.loop import ProgressHook, run_bundle
 from probmcl_med.inference.predict import decision_thresholds, describe_thresholds
+from probmcl_med.inference.splits import build_split_dataset, dataset_source, split_name
 from probmcl_med.operating_point import DEFAULT_THRESHOLD, save_thresholds, thresholds_path
 from probmcl_med.runlock import RunLock
-
-
-def dataset_source(bundle: ModelBundle, checkpoint: Any = "checkpoint") -> DatasetSource:
-    """Where the bundle's training data came from; a bundle that does not say is a one-line CheckpointError."""
-    if bundle.dataset is None:
-        raise CheckpointError(
-            f"checkpoint {checkpoint} does not record the dataset it was trained on; evaluate saved predictions "
-            "instead (probmcl-med predict, then evaluate --scores --targets)"
-        )
-    return bundle.dataset
-
-
-def split_name(source: DatasetSource, split: str) -> str:
-    """The dataset's own name for ``train``/``valid``/``test`` (the run's ``*_split`` settings; aliases accepted)."""
-    return source.splits[normalize_split(split, where="--split")]
-
-
-def check_classes(
-    checkpoint_classes: Sequence[str], dataset_classes: Sequence[str], checkpoint: Any, source: Any
-) -> None:
-    """One-line CheckpointError unless the dataset has the checkpoint's classes in the checkpoint's order."""
-    a, b = [str(c) for c in checkpoint_classes], [str(c) for c in dataset_classes]
-    if a == b:
-        return
-    if len(a) != len(b):
-        detail = f"{len(a)} classes vs {len(b)}"
-    elif sorted(a) == sorted(b):
-        detail = "the same classes in another order"
-    else:
-        i = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
-        detail = f"class {i + 1} is {a[i]!r} in the checkpoint but {b[i]!r} in the dataset"
-    missing = [c for c in a if c not in b][:3]
-    hint = f" (not in the dataset: {', '.join(missing)})" if missing and len(a) != len(b) else ""
-    raise CheckpointError(
-        f"checkpoint {checkpoint} was trained on other classes than dataset {source}: {detail}{hint}; evaluate it on "
-        "the dataset it was trained on"
-    )
-
-
-def build_split_dataset(bundle: Any, split: str, checkpoint: Any = "checkpoint", root: str | None = None) -> Any:
-    """The bundle's dataset at ``split`` with the bundle's eval transform.
-
-    Args:
-        bundle: a loaded :class:`~probmcl_med.bundle.ModelBundle`.
-        split: train, valid (val) or test.
-        checkpoint: named in error messages.
-        root: override of the stored ``dataset.root`` (the data moved since training).
-
-    Raises:
-        CheckpointError: the dataset's classes differ from the checkpoint's.
-        DataError: the dataset cannot be read (missing folder, bad CSV, ...), from the dataset factory.
-    """
-    source = dataset_source(bundle, checkpoint)
-    where = root if root is not None else source.root
-    dataset = build_dataset(source.name, where, split_name(source, split), dict(source.options), source.skip_bad)
-    check_classes(bundle.class_names, dataset.class_names, checkpoint, getattr(dataset, "source", source.name))
-    dataset.transform = eval_transform(bundle)
-    return dataset
 
 
 @dataclass

@@ -65,6 +65,9 @@ def write_predictions(
     the labels style of the csv dataset). For a slide: ``patches.csv`` (``x, y, level, size`` in OpenSlide's
     convention, x/y in level-0 pixels and size in pixels of ``level``, then the probabilities and ``labels``).
     With uncertainty: ``uncertainty.csv`` (the id columns, then ``pi_<class>`` and ``var_<class>`` per class).
+    When the model keeps the training features' statistics: ``ood.csv`` (the id columns, ``ood_distance``,
+    ``ood_percentile`` among the calibration split, ``out_of_distribution`` 0/1) and ``meta.json``'s ``ood``
+    summary (:mod:`probmcl_med.core.ood`).
     A slide also gets ``thumbnail.png``, ``heatmaps/<class>.png`` (:func:`~probmcl_med.inference.heatmaps.
     write_heatmaps`: the probability in a colour map apart from H&E, the called patches outlined, a legend) and
     ``predictions.geojson``, one polygon per patch in level-0 pixels for QuPath (:mod:`.geojson`). Always:
@@ -89,6 +92,7 @@ def write_predictions(
         "thresholds": [float(t) for t in p.thresholds],
         "threshold_rule": "score >= threshold",
         **({"skipped": p.skipped} if p.skipped else {}),
+        "ood": p.ood_summary,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     with atomic_directory(out_dir) as tmp:
@@ -117,6 +121,13 @@ def write_predictions(
                 "pi_k and var_k of the stage-1 MDN's class-k component for the encoder features: an exploratory "
                 "epistemic signal, not a calibrated probability, not validated as an error predictor"
             )
+        if p.ood is not None:
+            header = [*id_cols, "ood_distance", "ood_percentile", "out_of_distribution"]
+            rows = [
+                [*a, _num(d), f"{q:.2f}", int(f)]
+                for a, d, q, f in zip(id_rows, p.ood.distance, p.ood.percentile, p.ood.flagged, strict=True)
+            ]
+            (tmp / "ood.csv").write_text(_csv_text(header, rows))
         if p.kind == "slide" and p.slide is not None:
             taken: set[str] = set()
             write_heatmaps(tmp, p, [f"{safe_filename(name, taken)}.png" for name in p.class_names])
