@@ -41,10 +41,10 @@ from probmcl_med.fileio import atomic_write
 from probmcl_med.models.encoders import get_encoder
 from probmcl_med.models.heads import Classifier, LinearHead
 from probmcl_med.operating_point import TunedThresholds, read_thresholds
+from probmcl_med.runpaths import MODEL_FILE, resolve_bundle_path
 
 BUNDLE_FORMAT = "probmcl-med/model"
 FORMAT_VERSION = 1
-MODEL_FILE = "model.pt"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -307,22 +307,6 @@ def save_model_bundle(path: str | Path, **parts: Any) -> Path:
     if path.suffix != ".pt":
         path = path / MODEL_FILE
     return save_torch(path, bundle_dict(**parts))
-
-
-def resolve_bundle_path(path: str | Path) -> Path:
-    """``RUN`` -> ``RUN/model.pt``; a file stays itself. Missing -> one-line CheckpointError saying what to do."""
-    path = Path(path)
-    if path.is_dir():
-        candidate = path / MODEL_FILE
-        if not candidate.is_file():
-            raise CheckpointError(
-                f"{path} has no {MODEL_FILE}: the run has not finished its classifier stage; finish it with "
-                f"`probmcl-med train --resume --output-dir {path}` or pass another --checkpoint"
-            )
-        return candidate
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} not found; pass a run folder or its model.pt")
-    return path
 
 
 def _build_mdn(spec: Mapping[str, Any]) -> MixtureDensityNetwork:
