@@ -55,6 +55,10 @@ def compare_command(
         raise typer.BadParameter("give two or more run folders, or --scores A --scores B --targets T")
     if scores and targets is None:
         raise typer.BadParameter("--scores needs --targets (the labels of the images)")
+    from probmcl_med.runpaths import resolve_bundle_path
+
+    for run in runs or []:
+        resolve_bundle_path(run, option="RUN folder")  # a wrong path is refused before torch is imported
     from probmcl_med.evaluation.compare import compare_runs, compare_score_files
     from probmcl_med.evaluation.compare_report import conclusion, write_comparison
 

@@ -12,8 +12,7 @@ from rich.table import Table
 
 from probmcl_med.cli.grammar import Command, Group
 from probmcl_med.config import load_config
-from probmcl_med.data.checks import check_dataset, group_leaks
-from probmcl_med.data.datasets import build_dataset
+from probmcl_med.data.roots import preflight_root, require_named_data
 from probmcl_med.errors import ConfigError, EmptySplit
 
 CHECK_EPILOG = (
@@ -38,6 +37,7 @@ def run_check(
     A split with no rows is reported as empty, with what training does about it (:data:`EMPTY_SPLIT`): an error for
     the training split only.
     """
+    require_named_data("data check", dataset, config, overrides)
     sets = list(overrides)
     if dataset is not None:
         sets.append(f"dataset.name={dataset}")
@@ -47,6 +47,12 @@ def run_check(
     splits = ["train", "valid", "test"] if split == "all" else [split]
     if split not in ("all", "train", "valid", "test"):
         raise ConfigError(f"--split {split!r}: use train, valid, test or all")
+    preflight_root(cfg.name, cfg.root)
+    # the data layer (torch, the readers) is imported here, once the options and the folder are known to be good:
+    # see probmcl_med/cli/__init__.py and benchmarks/bench_refusal.py
+    from probmcl_med.data.checks import check_dataset, group_leaks
+    from probmcl_med.data.datasets import build_dataset
+
     own_names = {"train": cfg.train_split, "valid": cfg.val_split, "test": cfg.test_split}
     results = []
     built = {}

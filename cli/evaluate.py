@@ -124,13 +124,16 @@ def evaluate_command(
     targets: Annotated[Path | None, typer.Option("--targets", help="Saved 0/1 labels for --scores.")] = None,
 ) -> None:
     """Evaluate a checkpoint on its dataset (metrics, per-class recall first, model cost), or saved scores."""
-    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
-    from probmcl_med.evaluation.render import render_result
-    from probmcl_med.evaluation.report import write_report
-    from probmcl_med.evaluation.run_eval import parse_recall_target
+    # the library is imported here, not at the top (see probmcl_med/cli/__init__.py), and only once the options and
+    # paths are known to be good: a refusal does not wait for torch (benchmarks/bench_refusal.py)
+    from probmcl_med.core.metrics import check_recall_floor
+    from probmcl_med.evaluation.thresholds import parse_recall_target
+    from probmcl_med.runpaths import resolve_bundle_path
 
     if gallery < 0:
         raise typer.BadParameter("--gallery takes 0 or a positive number")
+    check_recall_floor(recall_floor)
+    check_recall_floor(precision_floor)
     floors = {"recall_floor": recall_floor, "precision_floor": precision_floor, "resamples": bootstrap}
     err = Console(stderr=True)
     if scores is not None or targets is not None:
@@ -141,6 +144,7 @@ def evaluate_command(
                 "--scores/--targets evaluate saved predictions: drop --checkpoint/--tune-thresholds/--save"
             )
         from probmcl_med.evaluation.files import evaluate_files
+        from probmcl_med.evaluation.report import write_report
 
         result = evaluate_files(scores, targets, threshold=threshold, **floors)
         if report is not None:
@@ -149,6 +153,7 @@ def evaluate_command(
         if checkpoint is None:
             raise typer.BadParameter("give --checkpoint RUN (or --scores S --targets T)")
         recall_target = parse_recall_target(tune_thresholds) if tune_thresholds is not None else None
+        resolve_bundle_path(checkpoint)
         from probmcl_med.evaluation.run_eval import evaluate_checkpoint, write_checkpoint_report
 
         with RichProgress(err, enabled=not as_json) as progress:
@@ -164,6 +169,8 @@ def evaluate_command(
         document = {**result.to_dict(), "report": None if report is None else str(report)}
         sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
         return
+    from probmcl_med.evaluation.render import render_result
+
     out = Console()
     meta = result.meta
     out.print(f"[bold]{meta['checkpoint']}[/bold] on {meta['dataset']}, split {meta['split']}", highlight=False)

@@ -34,15 +34,17 @@ def explain_command(
     The target layer is the deepest whose output map is at least 7x7 at the model's input size (at 224 px a ResNet's
     last stage; at 32 px an earlier one, since the last is 1x1); explain.json records it and its size.
     """
-    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
-    from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
+    # the library is imported here, not at the top (see probmcl_med/cli/__init__.py), after the paths are checked
     from probmcl_med.errors import DataError
-    from probmcl_med.inference.explain import explain_image
-    from probmcl_med.inference.predict import describe_thresholds
+    from probmcl_med.runpaths import resolve_bundle_path
 
     if not image.is_file():
         raise DataError(f"image {image} does not exist")
     path = resolve_bundle_path(checkpoint)
+    from probmcl_med.bundle import load_model_bundle
+    from probmcl_med.inference.explain import explain_image
+    from probmcl_med.inference.predict import describe_thresholds
+
     bundle = load_model_bundle(path)
     Console().print(
         f"thresholds: {describe_thresholds(bundle, threshold)}", highlight=False, soft_wrap=True, markup=False

@@ -23,7 +23,10 @@ def info_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show a checkpoint: encoder, classes, normalisation, training settings, parameters (M) and GMAC."""
-    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
+    # the library is imported here, not at the top (see probmcl_med/cli/__init__.py), after the path is checked
+    from probmcl_med.runpaths import resolve_bundle_path
+
+    resolve_bundle_path(checkpoint)
     from probmcl_med.evaluation.model_info import checkpoint_info, info_rows
 
     info = checkpoint_info(checkpoint)

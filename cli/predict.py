@@ -111,8 +111,14 @@ def predict_command(
     predictions.geojson (QuPath: File > Import objects), thumbnail.png, heatmaps/CLASS.png, meta.json (with the
     slide's mpp, the requested mpp and the level read).
     """
-    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
-    from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
+    # the library is imported here, not at the top (see probmcl_med/cli/__init__.py), after the paths are checked: a
+    # missing input or checkpoint is refused before torch is imported (benchmarks/bench_refusal.py)
+    from probmcl_med.runpaths import resolve_bundle_path
+
+    if not input_path.exists():
+        raise UserError(f"input {input_path} does not exist; give an image, a folder of images or a whole slide")
+    resolve_bundle_path(checkpoint)
+    from probmcl_med.bundle import load_model_bundle
     from probmcl_med.core.ood import describe
     from probmcl_med.devices import resolve_device
     from probmcl_med.inference.inputs import input_kind, list_images

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from probmcl_med.cli.grammar import Command
 from probmcl_med.config import RunConfig, find_named_config, load_config, with_run_length
+from probmcl_med.data.roots import preflight_root, require_named_data
 from probmcl_med.errors import TrainingInterrupted
 
 EPILOG = """\
@@ -107,9 +108,11 @@ def train_command(
     model.pt (what `probmcl-med evaluate --checkpoint RUN` reads).
     """
     cfg = resolve_train_config(dataset, config, overrides, output_dir, epochs, root)
-    if print_config:
+    if print_config:  # the defaults may be printed without naming data; training on them may not
         sys.stdout.write(cfg.to_yaml())
         return
+    require_named_data("train", dataset, config, list(overrides or []))
+    preflight_root(cfg.dataset.name, cfg.dataset.root)  # a missing folder is refused before torch is imported
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.engine.run import train
 

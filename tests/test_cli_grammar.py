@@ -169,11 +169,17 @@ REACHED_BY: dict[str, object] = {
     "probmcl_med/engine/run.py": [("train",)],
     "probmcl_med/sweep.py": [("sweep",)],
     "probmcl_med/data/csv_dataset.py": DATASET_READERS,
+    "probmcl_med/data/adp.py": DATASET_READERS,
+    "probmcl_med/data/roots.py": DATASET_READERS,
+    "probmcl_med/data/roots.py:require_named_data": [("train",), ("data", "check")],
     "probmcl_med/bundle.py": MODEL_READERS,
+    "probmcl_med/runpaths.py": [*MODEL_READERS, ("export",)],  # compare passes option="RUN folder"
     "probmcl_med/evaluation/run_eval.py": [("evaluate",)],
     "probmcl_med/evaluation/report.py": [("evaluate",)],
     "probmcl_med/evaluation/findings.py": [("evaluate",)],
     "probmcl_med/evaluation/files.py": [("evaluate",)],
+    "probmcl_med/evaluation/thresholds.py": [("evaluate",)],
+    "probmcl_med/inference/splits.py": [("evaluate",), ("compare",)],
     "probmcl_med/evaluation/compare.py": [("compare",)],
     "probmcl_med/evaluation/compare_report.py": [("compare",)],
     "probmcl_med/evaluation/paired.py": [("compare",)],
@@ -250,7 +256,7 @@ def _commands_for(rel: str, function: str) -> list[tuple[str, ...]]:
 
 def test_the_walk_finds_the_hints_it_must() -> None:
     hints = {(rel, option) for rel, _, _, option in message_hints()}
-    assert ("probmcl_med/data/csv_dataset.py", "--root") in hints  # the hint train used to print without --root
+    assert ("probmcl_med/data/roots.py", "--root") in hints  # the hint train used to print without --root
     assert ("probmcl_med/inference/writers.py", "--out") in hints  # an option passed as an argument
     assert ("probmcl_med/registry.py", "--plugins-dir") in hints
     assert not any(option == "--data-root" for _, option in hints)

@@ -31,7 +31,20 @@ MAX_WIDTH = 65_536
 Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 
 
+BUILT_IN_NAMES: dict[str, frozenset[str]] = {
+    "dataset": frozenset({"demo", "csv", "adp", "coco", "slides"}),
+    "overlap": frozenset({"jaccard", "cosine"}),
+    "similarity": frozenset({"correlation", "bhattacharyya"}),
+    "likelihood": frozenset({"density", "responsibility"}),
+}
+"""The names the built-in modules register, per registry kind, accepted without importing those modules (they import
+torch): a config is validated, and a wrong command refused, before torch is (``benchmarks/bench_refusal.py``). Any
+other name is looked up in the registry. ``tests/test_fast_refusals.py`` checks these against the registries."""
+
+
 def _registered(registry: Registry, value: str) -> str:
+    if value in BUILT_IN_NAMES.get(registry.kind, frozenset()):
+        return value
     if value not in registry:
         raise ValueError(registry.unknown_message(value).split(" (plugins are loaded")[0])
     return value

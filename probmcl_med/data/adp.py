@@ -37,20 +37,14 @@ import numpy as np
 from probmcl_med.data.base import MultiLabelDataset, normalize_split, seeded_split
 from probmcl_med.data.csv_dataset import check_root, find_column, labels_from_rows, read_table, resolve_image_path
 from probmcl_med.data.normalization import ADP_MEAN, ADP_STD
+from probmcl_med.data.roots import ADP_ABOUT as ABOUT
+from probmcl_med.data.roots import ADP_IMAGES_DIR as IMAGES_DIR
+from probmcl_med.data.roots import ADP_RELEASE_CSV as RELEASE_CSV
+from probmcl_med.data.roots import ADP_RELEASE_FOLDER as RELEASE_FOLDER
 from probmcl_med.errors import DataError
 
-RELEASE_FOLDER = "ADP V1.0 Release"
-RELEASE_CSV = "ADP_EncodedLabels_Release1_Flat.csv"
-IMAGES_DIR = "img_res_1um_bicubic"
 CODE = re.compile(r"^[A-Z](\.[A-Z])*$")
 LEVELS = {"L1": 1, "L2": 2, "L3": 3}
-ABOUT = (
-    "ADP is the Atlas of Digital Pathology (Hosseini et al., CVPR 2019): 17,668 H&E patches from 100 slides with up "
-    "to 57 hierarchical tissue types; it is given on request through the form on its project page, "
-    "http://www.dsp.utoronto.ca/projects/ADP/ ; unpack it and give --root the folder that holds "
-    f"'{RELEASE_FOLDER}/' ({RELEASE_CSV} and {IMAGES_DIR}/; README, 'The datasets')"
-)
-"""What ADP is, where to request it and what ``--root`` must hold: every "no ADP here" message ends with it."""
 
 
 def code_depth(code: str) -> int:
@@ -129,10 +123,7 @@ def load_adp(
             file, or an incomplete download: the split's patches missing from the images folder (all of them, or
             some without ``skip_bad``; with ``skip_bad`` the present ones are used and the missing ones named).
     """
-    try:
-        folder = _release_dir(check_root(root, "adp"))
-    except DataError as exc:
-        raise DataError(f"{exc}. {ABOUT}") from None
+    folder = _release_dir(check_root(root, "adp"))  # no folder: the message says what ADP is (roots.ADP_ABOUT)
     if csv:
         table = Path(csv) if Path(csv).is_absolute() else folder / csv
     elif (folder / RELEASE_CSV).is_file():

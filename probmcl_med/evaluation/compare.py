@@ -185,7 +185,7 @@ def compare_runs(
     if len(runs) < 2:
         raise DataError("compare needs at least two runs, e.g. probmcl-med compare runs/a runs/b")
     dev = resolve_device(device)
-    paths = [resolve_bundle_path(r) for r in runs]
+    paths = [resolve_bundle_path(r, option="RUN folder") for r in runs]
     labels = unique_labels([p.parent.name for p in paths])
     models, scored = [], []
     for path, label in zip(paths, labels, strict=True):

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -78,24 +77,6 @@ def score_split(
         raise DataError(f"dataset {dataset.source}: no readable sample in split {split!r}")
     skipped = len(dataset) - len(out.probs)
     return SplitScores(split, out.probs, out.targets, str(dataset.source), skipped, out.indices, dataset)
-
-
-def parse_recall_target(text: str) -> float:
-    """``recall=0.95`` (or ``0.95``) -> 0.95; a fraction in (0, 1]. Anything else is a one-line DataError."""
-    raw = text.strip()
-    if "=" in raw:
-        key, raw = (part.strip() for part in raw.split("=", 1))
-        if key.lower() != "recall":
-            close = difflib.get_close_matches(key.lower(), ["recall"], n=1, cutoff=0.5)
-            hint = " (did you mean recall?)" if close else ""
-            raise DataError(f"--tune-thresholds {text!r}: only recall=R is supported{hint}, e.g. recall=0.95")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise DataError(f"--tune-thresholds {text!r}: expected recall=R with R a fraction, e.g. recall=0.95") from None
-    if not 0.0 < value <= 1.0:
-        raise DataError(f"--tune-thresholds {text!r}: the recall target must be a fraction in (0, 1], e.g. 0.95")
-    return value
 
 
 @dataclass

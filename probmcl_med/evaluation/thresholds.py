@@ -10,6 +10,7 @@ among the class's positives, with k = ceil(r * P).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -202,3 +203,21 @@ def tradeoff_sentence(tradeoff: dict[str, Any]) -> str:
     return (
         f"Against {tradeoff['baseline_threshold']:g} for every class, the tuned thresholds: " + "; ".join(parts) + "."
     )
+
+
+def parse_recall_target(text: str) -> float:
+    """``recall=0.95`` (or ``0.95``) -> 0.95; a fraction in (0, 1]. Anything else is a one-line DataError."""
+    raw = text.strip()
+    if "=" in raw:
+        key, raw = (part.strip() for part in raw.split("=", 1))
+        if key.lower() != "recall":
+            close = difflib.get_close_matches(key.lower(), ["recall"], n=1, cutoff=0.5)
+            hint = " (did you mean recall?)" if close else ""
+            raise DataError(f"--tune-thresholds {text!r}: only recall=R is supported{hint}, e.g. recall=0.95")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DataError(f"--tune-thresholds {text!r}: expected recall=R with R a fraction, e.g. recall=0.95") from None
+    if not 0.0 < value <= 1.0:
+        raise DataError(f"--tune-thresholds {text!r}: the recall target must be a fraction in (0, 1], e.g. 0.95")
+    return value
