@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_refusal.py
 
 # On a machine with CUDA: the CUDA-marked tests, the GPU benchmarks and a Triton launch-shape sweep, one JSON report
 # (gpu-check.json), under 10 minutes; elsewhere one line and exit 0. Uses .venv when there is one, else python3 with
