@@ -20,6 +20,7 @@ from probmcl_med.cli.grammar import Command
 EXAMPLE = (
     "Examples: probmcl-med evaluate --checkpoint runs/adp --split test --report reports/adp-test; "
     "probmcl-med evaluate --checkpoint runs/adp --tune-thresholds recall=0.95 --save --report reports/adp-r95; "
+    "probmcl-med evaluate --checkpoint runs/adp --calibrate --save; "
     "probmcl-med evaluate --scores scores.csv --targets targets.csv"
 )
 
@@ -92,7 +93,19 @@ def evaluate_command(
     ] = None,
     save: Annotated[
         bool,
-        typer.Option("--save", help="With --tune-thresholds: write them to thresholds.json beside model.pt."),
+        typer.Option(
+            "--save",
+            help="With --tune-thresholds: write them to thresholds.json beside model.pt; with --calibrate: the "
+            "temperatures to calibration.json.",
+        ),
+    ] = False,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate",
+            help="Fit one temperature per class on the valid split (temperature scaling) and report calibrated "
+            "probabilities; with --save, predict/explain/evaluate use them from then on.",
+        ),
     ] = False,
     gallery: Annotated[
         int,
@@ -139,9 +152,9 @@ def evaluate_command(
     if scores is not None or targets is not None:
         if scores is None or targets is None:
             raise typer.BadParameter("--scores and --targets go together")
-        if checkpoint is not None or tune_thresholds is not None or save:
+        if checkpoint is not None or tune_thresholds is not None or save or calibrate:
             raise typer.BadParameter(
-                "--scores/--targets evaluate saved predictions: drop --checkpoint/--tune-thresholds/--save"
+                "--scores/--targets evaluate saved predictions: drop --checkpoint/--tune-thresholds/--calibrate/--save"
             )
         from probmcl_med.evaluation.files import evaluate_files
         from probmcl_med.evaluation.report import write_report
@@ -158,8 +171,8 @@ def evaluate_command(
 
         with RichProgress(err, enabled=not as_json) as progress:
             evaluation = evaluate_checkpoint(checkpoint, split, threshold=threshold, tune_recall=recall_target,
-                                             save=save, batch_size=batch_size, device=device, workers=workers,
-                                             root=root, progress=progress, **floors)  # fmt: skip
+                                             save=save, calibrate=calibrate, batch_size=batch_size, device=device,
+                                             workers=workers, root=root, progress=progress, **floors)  # fmt: skip
         result = evaluation.result
         if report is not None:
             write_checkpoint_report(report, evaluation, gallery)

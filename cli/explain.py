@@ -42,12 +42,17 @@ def explain_command(
         raise DataError(f"image {image} does not exist")
     path = resolve_bundle_path(checkpoint)
     from probmcl_med.bundle import load_model_bundle
+    from probmcl_med.calibration_file import describe_probabilities
     from probmcl_med.inference.explain import explain_image
     from probmcl_med.inference.predict import describe_thresholds
 
     bundle = load_model_bundle(path)
     Console().print(
-        f"thresholds: {describe_thresholds(bundle, threshold)}", highlight=False, soft_wrap=True, markup=False
+        f"thresholds: {describe_thresholds(bundle, threshold)}\n"
+        f"probabilities: {describe_probabilities(bundle.calibration)}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
     )
     results = explain_image(bundle, image, out, classes or None, threshold=threshold, device=device, checkpoint=path)
     console = Console()

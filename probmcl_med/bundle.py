@@ -10,6 +10,8 @@ The bundle (``format: probmcl-med/model``) is a dict of tensors, numbers, string
 * preprocessing: ``image_size``, ``mean``, ``std`` (what the model was trained on, never recomputed), the microns
   per pixel of the network input (``mpp``: slides are read at it by default) and the Macenko stain reference
   (``stain_reference``: every input is normalised to it first, as in training);
+* ``feature_cache``: the head trained on the frozen encoder's cached features, so ``evaluate`` scores through the same
+  disk cache (:mod:`probmcl_med.inference.feature_cache`);
 * ``class_names``; ``thresholds`` only in bundles of earlier versions (still read). Tuned thresholds now live in
   ``RUN/thresholds.json`` (:mod:`probmcl_med.operating_point`), written by ``evaluate --tune-thresholds --save``:
   ``model.pt`` is never rewritten after training;
@@ -34,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from probmcl_med.calibration_file import Calibration, read_calibration, thresholds_for
 from probmcl_med.core.mdn import MixtureDensityNetwork
 from probmcl_med.core.ood import OodStatistics
 from probmcl_med.errors import CheckpointError, first_words, torch_load_error
@@ -169,13 +172,18 @@ class ModelBundle:
         dataset: where the training data came from (rebuilds a split for ``evaluate --checkpoint``).
         training_config: the run's resolved config as a plain dict, for information (never validated on load).
         tuned: the ``thresholds.json`` that ``thresholds`` came from, or None.
-        threshold_problem: why a ``thresholds.json`` beside the model was not applied (stale, malformed), or None;
-            commands that need the model's thresholds refuse with this message.
+        threshold_problem: why a ``thresholds.json`` beside the model was not applied (stale, malformed, tuned on a
+            calibration that is gone), or None; commands that need the model's thresholds refuse with this message.
+        calibration: the per-class temperatures of ``calibration.json`` (:mod:`probmcl_med.calibration_file`), applied
+            by the inference loop to every probability, or None (raw sigmoid).
+        calibration_problem: why a ``calibration.json`` beside the model was not applied (stale, malformed), or None;
+            inference refuses with this message (``evaluate --calibrate`` refits it).
         mpp: microns per pixel of the network input the model was trained on, or None (not recorded).
         stain_reference: the Macenko stain reference (``StainReference.to_dict()``) applied to every input, or None.
         ood: the training features' statistics for the out-of-distribution flag
             (:class:`~probmcl_med.core.ood.OodStatistics`), or None (a model saved before training finished, or
             by an earlier version).
+        feature_cache: the head trained on cached features of the frozen encoder: scoring may read them back.
     """
 
     encoder: nn.Module
@@ -193,9 +201,12 @@ class ModelBundle:
     training_config: dict[str, Any] = field(default_factory=dict)
     tuned: TunedThresholds | None = None
     threshold_problem: str | None = None
+    calibration: Calibration | None = None
+    calibration_problem: str | None = None
     mpp: float | None = None
     stain_reference: dict[str, Any] | None = None
     ood: OodStatistics | None = None
+    feature_cache: bool = False
 
     def classifier(self) -> Classifier:
         """Encoder + head as one module: images (B, 3, H, W) -> logits (B, C)."""
@@ -239,13 +250,15 @@ def bundle_dict(
     mpp: float | None = None,
     stain_reference: Mapping[str, Any] | None = None,
     ood: OodStatistics | None = None,
+    feature_cache: bool = False,
 ) -> dict[str, Any]:
     """The plain (weights_only-loadable) dict that :func:`save_model_bundle` writes.
 
     ``best_val_map`` (percent) and ``best_epoch`` record which classifier epoch the saved head comes from; ``mpp``
     the microns per pixel of the network input; ``stain_reference`` the Macenko reference as a plain dict; ``ood``
     the training features' statistics for the out-of-distribution flag (:func:`add_ood_statistics` adds them to a
-    saved bundle at the end of training).
+    saved bundle at the end of training); ``feature_cache`` that the head trained on the frozen encoder's cached
+    features (``evaluate`` then scores through the same cache, :mod:`probmcl_med.inference.feature_cache`).
     """
     head = unwrap(head)
     if len(class_names) != head.out_features:
@@ -281,6 +294,7 @@ def bundle_dict(
         "mpp": None if mpp is None else float(mpp),
         "stain_reference": None if stain_reference is None else dict(stain_reference),
         "ood": None if ood is None else ood.to_dict(),
+        "feature_cache": bool(feature_cache),
     }
 
 
@@ -344,7 +358,7 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
     enc = data["encoder"]
     options = dict(enc.get("options") or {})
     try:
-        encoder = get_encoder(enc["name"], pretrained=False, weights=None, **options)
+        encoder = get_encoder(enc["name"], pretrained=False, weights=None, require_weights=False, **options)
         encoder.load_state_dict(enc["state_dict"], strict=True)
         head_spec = data["head"]
         head = LinearHead(int(head_spec["in_features"]), int(head_spec["num_classes"]))
@@ -368,9 +382,14 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         source = DatasetSource.from_config_dict(training_config)
     else:
         source = None
+    calibration, calibration_problem = None, None
+    try:
+        calibration = read_calibration(path, names)
+    except CheckpointError as exc:
+        calibration_problem = str(exc)
     tuned, problem = None, None
     try:
-        tuned = read_thresholds(path, names)
+        tuned = thresholds_for(read_thresholds(path, names), calibration, path)
     except CheckpointError as exc:
         problem = str(exc)
     stored = data.get("thresholds")
@@ -390,8 +409,11 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         training_config=training_config,
         tuned=tuned,
         threshold_problem=problem,
+        calibration=calibration,
+        calibration_problem=calibration_problem,
         mpp=None if data.get("mpp") is None else float(data["mpp"]),
         stain_reference=data.get("stain_reference"),
         ood=None if data.get("ood") is None else OodStatistics.from_dict(data["ood"]),
+        feature_cache=bool(data.get("feature_cache", False)),
     )
     return bundle.to(device)

@@ -38,7 +38,7 @@ _EXPORTS = {
         "compute_mean_std",
     ),
     "probmcl_med.data.imageio": ("read_image", "read_slide_region"),
-    "probmcl_med.data.slides": ("SlideGrid", "tile_slide"),
+    "probmcl_med.data.tiling": ("SlideGrid", "tile_slide"),
     "probmcl_med.data.checks": ("check_dataset",),
 }
 """Each public name's module: imported on first use of one of its names."""

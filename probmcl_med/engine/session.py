@@ -32,8 +32,8 @@ from probmcl_med.config.schema import ContrastiveConfig
 from probmcl_med.core.mdn import MixtureDensityNetwork
 from probmcl_med.data.base import make_loader
 from probmcl_med.data.datasets import build_dataset
+from probmcl_med.data.mpp import input_mpp
 from probmcl_med.data.normalization import resolve_normalization
-from probmcl_med.data.slides import input_mpp
 from probmcl_med.data.stain import fit_reference
 from probmcl_med.data.transforms import build_eval_transform, build_train_transform
 from probmcl_med.engine.amp import AmpSettings, amp_settings
@@ -103,13 +103,19 @@ class Session:
         try:
             self.val_ds = build_dataset(d.name, d.root, d.val_split, d.options, d.skip_bad)
         except DataError as exc:  # a dataset without a validation split: keep the last epoch instead of the best
-            warnings.warn(f"no validation split ({exc}); the classifier keeps its last epoch", RuntimeWarning, 2)
+            warnings.warn(
+                f"no validation split ({exc}): no best epoch (the classifier keeps its last), no calibration and no "
+                "tuned thresholds (both are fitted on it); hold some rows out with a split column's 'valid' rows or, "
+                "without one, --set dataset.options.valid_fraction=0.1",
+                RuntimeWarning,
+                2,
+            )
         if self.val_ds is not None and list(self.val_ds.class_names) != self.class_names:
             raise ConfigError(f"dataset {d.name}: the {d.val_split} split has other classes than {d.train_split}")
         mean, std = self.encoder.normalization
         self.normalization = resolve_normalization(d.normalization, mean, std, dataset=self.train_ds)
         # fitted once here; the same reference goes into model.pt for evaluate and predict
-        self.stain = fit_reference(d.stain_normalize).to_dict() if d.stain_normalize else None
+        self.stain = fit_reference(d.stain_normalize, method=d.stain_method).to_dict() if d.stain_normalize else None
         self.input_mpp = input_mpp(d.name, d.options, d.image_size, d.mpp)
 
     @property
@@ -392,12 +398,15 @@ class Session:
         if self.console is not None and self.records[stage]:
             self.console.print(summary_table(stage, self.records[stage]))
 
-    def write_bundle(self, head: nn.Linear, best: dict[str, Any], normalize_features: bool) -> Path:
-        """RUN/model.pt with the best head (and fine-tuned encoder), atomically; rank 0 only."""
+    def write_bundle(
+        self, head: nn.Linear, best: dict[str, Any], normalize_features: bool, feature_cache: bool = False
+    ) -> Path:
+        """RUN/model.pt with the best head (and fine-tuned encoder), atomically; rank 0 only. ``feature_cache``: the
+        head trained on the frozen encoder's cached features (evaluate reads them back)."""
         encoder = self.encoder
         e = self.config.encoder
         if best.get("encoder") is not None:  # fine-tuned: the best epoch's encoder, not the current one
-            encoder = get_encoder(e.name, **dict(e.options))
+            encoder = get_encoder(e.name, require_weights=False, **dict(e.options))
             encoder.load_state_dict(best["encoder"])
         best_head = LinearHead(head.in_features, head.out_features)
         best_head.load_state_dict(best["head"])
@@ -421,4 +430,5 @@ class Session:
             best_epoch=best.get("epoch"),
             mpp=self.input_mpp,
             stain_reference=self.stain,
+            feature_cache=feature_cache,
         )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from probmcl_med.bundle import BUNDLE_FORMAT, load_model_bundle, read_checkpoint, resolve_bundle_path
+from probmcl_med.calibration_file import describe_probabilities
 from probmcl_med.evaluation.complexity import model_cost
 from probmcl_med.fileio import read_json_lines
 from probmcl_med.inference.predict import describe_thresholds
@@ -75,6 +76,10 @@ def checkpoint_info(checkpoint: str | Path) -> dict[str, Any]:
         "thresholds_source": f"not applied: {bundle.threshold_problem}"
         if bundle.threshold_problem
         else describe_thresholds(bundle, None),
+        "probabilities": f"not applied: {bundle.calibration_problem}"
+        if bundle.calibration_problem
+        else describe_probabilities(bundle.calibration),
+        "temperatures": None if bundle.calibration is None else list(bundle.calibration.temperatures),
         "mpp": bundle.mpp,
         "stain_reference": bundle.stain_reference,
         "training": {k: v for k, v in training.items() if v is not None},
@@ -111,6 +116,7 @@ def info_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
             info["thresholds_source"]
             + ("" if thresholds is None else ": " + ", ".join(f"{x:.3g}" for x in thresholds)),
         ),
+        ("probabilities", info["probabilities"]),
         ("training", run),
         *(
             (

@@ -133,12 +133,19 @@ def rich_text(line: str) -> str:
     return re.sub(r"`([^`]+)`", r"[cyan]\1[/cyan]", re.sub(r"\*\*(.+?)\*\*", r"[bold]\1[/bold]", text))
 
 
+PROBABILITY_KEYS = ("probabilities", "calibration", "ECE per class, raw -> calibrated")
+"""The meta lines on the probabilities (raw or temperature-scaled) that the terminal prints under the thresholds."""
+
+
 def render_result(result: EvaluationResult, console: Console) -> None:
     """Print an evaluation: the verdict, the thresholds, the summary (mAP with its interval), what is excluded,
     the findings, the per-class table, the tuned thresholds against 0.5 (when tuned) and the model cost."""
     metrics = result.metrics
     console.print(rich_text(result.verdict), highlight=False)
     console.print(f"thresholds: {result.operating_point.description}", highlight=False, soft_wrap=True, markup=False)
+    for key in PROBABILITY_KEYS:
+        if key in result.meta:
+            console.print(f"{key}: {result.meta[key]}", highlight=False, soft_wrap=True, markup=False)
     table = Table(title=f"{metrics['num_samples']} samples, {metrics['num_classes']} classes (percent)")
     for key in SUMMARY_KEYS:
         table.add_column(key, justify="right")

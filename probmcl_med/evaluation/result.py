@@ -57,6 +57,8 @@ class EvaluationResult:
             or None.
         cost: the model's parameters and GMAC, or None (saved scores have no model).
         warnings: what to know before reading the numbers, one line each.
+        temperature_scaling: with a calibration in use, the evaluated split's per-class ECE raw and calibrated
+            (percent) and the fit made by this evaluation (``evaluate --calibrate``), or None.
     """
 
     metrics: dict[str, Any]
@@ -72,6 +74,7 @@ class EvaluationResult:
     tradeoff: dict[str, Any] | None = None
     cost: ModelCost | None = None
     warnings: tuple[str, ...] = ()
+    temperature_scaling: dict[str, Any] | None = None
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -101,6 +104,8 @@ class EvaluationResult:
             document["threshold_tuning"] = {"recall_target": op.recall_target, "tuned_on": op.tuned_on, **self.tradeoff}
         if self.cost is not None:
             document["model_cost"] = self.cost.to_dict()
+        if self.temperature_scaling is not None:
+            document["temperature_scaling"] = self.temperature_scaling
         return document
 
 
@@ -118,6 +123,7 @@ def assemble(
     compare_with: float | None = None,
     cost: ModelCost | None = None,
     warnings: Sequence[str] = (),
+    temperature_scaling: dict[str, Any] | None = None,
 ) -> EvaluationResult:
     """Compute everything an evaluation says about ``scores`` at ``thresholds``, once.
 
@@ -134,6 +140,7 @@ def assemble(
         compare_with: a single threshold to set the tuned thresholds against (0.5), or None.
         cost: the model's cost, or None.
         warnings: lines to show before the numbers (thresholds tuned on this very split add their own).
+        temperature_scaling: see :attr:`EvaluationResult.temperature_scaling`.
 
     Raises:
         DataError: invalid scores/targets/thresholds, a floor that is not a fraction, negative resamples.
@@ -163,4 +170,5 @@ def assemble(
         tradeoff=tradeoff,
         cost=cost,
         warnings=(*filter(None, [same_split_warning(operating_point)]), *warnings),
+        temperature_scaling=temperature_scaling,
     )

@@ -23,11 +23,14 @@ from typing import Any
 import numpy as np
 
 from probmcl_med.bundle import DatasetSource, ModelBundle, load_model_bundle, resolve_bundle_path
+from probmcl_med.calibration_file import calibration_path, describe_probabilities
 from probmcl_med.core.metrics import check_recall_floor
+from probmcl_med.core.temperature import calibrated_probabilities
 from probmcl_med.data.base import normalize_split
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import DataError
 from probmcl_med.evaluation.bootstrap import RESAMPLES
+from probmcl_med.evaluation.calibrate import fit_calibration, per_class_ece
 from probmcl_med.evaluation.complexity import model_cost
 from probmcl_med.evaluation.findings import PRECISION_FLOOR
 from probmcl_med.evaluation.gallery import DEFAULT_PER_KIND, build_gallery
@@ -35,6 +38,7 @@ from probmcl_med.evaluation.report import write_report
 from probmcl_med.evaluation.result import RECALL_FLOOR, EvaluationResult, assemble
 from probmcl_med.evaluation.thresholds import OperatingPoint, tune_thresholds, tuning_coverage
 from probmcl_med.fileio import read_json_lines
+from probmcl_med.inference.features import feature_batches
 from probmcl_med.inference.inputs import make_loader
 from probmcl_med.inference.loop import ProgressHook, run_bundle
 from probmcl_med.inference.predict import decision_thresholds, describe_thresholds
@@ -46,7 +50,8 @@ from probmcl_med.runlock import RunLock
 @dataclass
 class SplitScores:
     """Model outputs on one split: ``scores`` (N, C) probabilities and ``targets`` (N, C) 0/1 labels; ``indices``
-    (N,) the dataset index of each row, ``dataset`` the split's dataset (with the eval transform)."""
+    (N,) the dataset index of each row, ``dataset`` the split's dataset (with the eval transform), ``logits`` (N, C)
+    the head's raw logits."""
 
     split: str
     scores: np.ndarray
@@ -55,6 +60,7 @@ class SplitScores:
     skipped: int = 0
     indices: np.ndarray | None = None
     dataset: Any = None
+    logits: np.ndarray | None = None
 
 
 def score_split(
@@ -72,11 +78,13 @@ def score_split(
     dataset = build_split_dataset(bundle, split, checkpoint=checkpoint, root=root)
     dev = resolve_device(device)
     loader = make_loader(dataset, batch_size, workers, dev)
+    if getattr(bundle, "feature_cache", False):  # a frozen encoder's head: its features from the disk cache
+        loader = feature_batches(bundle, dataset, batch_size, dev, workers, progress)
     out = run_bundle(bundle, loader, dev, progress=progress, description=f"scoring the {split} split")
     if out.targets is None or len(out.probs) == 0:
         raise DataError(f"dataset {dataset.source}: no readable sample in split {split!r}")
     skipped = len(dataset) - len(out.probs)
-    return SplitScores(split, out.probs, out.targets, str(dataset.source), skipped, out.indices, dataset)
+    return SplitScores(split, out.probs, out.targets, str(dataset.source), skipped, out.indices, dataset, out.logits)
 
 
 @dataclass
@@ -102,6 +110,7 @@ def evaluate_checkpoint(
     threshold: float | None = None,
     tune_recall: float | None = None,
     save: bool = False,
+    calibrate: bool = False,
     resamples: int = RESAMPLES,
     recall_floor: float = RECALL_FLOOR,
     precision_floor: float = PRECISION_FLOOR,
@@ -121,8 +130,12 @@ def evaluate_checkpoint(
         tune_recall: if given, per class the highest threshold keeping recall >= ``tune_recall`` on the validation
             split (:func:`~probmcl_med.evaluation.thresholds.tune_thresholds`), used for ``split`` and set against
             0.5. Excludes ``threshold``. A class without a validation positive keeps 0.5 and is named.
-        save: with ``tune_recall``, write the tuned thresholds to ``thresholds.json`` beside ``model.pt``
-            (atomically; ``model.pt`` is never rewritten). Without it, nothing is written.
+        save: with ``tune_recall``, write the tuned thresholds to ``thresholds.json`` beside ``model.pt``; with
+            ``calibrate``, the temperatures to ``calibration.json`` (atomically; ``model.pt`` is never rewritten).
+            Without it, nothing is written.
+        calibrate: fit one temperature per class on the validation split's logits
+            (:mod:`probmcl_med.evaluation.calibrate`) and use them for ``split`` (and for thresholds tuned in the same
+            call, which are then on the calibrated scale).
         resamples: bootstrap resamples for the 95 % intervals (0: none).
         recall_floor: a fraction; classes under it are named first.
         precision_floor: a fraction; classes called with a precision under it are over-called.
@@ -139,8 +152,10 @@ def evaluate_checkpoint(
     """
     if threshold is not None and tune_recall is not None:
         raise DataError("give either --threshold or --tune-thresholds, not both")
-    if save and tune_recall is None:
-        raise DataError("--save writes tuned thresholds: add --tune-thresholds recall=R")
+    if save and tune_recall is None and not calibrate:
+        raise DataError(
+            "--save writes tuned thresholds or a calibration: add --tune-thresholds recall=R or --calibrate"
+        )
     check_recall_floor(recall_floor)
     check_recall_floor(precision_floor)
     evaluated = normalize_split(split, where="--split")
@@ -148,7 +163,7 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     # --save writes beside model.pt: hold the run folder's lock from reading the weights to saving the thresholds,
     # so that no training run replaces model.pt in between (the thresholds file records the hash of model.pt)
-    lock = RunLock(path.parent, "evaluate --tune-thresholds --save") if save else None
+    lock = RunLock(path.parent, "evaluate --save") if save else None
     try:
         if lock is not None:
             lock.acquire()
@@ -156,6 +171,14 @@ def evaluate_checkpoint(
         data = dataset_source(bundle, path)
         n_workers = int(bundle.training_config.get("workers", 0)) if workers is None else workers
         kwargs = {"checkpoint": path, "batch_size": batch_size, "device": dev, "workers": n_workers, "root": root}
+        calibration_fit = None
+        if calibrate:
+            bundle.calibration, bundle.calibration_problem = None, None  # fit on the raw logits, even over a stale file
+            raw = score_split(bundle, "valid", progress=progress, **kwargs)
+            fitted, calibration_fit = fit_calibration(
+                bundle, raw.logits, raw.targets, path, save=save, split_name=split_name(data, "valid")
+            )
+            calibration_fit["saved"] = None if fitted.path is None else str(fitted.path)
         if tune_recall is not None:
             thresholds, op = _tune(bundle, path, data, tune_recall, save, progress, kwargs)
             op = replace(op, same_split=evaluated == "valid")
@@ -176,6 +199,7 @@ def evaluate_checkpoint(
         "dataset": f"{data.name} ({test.source})",
         "split": split_name(data, split),
         "thresholds from": op.description,
+        "probabilities": describe_probabilities(bundle.calibration),
         "model cost": f"{cost.describe()} (encoder + head; MACs = FLOPs / 2)",
         "encoder": bundle.encoder_name,
     }
@@ -183,6 +207,7 @@ def evaluate_checkpoint(
     if test.skipped:
         meta["skipped samples"] = f"{test.skipped} unreadable sample(s) skipped (dataset.skip_bad)"
         warnings.append(f"{test.skipped} unreadable sample(s) of the {split} split were skipped (dataset.skip_bad)")
+    scaling = _temperature_scaling(bundle, test, calibration_fit, path, meta)
     result = assemble(
         test.scores,
         test.targets,
@@ -196,8 +221,30 @@ def evaluate_checkpoint(
         compare_with=DEFAULT_THRESHOLD if tune_recall is not None else None,
         cost=cost,
         warnings=warnings,
+        temperature_scaling=scaling,
     )
     return CheckpointEvaluation(result, test, bundle)
+
+
+def _temperature_scaling(
+    bundle: ModelBundle, test: SplitScores, fit: dict[str, Any] | None, path: Path, meta: dict[str, Any]
+) -> dict[str, Any] | None:
+    """With a calibration in use: the evaluated split's per-class ECE (percent) raw and calibrated, and the fit made
+    by this call (``fit``, or None); their one-line summaries go into ``meta``. None without a calibration."""
+    if fit is not None:
+        where = fit["saved"] or f"not saved: add --save to write {calibration_path(path)}"
+        meta["calibration"] = (
+            f"fitted now on {fit['samples']} {fit['fitted_on']} images, validation ECE worst "
+            f"{max(fit['ece_before']):.1f} -> {max(fit['ece_after']):.1f} % ({where})"
+        )
+    if bundle.calibration is None or test.logits is None:
+        return None
+    raw_ece = per_class_ece(calibrated_probabilities(test.logits, np.ones(test.logits.shape[1])), test.targets)
+    cal_ece = per_class_ece(test.scores, test.targets)
+    meta["ECE per class, raw -> calibrated"] = (
+        f"worst {max(raw_ece):.1f} -> {max(cal_ece):.1f} %, mean {np.mean(raw_ece):.1f} -> {np.mean(cal_ece):.1f} %"
+    )
+    return {"per_class_ece_raw": raw_ece, "per_class_ece_calibrated": cal_ece, "fit": fit}
 
 
 def _tune(
@@ -216,8 +263,9 @@ def _tune(
     rule, valid_name = f"recall >= {recall:g} per class", split_name(data, "valid")
     saved = None
     if save:
+        on = bundle.calibration.sha256 if bundle.calibration is not None else None
         tuned = save_thresholds(path, bundle.class_names, thresholds, rule=rule, split="valid",
-                                split_name=valid_name, samples=len(valid.scores))  # fmt: skip
+                                split_name=valid_name, samples=len(valid.scores), calibration_sha256=on)  # fmt: skip
         saved = str(tuned.path)
         # said of the file, so the report stays true when read later
         description = f"{tuned.describe()}, written by this evaluation"

@@ -45,7 +45,7 @@ def heat_grid(grid: Any, ids: Sequence[dict[str, Any]], values: np.ndarray) -> n
     patches (a stride below the patch size) are averaged.
 
     Args:
-        grid: the :class:`~probmcl_med.data.slides.SlideGrid` (thumbnail size and level-0 -> thumbnail scale).
+        grid: the :class:`~probmcl_med.data.tiling.SlideGrid` (thumbnail size and level-0 -> thumbnail scale).
         ids: per patch ``{"x", "y", "size", ...}``.
         values: (N,) one value per patch (a class's probabilities, or 0/1 calls).
     """

@@ -20,6 +20,9 @@ from probmcl_med.inference.geojson import geojson_text, patch_features
 from probmcl_med.inference.heatmaps import write_heatmaps
 from probmcl_med.inference.predict import Predictions
 
+SLIDE_ID_COLUMNS = ("x", "y", "level", "size", "tissue_fraction")
+"""The id columns of patches.csv (also written, with no rows, for a slide with no tissue)."""
+
 OUTPUT_MARKER = ".probmcl-med-output"
 """File inside every predict/explain output folder: such a folder may be replaced by the next run to the same path."""
 
@@ -80,7 +83,7 @@ def write_predictions(
     out_dir = Path(out_dir)
     check_output_folder(out_dir)
     p = predictions
-    id_cols = list(p.ids[0]) if p.ids else (["image"] if p.kind == "images" else ["x", "y", "level", "size"])
+    id_cols = list(p.ids[0]) if p.ids else (["image"] if p.kind == "images" else list(SLIDE_ID_COLUMNS))
     id_rows = [[row[c] for c in id_cols] for row in p.ids]
     prob_rows = [[_num(v) for v in probs] for probs in p.probs]
     document = {
