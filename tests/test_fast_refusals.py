@@ -75,12 +75,12 @@ def test_the_built_in_names_the_config_accepts_unimported_are_what_the_registrie
     """The config accepts the built-in names without importing their modules (config.schema.BUILT_IN_NAMES): they
     must be exactly what those modules register (a fresh interpreter with no plugins)."""
     probe = (
-        "import json; from probmcl_med.registry import DATASETS, LIKELIHOODS, OVERLAPS, SIMILARITIES; "
+        "import json; from probmcl_med import DATASETS, LIKELIHOODS, OVERLAPS, SIMILARITIES; "
         "print(json.dumps({r.kind: r.names() for r in (DATASETS, LIKELIHOODS, OVERLAPS, SIMILARITIES)}))"
     )
     env = {**os.environ, "PROBMCL_MED_NO_AUTOLOAD": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
                           check=True, timeout=600)  # fmt: skip
-    from probmcl_med.config.schema import BUILT_IN_NAMES
+    from probmcl_med.config.sections import BUILT_IN_NAMES
 
     assert {kind: sorted(names) for kind, names in BUILT_IN_NAMES.items()} == json.loads(done.stdout)

@@ -32,5 +32,7 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def objective(distributed: bool) -> torch.nn.Module:
-    config = load_config(overrides=["contrastive.alpha=0.3", "contrastive.tau=0.2", "contrastive.lambda=0.3"])
+    config = load_config(
+        overrides=["mode=two-stage", "contrastive.alpha=0.3", "contrastive.tau=0.2", "contrastive.lambda=0.3"]
+    )
     return build_objective(config.contrastive, distributed=distributed)

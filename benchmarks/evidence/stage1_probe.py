@@ -65,7 +65,7 @@ def features(encoder: torch.nn.Module, dataset, batch: int = 128) -> tuple[torch
     hs, ys = [], []
     for start in range(0, len(dataset), batch):
         items = [dataset[i] for i in range(start, min(len(dataset), start + batch))]
-        hs.append(encoder(torch.stack([it["image"] for it in items])).float())
+        hs.append(F.normalize(encoder(torch.stack([it["image"] for it in items])).float(), dim=1))
         ys.append(torch.stack([torch.as_tensor(it["label"]).float() for it in items]))
     return torch.cat(hs), torch.cat(ys)
 
@@ -95,7 +95,7 @@ def gradient_paths(encoder, mdn, objective, likelihood, images: torch.Tensor, la
     encoder.train()
     mdn.train()
     with torch.no_grad():
-        r0 = encoder.features(images).float()
+        r0 = encoder(images).float()  # the encoder returns raw pooled features
     r = r0.clone().requires_grad_(True)
 
     def unit() -> torch.Tensor:  # a fresh graph from r for each path

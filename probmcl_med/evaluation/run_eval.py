@@ -39,7 +39,7 @@ from probmcl_med.evaluation.result import RECALL_FLOOR, EvaluationResult, assemb
 from probmcl_med.evaluation.thresholds import OperatingPoint, tune_thresholds, tuning_coverage
 from probmcl_med.fileio import read_json_lines
 from probmcl_med.inference.features import feature_batches
-from probmcl_med.inference.inputs import make_loader
+from probmcl_med.inference.inputs import prediction_batches
 from probmcl_med.inference.loop import ProgressHook, run_bundle
 from probmcl_med.inference.predict import decision_thresholds, describe_thresholds
 from probmcl_med.inference.splits import build_split_dataset, dataset_source, split_name
@@ -77,7 +77,7 @@ def score_split(
     """Probabilities and labels of every (readable) sample of ``split``, in dataset order."""
     dataset = build_split_dataset(bundle, split, checkpoint=checkpoint, root=root)
     dev = resolve_device(device)
-    loader = make_loader(dataset, batch_size, workers, dev)
+    loader = prediction_batches(dataset, batch_size, workers, dev)
     if getattr(bundle, "feature_cache", False):  # a frozen encoder's head: its features from the disk cache
         loader = feature_batches(bundle, dataset, batch_size, dev, workers, progress)
     out = run_bundle(bundle, loader, dev, progress=progress, description=f"scoring the {split} split")

@@ -20,7 +20,7 @@ from torch.utils.data import Subset
 from probmcl_med.bundle import add_ood_statistics, load_model_bundle, resolve_bundle_path
 from probmcl_med.core.ood import OodStatistics, fit_statistics
 from probmcl_med.errors import DataError
-from probmcl_med.inference.inputs import make_loader
+from probmcl_med.inference.inputs import prediction_batches
 from probmcl_med.inference.loop import predict_batches
 from probmcl_med.inference.splits import build_split_dataset
 
@@ -35,7 +35,7 @@ def split_features(
     if limit is not None and len(dataset) > limit:
         chosen = np.sort(np.random.default_rng(0).choice(len(dataset), size=limit, replace=False))
         dataset = Subset(dataset, chosen.tolist())
-    loader = make_loader(dataset, batch_size, workers, device)
+    loader = prediction_batches(dataset, batch_size, workers, device)
     out = predict_batches(bundle.classifier(), loader, device, keep_features=True, allow_empty=True)
     if out.features is None or len(out.features) == 0:
         raise DataError(f"no readable image in the {split} split to fit the out-of-distribution statistics on")
