@@ -55,9 +55,27 @@ other name is looked up in the registry, after the validator imports the module 
 
 
 def _registered(registry: Registry, value: str) -> str:
+    """``value`` when it is a built-in name (:data:`BUILT_IN_NAMES`) or registered (after importing the built-ins'
+    module, :func:`_import_built_ins`), else a ValueError with close matches."""
+    if value in BUILT_IN_NAMES.get(registry.kind, frozenset()):
+        return value
+    _import_built_ins(registry.kind)
     if value not in registry:
         raise ValueError(registry.unknown_message(value).split(" (plugins are loaded")[0])
     return value
+
+
+def _import_built_ins(kind: str) -> None:
+    """Import the module that registers the built-in names of the registry ``kind`` (written out, not by a string,
+    so that the layer contracts see each import)."""
+    if kind == "dataset":
+        import probmcl_med.data.datasets
+    elif kind == "overlap":
+        import probmcl_med.core.overlaps
+    elif kind == "similarity":
+        import probmcl_med.core.similarities
+    elif kind == "likelihood":
+        import probmcl_med.core.likelihoods  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -117,10 +135,6 @@ class DatasetConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, v: str) -> str:
-        if v in BUILT_IN_NAMES["dataset"]:
-            return v
-        import probmcl_med.data.datasets  # noqa: F401 (registers the built-in datasets)
-
         return _registered(DATASETS, v)
 
 
@@ -192,28 +206,16 @@ class ObjectiveConfig(Section):
     @field_validator("overlap")
     @classmethod
     def _known_overlap(cls, v: str) -> str:
-        if v in BUILT_IN_NAMES["overlap"]:
-            return v
-        import probmcl_med.core.overlaps  # noqa: F401 (registers the built-in overlaps)
-
         return _registered(OVERLAPS, v)
 
     @field_validator("similarity")
     @classmethod
     def _known_similarity(cls, v: str) -> str:
-        if v in BUILT_IN_NAMES["similarity"]:
-            return v
-        import probmcl_med.core.similarities  # noqa: F401 (registers the built-in similarities)
-
         return _registered(SIMILARITIES, v)
 
     @field_validator("likelihood")
     @classmethod
     def _known_likelihood(cls, v: str) -> str:
-        if v in BUILT_IN_NAMES["likelihood"]:
-            return v
-        import probmcl_med.core.likelihoods  # noqa: F401 (registers the built-in likelihoods)
-
         return _registered(LIKELIHOODS, v)
 
     @model_validator(mode="after")
