@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -113,6 +114,15 @@ def _result(scores, targets, names, meta=None, recall_floor=0.8, threshold=0.5, 
 
 def _sklearn_recall(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return 100 * recall_score(targets, scores >= 0.5, average=None, zero_division=0)
+
+
+def test_the_report_names_only_the_number_of_resamples_it_drew(tmp_path, fast_plots):
+    """The glossary said "1000 bootstrap resamples" whatever ``--bootstrap`` was."""
+    scores, targets = _data()
+    out = write_report(tmp_path / "rep", _result(scores, targets, NAMES, resamples=37))
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "37 resamples" in text
+    assert re.findall(r"(\d+) (?:bootstrap )?resamples", text) == ["37"], text
 
 
 def test_report_folder_complete_and_consistent(tmp_path):

@@ -48,8 +48,8 @@ GLOSSARY: dict[str, str] = {
     "called": "images in which the model calls the class (score >= threshold).",
     "TP": "true positives: images that have the class and in which it is called.",
     "threshold": "the probability at or above which a class is called: the operating point.",
-    "95 % CI": "the range holding the middle 95 % of the values over 1000 bootstrap resamples of the images: how "
-    "far the number could move on another sample of the same size.",
+    "95 % CI": "the range holding the middle 95 % of the values over bootstrap resamples of the images (how many: "
+    "under the summary): how far the number could move on another sample of the same size.",
     "ECE": "expected calibration error: the average gap between the predicted probability and how often the class "
     "is really there, over 10 probability bins (0 = a probability of 0.8 means 8 in 10).",
     "GMAC": "billions of multiply-accumulates to run encoder + head on one image (model cost; MACs = FLOPs / 2).",
