@@ -25,8 +25,8 @@ from probmcl_med.fileio import atomic_directory, check_replaceable_folder
 MARKER = ".probmcl-med-compare"
 TITLE = "ProbMCL model comparison"
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:REPORT_WIDTHpx;color:#222;
-line-height:1.4}h2{margin-top:1.6em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.8em 0}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;padding:0 1em;max-width:REPORT_WIDTHpx;
+color:#222;line-height:1.4}h2{margin-top:1.6em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.8em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}
 th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}.note{color:#555}figcaption{color:#555;font-size:.9em}
 p.verdict{font-size:1.1em;margin:.4em 0;padding:.6em .9em;border-left:5px solid #1565c0;background:#eef4fb}

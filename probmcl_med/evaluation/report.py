@@ -95,8 +95,8 @@ CAPTIONS = {
 }
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:REPORT_WIDTHpx;color:#222;
-line-height:1.4}h1{margin-bottom:.3em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;padding:0 1em;max-width:REPORT_WIDTHpx;
+color:#222;line-height:1.4}h1{margin-bottom:.3em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}td{white-space:nowrap}tr.floor td{color:#c62828;font-weight:600}
 tr.over td{background:#fff3e0}th{background:#f3f3f3}table.run td{text-align:left}
