@@ -193,8 +193,7 @@ def from_annotations(
         str,
         typer.Option(
             "--derived",
-            help="QuPath derived classes ('Tumor: Positive'): full (one label, as QuPath names it) or parent "
-            "('Tumor').",
+            help="Derived classes ('A: B'): full (one label) or parent ('A').",
         ),
     ] = "full",
     slide_mpp: Annotated[
@@ -204,7 +203,9 @@ def from_annotations(
     """Turn QuPath's classified annotation polygons into a slides dataset (manifest.csv, annotations.json).
 
     A patch's labels are the classes whose regions cover at least --min-coverage of it; train on it with
-    `probmcl-med train --dataset slides --root OUT` (and `data check --dataset slides --root OUT`).
+    `probmcl-med train --dataset slides --root OUT` (and `data check --dataset slides --root OUT`). A QuPath derived
+    class ('Tumor: Positive', parent Tumor, child Positive) is one label named as QuPath names it with --derived full,
+    its parent with --derived parent.
     """
     from probmcl_med.data.annotations import annotation_patches, write_annotation_dataset
     from probmcl_med.errors import UserError

@@ -103,8 +103,7 @@ def evaluate_command(
         bool,
         typer.Option(
             "--calibrate",
-            help="Fit one temperature per class on the valid split (temperature scaling) and report calibrated "
-            "probabilities; with --save, predict/explain/evaluate use them from then on.",
+            help="Fit a temperature per class on the valid split; with --save, every later command uses them.",
         ),
     ] = False,
     gallery: Annotated[
@@ -136,7 +135,11 @@ def evaluate_command(
     ] = None,
     targets: Annotated[Path | None, typer.Option("--targets", help="Saved 0/1 labels for --scores.")] = None,
 ) -> None:
-    """Evaluate a checkpoint on its dataset (metrics, per-class recall first, model cost), or saved scores."""
+    """Evaluate a checkpoint on its dataset (metrics, per-class recall first, model cost), or saved scores.
+
+    --calibrate fits one temperature per class on the valid split (temperature scaling) and reports calibrated
+    probabilities; with --save they go to calibration.json and predict, explain and evaluate use them from then on.
+    """
     # the library is imported here, not at the top (see probmcl_med/cli/__init__.py), and only once the options and
     # paths are known to be good: a refusal does not wait for torch (benchmarks/bench_refusal.py)
     from probmcl_med.core.metrics import check_recall_floor

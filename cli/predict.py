@@ -80,16 +80,14 @@ def predict_command(
         float | None,
         typer.Option(
             "--slide-mpp",
-            help="Slides: the scan's level-0 microns per pixel; overrides what the file declares (needs an mpp to "
-            "plan with: --mpp or the model's).",
+            help="Slides: the scan's level-0 um/px, over the file's own (needs --mpp or the model's).",
         ),
     ] = None,
     mask: Annotated[
         Path | None,
         typer.Option(
             "--mask",
-            help="Slides: predict only inside this region: GeoJSON polygons in level-0 pixels (e.g. a QuPath "
-            "annotation export) or a binary image of the whole slide (non-zero inside).",
+            help="Slides: predict only inside this region (GeoJSON in level-0 px, or a binary image).",
         ),
     ] = None,
     tile_above: Annotated[
@@ -121,7 +119,9 @@ def predict_command(
     of the predicted classes with their probabilities. Slides (and plain TIFFs above --tile-above): patches.csv (x, y
     in level-0 pixels, level, size in pixels of that level, tissue fraction, probabilities, labels),
     predictions.geojson (QuPath: File > Import objects), thumbnail.png, heatmaps/CLASS.png, meta.json (with the
-    slide's mpp, the requested mpp and the level read).
+    slide's mpp, the requested mpp and the level read). --mask takes GeoJSON polygons in level-0 pixels (e.g. a
+    QuPath annotation export) or a binary image of the whole slide (non-zero inside); --slide-mpp overrides the mpp
+    the file declares and needs an mpp to plan with (--mpp or the model's).
     """
     # the library is imported here, not at the top (see probmcl_med/cli/__init__.py), after the paths are checked: a
     # missing input or checkpoint is refused before torch is imported (benchmarks/bench_refusal.py)
