@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from probmcl_med.cli.grammar import Command
+from probmcl_med.fileio import OVERWRITE_HELP, check_replaceable_folder
 
 EXAMPLE = (
     "Examples: probmcl-med evaluate --checkpoint runs/adp --split test --report reports/adp-test; "
@@ -134,6 +135,7 @@ def evaluate_command(
         Path | None, typer.Option("--scores", help="Saved probabilities (CSV with class-name header, or .npy).")
     ] = None,
     targets: Annotated[Path | None, typer.Option("--targets", help="Saved 0/1 labels for --scores.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Evaluate a checkpoint on its dataset (metrics, per-class recall first, model cost), or saved scores.
 
@@ -160,16 +162,22 @@ def evaluate_command(
                 "--scores/--targets evaluate saved predictions: drop --checkpoint/--tune-thresholds/--calibrate/--save"
             )
         from probmcl_med.evaluation.files import evaluate_files
-        from probmcl_med.evaluation.report import write_report
+        from probmcl_med.evaluation.report import MARKER, write_report
 
+        if report is not None:  # refused before the evaluation, not after it
+            check_replaceable_folder(report, MARKER, "report", "--report", overwrite)
         result = evaluate_files(scores, targets, threshold=threshold, **floors)
         if report is not None:
-            write_report(report, result)
+            write_report(report, result, overwrite=overwrite)
     else:
         if checkpoint is None:
             raise typer.BadParameter("give --checkpoint RUN (or --scores S --targets T)")
         recall_target = parse_recall_target(tune_thresholds) if tune_thresholds is not None else None
         resolve_bundle_path(checkpoint)
+        from probmcl_med.evaluation.report import MARKER
+
+        if report is not None:  # refused before the evaluation, not after it
+            check_replaceable_folder(report, MARKER, "report", "--report", overwrite)
         from probmcl_med.evaluation.run_eval import evaluate_checkpoint, write_checkpoint_report
 
         with RichProgress(err, enabled=not as_json) as progress:
@@ -178,7 +186,7 @@ def evaluate_command(
                                              workers=workers, root=root, progress=progress, **floors)  # fmt: skip
         result = evaluation.result
         if report is not None:
-            write_checkpoint_report(report, evaluation, gallery)
+            write_checkpoint_report(report, evaluation, gallery, overwrite)
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     if as_json:

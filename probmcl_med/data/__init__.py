@@ -37,7 +37,7 @@ _EXPORTS = {
         "resolve_normalization",
         "compute_mean_std",
     ),
-    "probmcl_med.data.imageio": ("read_image", "read_slide_region"),
+    "probmcl_med.data.imageio": ("read_image", "read_pixels", "read_slide_region"),
     "probmcl_med.data.tiling": ("SlideGrid", "tile_slide"),
     "probmcl_med.data.checks": ("check_dataset",),
 }

@@ -24,12 +24,13 @@ Grad-CAM (:mod:`.gallery`, when the images are at hand).
     gallery/*.png           the confident mistakes, [image | Grad-CAM] per thumbnail (only with a gallery)
     report.md               the report, images by relative path
     report.html             the same report, self-contained: the images embedded as base64 data URIs
-    .probmcl-med-report     a marker: this folder may be replaced by the next report written to the same path
+    .probmcl-med-report     the manifest: every file and folder this report wrote (JSON)
 
 The folder is written whole or not at all: it is built under a temporary sibling name and renamed into place
 (:func:`probmcl_med.fileio.atomic_directory`), so a failure (a plot that raises, a full disk) leaves the previous
-report, or nothing, never a half-written folder. An existing folder is replaced only if it is empty or is a report
-(has the marker): pointing ``--report`` at a folder of other files is an error, not a deletion.
+report, or nothing, never a half-written folder. An existing folder is replaced whole only if it holds nothing but
+what its manifest lists; a folder holding other files (a user's notes) is an error, or with ``--overwrite`` keeps
+them and replaces only the report's own files.
 """
 
 from __future__ import annotations
@@ -257,6 +258,7 @@ def write_report(
     *,
     training_log: Sequence[dict[str, Any]] | None = None,
     gallery: Mistakes | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write the report folder of an evaluation (see the module docstring) atomically, replacing an earlier report
     at ``out_dir``.
@@ -267,15 +269,17 @@ def write_report(
         training_log: the records of the run's ``metrics.jsonl`` (training curves), or None.
         gallery: the confident mistakes with their thumbnails (:func:`.gallery.build_gallery`), or None (the report
             says why there is none).
+        overwrite: write into a folder holding files this package did not write (only the report's own files are
+            replaced; see :func:`probmcl_med.fileio.atomic_directory`).
 
     Returns:
         ``out_dir`` as a Path.
 
     Raises:
-        DataError: ``out_dir`` is a file or a non-empty folder that is not a report.
+        DataError: ``out_dir`` is a file, or (without ``overwrite``) a folder holding files that are not a report's.
     """
     out_dir = Path(out_dir)
-    check_replaceable_folder(out_dir, MARKER, "report", "--report")
+    check_replaceable_folder(out_dir, MARKER, "report", "--report", overwrite)
     metrics, s, t = result.metrics, result.scores, result.targets
     names = list(result.class_names)
     images = {
@@ -287,7 +291,10 @@ def write_report(
     if training_log:
         images[CURVES[0]] = plots.training_curves(training_log)
     blocks = _blocks(result, images, gallery)
-    with atomic_directory(out_dir) as tmp:
+    written_by = "probmcl_med.evaluation.write_report"
+    with atomic_directory(
+        out_dir, MARKER, overwrite=overwrite, what="report", option="--report", written_by=written_by
+    ) as tmp:
         (tmp / "metrics.json").write_text(
             json.dumps(result.to_dict(), indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8"
         )
@@ -302,7 +309,6 @@ def write_report(
                     (tmp / thumb.filename).write_bytes(thumb.data)
         (tmp / "report.md").write_text(to_markdown(TITLE, blocks), encoding="utf-8")
         (tmp / "report.html").write_text(to_html(TITLE, blocks, _CSS), encoding="utf-8")
-        (tmp / MARKER).write_text("written by probmcl_med.evaluation.write_report\n", encoding="utf-8")
     return out_dir
 
 

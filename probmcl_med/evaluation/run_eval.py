@@ -298,7 +298,10 @@ def read_training_log(checkpoint: str | Path) -> list[dict[str, Any]]:
 
 
 def write_checkpoint_report(
-    out_dir: str | Path, evaluation: CheckpointEvaluation, gallery: int = DEFAULT_PER_KIND
+    out_dir: str | Path,
+    evaluation: CheckpointEvaluation,
+    gallery: int = DEFAULT_PER_KIND,
+    overwrite: bool = False,
 ) -> Path:
     """The report folder of an :func:`evaluate_checkpoint` result, with the training curves from the run's
     ``metrics.jsonl`` and, with ``gallery`` > 0, the most confident mistakes per class with their Grad-CAM
@@ -311,4 +314,4 @@ def write_checkpoint_report(
             evaluation.bundle, test.dataset, test.indices, test.scores, test.targets, result.thresholds, gallery
         )
     log = read_training_log(result.meta["checkpoint"])
-    return write_report(out_dir, result, training_log=log, gallery=examples)
+    return write_report(out_dir, result, training_log=log, gallery=examples, overwrite=overwrite)
