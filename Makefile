@@ -37,7 +37,8 @@ test-slow: $(STAMP)
 # defaults, configs/demo-default.yaml) and, beside it, the paper's two stages (configs/demo.yaml), each resuming if
 # interrupted or already done; for each, fit per-class temperatures on the validation split (calibration.json) and
 # per-class thresholds for 90 % recall on the calibrated probabilities (thresholds.json), then the test split's
-# report; finally the two reports side by side. A few minutes on a 2-core CPU.
+# report; finally the two compared on the test split (`probmcl-med compare`: the mAP difference with its paired
+# bootstrap interval). A few minutes on a 2-core CPU.
 demo: $(STAMP)
 	$(BIN)/probmcl-med data check --dataset demo --sample 200
 	$(BIN)/probmcl-med train --dataset demo --config configs/demo-default.yaml --resume
@@ -46,8 +47,9 @@ demo: $(STAMP)
 	$(BIN)/probmcl-med train --dataset demo --resume
 	$(BIN)/probmcl-med evaluate --checkpoint runs/demo --split test --calibrate \
 		--tune-thresholds recall=0.9 --save --report runs/demo/report
-	$(BIN)/python -m probmcl_med.evaluation.side_by_side runs/demo-default/report runs/demo/report
-	@echo "reports: runs/demo-default/report/report.html (recommended recipe), runs/demo/report/report.html (paper)"
+	$(BIN)/probmcl-med compare runs/demo-default runs/demo --split test --out runs/demo-compare
+	@echo "reports: runs/demo-default/report/report.html (recommended recipe), runs/demo/report/report.html (paper),"
+	@echo "         runs/demo-compare/compare.html (the two side by side, with paired bootstrap intervals)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -63,6 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_metrics.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_refusal.py
 
 # On a machine with CUDA: the CUDA-marked tests, the GPU benchmarks and a Triton launch-shape sweep, one JSON report
 # (gpu-check.json), under 10 minutes; elsewhere one line and exit 0. Uses .venv when there is one, else python3 with

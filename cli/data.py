@@ -13,8 +13,7 @@ from rich.text import Text
 
 from probmcl_med.cli.grammar import Command, Group
 from probmcl_med.config import load_config
-from probmcl_med.data.checks import check_dataset, group_leaks, missing_classes_message
-from probmcl_med.data.datasets import build_dataset
+from probmcl_med.data.roots import preflight_root, require_named_data
 from probmcl_med.errors import ConfigError, EmptySplit
 from probmcl_med.fileio import OVERWRITE_HELP
 
@@ -41,6 +40,7 @@ def run_check(
     the training split only. So is a class without a positive image: an error in the training split (the model
     cannot learn it), a warning in the others (``missing_classes``: the one-line message, or None).
     """
+    require_named_data("data check", dataset, config, overrides)
     sets = list(overrides)
     if dataset is not None:
         sets.append(f"dataset.name={dataset}")
@@ -50,6 +50,12 @@ def run_check(
     splits = ["train", "valid", "test"] if split == "all" else [split]
     if split not in ("all", "train", "valid", "test"):
         raise ConfigError(f"--split {split!r}: use train, valid, test or all")
+    preflight_root(cfg.name, cfg.root)
+    # the data layer (torch, the readers) is imported here, once the options and the folder are known to be good:
+    # see probmcl_med/cli/__init__.py and benchmarks/bench_refusal.py
+    from probmcl_med.data.checks import check_dataset, group_leaks, missing_classes_message
+    from probmcl_med.data.datasets import build_dataset
+
     own_names = {"train": cfg.train_split, "valid": cfg.val_split, "test": cfg.test_split}
     results = []
     built = {}
@@ -196,8 +202,7 @@ def from_annotations(
         str,
         typer.Option(
             "--derived",
-            help="QuPath derived classes ('Tumor: Positive'): full (one label, as QuPath names it) or parent "
-            "('Tumor').",
+            help="Derived classes ('A: B'): full (one label) or parent ('A').",
         ),
     ] = "full",
     slide_mpp: Annotated[
@@ -208,7 +213,9 @@ def from_annotations(
     """Turn QuPath's classified annotation polygons into a slides dataset (manifest.csv, annotations.json).
 
     A patch's labels are the classes whose regions cover at least --min-coverage of it; train on it with
-    `probmcl-med train --dataset slides --root OUT` (and `data check --dataset slides --root OUT`).
+    `probmcl-med train --dataset slides --root OUT` (and `data check --dataset slides --root OUT`). A QuPath derived
+    class ('Tumor: Positive', parent Tumor, child Positive) is one label named as QuPath names it with --derived full,
+    its parent with --derived parent.
     """
     from probmcl_med.data.annotations import annotation_patches, write_annotation_dataset
     from probmcl_med.errors import UserError

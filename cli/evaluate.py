@@ -1,6 +1,7 @@
 """``probmcl-med evaluate``: a checkpoint on a split of its dataset, or saved scores against saved targets.
 
-Thin: parse, call :mod:`probmcl_med.evaluation.run_eval` (or ``evaluate_files`` for ``--scores/--targets``), print.
+Thin: parse, call :mod:`probmcl_med.evaluation.run_eval` (or :mod:`probmcl_med.evaluation.files` for
+``--scores/--targets``), then render the one :class:`~probmcl_med.evaluation.result.EvaluationResult`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from probmcl_med.cli.grammar import Command
 from probmcl_med.fileio import OVERWRITE_HELP, check_replaceable_folder
@@ -60,31 +60,6 @@ class RichProgress:
             self.progress.advance(self.task, count)
 
 
-def render_tradeoff(tradeoff: dict[str, Any], console: Console) -> None:
-    """Per class: tuned threshold, precision and recall at it and at the baseline, and the precision paid."""
-    from probmcl_med.evaluation.render import print_table
-
-    b = tradeoff["baseline_threshold"]
-    table = Table(title=f"What the recall target costs: tuned thresholds vs {b:g} (percent)")
-    for col in ("class", "threshold", f"recall @{b:g}", "recall tuned", f"precision @{b:g}", "precision tuned", "cost"):
-        table.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
-
-    def fmt(x: float | None) -> str:
-        return "n/a" if x is None else f"{x:.1f}"
-
-    for r in tradeoff["per_class"]:
-        table.add_row(
-            r["name"],
-            f"{r['threshold']:.4g}",
-            fmt(r["recall_baseline"]),
-            fmt(r["recall_tuned"]),
-            fmt(r["precision_baseline"]),
-            fmt(r["precision_tuned"]),
-            f"{r['precision_cost']:+.1f}",
-        )
-    print_table(table, console)
-
-
 def evaluate_command(
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", "-c", help="Run folder (or its model.pt) to evaluate.")
@@ -129,23 +104,21 @@ def evaluate_command(
         bool,
         typer.Option(
             "--calibrate",
-            help="Fit one temperature per class on the valid split (temperature scaling) and report calibrated "
-            "probabilities; with --save, predict/explain/evaluate use them from then on.",
+            help="Fit a temperature per class on the valid split; with --save, every later command uses them.",
         ),
     ] = False,
     gallery: Annotated[
         int,
         typer.Option(
             "--gallery",
-            help="With --report: per class, this many confident misses and false alarms with Grad-CAM (0: none).",
+            help="With --report: per class, this many confident misses and false alarms.",
         ),
     ] = 3,
     bootstrap: Annotated[
         int,
         typer.Option(
             "--bootstrap",
-            help="Resamples of the images for the 95 % intervals (0: none; at 1000 a set of "
-            "tens of thousands of images and 80 classes takes minutes).",
+            help="Resamples of the images for the 95 % intervals (0: none).",
         ),
     ] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (no tables).")] = False,
@@ -164,11 +137,23 @@ def evaluate_command(
     targets: Annotated[Path | None, typer.Option("--targets", help="Saved 0/1 labels for --scores.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
-    """Evaluate a checkpoint on its dataset (metrics, per-class recall first, model cost), or saved scores."""
-    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
-    from probmcl_med.core.metrics import below_recall_floor, check_recall_floor
-    from probmcl_med.evaluation.run_eval import parse_recall_target
+    """Evaluate a checkpoint on its dataset (metrics, per-class recall first, model cost), or saved scores.
 
+    --calibrate fits one temperature per class on the valid split (temperature scaling) and reports calibrated
+    probabilities; with --save they go to calibration.json and predict, explain and evaluate use them from then on.
+    """
+    # the library is imported here, not at the top (see probmcl_med/cli/__init__.py), and only once the options and
+    # paths are known to be good: a refusal does not wait for torch (benchmarks/bench_refusal.py)
+    from probmcl_med.core.metrics import check_recall_floor
+    from probmcl_med.evaluation.thresholds import parse_recall_target
+    from probmcl_med.runpaths import resolve_bundle_path
+
+    if gallery < 0:
+        raise typer.BadParameter("--gallery takes 0 or a positive number")
+    check_recall_floor(recall_floor)
+    check_recall_floor(precision_floor)
+    floors = {"recall_floor": recall_floor, "precision_floor": precision_floor, "resamples": bootstrap}
+    err = Console(stderr=True)
     if scores is not None or targets is not None:
         if scores is None or targets is None:
             raise typer.BadParameter("--scores and --targets go together")
@@ -176,86 +161,50 @@ def evaluate_command(
             raise typer.BadParameter(
                 "--scores/--targets evaluate saved predictions: drop --checkpoint/--tune-thresholds/--calibrate/--save"
             )
-        from probmcl_med.cli.evaluate_files import evaluate_files
+        from probmcl_med.evaluation.files import evaluate_files
+        from probmcl_med.evaluation.report import MARKER, write_report
 
-        evaluate_files(
-            scores,
-            targets,
-            report,
-            threshold,
-            recall_floor,
-            as_json,
-            precision_floor=precision_floor,
-            resamples=bootstrap,
-            overwrite=overwrite,
-        )
-        return
-    if checkpoint is None:
-        raise typer.BadParameter("give --checkpoint RUN (or --scores S --targets T)")
-    check_recall_floor(recall_floor)
-    check_recall_floor(precision_floor)
-    if gallery < 0 or bootstrap < 0:
-        raise typer.BadParameter("--gallery and --bootstrap take 0 or a positive number")
-    recall_target = parse_recall_target(tune_thresholds) if tune_thresholds is not None else None
+        if report is not None:  # refused before the evaluation, not after it
+            check_replaceable_folder(report, MARKER, "report", "--report", overwrite)
+        result = evaluate_files(scores, targets, threshold=threshold, **floors)
+        if report is not None:
+            write_report(report, result, overwrite=overwrite)
+    else:
+        if checkpoint is None:
+            raise typer.BadParameter("give --checkpoint RUN (or --scores S --targets T)")
+        recall_target = parse_recall_target(tune_thresholds) if tune_thresholds is not None else None
+        resolve_bundle_path(checkpoint)
+        from probmcl_med.evaluation.report import MARKER
 
-    from probmcl_med.evaluation.findings import findings
-    from probmcl_med.evaluation.render import render_per_class_table, render_summary
-    from probmcl_med.evaluation.report import MARKER
-    from probmcl_med.evaluation.run_eval import evaluate_checkpoint, write_checkpoint_report
+        if report is not None:  # refused before the evaluation, not after it
+            check_replaceable_folder(report, MARKER, "report", "--report", overwrite)
+        from probmcl_med.evaluation.run_eval import evaluate_checkpoint, write_checkpoint_report
 
-    if report is not None:  # refused before the evaluation, not after it
-        check_replaceable_folder(report, MARKER, "report", "--report", overwrite)
-    err = Console(stderr=True)
-    with RichProgress(err, enabled=not as_json) as progress:
-        result = evaluate_checkpoint(
-            checkpoint,
-            split,
-            threshold=threshold,
-            tune_recall=recall_target,
-            save=save,
-            calibrate=calibrate,
-            resamples=bootstrap,
-            batch_size=batch_size,
-            device=device,
-            workers=workers,
-            root=root,
-            progress=progress,
-        )
+        with RichProgress(err, enabled=not as_json) as progress:
+            evaluation = evaluate_checkpoint(checkpoint, split, threshold=threshold, tune_recall=recall_target,
+                                             save=save, calibrate=calibrate, batch_size=batch_size, device=device,
+                                             workers=workers, root=root, progress=progress, **floors)  # fmt: skip
+        result = evaluation.result
+        if report is not None:
+            write_checkpoint_report(report, evaluation, gallery, overwrite)
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
-    if report is not None:
-        write_checkpoint_report(report, result, recall_floor, precision_floor, gallery, overwrite)
-    op = result.metrics["operating_point"]
     if as_json:
-        document = {
-            **result.metrics,
-            "meta": result.meta,
-            "model_cost": result.cost.to_dict(),
-            "recall_floor": recall_floor,
-            "precision_floor": precision_floor,
-            "below_recall_floor": below_recall_floor(result.metrics, recall_floor),
-            "findings": findings(result.metrics, recall_floor, precision_floor, op).to_dict(),
-            "thresholds_saved": None if result.saved is None else str(result.saved),
-            "warnings": result.warnings,
-            "report": None if report is None else str(report),
-        }
+        document = {**result.to_dict(), "report": None if report is None else str(report)}
         sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
         return
+    from probmcl_med.evaluation.render import render_result
+
     out = Console()
-    out.print(f"[bold]{result.meta['checkpoint']}[/bold] on {result.meta['dataset']}, split {result.meta['split']}")
-    out.print(f"thresholds: {result.threshold_source}", highlight=False, soft_wrap=True, markup=False)
-    for key in ("probabilities", "calibration", "ECE per class, raw -> calibrated"):
-        if key in result.meta:
-            out.print(f"{key}: {result.meta[key]}", highlight=False, soft_wrap=True, markup=False)
-    render_summary(result.metrics, recall_floor, out, precision_floor, op)
-    render_per_class_table(result.metrics, recall_floor, out, precision_floor)
-    if result.tradeoff is not None:
-        render_tradeoff(result.tradeoff, out)
-        if result.saved is None:
-            out.print(f"thresholds not saved: add --save to write them beside {result.meta['checkpoint']}")
+    meta = result.meta
+    out.print(f"[bold]{meta['checkpoint']}[/bold] on {meta['dataset']}, split {meta['split']}", highlight=False)
+    render_result(result, out)
+    saved = result.operating_point.saved
+    if result.operating_point.recall_target is not None:
+        if saved is None:
+            out.print(f"thresholds not saved: add --save to write them beside {meta['checkpoint']}")
         else:
-            out.print(f"thresholds saved to {result.saved} (model.pt unchanged)")
-    out.print(f"model cost: {result.meta['model cost']}")
+            out.print(f"thresholds saved to {saved} (model.pt unchanged)")
     if report is not None:
         out.print(f"report written to {report}/report.html")
 

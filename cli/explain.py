@@ -18,7 +18,7 @@ def explain_command(
     image: Annotated[Path, typer.Argument(help="The image to explain.")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Run folder (or its model.pt).")],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output folder: one overlay PNG per class and explain.json.")
+        Path, typer.Option("--out", "-o", help="Output folder: per class a figure, the raw overlay and map.")
     ],
     classes: Annotated[
         list[str] | None,
@@ -36,19 +36,22 @@ def explain_command(
     The target layer is the deepest whose output map is at least 7x7 at the model's input size (at 224 px a ResNet's
     last stage; at 32 px an earlier one, since the last is 1x1); explain.json records it and its size.
     """
-    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
-    from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
-    from probmcl_med.calibration_file import describe_probabilities
+    # the library is imported here, not at the top (see probmcl_med/cli/__init__.py), after the paths are checked
     from probmcl_med.errors import DataError
-    from probmcl_med.inference.explain import explain_image
-    from probmcl_med.inference.predict import describe_thresholds
+    from probmcl_med.runpaths import resolve_bundle_path
 
     if not image.is_file():
         raise DataError(f"image {image} does not exist")
     path = resolve_bundle_path(checkpoint)
+    from probmcl_med.bundle import load_model_bundle
+    from probmcl_med.calibration_file import describe_probabilities
+    from probmcl_med.inference.explain import explain_image
+    from probmcl_med.inference.predict import describe_thresholds
+
     bundle = load_model_bundle(path)
     Console().print(
-        f"thresholds: {describe_thresholds(bundle, threshold)}\nprobabilities: {describe_probabilities(bundle.calibration)}",
+        f"thresholds: {describe_thresholds(bundle, threshold)}\n"
+        f"probabilities: {describe_probabilities(bundle.calibration)}",
         highlight=False,
         soft_wrap=True,
         markup=False,
@@ -64,7 +67,11 @@ def explain_command(
         f"Grad-CAM of {layer.name} ({layer.height}x{layer.width} at {layer.input_size} px input)", highlight=False
     )
     for r in results:
-        console.print(f"{r.name}: p = {r.probability:.3f} -> {r.path}", highlight=False)
+        called = "called" if r.probability >= r.threshold else "not called"
+        console.print(f"{r.name}: p = {r.probability:.3f} (threshold {r.threshold:.3g}, {called}) -> {r.figure}",
+                      highlight=False)  # fmt: skip
+    console.print(f"raw overlays (image size) and maps (.npy) for scripts beside them; {out}/explain.json lists all",
+                  highlight=False)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

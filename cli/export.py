@@ -31,11 +31,13 @@ def export_command(
     FILE.json records the input size, mean/std, class names, thresholds, the training mpp and the stain reference.
     The exported model and the PyTorch model are run on the same batch and the largest difference is printed.
     """
-    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
-    from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
-    from probmcl_med.inference.export import export_model
+    # the library is imported here, not at the top (see probmcl_med/cli/__init__.py), after the path is checked
+    from probmcl_med.runpaths import resolve_bundle_path
 
     path = resolve_bundle_path(checkpoint)
+    from probmcl_med.bundle import load_model_bundle
+    from probmcl_med.inference.export import export_model
+
     bundle = load_model_bundle(path, device="cpu")
     report = export_model(bundle, out, fmt.lower(), check_batch=check_batch, overwrite=overwrite)
     Console().print(

@@ -8,7 +8,9 @@ under "Global options", and the tests see them through Click's own parameter lis
 
 Typer renders a boolean flag's type as ``<bool>``, which reads as if it took a value (``--json true``); a flag's
 type column is left empty here instead (its ``metavar`` is the empty string: Click never shows a flag's metavar
-elsewhere, so only the rich help table changes).
+elsewhere, so only the rich help table changes). The other options get a short metavar (``N``, ``X``, ``PATH``,
+``TEXT``) and their number range moves into the help text ("0 to 1"): Typer's ``<float range> [0.0<=x<=1.0]``
+takes a third of an 80-column terminal and folds every help text into cells of four or five lines.
 """
 
 from __future__ import annotations
@@ -29,10 +31,40 @@ def is_flag(param: Any) -> bool:
     return bool(getattr(param, "is_flag", False)) and not getattr(param, "count", False)
 
 
+_METAVARS = {"int": "N", "float": "X", "str": "TEXT", "path": "PATH"}
+"""Short metavars by the type Typer would show (``<float range>`` -> ``X``)."""
+
+
+def _range_words(low: Any, high: Any) -> str | None:
+    if low is not None and high is not None:
+        return f"{low:g} to {high:g}"
+    if low is not None:
+        return f">= {low:g}"
+    return None if high is None else f"<= {high:g}"
+
+
+def _compact(param: Any) -> None:
+    """A flag shows no type; an option a short metavar, its range in its help (once per parameter object)."""
+    if getattr(param, "_compacted", False) or getattr(param, "param_type_name", "") != "option":
+        return
+    param._compacted = True
+    if is_flag(param):
+        if param.metavar is None:
+            param.metavar = ""
+        return
+    display = getattr(param, "display_type", None)
+    if param.metavar is None and display is not None:
+        shown = str(display(None)).strip("<>").replace(" range", "")
+        param.metavar = _METAVARS.get(shown.lower())  # choices and lists keep Typer's own
+    words = _range_words(getattr(param, "min", None), getattr(param, "max", None))
+    if words is not None:
+        param._get_number_range_help_str = lambda: None  # the range is said in the help instead
+        param.help = f"{param.help or ''} ({words})".strip()
+
+
 def _render_flags(params: list[Any]) -> list[Any]:
     for param in params:
-        if is_flag(param) and param.metavar is None:
-            param.metavar = ""
+        _compact(param)
     return params
 
 

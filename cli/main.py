@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from probmcl_med import __version__
-from probmcl_med.cli import data, evaluate, explain, export, info, plugins, predict, sweep, train
+from probmcl_med.cli import compare, data, evaluate, explain, export, info, plugins, predict, sweep, train
 from probmcl_med.cli.grammar import GLOBAL_PANEL, Group, is_flag
 from probmcl_med.errors import TrainingInterrupted, UserError, one_line_message
 from probmcl_med.plugins import load_plugins
@@ -121,7 +121,7 @@ def _register_commands() -> None:
     if _state.get("registered"):
         return
     _state["registered"] = True
-    for module in (plugins, train, evaluate, predict, explain, export, info, data, sweep):
+    for module in (plugins, train, evaluate, compare, predict, explain, export, info, data, sweep):
         module.register(app)
 
 

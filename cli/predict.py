@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from probmcl_med.cli.evaluate import RichProgress
 from probmcl_med.cli.grammar import Command
@@ -21,12 +22,7 @@ EXAMPLE = (
     "under torchrun the slides are shared among the processes)"
 )
 
-UNCERTAINTY_HELP = (
-    "Add, per class, the stage-1 MDN's mixture weight pi_k and variance var_k for the image's encoder features "
-    "(uncertainty.csv): the spread the contrastive objective gave the class's component, an exploratory epistemic "
-    "signal. Not a calibrated probability and not validated here as a predictor of errors. Needs a checkpoint that "
-    "kept its MDN."
-)
+UNCERTAINTY_HELP = "Per class the MDN's pi_k and var_k (uncertainty.csv): exploratory, not calibrated."
 
 
 TABLE_LIMIT = 20
@@ -85,24 +81,21 @@ def predict_command(
         float | None,
         typer.Option(
             "--mpp",
-            help="Slides: microns per pixel of the patches (read from the nearest finer level and resized); default: "
-            "the mpp the model was trained at when model.pt records one, else level 0 pixels.",
+            help="Slides: microns per pixel of the patches (default: the model's training mpp, else level-0 pixels).",
         ),
     ] = None,
     slide_mpp: Annotated[
         float | None,
         typer.Option(
             "--slide-mpp",
-            help="Slides: the scan's level-0 microns per pixel; overrides what the file declares (needs an mpp to "
-            "plan with: --mpp or the model's).",
+            help="Slides: the scan's level-0 um/px, over the file's own (needs --mpp or the model's).",
         ),
     ] = None,
     mask: Annotated[
         Path | None,
         typer.Option(
             "--mask",
-            help="Slides: predict only inside this region: GeoJSON polygons in level-0 pixels (e.g. a QuPath "
-            "annotation export) or a binary image of the whole slide (non-zero inside).",
+            help="Slides: predict only inside this region (GeoJSON in level-0 px, or a binary image).",
         ),
     ] = None,
     tile_above: Annotated[
@@ -148,17 +141,27 @@ def predict_command(
     of the predicted classes with their probabilities. Slides (and plain TIFFs above --tile-above): patches.csv (x, y
     in level-0 pixels, level, size in pixels of that level, tissue fraction, probabilities, labels),
     predictions.geojson (QuPath: File > Import objects), thumbnail.png, heatmaps/CLASS.png, meta.json (with the
-    slide's mpp, the requested mpp and the level read).
+    slide's mpp, the requested mpp and the level read). --mask takes GeoJSON polygons in level-0 pixels (e.g. a
+    QuPath annotation export) or a binary image of the whole slide (non-zero inside); --slide-mpp overrides the mpp
+    the file declares and needs an mpp to plan with (--mpp or the model's).
 
     Cohorts (several slides, a folder of slides, a quoted glob, a manifest CSV with a slide column and optional
     slide_mpp, mask and id columns): each slide's outputs in OUT/<slide-id>/, then OUT/cohort.csv (a row per slide),
     OUT/failed.csv and OUT/cohort.html. A rerun skips the slides done with the same model.pt and settings. Exit code
     0 when every slide was predicted or had no tissue, 3 when some failed (listed in failed.csv).
     """
-    # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
-    from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
+    # the library is imported here, not at the top (see probmcl_med/cli/__init__.py), after the paths are checked: a
+    # missing input or checkpoint is refused before torch is imported (benchmarks/bench_refusal.py)
+    from probmcl_med.runpaths import resolve_bundle_path
+
+    given = inputs[0]
+    if len(inputs) == 1 and not given.exists() and not any(c in str(given) for c in "*?["):  # a glob is a cohort's
+        raise UserError(f"input {given} does not exist; give an image, a folder of images or a whole slide")
+    resolve_bundle_path(checkpoint)
+    from probmcl_med.bundle import load_model_bundle
     from probmcl_med.calibration_file import describe_probabilities
     from probmcl_med.cli.predict_cohort import predict_cohort_command
+    from probmcl_med.core.ood import describe
     from probmcl_med.devices import resolve_device
     from probmcl_med.inference.cohort_inputs import is_cohort
     from probmcl_med.inference.inputs import input_kind, list_images
@@ -268,6 +271,16 @@ def predict_command(
             f"{len(predictions.ids)} image(s) predicted; written to {out}/predictions.csv and labels.csv",
             highlight=False,
         )
+    if predictions.ood is None:
+        console.print(f"no out-of-distribution check: {path} keeps no training-feature statistics (a model saved "
+                      "before its training finished, or by an earlier version)", highlight=False, soft_wrap=True)  # fmt: skip
+    else:
+        line = describe(predictions.ood, slide=kind == "slide", units="patches" if kind == "slide" else "images")
+        if predictions.ood.flagged.any():  # a warning: on stderr, as one line
+            err.print(f"[yellow]warning:[/yellow] {escape(line)}; {out}/ood.csv lists each", highlight=False,
+                      soft_wrap=True)  # fmt: skip
+        else:
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
     if predictions.skipped:
         err.print(f"skipped {len(predictions.skipped)} unreadable input(s):", highlight=False)
         for item in predictions.skipped:

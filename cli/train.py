@@ -16,6 +16,7 @@ from rich.console import Console
 
 from probmcl_med.cli.grammar import Command
 from probmcl_med.config import RunConfig, find_named_config, load_config, with_epochs
+from probmcl_med.data.roots import preflight_root, require_named_data
 from probmcl_med.errors import TrainingInterrupted
 
 EPILOG = """\
@@ -88,9 +89,7 @@ def train_command(
         int | None,
         typer.Option(
             "--epochs",
-            help="Passes over the training set of what this command trains, whatever the mode: two-stage divides it "
-            "between its stages in the ratio contrastive.epochs : classifier.epochs (each at least 1; with --stage, "
-            "that stage's); the other modes train all of it.",
+            help="Passes over the training set, any mode (two-stage: split in its stage ratio, each >= 1).",
         ),
     ] = None,
     stage: Annotated[
@@ -100,16 +99,14 @@ def train_command(
         bool,
         typer.Option(
             "--resume",
-            help="Continue from the newest checkpoint in the run folder, with the run's settings (a change to what "
-            "shaped its training is refused).",
+            help="Continue from the newest checkpoint, with the run's settings (changing them is refused).",
         ),
     ] = False,
     extend: Annotated[
         bool,
         typer.Option(
             "--extend",
-            help="With --resume: continue the stage under another length (--epochs), where the resumed run then "
-            "equals a fresh run of that length (lr_schedule constant; OneCycle and cosine are refused).",
+            help="With --resume: continue under another --epochs, as a fresh run of that length would.",
         ),
     ] = False,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Run folder (default: the config's).")] = None,
@@ -123,12 +120,17 @@ def train_command(
     joint (both objectives in one stage).
 
     The run folder gets config.yaml, class_names.json, run.json, metrics.jsonl, tensorboard/, checkpoints/ and
-    model.pt (what `probmcl-med evaluate --checkpoint RUN` reads).
+    model.pt (what `probmcl-med evaluate --checkpoint RUN` reads). --epochs N is the length of what the command
+    trains: two-stage divides it in the ratio contrastive.epochs : classifier.epochs, each stage at least 1 (with
+    --stage, that stage's). --resume --extend continues under another --epochs where the resumed run equals a fresh
+    run of that length: with lr_schedule constant (OneCycle and cosine are refused).
     """
     cfg = resolve_train_config(dataset, config, overrides, output_dir, epochs, root, stage)
-    if print_config:
+    if print_config:  # the defaults may be printed without naming data; training on them may not
         sys.stdout.write(cfg.to_yaml())
         return
+    require_named_data("train", dataset, config, list(overrides or []))
+    preflight_root(cfg.dataset.name, cfg.dataset.root)  # a missing folder is refused before torch is imported
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.engine.run import train
 

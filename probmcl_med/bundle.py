@@ -37,15 +37,16 @@ from torch import nn
 
 from probmcl_med.calibration_file import Calibration, read_calibration, thresholds_for
 from probmcl_med.core.mdn import MixtureDensityNetwork
+from probmcl_med.core.ood import OodStatistics
 from probmcl_med.errors import CheckpointError, first_words, torch_load_error
 from probmcl_med.fileio import atomic_write
 from probmcl_med.models.encoders import get_encoder
 from probmcl_med.models.heads import Classifier, LinearHead
 from probmcl_med.operating_point import TunedThresholds, read_thresholds
+from probmcl_med.runpaths import MODEL_FILE, resolve_bundle_path
 
 BUNDLE_FORMAT = "probmcl-med/model"
 FORMAT_VERSION = 1
-MODEL_FILE = "model.pt"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -178,6 +179,9 @@ class ModelBundle:
             inference refuses with this message (``evaluate --calibrate`` refits it).
         mpp: microns per pixel of the network input the model was trained on, or None (not recorded).
         stain_reference: the Macenko stain reference (``StainReference.to_dict()``) applied to every input, or None.
+        ood: the training features' statistics for the out-of-distribution flag
+            (:class:`~probmcl_med.core.ood.OodStatistics`), or None (a model saved before training finished, or
+            by an earlier version).
         feature_cache: the head trained on cached features of the frozen encoder: scoring may read them back.
     """
 
@@ -200,6 +204,7 @@ class ModelBundle:
     calibration_problem: str | None = None
     mpp: float | None = None
     stain_reference: dict[str, Any] | None = None
+    ood: OodStatistics | None = None
     feature_cache: bool = False
 
     def classifier(self) -> Classifier:
@@ -242,14 +247,16 @@ def bundle_dict(
     best_epoch: int | None = None,
     mpp: float | None = None,
     stain_reference: Mapping[str, Any] | None = None,
+    ood: OodStatistics | None = None,
     feature_cache: bool = False,
 ) -> dict[str, Any]:
     """The plain (weights_only-loadable) dict that :func:`save_model_bundle` writes.
 
     ``best_val_map`` (percent) and ``best_epoch`` record which classifier epoch the saved head comes from; ``mpp``
-    the microns per pixel of the network input; ``stain_reference`` the Macenko reference as a plain dict;
-    ``feature_cache`` that the head trained on the frozen encoder's cached features (``evaluate`` then scores through
-    the same cache, :mod:`probmcl_med.inference.feature_cache`).
+    the microns per pixel of the network input; ``stain_reference`` the Macenko reference as a plain dict; ``ood``
+    the training features' statistics for the out-of-distribution flag (:func:`add_ood_statistics` adds them to a
+    saved bundle at the end of training); ``feature_cache`` that the head trained on the frozen encoder's cached
+    features (``evaluate`` then scores through the same cache, :mod:`probmcl_med.inference.feature_cache`).
     """
     head = unwrap(head)
     if len(class_names) != head.out_features:
@@ -281,8 +288,21 @@ def bundle_dict(
         "best_epoch": None if best_epoch is None else int(best_epoch),
         "mpp": None if mpp is None else float(mpp),
         "stain_reference": None if stain_reference is None else dict(stain_reference),
+        "ood": None if ood is None else ood.to_dict(),
         "feature_cache": bool(feature_cache),
     }
+
+
+def add_ood_statistics(path: str | Path, ood: OodStatistics) -> Path:
+    """Store the out-of-distribution statistics in a saved bundle (atomically; the rest of the file unchanged).
+
+    Called once at the end of training, before ``thresholds.json`` or any other file tied to the model's hash can
+    exist; the statistics describe the saved (best) weights.
+    """
+    path = resolve_bundle_path(path)
+    data = read_checkpoint(path, expected_format=BUNDLE_FORMAT)
+    data["ood"] = ood.to_dict()
+    return save_torch(path, data)
 
 
 def save_model_bundle(path: str | Path, **parts: Any) -> Path:
@@ -290,28 +310,12 @@ def save_model_bundle(path: str | Path, **parts: Any) -> Path:
 
     Keyword arguments are those of :func:`bundle_dict`: ``encoder, head, class_names, mean, std, image_size,
     encoder_name`` and optionally ``encoder_options, mdn, normalize_features, dataset, training_config,
-    best_val_map, best_epoch, mpp, stain_reference``.
+    best_val_map, best_epoch, mpp, stain_reference, ood, feature_cache``.
     """
     path = Path(path)
     if path.suffix != ".pt":
         path = path / MODEL_FILE
     return save_torch(path, bundle_dict(**parts))
-
-
-def resolve_bundle_path(path: str | Path) -> Path:
-    """``RUN`` -> ``RUN/model.pt``; a file stays itself. Missing -> one-line CheckpointError saying what to do."""
-    path = Path(path)
-    if path.is_dir():
-        candidate = path / MODEL_FILE
-        if not candidate.is_file():
-            raise CheckpointError(
-                f"{path} has no {MODEL_FILE}: the run has not finished its classifier stage; finish it with "
-                f"`probmcl-med train --resume --output-dir {path}` or pass another --checkpoint"
-            )
-        return candidate
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} not found; pass a run folder or its model.pt")
-    return path
 
 
 def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
@@ -385,6 +389,7 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         calibration_problem=calibration_problem,
         mpp=None if data.get("mpp") is None else float(data["mpp"]),
         stain_reference=data.get("stain_reference"),
+        ood=None if data.get("ood") is None else OodStatistics.from_dict(data["ood"]),
         feature_cache=bool(data.get("feature_cache", False)),
     )
     return bundle.to(device)

@@ -38,11 +38,10 @@ except ImportError:  # pragma: no cover - Windows: no flock, so no temporary is 
 PARTIAL = ".probmcl-med-partial"
 """The file inside an output folder that is still being built (identifies it as ours if its writer is killed)."""
 
-OVERWRITE_HELP = (
-    "Write even where files probmcl-med did not write are present: replace only this command's own output files "
-    "(each atomically) and keep every other file. Without it, an output folder holding other files, or an output "
-    "file that is not an earlier output, is refused."
-)
+OVERWRITE_HELP = "Write among files probmcl-med did not write: replace only its own, keep the rest."
+"""``--overwrite``'s help (three lines at most at 80 columns). Without it, an output folder holding other files, or an
+output file that is not an earlier output, is refused; with it, only the command's own files are replaced (each
+atomically) and every other file is kept."""
 """The help text of every command's ``--overwrite``."""
 
 

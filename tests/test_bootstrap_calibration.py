@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 from sklearn.metrics import average_precision_score
 
 from probmcl_med.evaluation import bootstrap as bootstrap_module
@@ -21,8 +22,15 @@ def _data(n: int = 80, c: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return scores, targets
 
 
+def _clopper_pearson(successes: int, n: int, level: float = 0.95) -> list[float]:
+    ci = binomtest(successes, n).proportion_ci(confidence_level=level, method="exact")
+    return [100 * ci.low, 100 * ci.high]
+
+
 def _plain_bootstrap(scores, targets, thresholds, resamples, seed, level=0.95):
-    """Resample rows explicitly, recompute with numpy and sklearn, take np.percentile of the defined values."""
+    """Resample rows explicitly, recompute with numpy and sklearn, take np.percentile of the defined values; then the
+    two stated exceptions: no interval on fewer than 10 images behind a value, scipy's exact interval for a recall
+    or precision of 0 or 100 %."""
     n, c = scores.shape
     draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     values = {"recall": [], "precision": [], "ap": [], "mAP": []}
@@ -48,8 +56,18 @@ def _plain_bootstrap(scores, targets, thresholds, resamples, seed, level=0.95):
         return None if v.size == 0 else list(100 * np.percentile(v, [tail, 100 - tail]))
 
     arrays = {k: np.array(v) for k, v in values.items()}
-    per_class = [{f"{key}_ci": interval(arrays[key][:, k]) for key in ("recall", "precision", "ap")} for k in range(c)]
-    return per_class, interval(arrays["mAP"])
+    called = scores >= thresholds
+    per_class = []
+    for k in range(c):
+        positives, calls = int(targets[:, k].sum()), int(called[:, k].sum())
+        hits = int((called[:, k] & (targets[:, k] == 1)).sum())
+        row = {}
+        for key, count in (("recall", positives), ("precision", calls), ("ap", positives)):
+            row[f"{key}_ci"] = interval(arrays[key][:, k]) if count >= 10 else None
+            if row[f"{key}_ci"] is not None and key != "ap" and hits in (0, count):
+                row[f"{key}_ci"] = _clopper_pearson(hits, count, level)
+        per_class.append(row)
+    return per_class, interval(arrays["mAP"]) if n >= 10 else None
 
 
 @pytest.mark.parametrize("chunk_cells", [10**9, 500])  # one block of resamples, and many blocks
@@ -57,7 +75,10 @@ def test_bootstrap_equals_a_plain_resampling_loop_with_sklearn(monkeypatch, chun
     monkeypatch.setattr(bootstrap_module, "MAX_CHUNK_CELLS", chunk_cells)
     scores, targets = _data()
     targets[:, 3] = 0
-    targets[:2, 3] = 1  # a rare class: some resamples have no positive (left out, not counted as 0)
+    targets[:12, 3] = 1  # a rare class: some resamples have no positive (left out, not counted as 0)
+    targets[:, 2] = 0
+    targets[:5, 2] = 1  # too few positives for an interval
+    scores[:, 1] = np.where(targets[:, 1] == 1, 0.95, scores[:, 1])  # recall 100 %: the exact interval
     thresholds = np.array([0.5, 0.4, 0.6, 0.5])
     got = bootstrap_intervals(scores, targets, thresholds, resamples=150, seed=11)
     want, want_map = _plain_bootstrap(scores, targets, thresholds, 150, 11)
@@ -65,7 +86,36 @@ def test_bootstrap_equals_a_plain_resampling_loop_with_sklearn(monkeypatch, chun
         for key in ("recall_ci", "precision_ci", "ap_ci"):
             assert g[key] == pytest.approx(w[key], abs=1e-9), key
     assert got["mAP_ci"] == pytest.approx(want_map, abs=1e-9)
-    assert got["method"] == {"name": "percentile bootstrap over images", "resamples": 150, "level": 0.95, "seed": 11}
+    assert got["per_class"][2]["recall_ci"] is None and got["per_class"][2]["ap_ci"] is None
+    assert got["per_class"][1]["recall_ci"][1] == 100.0 and got["per_class"][1]["recall_ci"][0] < 100.0
+    assert {k: got["method"][k] for k in ("name", "resamples", "level", "seed", "min_count")} == {
+        "name": "percentile bootstrap over images", "resamples": 150, "level": 0.95, "seed": 11, "min_count": 10
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("successes", "n"), [(0, 10), (10, 10), (0, 57), (57, 57), (3, 3)])
+def test_exact_interval_at_0_and_100_percent_equals_scipy(successes: int, n: int) -> None:
+    assert bootstrap_module.exact_interval(successes, n) == pytest.approx(_clopper_pearson(successes, n), abs=1e-9)
+    assert bootstrap_module.exact_interval(1, 3) is None  # in between: the bootstrap's business
+
+
+def test_tiny_split_reads_as_too_few_not_as_certainty() -> None:
+    """6 test images: the issue's "recall 0.0 (0.0-0.0)" and "AP 100.0 (100.0-100.0)" become n/a with the count."""
+    from probmcl_med.core.metrics import multilabel_metrics
+    from probmcl_med.evaluation.render import per_class_rows
+    from probmcl_med.evaluation.statistics import add_statistics
+
+    scores = np.array(
+        [[0.9, 0.1, 0.2], [0.8, 0.2, 0.1], [0.1, 0.3, 0.1], [0.2, 0.4, 0.3], [0.7, 0.1, 0.2], [0.3, 0.2, 0.1]]
+    )
+    targets = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]], dtype=float)
+    metrics = add_statistics(multilabel_metrics(scores, targets, class_names=["a", "b", "c"]), scores, targets)
+    assert metrics["summary"]["mAP_ci"] is None
+    cells = {row[1]: row for _, row in per_class_rows(metrics, 0.8)}
+    assert cells["a"][2] == "100.0 (n=3: too few for a CI)" and cells["a"][5] == "100.0 (n=3: too few for a CI)"
+    assert cells["b"][2] == "0.0 (n=2: too few for a CI)"
+    assert cells["b"][3] == "n/a"  # never called: precision is undefined, not 0
+    assert cells["c"][2] == "n/a" and cells["c"][5] == "n/a"  # no positive
 
 
 def test_bootstrap_interval_covers_a_known_recall_and_precision() -> None:
@@ -91,7 +141,9 @@ def test_no_positive_class_has_no_recall_or_ap_interval() -> None:
     targets[:, 2] = 0
     got = bootstrap_intervals(scores, targets, 0.5, resamples=50)
     assert got["per_class"][2]["recall_ci"] is None and got["per_class"][2]["ap_ci"] is None
-    assert got["per_class"][2]["precision_ci"] == [0.0, 0.0]  # called, never right
+    called = int((scores[:, 2] >= 0.5).sum())
+    assert called >= 10
+    assert got["per_class"][2]["precision_ci"] == pytest.approx(_clopper_pearson(0, called))  # called, never right
 
 
 def _ece_by_hand(p: list[float], y: list[float], bins: int = 10) -> float:

@@ -66,7 +66,7 @@ def command_options(path: tuple[str, ...]) -> set[str]:
 def test_the_walk_finds_every_command() -> None:
     assert set(command_paths()) == {
         ("train",), ("evaluate",), ("predict",), ("explain",), ("info",), ("data", "check"), ("sweep",), ("plugins",),
-        ("export",), ("data", "from-annotations"),
+        ("export",), ("compare",), ("data", "from-annotations"),
     }  # fmt: skip
 
 
@@ -146,7 +146,6 @@ REACHED_BY: dict[str, object] = {
     # the CLI modules: the command each defines
     "cli/train.py": [("train",)],
     "cli/evaluate.py": [("evaluate",)],
-    "cli/evaluate_files.py": [("evaluate",)],
     "cli/predict.py": [("predict",)],
     "cli/explain.py": [("explain",)],
     "cli/info.py": [("info",)],
@@ -156,6 +155,7 @@ REACHED_BY: dict[str, object] = {
     "cli/sweep.py": [("sweep",)],
     "cli/plugins.py": [("plugins",)],
     "cli/export.py": [("export",)],
+    "cli/compare.py": [("compare",)],
     "cli/main.py": ALL,
     "cli/grammar.py": ALL,
     # the library: which commands call into the module (the sweep scores with run_eval's score_split at a fixed
@@ -177,14 +177,25 @@ REACHED_BY: dict[str, object] = {
     "probmcl_med/sweep/grid.py": [("sweep",)],
     "probmcl_med/sweep/results.py": [("sweep",)],
     "probmcl_med/data/csv_dataset.py": DATASET_READERS,
+    "probmcl_med/data/adp.py": DATASET_READERS,
+    "probmcl_med/data/roots.py": DATASET_READERS,
+    "probmcl_med/data/roots.py:require_named_data": [("train",), ("data", "check")],
     "probmcl_med/data/annotations.py": [("data", "from-annotations")],
     "probmcl_med/data/mpp.py": [("predict",), ("data", "from-annotations")],  # both have --slide-mpp
     "probmcl_med/data/regions.py": [("predict",)],
     "probmcl_med/data/tiling.py": [("predict",)],
     "probmcl_med/bundle.py": MODEL_READERS,
+    "probmcl_med/runpaths.py": [*MODEL_READERS, ("export",)],  # compare passes option="RUN folder"
     "probmcl_med/evaluation/run_eval.py": [("evaluate",)],
     "probmcl_med/evaluation/report.py": [("evaluate",)],
     "probmcl_med/evaluation/findings.py": [("evaluate",)],
+    "probmcl_med/evaluation/files.py": [("evaluate",)],
+    "probmcl_med/evaluation/thresholds.py": [("evaluate",)],
+    "probmcl_med/inference/splits.py": [("evaluate",), ("compare",)],
+    "probmcl_med/evaluation/compare.py": [("compare",)],
+    "probmcl_med/evaluation/compare_report.py": [("compare",)],
+    "probmcl_med/evaluation/paired.py": [("compare",)],
+    "probmcl_med/evaluation/statistics.py": [("evaluate",)],
     "probmcl_med/inference/export.py": [("export",)],
     # output folders: the commands that write one (--out is atomic_directory's default; evaluate passes --report)
     "probmcl_med/fileio.py:check_replaceable_folder": [
@@ -271,7 +282,7 @@ def _commands_for(rel: str, function: str) -> list[tuple[str, ...]]:
 
 def test_the_walk_finds_the_hints_it_must() -> None:
     hints = {(rel, option) for rel, _, _, option in message_hints()}
-    assert ("probmcl_med/data/csv_dataset.py", "--root") in hints  # the hint train used to print without --root
+    assert ("probmcl_med/data/roots.py", "--root") in hints  # the hint train used to print without --root
     assert ("probmcl_med/inference/writers.py", "--out") in hints  # an option passed as an argument
     assert ("probmcl_med/registry.py", "--plugins-dir") in hints
     assert not any(option == "--data-root" for _, option in hints)

@@ -89,8 +89,46 @@ def test_adp_bad_inputs(adp_root):
     csv.write_text(csv.read_text().replace("Patch Names", "Patch"))
     with pytest.raises(DataError, match="no image column 'Patch Names'; columns found: Patch, E"):
         DATASETS.get("adp")(str(release), "train")
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist") as err:
         DATASETS.get("adp")(str(root / "missing"), "train")
+    _says_what_adp_is(str(err.value))
+
+
+def _says_what_adp_is(message: str) -> None:
+    """The pointer every "no ADP here" message carries: what ADP is, the paper, where to request it, the layout."""
+    assert "\n" not in message
+    for words in ("Atlas of Digital Pathology", "Hosseini et al., CVPR 2019", "http://www.dsp.utoronto.ca/projects/ADP/",
+                  "request", "ADP V1.0 Release/", "img_res_1um_bicubic/"):  # fmt: skip
+        assert words in message, words
+
+
+def test_adp_without_root_says_what_adp_is_and_where_to_get_it(tmp_path):
+    with pytest.raises(DataError, match="needs a folder") as err:
+        DATASETS.get("adp")(None, "train")
+    _says_what_adp_is(str(err.value))
+    (tmp_path / "notes.txt").write_text("an empty folder")
+    with pytest.raises(DataError, match=r"expected ADP_EncodedLabels_Release1_Flat\.csv") as err:
+        DATASETS.get("adp")(str(tmp_path), "train")
+    _says_what_adp_is(str(err.value))
+
+
+def test_a_partial_download_is_named_with_its_counts_and_usable_with_skip_bad(adp_root):
+    root, release, _ = adp_root
+    for i in (1, 4):  # two of the eight train patches never arrived
+        (release / "img_res_1um_bicubic" / f"p{i:02d}.png").unlink()
+    with pytest.raises(DataError, match=r"2 of the 8 patches of the train split are not in .*p01\.png.*skip_bad"):
+        DATASETS.get("adp")(str(root), "train")
+    ds = DATASETS.get("adp")(str(root), "train", skip_bad=True)
+    assert [it["row"] for it in ds.items] == [0, 2, 3, 5, 6, 7] and ds.num_skipped == 2
+    assert len(DATASETS.get("adp")(str(root), "valid")) == 2  # the other splits are complete
+    for f in (release / "img_res_1um_bicubic").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="none of the 8 patches of the train split") as err:
+        DATASETS.get("adp")(str(root), "train", skip_bad=True)
+    _says_what_adp_is(str(err.value))
+    (release / "img_res_1um_bicubic").rmdir()
+    with pytest.raises(DataError, match="img_res_1um_bicubic does not exist: the download is incomplete"):
+        DATASETS.get("adp")(str(root), "train")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -103,12 +103,18 @@ def test_tuned_thresholds_report_their_cost_against_the_baseline(
         assert row["threshold"] == pytest.approx(tuned[k], rel=1e-5)
         assert row["recall"] == pytest.approx(ref["recall"][k], abs=1e-9)
     base = _sklearn_metrics(ts, tt, np.full(3, 0.5))
-    costs = [r["precision_cost"] for r in doc["threshold_tuning"]["per_class"]]
-    np.testing.assert_allclose(costs, base["precision"] - ref["precision"], atol=1e-9)
+    changes = [r["precision_change"] for r in doc["threshold_tuning"]["per_class"]]
+    np.testing.assert_allclose(changes, ref["precision"] - base["precision"], atol=1e-9)
+    changes = [r["recall_change"] for r in doc["threshold_tuning"]["per_class"]]
+    np.testing.assert_allclose(changes, ref["recall"] - base["recall"], atol=1e-9)
     written = json.loads((report / "metrics.json").read_text())
-    assert "precision cost per class" in written["meta"]
+    assert written == {k: v for k, v in doc.items() if k != "report"}  # one result: --json is metrics.json
     page = (report / "report.html").read_text()
     assert "The operating point: tuned thresholds against 0.5" in page
+    for key, per_class in (("CP", "precision"), ("CR", "recall")):
+        before, after = base[per_class].mean(), ref[per_class].mean()
+        verb = "rises" if after > before else "falls"
+        assert f"({key}) {verb} from {before:.1f} % to {after:.1f} %" in page
 
 
 def test_scores_and_targets_files(tmp_path: Path, setup: dict, capsys: pytest.CaptureFixture[str]) -> None:

@@ -99,12 +99,18 @@ def test_explain_writes_overlays_of_the_image_size(tmp_path: Path, capsys: pytes
     assert cli(["explain", str(image), "-c", str(tmp_path / "run"), "--class", "stroma", "--class", "Necrosis",
                 "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
     files = sorted(p.name for p in out.glob("*.png"))
-    assert files == ["img_000_necrosis.png", "img_000_stroma.png"]
-    for name in files:
+    assert files == [f"img_000_{c}{kind}.png" for c in ("necrosis", "stroma") for kind in ("", "_figure")]
+    for name in ("img_000_necrosis.png", "img_000_stroma.png"):
         with Image.open(out / name) as img:
-            assert img.size == (40, 48)  # (width, height) of the input image
+            assert img.size == (40, 48)  # the raw overlay: (width, height) of the input image
+        cam = np.load(out / name.replace(".png", "_cam.npy"))
+        assert cam.shape == (48, 40) and cam.dtype == np.float32 and cam.min() >= 0 and cam.max() <= 1
+    for name in ("img_000_necrosis_figure.png", "img_000_stroma_figure.png"):
+        with Image.open(out / name) as img:
+            assert img.size[0] >= 800 and img.size[1] >= 400  # readable, not 40 x 48
     doc = json.loads((out / "explain.json").read_text())
     assert [e["class"] for e in doc["explained"]] == ["stroma", "necrosis"]
+    assert all(e["threshold"] == 0.5 and e["called"] == (e["probability"] >= 0.5) for e in doc["explained"])
     assert doc["target_layer"] == "encoder.model.layer1"  # 8 x 8 at 32 px (strides 4); layer2 would be 4 x 4
     # default: the predicted classes (p >= 0.5) of a SIZE x SIZE image, by hand
     [small] = write_images(tmp_path / "small", 1, seed=5)
@@ -112,7 +118,25 @@ def test_explain_writes_overlays_of_the_image_size(tmp_path: Path, capsys: pytes
     predicted = [c for c, p in zip(CLASSES, probs, strict=True) if p >= 0.5] or [CLASSES[int(np.argmax(probs))]]
     out2 = tmp_path / "cams2"
     assert cli(["explain", str(small), "-c", str(tmp_path / "run"), "--out", str(out2), "--device", "cpu"]) == 0
-    assert sorted(p.name for p in out2.glob("*.png")) == sorted(f"img_000_{c}.png" for c in predicted)
+    assert sorted(p.name for p in out2.glob("*_figure.png")) == sorted(f"img_000_{c}_figure.png" for c in predicted)
+    for entry in json.loads((out2 / "explain.json").read_text())["explained"]:
+        k = CLASSES.index(entry["class"])
+        assert entry["probability"] == pytest.approx(probs[k], abs=1e-5) and entry["called"] == (probs[k] >= 0.5)
+
+
+def test_the_figure_names_the_class_probability_threshold_and_has_a_colour_bar() -> None:
+    from probmcl_med.inference.explain_figure import explanation_figure
+
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    fig = explanation_figure(image, overlay(image, np.eye(4, dtype=np.float32)), "stroma", 0.8734, 0.62, "layer1")
+    assert fig._suptitle.get_text() == "stroma: p = 0.873, threshold 0.62: called"
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "input (32 x 32 px)" in titles and "Grad-CAM of 'stroma' over the input" in titles
+    bars = [ax for ax in fig.axes if ax.get_ylabel().startswith("Grad-CAM")]
+    assert len(bars) == 1 and [t.get_text() for t in bars[0].get_yticklabels()] == ["low", "", "high"]
+    width_px = fig.get_figwidth() * fig.dpi
+    assert width_px >= 800  # each panel 4 inches: a 32 px input is drawn 12x, pixels repeated
+    assert explanation_figure(image, image, "fat", 0.2, 0.5, "x")._suptitle.get_text().endswith("not called")
 
 
 def test_class_typo_suggests_the_close_match(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

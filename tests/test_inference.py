@@ -238,7 +238,7 @@ def write_pyramid(path: Path) -> np.ndarray:
 
 def test_predict_tiled_tiff_slide(tmp_path: Path) -> None:
     from probmcl_med.data.tiling import tile_slide
-    from probmcl_med.inference.writers import heat_grid
+    from probmcl_med.inference.heatmaps import heat_grid
 
     encoder, head = make_bundle(tmp_path / "run")
     level1 = write_pyramid(tmp_path / "slide.tif")

@@ -136,11 +136,14 @@ def test_class_without_positives_excluded_and_no_nan():
     json.dumps(m, allow_nan=False)  # no NaN or Inf anywhere
 
 
-def test_no_prediction_has_precision_zero_and_all_negative_targets():
+def test_never_called_class_has_no_precision_but_counts_zero_in_cp_and_all_negative_targets():
     scores, targets = _data(c=4, seed=5)
     scores[:, 1] = 0.1  # class 1 never predicted at 0.5
     m = multilabel_metrics(scores, targets)
-    assert m["per_class"][1]["predicted"] == 0 and m["per_class"][1]["precision"] == 0.0
+    # precision of a class never called is undefined (n/a), not 0; CP still counts it as 0 (math.md s.10)
+    assert m["per_class"][1]["predicted"] == 0 and m["per_class"][1]["precision"] is None
+    cp = precision_score(targets.astype(int), (scores >= 0.5).astype(int), average="macro", zero_division=0)
+    assert m["summary"]["CP"] == pytest.approx(100 * cp, abs=1e-10)
     m0 = multilabel_metrics(scores, np.zeros_like(targets))
     assert set(m0["summary"].values()) == {None}
     assert len(m0["excluded_from_map"]) == 4
@@ -245,7 +248,28 @@ def test_threshold_tradeoff_against_sklearn():
     p_base = precision_score(test_t, test_s >= 0.5, average=None, zero_division=0)
     r_tuned = recall_score(test_t, test_s >= tuned, average=None, zero_division=0)
     np.testing.assert_allclose([r["precision_tuned"] for r in out["per_class"]], 100 * p_tuned, atol=1e-10)
-    np.testing.assert_allclose([r["precision_cost"] for r in out["per_class"]], 100 * (p_base - p_tuned), atol=1e-10)
+    r_base = recall_score(test_t, test_s >= 0.5, average=None, zero_division=0)
+    # a change is tuned minus 0.5: positive when the tuned thresholds raise the value
+    np.testing.assert_allclose([r["precision_change"] for r in out["per_class"]], 100 * (p_tuned - p_base), atol=1e-10)
+    np.testing.assert_allclose([r["recall_change"] for r in out["per_class"]], 100 * (r_tuned - r_base), atol=1e-10)
     np.testing.assert_allclose([r["recall_tuned"] for r in out["per_class"]], 100 * r_tuned, atol=1e-10)
     assert out["summary"]["tuned"]["CR"] > out["summary"]["baseline"]["CR"]
     json.dumps(out, allow_nan=False)
+
+
+def test_tradeoff_words_follow_the_direction_of_the_change() -> None:
+    """The issue's case: thresholds tuned above 0.5 raise precision and give up recall; the words and signs say so
+    (the report used to print "CP 36.4 -> 52.0" under "precision cost" and a cost of -30.9)."""
+    from probmcl_med.evaluation.thresholds import movement, tradeoff_sentence
+
+    targets = np.array([[1], [1], [1], [1], [0], [0], [0], [0]], dtype=float)
+    scores = np.array([[0.95], [0.9], [0.6], [0.55], [0.7], [0.6], [0.52], [0.1]])
+    out = threshold_tradeoff(scores, targets, np.array([0.8]))
+    row = out["per_class"][0]
+    # at 0.5: 7 calls, 4 right (precision 57.1 %, recall 100 %); at 0.8: 2 calls, both right (100 %, 50 %)
+    assert row["precision_baseline"] == pytest.approx(400 / 7) and row["precision_tuned"] == pytest.approx(100.0)
+    assert row["precision_change"] == pytest.approx(100 - 400 / 7) and row["recall_change"] == pytest.approx(-50.0)
+    sentence = tradeoff_sentence(out)
+    assert "mean precision (CP) rises from 57.1 % to 100.0 % (+42.9 points)" in sentence
+    assert "mean recall (CR) falls from 100.0 % to 50.0 % (-50.0 points)" in sentence
+    assert movement("recall", 80.0, 80.0) == "recall stays at 80.0 %"

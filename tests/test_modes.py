@@ -213,7 +213,17 @@ def test_stage_is_refused_in_the_one_stage_modes(
         train(config, stage=stage)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "run").exists()  # refused before anything was built or written
-    code, _, err = _train_cli(capsys, "--set", f"mode={mode}", "--stage", stage, "--output-dir", str(tmp_path / "cli"))
+    code, _, err = _train_cli(
+        capsys,
+        "--set",
+        "dataset.name=demo",
+        "--set",
+        f"mode={mode}",
+        "--stage",
+        stage,
+        "--output-dir",
+        str(tmp_path / "cli"),
+    )
     assert code == 1 and "trains in one stage" in err
 
 

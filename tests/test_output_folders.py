@@ -174,7 +174,7 @@ KILLED_REPORT = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from probmcl_med.evaluation import multilabel_metrics, report
+    from probmcl_med.evaluation import OperatingPoint, assemble, report
     from probmcl_med.evaluation import plots
 
     def hang(*args, **kwargs):  # every other file of the report is written by now
@@ -190,13 +190,14 @@ KILLED_REPORT = textwrap.dedent(
     targets[0] = 1
     scores = np.clip(targets * 0.5 + rng.random((40, 3)) * 0.5, 0, 1)
     names = ["a", "b", "c"]
-    report.write_report(sys.argv[1], multilabel_metrics(scores, targets, class_names=names), scores, targets, names)
+    result = assemble(scores, targets, names, 0.5, operating_point=OperatingPoint("0.5 for every class"), resamples=0)
+    report.write_report(sys.argv[1], result)
     """
 )
 
 
 def test_report_killed_with_sigkill_leaves_nothing_after_the_next_run(tmp_path: Path) -> None:
-    from probmcl_med.evaluation import multilabel_metrics, write_report
+    from probmcl_med.evaluation import OperatingPoint, assemble, write_report
 
     out, signal_file = tmp_path / "rep", tmp_path / "inside"
     env = {**os.environ, "MPLBACKEND": "Agg"}
@@ -221,7 +222,7 @@ def test_report_killed_with_sigkill_leaves_nothing_after_the_next_run(tmp_path: 
 
     targets = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=float)
     scores = np.array([[0.9, 0.2], [0.1, 0.8], [0.7, 0.6], [0.3, 0.1]])
-    write_report(out, multilabel_metrics(scores, targets, class_names=["x", "y"]), scores, targets, ["x", "y"])
+    write_report(out, assemble(scores, targets, ["x", "y"], 0.5, operating_point=OperatingPoint("0.5"), resamples=0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inside", "rep"]
     assert (out / "report.html").is_file()
 

@@ -172,7 +172,7 @@ def test_training_records_mpp_and_stain_reference(tmp_path):
     raw = read_checkpoint(tmp_path / "run" / "model.pt")
     assert raw["mpp"] == 0.5
     assert raw["stain_reference"] == fit_reference(tmp_path / "reference.png").to_dict()
-    from probmcl_med.cli.info import checkpoint_info
+    from probmcl_med.evaluation.model_info import checkpoint_info
 
     info = checkpoint_info(tmp_path / "run")
     assert info["mpp"] == 0.5 and info["stain_reference"]["source"] == str(tmp_path / "reference.png")

@@ -293,7 +293,8 @@ def test_an_encoder_without_trainable_parameters_is_refused_where_the_mode_train
 ) -> None:
     path = write_plugin(tmp_path / "plugs", "frozen_only.py", FROZEN_ENCODER)
     run = tmp_path / "run"
-    args = ["--plugins-dir", str(path.parent), "train", "--set", f"mode={mode}", "--set", "encoder.name=frozen_only",
+    args = ["--plugins-dir", str(path.parent), "train", "--set", "dataset.name=demo", "--set", f"mode={mode}",
+            "--set", "encoder.name=frozen_only",
             "--set", "dataset.image_size=16", "--set", "dataset.options={n_train: 16, n_valid: 8, n_test: 8}",
             "--set", "workers=0", "--output-dir", str(run)]  # fmt: skip
     try:

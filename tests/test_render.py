@@ -10,7 +10,7 @@ from rich.console import Console
 
 from probmcl_med.evaluation import multilabel_metrics
 from probmcl_med.evaluation.render import PER_CLASS_COLUMNS, render_per_class_table
-from probmcl_med.evaluation.report import add_statistics
+from probmcl_med.evaluation.statistics import add_statistics
 
 
 def test_long_class_names_survive_an_80_column_pipe() -> None:

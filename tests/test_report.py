@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -15,13 +16,14 @@ from PIL import Image
 from rich.console import Console
 from sklearn.metrics import average_precision_score, precision_score, recall_score
 
-from probmcl_med.cli.evaluate_files import evaluate_files
 from probmcl_med.errors import DataError
 from probmcl_med.evaluation import (
+    OperatingPoint,
+    assemble,
+    evaluate_files,
     load_scores_targets,
     multilabel_metrics,
-    render_per_class_table,
-    render_summary,
+    render_result,
     write_report,
 )
 from probmcl_med.evaluation import plots as plots_module
@@ -103,15 +105,31 @@ class _Links(HTMLParser):
             self._row = None
 
 
+def _result(scores, targets, names, meta=None, recall_floor=0.8, threshold=0.5, resamples=200):
+    """The evaluation of ``scores`` at one threshold, as ``evaluate`` assembles it."""
+    op = OperatingPoint(description=f"{threshold:g} for every class")
+    return assemble(scores, targets, names, threshold, operating_point=op, meta=meta, recall_floor=recall_floor,
+                    resamples=resamples)  # fmt: skip
+
+
 def _sklearn_recall(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return 100 * recall_score(targets, scores >= 0.5, average=None, zero_division=0)
+
+
+def test_the_report_names_only_the_number_of_resamples_it_drew(tmp_path, fast_plots):
+    """The glossary said "1000 bootstrap resamples" whatever ``--bootstrap`` was."""
+    scores, targets = _data()
+    out = write_report(tmp_path / "rep", _result(scores, targets, NAMES, resamples=37))
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "37 resamples" in text
+    assert re.findall(r"(\d+) (?:bootstrap )?resamples", text) == ["37"], text
 
 
 def test_report_folder_complete_and_consistent(tmp_path):
     scores, targets = _data()
     metrics = multilabel_metrics(scores, targets, class_names=NAMES)
     meta = {"checkpoint": "runs/adp/stage2.pt", "dataset": "adp", "split": "test", "date": "2026-01-02"}
-    out = write_report(tmp_path / "rep", metrics, scores, targets, NAMES, meta, recall_floor=0.8)
+    out = write_report(tmp_path / "rep", _result(scores, targets, NAMES, meta, recall_floor=0.8))
     for name in FILES:
         assert (out / name).is_file(), name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]  # no temporary folder left beside it
@@ -184,30 +202,28 @@ def test_report_folder_complete_and_consistent(tmp_path):
 
 def test_plot_failure_leaves_no_folder_and_keeps_old_report(tmp_path, monkeypatch, fast_plots):
     scores, targets = _data()
-    metrics = multilabel_metrics(scores, targets, class_names=NAMES)
 
     def boom(*args, **kwargs):
         raise RuntimeError("plotting failed")
 
     monkeypatch.setattr(plots_module, "cooccurrence_heatmaps", boom)
     with pytest.raises(RuntimeError, match="plotting failed"):
-        write_report(tmp_path / "rep", metrics, scores, targets, NAMES, {})
+        write_report(tmp_path / "rep", _result(scores, targets, NAMES, {}))
     assert list(tmp_path.iterdir()) == []
 
     monkeypatch.setattr(plots_module, "cooccurrence_heatmaps", plots_module.recall_precision_bars)  # the tiny PNG
-    old = write_report(tmp_path / "rep", metrics, scores, targets, NAMES, {"split": "old"}, recall_floor=0.5)
+    old = write_report(tmp_path / "rep", _result(scores, targets, NAMES, {"split": "old"}, recall_floor=0.5))
     before = {p.name: p.read_bytes() for p in old.iterdir()}
     monkeypatch.setattr(plots_module, "precision_recall_grid", boom)
     with pytest.raises(RuntimeError):
-        write_report(tmp_path / "rep", metrics, scores, targets, NAMES, {"split": "new"})
+        write_report(tmp_path / "rep", _result(scores, targets, NAMES, {"split": "new"}))
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
 
 
 def test_failure_while_writing_keeps_old_report(tmp_path, monkeypatch, fast_plots):
     scores, targets = _data()
-    metrics = multilabel_metrics(scores, targets, class_names=NAMES)
-    old = write_report(tmp_path / "rep", metrics, scores, targets, NAMES, {"split": "old"})
+    old = write_report(tmp_path / "rep", _result(scores, targets, NAMES, {"split": "old"}))
     before = {p.name: p.read_bytes() for p in old.iterdir()}
 
     def boom(*args, **kwargs):
@@ -215,39 +231,36 @@ def test_failure_while_writing_keeps_old_report(tmp_path, monkeypatch, fast_plot
 
     monkeypatch.setattr(report_module, "to_html", boom)  # fails after metrics.json, csv, npz, PNGs, md are written
     with pytest.raises(OSError, match="disk full"):
-        write_report(tmp_path / "rep", metrics, scores, targets, NAMES, {"split": "new"})
+        write_report(tmp_path / "rep", _result(scores, targets, NAMES, {"split": "new"}))
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
 
 
 def test_replaces_earlier_report_but_not_other_folders(tmp_path, fast_plots):
     scores, targets = _data()
-    metrics = multilabel_metrics(scores, targets, class_names=NAMES)
-    write_report(tmp_path / "rep", metrics, scores, targets, NAMES, {"split": "first"})
-    write_report(tmp_path / "rep", metrics, scores, targets, NAMES, {"split": "second"})
+    write_report(tmp_path / "rep", _result(scores, targets, NAMES, {"split": "first"}))
+    write_report(tmp_path / "rep", _result(scores, targets, NAMES, {"split": "second"}))
     assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["meta"]["split"] == "second"
 
     precious = tmp_path / "thesis"
     precious.mkdir()
     (precious / "chapter1.tex").write_text("do not delete")
     with pytest.raises(DataError, match="did not write there") as err:
-        write_report(precious, metrics, scores, targets, NAMES, {})
+        write_report(precious, _result(scores, targets, NAMES, {}))
     assert str(precious) in str(err.value)
     assert (precious / "chapter1.tex").read_text() == "do not delete"
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
     with pytest.raises(DataError, match="is a file"):
-        write_report(a_file, metrics, scores, targets, NAMES, {})
+        write_report(a_file, _result(scores, targets, NAMES, {}))
     with pytest.raises(DataError, match="fraction"):
-        write_report(tmp_path / "r2", metrics, scores, targets, NAMES, {}, recall_floor=80)
+        write_report(tmp_path / "r2", _result(scores, targets, NAMES, {}, recall_floor=80))
 
 
 def test_render_sorted_by_recall_with_floor_in_red():
     scores, targets = _data()
-    metrics = multilabel_metrics(scores, targets, class_names=NAMES)
     console = Console(record=True, width=200, force_terminal=True, color_system="standard")
-    render_summary(metrics, 0.8, console)
-    render_per_class_table(metrics, 0.8, console)
+    render_result(_result(scores, targets, NAMES), console)
     plain = console.export_text(styles=False, clear=False)
     styled = console.export_text(styles=True)
     recall = _sklearn_recall(scores, targets)
@@ -404,24 +417,53 @@ def test_bad_files_raise_one_line_data_error_naming_the_file(tmp_path, case):
     assert "\n" not in message
 
 
-def test_evaluate_files_json_and_report(tmp_path, capsys, fast_plots):
+def test_evaluate_files_json_equals_metrics_json_and_the_terminal_says_the_same(tmp_path, capsys, fast_plots):
+    """One result, rendered three ways: --json on stdout, metrics.json in the report, the terminal and report.md
+    open with the same verdict (issue 19.5: the evaluation output is assembled once)."""
+    from probmcl_med.cli.main import main
+
     scores, targets = _data(n=50)
     s = _write_csv(tmp_path / "s.csv", ["path", *NAMES], [[f"x{i}", *r] for i, r in enumerate(scores.tolist())])
     t = _write_csv(tmp_path / "t.csv", NAMES, targets.astype(int).tolist())
-    code = evaluate_files(s, t, tmp_path / "rep", threshold=0.4, recall_floor=0.7, json_out=True)
-    assert code == 0
+    args = ["evaluate", "--scores", str(s), "--targets", str(t), "--threshold", "0.4", "--recall-floor", "0.7"]
+    assert main([*args, "--report", str(tmp_path / "rep"), "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     p = 100 * precision_score(targets, scores >= 0.4, average=None, zero_division=0)
     np.testing.assert_allclose([r["precision"] for r in document["per_class"]], p, atol=1e-9)
     assert document["threshold"] == 0.4 and document["report"] == str(tmp_path / "rep")
-    assert (tmp_path / "rep" / "report.html").is_file()
+    written = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert {k: v for k, v in document.items() if k != "report"} == written
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.split("\n")[2] == written["verdict"]  # the first line after the title
 
-    console = Console(record=True, width=160)
-    assert evaluate_files(s, t, None, threshold=0.5, recall_floor=0.8, json_out=False, console=console) == 0
-    text = console.export_text()
+    assert main(args) == 0
+    text = capsys.readouterr().out
     assert "mAP" in text and "epithelium" in text
+    joined, verdict = " ".join(text.split()), " ".join(written["verdict"].replace("**", "").split())
+    assert verdict in joined and joined.index(verdict) < joined.index("mAP ┃")  # the verdict before any table
     with pytest.raises(DataError, match=r"t\.csv"):
-        evaluate_files(s, tmp_path / "t.csv.missing", None, 0.5, 0.8, False)
+        evaluate_files(s, tmp_path / "t.csv.missing")
+
+
+def test_findings_are_computed_once_for_report_json_and_terminal(tmp_path, capsys, monkeypatch, fast_plots):
+    from probmcl_med.cli.main import main
+    from probmcl_med.evaluation import findings as findings_module
+    from probmcl_med.evaluation import result as result_module
+
+    calls = []
+    real = findings_module.findings
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(findings_module, "findings", counted)
+    monkeypatch.setattr(result_module, "findings", counted)
+    scores, targets = _data(n=50)
+    s = _write_csv(tmp_path / "s.csv", NAMES, scores.tolist())
+    t = _write_csv(tmp_path / "t.csv", NAMES, targets.astype(int).tolist())
+    assert main(["evaluate", "--scores", str(s), "--targets", str(t), "--report", str(tmp_path / "rep")]) == 0
+    assert len(calls) == 1
 
 
 def test_cooccurrence_against_explicit_loop():
@@ -446,8 +488,7 @@ def test_report_edge_cases_with_real_plots(tmp_path, case):
     else:
         scores, targets = np.array([[0.3, 0.7]]), np.array([[1.0, 0.0]])
     names = [f"k{i}" for i in range(scores.shape[1])]
-    metrics = multilabel_metrics(scores, targets, class_names=names)
-    out = write_report(tmp_path / "rep", metrics, scores, targets, names, {})
+    out = write_report(tmp_path / "rep", _result(scores, targets, names, {}))
     for name in FILES:
         assert (out / name).is_file(), name
     json.loads((out / "metrics.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN or Infinity

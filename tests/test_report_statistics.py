@@ -18,7 +18,10 @@ from probmcl_med.evaluation.calibration import calibration_summary
 from probmcl_med.evaluation.findings import GLOSSARY, findings, over_called
 from probmcl_med.evaluation.gallery import select_mistakes
 from probmcl_med.evaluation.render import PER_CLASS_COLUMNS
-from probmcl_med.evaluation.report import FIGURES, add_statistics, write_report
+from probmcl_med.evaluation.report import FIGURES, write_report
+from probmcl_med.evaluation.result import assemble
+from probmcl_med.evaluation.statistics import add_statistics
+from probmcl_med.evaluation.thresholds import OperatingPoint
 
 
 def test_over_called_and_findings_follow_the_plain_rule() -> None:
@@ -42,12 +45,12 @@ def test_over_called_and_findings_follow_the_plain_rule() -> None:
         if called and (present == 0 or called >= 1.5 * present or tp / called < 0.5):
             by_hand.append("abcd"[k])
     assert sorted(over_called(metrics)) == by_hand == ["a"]
-    said = findings(metrics, 0.8, operating_point={"tuned": False, "checkpoint": "runs/x"})
+    said = findings(metrics, 0.8, operating_point=OperatingPoint("0.5", checkpoint="runs/x"))
     assert said.over_called == ["a"] and said.under_floor == ["c"]
     assert "called in 40 % of images, present in 10 %, precision 25 %" in said.lines[0]
     assert "c (recall 40 %)" in said.lines[1]
     assert "probmcl-med evaluate --checkpoint runs/x --tune-thresholds recall=0.9 --save" in said.lines[2]
-    tuned = findings(metrics, 0.8, operating_point={"tuned": True, "rule": "recall >= 0.9 per class"})
+    tuned = findings(metrics, 0.8, operating_point=OperatingPoint("tuned", tuned=True, rule="recall >= 0.9 per class"))
     assert "lower recall target" in tuned.lines[-1] and "--tune-thresholds" not in tuned.lines[-1]
     clean = findings(multilabel_metrics(targets[:, 1:2] * 0.9, targets[:, 1:2]), 0.8)
     assert clean.over_called == [] and clean.under_floor == [] and "nothing at this operating point" in clean.lines[-1]
@@ -91,7 +94,8 @@ def test_report_says_the_truth_first_with_intervals_glossary_and_curves(tmp_path
     names = ["tumour", "stroma", "necrosis", "fat"]
     metrics = multilabel_metrics(scores, targets, class_names=names)
     log = [{"stage": "classifier", "epoch": e, "loss": 1.0 / e, "val_mAP": 40.0 + e} for e in range(1, 4)]
-    out = write_report(tmp_path / "rep", metrics, scores, targets, names, {"split": "test"}, 0.8, training_log=log)
+    result = assemble(scores, targets, names, 0.5, operating_point=OperatingPoint("0.5"), meta={"split": "test"})
+    out = write_report(tmp_path / "rep", result, training_log=log)
     document = json.loads((out / "metrics.json").read_text())
     # metrics.json: the intervals of bootstrap_intervals at the report's thresholds, ECE of calibration_summary
     ci = bootstrap_intervals(scores, targets, 0.5)
@@ -107,7 +111,9 @@ def test_report_says_the_truth_first_with_intervals_glossary_and_curves(tmp_path
     page = _Page()
     page.feed((out / "report.html").read_text())
     first = [text for tag, text in page.events if (tag in ("p", "b", "table", "h2") and text.strip()) or tag == "table"]
-    assert first[0].startswith("Over-called") or first[0].startswith("Not over-called")  # words before any table
+    assert first[0].startswith("Verdict:")  # one sentence first, then the findings, all before any table
+    assert first[1].strip().startswith("the scores rank the images at mAP")
+    assert first[2].startswith("Over-called") or first[2].startswith("Not over-called")
     # every number the tables show has a glossary line
     glossary = {text.strip() for tag, text in page.events if tag == "b"}
     for column in [*SUMMARY_KEYS, "ECE", "AP", "recall", "precision", "F1", "present", "called", "TP", "threshold"]:
@@ -136,10 +142,12 @@ def test_add_statistics_keeps_the_metrics_and_adds_the_keys() -> None:
 
 def test_no_bootstrap_gives_no_intervals_and_the_report_still_reads(tmp_path) -> None:
     scores, targets = _data()
-    metrics = add_statistics(multilabel_metrics(scores, targets), scores, targets, resamples=0)
+    names = [f"c{i}" for i in range(4)]
+    result = assemble(scores, targets, names, 0.5, operating_point=OperatingPoint("0.5"), resamples=0)
+    metrics = result.metrics
     assert metrics["bootstrap"] is None and metrics["summary"]["mAP_ci"] is None
     assert all(r["recall_ci"] is None and r["ece"] is not None for r in metrics["per_class"])
-    out = write_report(tmp_path / "rep", metrics, scores, targets, [f"c{i}" for i in range(4)], {})
+    out = write_report(tmp_path / "rep", result)
     cells = (out / "per_class.csv").read_text().splitlines()[1].split(",")
     assert cells[2:4] == ["", ""]  # ap_lo, ap_hi empty
     assert "Intervals:" not in (out / "report.md").read_text()

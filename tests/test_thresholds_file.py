@@ -73,7 +73,7 @@ def test_tune_without_save_reports_only_and_writes_nothing(
     vs, vt = setup["expected"]["valid"]
     expected = [_brute_force_threshold(vs[:, k], vt[:, k], 0.9) for k in range(3)]
     assert [r["threshold"] for r in doc["per_class"]] == pytest.approx(expected, rel=1e-5)
-    assert doc["thresholds_saved"] is None and "not saved" in doc["meta"]["thresholds from"]
+    assert doc["operating_point"]["saved"] is None and "not saved" in doc["meta"]["thresholds from"]
     assert _sha(run / "model.pt") == before
     assert sorted(p.name for p in run.iterdir()) == files
 
@@ -91,7 +91,9 @@ def test_save_writes_thresholds_json_and_every_command_uses_and_names_it(
     np.testing.assert_allclose(list(saved["thresholds"].values()), expected, rtol=1e-5)
     assert saved["model_sha256"] == before and saved["split"] == "valid" and saved["samples"] == len(vs)
     assert saved["rule"] == "recall >= 0.9 per class" and saved["date"][:4].isdigit()
-    assert doc["thresholds_saved"] == str(run / "thresholds.json")
+    assert doc["operating_point"]["saved"] == str(run / "thresholds.json")
+    assert "just saved" not in doc["meta"]["thresholds from"]  # the report stays true when read later
+    assert "written by this evaluation" in doc["meta"]["thresholds from"]
     assert not [p for p in run.iterdir() if p.name.startswith(".thresholds")]  # no temporary file left
 
     # evaluate without flags: the file's thresholds, named
@@ -129,7 +131,7 @@ def test_default_is_named_when_there_is_no_file(run: Path, tmp_path: Path, capsy
 def test_reporting_on_the_tuning_split_warns(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc, err = _evaluate_json(["-c", str(run), "--tune-thresholds", "recall=0.9", "--split", "valid"], capsys)
     assert "warning:" in err and "tuned on the valid split" in err
-    assert doc["warnings"] and doc["findings"]["lines"][0].startswith("**Caution")
+    assert "optimistic" in doc["warnings"][0] and doc["operating_point"]["same_split"] is True
     # the same later, from the saved file
     _evaluate_json(["-c", str(run), "--tune-thresholds", "recall=0.9", "--save"], capsys)
     doc, err = _evaluate_json(["-c", str(run), "--split", "val"], capsys)

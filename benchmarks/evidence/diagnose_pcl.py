@@ -25,7 +25,7 @@ import torch
 def diagnose(run_dir: Path, n: int = 128) -> dict:
     from probmcl_med.bundle import load_model_bundle
     from probmcl_med.core.losses import ProbContrastiveLoss
-    from probmcl_med.evaluation.run_eval import build_split_dataset
+    from probmcl_med.inference.splits import build_split_dataset
     from probmcl_med.registry import OVERLAPS, SIMILARITIES
 
     bundle = load_model_bundle(run_dir)

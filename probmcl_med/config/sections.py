@@ -25,11 +25,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# The modules that register the built-in names the validators below look up (imported for that effect).
-import probmcl_med.core.likelihoods
-import probmcl_med.core.overlaps
-import probmcl_med.core.similarities
-import probmcl_med.data.datasets  # noqa: F401
 from probmcl_med.registry import DATASETS, LIKELIHOODS, OVERLAPS, SIMILARITIES, Registry
 
 MAX_EPOCHS = 100_000
@@ -47,10 +42,40 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False)
 
 
+BUILT_IN_NAMES: dict[str, frozenset[str]] = {
+    "dataset": frozenset({"demo", "csv", "adp", "coco", "slides"}),
+    "overlap": frozenset({"jaccard", "cosine"}),
+    "similarity": frozenset({"correlation", "bhattacharyya"}),
+    "likelihood": frozenset({"density", "responsibility"}),
+}
+"""The names the built-in modules register, per registry kind, accepted without importing those modules (they import
+torch): a config is validated, and a wrong command refused, before torch is (``benchmarks/bench_refusal.py``). Any
+other name is looked up in the registry, after the validator imports the module that registers the built-ins.
+``tests/test_fast_refusals.py`` checks these against the registries."""
+
+
 def _registered(registry: Registry, value: str) -> str:
+    """``value`` when it is a built-in name (:data:`BUILT_IN_NAMES`) or registered (after importing the built-ins'
+    module, :func:`_import_built_ins`), else a ValueError with close matches."""
+    if value in BUILT_IN_NAMES.get(registry.kind, frozenset()):
+        return value
+    _import_built_ins(registry.kind)
     if value not in registry:
         raise ValueError(registry.unknown_message(value).split(" (plugins are loaded")[0])
     return value
+
+
+def _import_built_ins(kind: str) -> None:
+    """Import the module that registers the built-in names of the registry ``kind`` (written out, not by a string,
+    so that the layer contracts see each import)."""
+    if kind == "dataset":
+        import probmcl_med.data.datasets
+    elif kind == "overlap":
+        import probmcl_med.core.overlaps
+    elif kind == "similarity":
+        import probmcl_med.core.similarities
+    elif kind == "likelihood":
+        import probmcl_med.core.likelihoods  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------------------------------

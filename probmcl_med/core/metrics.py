@@ -12,7 +12,8 @@ Conventions, stated once and used by every function in :mod:`probmcl_med.evaluat
 - **Classes without a positive** in the evaluated set have no AP and no recall: they are left out of mAP, CP, CR and
   CF1, listed in ``excluded_from_map`` with the reason, and carry ``None`` (JSON ``null``) for ``ap``, ``recall``
   and ``f1``. Their false positives still count in OP. No value is ever NaN.
-- **Precision of a class with no prediction is 0** (math.md s.10). OP is 0 when nothing at all is predicted.
+- **Precision of a class with no prediction** is undefined: its per-class ``precision`` is ``None`` (shown as n/a),
+  while CP counts it as 0, the paper's convention (math.md s.10). OP is 0 when nothing at all is predicted.
 - **AP ties** are grouped as scikit-learn's ``average_precision_score`` groups them: all samples sharing a score
   enter the ranking together, and each positive gets the precision at the *last* index of its tie group.
 """
@@ -205,7 +206,8 @@ def multilabel_metrics(
     Returns:
         ``{"summary": {"mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"} (percent),
         "per_class": [{"name", "ap", "precision", "recall", "f1", "support", "predicted", "tp", "threshold"}, ...]
-        (class order; ap/recall/f1 ``None`` for a class without positives), "excluded_from_map": [{"name",
+        (class order; ap/recall/f1 ``None`` for a class without positives, precision ``None`` for a class never
+        called), "excluded_from_map": [{"name",
         "reason"}, ...], "num_samples", "num_classes", "num_evaluated_classes", "threshold" (float or list),
         "threshold_rule", "units"}``. Summary values are ``None`` only if no class has a positive at all.
 
@@ -254,7 +256,7 @@ def multilabel_metrics(
             {
                 "name": name,
                 "ap": 100.0 * float(ap[i]) if ok else None,
-                "precision": 100.0 * float(precision[i]),
+                "precision": 100.0 * float(precision[i]) if predicted[i] > 0 else None,
                 "recall": 100.0 * float(recall[i]) if ok else None,
                 "f1": 100.0 * float(f1[i]) if ok else None,
                 "support": int(support[i]),
@@ -275,6 +277,11 @@ def multilabel_metrics(
         "threshold_rule": THRESHOLD_RULE,
         "units": "percent",
     }
+
+
+def thresholds_of(metrics: dict[str, Any]) -> np.ndarray:
+    """(C,) float64: the per-class thresholds a :func:`multilabel_metrics` dict was computed at."""
+    return np.array([row["threshold"] for row in metrics["per_class"]], dtype=np.float64)
 
 
 def below_recall_floor(metrics: dict[str, Any], recall_floor: float) -> list[str]:

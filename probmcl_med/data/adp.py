@@ -1,5 +1,10 @@
 """The Atlas of Digital Pathology (ADP V1.0 release; Hosseini et al., CVPR 2019): hierarchical tissue types.
 
+ADP is 17,668 H&E patches (1088 x 1088 px at 0.25 um/px, also released resized to 1 um/px) cut from 100 slides of
+many organs, each labelled with up to 57 hierarchical histological tissue types (M. S. Hosseini et al., "Atlas of
+Digital Pathology: A Generalized Hierarchical Histological Tissue Type-Annotated Database for Deep Learning", CVPR
+2019, pp. 11747-11756). It is distributed on request, not by a public link: see :data:`ABOUT`.
+
 Release layout (``root`` is the release folder, or its parent holding ``ADP V1.0 Release/``)::
 
     ADP V1.0 Release/
@@ -32,11 +37,12 @@ import numpy as np
 from probmcl_med.data.base import MultiLabelDataset, normalize_split, seeded_split
 from probmcl_med.data.csv_dataset import check_root, find_column, labels_from_rows, read_table, resolve_image_path
 from probmcl_med.data.normalization import ADP_MEAN, ADP_STD
+from probmcl_med.data.roots import ADP_ABOUT as ABOUT
+from probmcl_med.data.roots import ADP_IMAGES_DIR as IMAGES_DIR
+from probmcl_med.data.roots import ADP_RELEASE_CSV as RELEASE_CSV
+from probmcl_med.data.roots import ADP_RELEASE_FOLDER as RELEASE_FOLDER
 from probmcl_med.errors import DataError
 
-RELEASE_FOLDER = "ADP V1.0 Release"
-RELEASE_CSV = "ADP_EncodedLabels_Release1_Flat.csv"
-IMAGES_DIR = "img_res_1um_bicubic"
 CODE = re.compile(r"^[A-Z](\.[A-Z])*$")
 LEVELS = {"L1": 1, "L2": 2, "L3": 3}
 
@@ -75,6 +81,27 @@ def _split_rows(folder: Path, split: str, n: int, seed: int, valid_fraction: flo
     return rows
 
 
+def _check_download(images: Path, names: Sequence[str], split: str, skip_bad: bool) -> None:
+    """Refuse an incomplete download in one line: the images folder missing, or patches of the split not in it.
+
+    With ``skip_bad`` a partial download is used as it is (the dataset skips and counts the missing patches).
+    """
+    if not images.is_dir():
+        raise DataError(f"ADP: the patch folder {images} does not exist: the download is incomplete. {ABOUT}")
+    present = {p.name for p in images.iterdir()}
+    missing = [n for n in names if Path(n).name not in present and not Path(n).is_absolute()]
+    if missing and len(missing) == len(names):
+        raise DataError(f"ADP: none of the {len(names)} patches of the {split} split is in {images} (the first: "
+                        f"{missing[0]}). {ABOUT}")  # fmt: skip
+    if not missing or skip_bad:
+        return
+    raise DataError(
+        f"ADP: {len(missing)} of the {len(names)} patches of the {split} split are not in {images} (the first: "
+        f"{missing[0]}): the download is incomplete; complete it, or set dataset.skip_bad=true to use the "
+        f"{len(names) - len(missing)} present (data check then shows each class's count)"
+    )
+
+
 def load_adp(
     root: str | Path | None,
     split: str = "train",
@@ -89,8 +116,14 @@ def load_adp(
     test_fraction: float = 0.1,
     skip_bad: bool = False,
 ) -> MultiLabelDataset:
-    """ADP patches of one split at one label level (layout and options in the module docstring)."""
-    folder = _release_dir(check_root(root, "adp"))
+    """ADP patches of one split at one label level (layout and options in the module docstring).
+
+    Raises:
+        DataError: no ADP at ``root`` (the message says what ADP is and where to request it), a bad CSV or split
+            file, or an incomplete download: the split's patches missing from the images folder (all of them, or
+            some without ``skip_bad``; with ``skip_bad`` the present ones are used and the missing ones named).
+    """
+    folder = _release_dir(check_root(root, "adp"))  # no folder: the message says what ADP is (roots.ADP_ABOUT)
     if csv:
         table = Path(csv) if Path(csv).is_absolute() else folder / csv
     elif (folder / RELEASE_CSV).is_file():
@@ -100,7 +133,7 @@ def load_adp(
         if len(found) != 1:
             raise DataError(
                 f"{folder}: expected {RELEASE_CSV} (or one CSV; set dataset.options.csv), found "
-                f"{', '.join(f.name for f in found) or 'none'}"
+                f"{', '.join(f.name for f in found) or 'none'}. {ABOUT}"
             )
         table = found[0]
     header, rows = read_table(table)
@@ -116,6 +149,7 @@ def load_adp(
     if drop_unlabeled:
         chosen = np.asarray([i for i in chosen if labels[i].any()], dtype=np.int64)
     images = folder / images_dir
+    _check_download(images, [rows[i][image_col] for i in chosen], split, skip_bad)
     items = [
         {"image": resolve_image_path(rows[i][image_col], images), "label": labels[i], "row": int(i)} for i in chosen
     ]

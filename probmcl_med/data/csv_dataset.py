@@ -51,6 +51,7 @@ from probmcl_med.data.base import (
     seeded_split,
 )
 from probmcl_med.data.imageio import INTENSITY_MODES
+from probmcl_med.data.roots import check_root
 from probmcl_med.errors import DataError, EmptySplit
 
 IMAGE_COLUMN_CANDIDATES = ("image", "path", "filename", "file", "image_path", "patch names", "patch_name")
@@ -366,18 +367,6 @@ def find_csv(root: Path, csv_name: str | None) -> Path:
         raise DataError(f"{root}: no CSV file of labels found; add labels.csv or set dataset.options.csv")
     names = ", ".join(f.name for f in found)
     raise DataError(f"{root}: several CSV files ({names}); pick one with dataset.options.csv=NAME")
-
-
-def check_root(root: str | Path | None, dataset: str) -> Path:
-    """The dataset folder as a Path; a missing folder is a DataError saying how to set it."""
-    if root is None:
-        raise DataError(f"dataset '{dataset}' needs a folder: set dataset.root (or --root PATH)")
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise DataError(
-            f"dataset folder {path} does not exist; set dataset.root (or --root PATH) to the {dataset} folder"
-        )
-    return path
 
 
 def load_csv_dataset(

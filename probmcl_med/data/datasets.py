@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from probmcl_med.data.adp import load_adp
-from probmcl_med.data.base import MultiLabelDataset
-from probmcl_med.data.coco import load_coco
-from probmcl_med.data.csv_dataset import load_csv_dataset
-from probmcl_med.data.demo import load_demo
-from probmcl_med.data.slides import load_slides
 from probmcl_med.errors import DataError
 from probmcl_med.registry import DATASETS
+
+if TYPE_CHECKING:
+    from probmcl_med.data.base import MultiLabelDataset
+
+# Each factory imports its loader when called: registering the names (which the config's validation of
+# dataset.name does) must not import torch, so a wrong command is refused before it (benchmarks/bench_refusal.py).
 
 
 @DATASETS.register("demo")
@@ -32,6 +32,8 @@ def demo(root: str | None = None, split: str = "train", **options: Any) -> Multi
     Options: seed, n_train, n_valid, n_test, tile (see probmcl_med.data.demo). ``root``: cache folder (default
     $PROBMCL_MED_CACHE/demo or ~/.cache/probmcl-med/demo).
     """
+    from probmcl_med.data.demo import load_demo
+
     return load_demo(root, split, **_known(options, load_demo, "demo"))
 
 
@@ -43,6 +45,8 @@ def csv(root: str | None, split: str = "train", **options: Any) -> MultiLabelDat
     valid_fraction, test_fraction, skip_bad, encoding, allow_outside_root, intensity (see
     probmcl_med.data.csv_dataset).
     """
+    from probmcl_med.data.csv_dataset import load_csv_dataset
+
     return load_csv_dataset(root, split, **_known(options, load_csv_dataset, "csv"))
 
 
@@ -53,6 +57,8 @@ def adp(root: str | None, split: str = "train", **options: Any) -> MultiLabelDat
     Options: level (L3), drop_unlabeled (False), csv, images_dir, classes, seed, valid_fraction, test_fraction,
     skip_bad (see probmcl_med.data.adp).
     """
+    from probmcl_med.data.adp import load_adp
+
     return load_adp(root, split, **_known(options, load_adp, "adp"))
 
 
@@ -62,6 +68,8 @@ def coco(root: str | None, split: str = "train", **options: Any) -> MultiLabelDa
 
     Options: year (auto), annotations, images_dir, keep_empty (False), skip_bad (see probmcl_med.data.coco).
     """
+    from probmcl_med.data.coco import load_coco
+
     return load_coco(root, split, **_known(options, load_coco, "coco"))
 
 
@@ -72,6 +80,8 @@ def slides(root: str | None, split: str = "train", **options: Any) -> MultiLabel
     Options: manifest, classes, labels_column, size, level, mpp, slide_mpp, split_column, group_column, seed,
     valid_fraction, test_fraction, skip_bad (see probmcl_med.data.slides).
     """
+    from probmcl_med.data.slides import load_slides
+
     return load_slides(root, split, **_known(options, load_slides, "slides"))
 
 

@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-import probmcl_med.models.encoders  # noqa: F401 (registers the built-in encoders, whose sources this module names)
+# the modules that register the built-in names this module looks up and names the sources of (the config accepts
+# the built-in names without importing them: config.sections.BUILT_IN_NAMES)
+import probmcl_med.core.likelihoods
+import probmcl_med.core.overlaps
+import probmcl_med.core.similarities
+import probmcl_med.data.datasets
+import probmcl_med.models.encoders  # noqa: F401
 from probmcl_med import testing
 from probmcl_med.config import RunConfig
 from probmcl_med.errors import ContractError

@@ -1,5 +1,5 @@
 """Progress: a rich progress bar per epoch (loss terms, lr, images/s), one line per epoch when not on a terminal,
-and a rich summary table at the end of each stage.
+and one closing line per stage (:func:`stage_summary`; the epochs are not printed a second time).
 
 The bar shows only on rank 0, on a terminal, and not when ``PROBMCL_MED_NO_PROGRESS=1`` (tests, CI logs); then a
 single line per epoch is printed instead (and nothing at all when ``console`` is None).
@@ -14,7 +14,6 @@ from typing import Any
 from ignite.engine import Events
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from probmcl_med.core.losses import LOSS_TERMS
 from probmcl_med.engine.handlers import epoch_iteration
@@ -145,29 +144,16 @@ def epoch_line(summary: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def summary_table(stage: str, records: list[dict[str, Any]]) -> Table:
-    """One row per epoch: loss terms, lr, validation mAP (classifier stage), images/s, seconds."""
-    columns = [
-        n
-        for n in (*LOSS_TERMS, "lr", "val_mAP", "images_per_s", "seconds")
-        if any(r.get(n) is not None for r in records)
-    ]
-    table = Table(title=f"{stage} stage")
-    table.add_column("epoch", justify="right")
-    for name in columns:
-        table.add_column(name.replace("_", " "), justify="right")
-    best = max((r.get("val_mAP") or -1.0 for r in records), default=-1.0)
-    for r in records:
-        cells = []
-        for name in columns:
-            value = r.get(name)
-            text = (
-                "-"
-                if value is None
-                else (f"{value:.2f}" if name in ("val_mAP", "images_per_s", "seconds") else _fmt(value))
-            )
-            if name == "val_mAP" and value is not None and value == best:
-                text = f"[bold green]{text}[/]"
-            cells.append(text)
-        table.add_row(str(r.get("epoch", "")), *cells)
-    return table
+def stage_summary(stage: str, records: list[dict[str, Any]]) -> str:
+    """One line that closes a stage: its epochs and seconds, and the best validation mAP and its epoch (the epoch
+    ``model.pt`` keeps) or, without validation, the last loss. The epochs themselves were printed as they ran (a bar
+    or a line each): they are not repeated."""
+    seconds = sum(float(r.get("seconds") or 0.0) for r in records)
+    n = len(records)
+    head = f"{stage} stage: {n} epoch{'s' if n != 1 else ''} in {seconds:.1f} s"
+    scored = [r for r in records if r.get("val_mAP") is not None]
+    if scored:
+        best = max(scored, key=lambda r: r["val_mAP"])
+        return f"{head}; best validation mAP {best['val_mAP']:.2f} at epoch {best.get('epoch', '?')}"
+    last = records[-1] if records else {}
+    return head + (f"; last loss {_fmt(last['loss'])}" if last.get("loss") is not None else "")

@@ -16,7 +16,8 @@ The run folder (``config.output_dir``)::
     metrics.jsonl       one JSON line per epoch per stage (loss terms by name, lr, images/s, validation mAP)
     tensorboard/STAGE/  TensorBoard event files, one folder per stage
     checkpoints/        rolling training states (crash-proof; ``--resume`` continues from the newest readable one)
-    model.pt            the bundle evaluate/predict need (best validation mAP of the stage with the head)
+    model.pt            the bundle evaluate/predict need (best validation mAP of the stage with the head), with
+                        the training features' statistics for the out-of-distribution flag (fitted at the end)
 
 The mode's stages come from :mod:`probmcl_med.engine.modes`; what they share from
 :mod:`~probmcl_med.engine.inputs` (encoder, data) and :mod:`~probmcl_med.engine.session` (the run folder).
@@ -45,7 +46,8 @@ from probmcl_med.engine.preflight import check_components, check_stage_needs
 from probmcl_med.engine.resume import check_resume_config
 from probmcl_med.engine.session import Resume, Session
 from probmcl_med.engine.training import Carried, StageRun
-from probmcl_med.errors import ConfigError, TrainingInterrupted
+from probmcl_med.errors import ConfigError, TrainingInterrupted, UserError, one_line_message
+from probmcl_med.inference.ood import fit_model_ood
 from probmcl_med.threads import configure_threads
 
 
@@ -141,6 +143,9 @@ def train(
             for index in range(first, last + 1):
                 carried = _run_stage(stages[index], index, names, last, found, carried, inputs, session, ctx, amp,
                                      extend)  # fmt: skip
+            model_path = session.out / "model.pt"
+            if stages[last].name != "contrastive" and ctx.is_main and model_path.is_file():
+                session.log(ood_statistics(model_path, ctx.device, config.workers))
             barrier(ctx)
     except KeyboardInterrupt as exc:
         if isinstance(exc, TrainingInterrupted):
@@ -184,6 +189,19 @@ def _run_stage(
         return carried
     run = StageRun(inputs, session, ctx, amp, index, names, own, extend)
     return stage.run(run, carried)
+
+
+def ood_statistics(model_path: Path, device: torch.device, workers: int) -> str:
+    """Fit the out-of-distribution statistics into ``model_path`` (:func:`~probmcl_med.inference.ood.fit_model_ood`);
+    the line to log. A failure does not undo the training: the model then predicts without the flag, and says so."""
+    try:
+        stats = fit_model_ood(model_path, device=device, workers=workers)
+    except UserError as exc:
+        return f"out-of-distribution statistics not fitted ({one_line_message(exc)}): predict will say it cannot flag"
+    return (
+        f"out-of-distribution statistics: {stats.train_images} training images, flag threshold calibrated on "
+        f"{stats.calibration_images} images of the {stats.calibrated_on} split"
+    )
 
 
 def interrupted(out: Path) -> TrainingInterrupted:

@@ -34,7 +34,7 @@ from probmcl_med.engine.data import ResumableSampler, SeededItems
 from probmcl_med.engine.distributed import DistContext
 from probmcl_med.engine.handlers import Checkpointer, EpochStats, MetricsLog, OnStart, TensorBoardLog
 from probmcl_med.engine.inputs import RunInputs
-from probmcl_med.engine.progress import ProgressHandler, summary_table
+from probmcl_med.engine.progress import ProgressHandler, stage_summary
 from probmcl_med.engine.schedule import continue_schedule, lr_scheduler
 from probmcl_med.engine.session import Resume, Session
 from probmcl_med.engine.steps import IterationLrSchedule, TrainStep, make_trainer
@@ -177,7 +177,7 @@ class StageRun:
         trainer.run()
         self.session.finish_stage(self.name, log.records)
         if self.session.console is not None and log.records:
-            self.session.console.print(summary_table(self.name, log.records))
+            self.session.console.print(stage_summary(self.name, log.records), highlight=False, soft_wrap=True)
         return log.records
 
     def handlers(

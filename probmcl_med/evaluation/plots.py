@@ -27,6 +27,13 @@ LOW_PRECISION_COLOR = "#ef6c00"  # classes under the precision floor
 VALIDATION_KEYS = ("val_mAP", "val_CF1", "val_OF1")
 BAR_INCHES = 0.22  # height per class in the bar chart
 MAX_CURVE_POINTS = 400  # points kept per precision-recall curve; the curve's shape is unchanged at plot size
+REPORT_WIDTH_PX = 1200
+"""The report page's content width (CSS ``max-width``): a wider figure is shown scaled down to it."""
+PR_COLUMNS = 5  # precision-recall panels per row
+PR_PANEL_INCHES = 2.25
+PR_DPI = 100
+PR_TITLE_POINTS = 11.0
+PR_TICK_POINTS = 9.0
 
 
 def _png(fig: Figure, dpi: int = 100) -> bytes:
@@ -41,11 +48,12 @@ def _label_size(inches_per_label: float) -> float:
 
 
 def _whiskers(rows: list[dict[str, Any]], key: str, values: np.ndarray) -> np.ndarray | None:
-    """(2, K) distances from each value to its CI ends (matplotlib's xerr), or None when any row lacks the CI."""
+    """(2, K) distances from each value to its CI ends (matplotlib's xerr; NaN, drawn as nothing, for a row without
+    an interval), or None when no row has one."""
     cis = [r.get(f"{key}_ci") for r in rows]
-    if not cis or any(ci is None for ci in cis):
+    if all(ci is None for ci in cis):
         return None
-    lo, hi = np.array(cis, dtype=np.float64).T
+    lo, hi = np.array([ci if ci is not None else (np.nan, np.nan) for ci in cis], dtype=np.float64).T
     return np.stack([np.clip(values - lo, 0, None), np.clip(hi - values, 0, None)])
 
 
@@ -64,7 +72,7 @@ def recall_precision_bars(metrics: dict[str, Any], recall_floor: float, precisio
     rows = [r for r in sorted_by_recall(metrics) if r["recall"] is not None][::-1]  # barh draws bottom-up
     names = [r["name"] for r in rows]
     recall = np.array([r["recall"] for r in rows])
-    precision = np.array([r["precision"] for r in rows])
+    precision = np.array([np.nan if r["precision"] is None else r["precision"] for r in rows])  # NaN: never called
     floor, p_floor = 100.0 * recall_floor, 100.0 * precision_floor
     height = max(2.8, BAR_INCHES * len(rows) + 1.5)
     fig = Figure(figsize=(10, height))
@@ -77,6 +85,8 @@ def recall_precision_bars(metrics: dict[str, Any], recall_floor: float, precisio
     ax_p.barh(y, precision, color=np.where(precision < p_floor, LOW_PRECISION_COLOR, PRECISION_COLOR), xerr=err_p,
               **whisker)  # fmt: skip
     ax_p.axvline(p_floor, color=LOW_PRECISION_COLOR, linestyle=":", linewidth=1.2)
+    for k in np.flatnonzero(np.isnan(precision)):
+        ax_p.text(1, y[k], "never called: n/a", va="center", fontsize=8, color="gray")
     ax_r.set_title(f"Recall: red bars under the {floor:g} % floor (dashed line)", fontsize=10)
     ax_p.set_title(f"Precision: orange bars under {p_floor:g} % (dotted line)", fontsize=10)
     ax_r.set_yticks(y, names, fontsize=_label_size(BAR_INCHES))
@@ -187,42 +197,54 @@ def _thin(recall: np.ndarray, precision: np.ndarray) -> tuple[np.ndarray, np.nda
 def precision_recall_grid(
     scores: np.ndarray, targets: np.ndarray, class_names: Sequence[str], metrics: dict[str, Any] | None = None
 ) -> bytes:
-    """One small precision-recall panel per class (a readable grid for tens of classes), AP in each title.
+    """PNG bytes of :func:`precision_recall_figure`."""
+    return _png(precision_recall_figure(scores, targets, class_names, metrics), dpi=PR_DPI)
+
+
+def precision_recall_figure(
+    scores: np.ndarray, targets: np.ndarray, class_names: Sequence[str], metrics: dict[str, Any] | None = None
+) -> Figure:
+    """One precision-recall panel per class, :data:`PR_COLUMNS` to a row, AP in each title.
+
+    Sized for the report page (:data:`REPORT_WIDTH_PX` wide): at that width the panel titles are 11-point text at
+    :data:`PR_DPI`, about 14 px on screen, and the tick labels about 11 px, whatever the number of classes (more
+    classes add rows, never columns).
 
     Args:
         scores: (N, C) probabilities.
         targets: (N, C) 0/1 labels.
         class_names: C names.
         metrics: optional metrics dict; when given, each panel's title shows the class AP and a dot marks the
-            operating point at the class threshold.
+            operating point at the class threshold (none for a class that is never called: its precision is
+            undefined).
 
     Returns:
-        PNG bytes. A class without positives gets an empty panel saying so.
+        The figure. A class without positives gets an empty panel saying so.
     """
     curves = precision_recall_points(np.asarray(scores, np.float64), np.asarray(targets, np.float64))
     c = len(curves)
-    cols = min(c, 8)
+    cols = min(c, PR_COLUMNS)
     rows = math.ceil(c / cols)
-    width, height = 2.1 * cols + 0.6, 2.1 * rows + 1.2
+    width, height = PR_PANEL_INCHES * cols + 0.9, PR_PANEL_INCHES * rows + 1.3
     fig = Figure(figsize=(width, height))
     # margins in inches, so that titles and labels sit the same whatever the number of rows
     fig.subplots_adjust(
-        left=0.6 / width, right=1 - 0.1 / width, top=1 - 0.9 / height, bottom=0.6 / height, hspace=0.55, wspace=0.12
+        left=0.8 / width, right=1 - 0.15 / width, top=1 - 1.0 / height, bottom=0.65 / height, hspace=0.6, wspace=0.15
     )
     # no sharex/sharey: sharing costs time quadratic in the number of axes (tens of seconds at 80 classes)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     per_class = metrics["per_class"] if metrics is not None else [None] * c
     for ax, name, (recall, precision), row in zip(axes, class_names, curves, per_class, strict=False):
         if recall.size == 0:
-            ax.text(0.5, 0.5, "no positives", ha="center", va="center", fontsize=7, color="gray")
-            ax.set_title(str(name), fontsize=7)
+            ax.text(0.5, 0.5, "no positives", ha="center", va="center", fontsize=PR_TITLE_POINTS, color="gray")
+            ax.set_title(str(name), fontsize=PR_TITLE_POINTS)
             continue
         r, p = _thin(recall, precision)
-        ax.step(r, p, where="post", color=OK_COLOR, linewidth=1)
+        ax.step(r, p, where="post", color=OK_COLOR, linewidth=1.2)
         title = str(name) if row is None else f"{name}\nAP {row['ap']:.1f}"
-        if row is not None:
-            ax.plot(row["recall"] / 100, row["precision"] / 100, "o", color=FLOOR_COLOR, markersize=3)
-        ax.set_title(title, fontsize=7)
+        if row is not None and row["precision"] is not None:
+            ax.plot(row["recall"] / 100, row["precision"] / 100, "o", color=FLOOR_COLOR, markersize=5)
+        ax.set_title(title, fontsize=PR_TITLE_POINTS)
         ax.grid(alpha=0.3)
     for ax in axes[c:]:
         ax.set_visible(False)
@@ -231,11 +253,12 @@ def precision_recall_grid(
         ax.set_ylim(0, 1.02)
         ax.set_xticks((0, 0.5, 1))
         ax.set_yticks((0, 0.5, 1))
-        ax.tick_params(labelsize=6, labelleft=i % cols == 0, labelbottom=i + cols >= c)
-    fig.supxlabel("recall", y=0.1 / height)
-    fig.supylabel("precision", x=0.1 / width)
-    fig.suptitle("Precision-recall per class (dot: operating point at the threshold)", fontsize=10, y=1 - 0.2 / height)
-    return _png(fig, dpi=90)
+        ax.tick_params(labelsize=PR_TICK_POINTS, labelleft=i % cols == 0, labelbottom=i + cols >= c)
+    fig.supxlabel("recall", y=0.1 / height, fontsize=PR_TITLE_POINTS)
+    fig.supylabel("precision", x=0.1 / width, fontsize=PR_TITLE_POINTS)
+    fig.suptitle("Precision-recall per class (dot: the operating point at the threshold)", fontsize=12,
+                 y=1 - 0.15 / height)  # fmt: skip
+    return fig
 
 
 def cooccurrence(matrix: np.ndarray) -> np.ndarray:
@@ -284,3 +307,88 @@ def cooccurrence_heatmaps(targets: np.ndarray, predictions: np.ndarray, class_na
         ax.set_yticks(range(c), class_names, fontsize=size)
     fig.colorbar(image, ax=axes, shrink=0.8)
     return _png(fig, dpi=90)
+
+
+MIN_SPAN = 10.0
+"""Percentage points: the smallest y-range of a sweep plot, so that a 0.7-point spread is not drawn as a cliff."""
+
+
+def _numeric(values: Sequence[str]) -> list[float] | None:
+    """The values as numbers when every one is a finite number, else None (a categorical key)."""
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        return None
+    return numbers if all(math.isfinite(x) for x in numbers) else None
+
+
+def sweep_figure(rows: Sequence[dict[str, Any]], key: str, keys: Sequence[str], metric: str = "mAP") -> Figure:
+    """``metric``'s mean over seeds, with the sample std as error bars, against the values of ``key``: points, not
+    lines, one series per combination of the other swept keys (side by side, not on top of each other).
+
+    The x axis is the values themselves when they are all numbers (log-scaled when positive and spanning 10x or
+    more: learning rates, tau), else one slot per value in first-seen order. The y axis spans at least
+    :data:`MIN_SPAN` points around the data, within [0, 100].
+
+    Args:
+        rows: aggregated sweep rows (``probmcl_med.sweep.aggregate``): the swept keys' values, ``n`` seeds,
+            ``<metric>_mean`` and ``<metric>_std`` (percent; std NaN for one seed).
+        key: the swept key on the x axis.
+        keys: every swept key (the others make the series).
+        metric: mAP, CF1, OF1 or mean_recall.
+    """
+    values = list(dict.fromkeys(str(r.get(key, "")) for r in rows))
+    numbers = _numeric(values)
+    log = numbers is not None and min(numbers) > 0 and max(numbers) / min(numbers) >= 10
+    others = [k for k in keys if k != key]
+    series: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        label = ", ".join(f"{k}={row.get(k, '')}" for k in others) or metric
+        series.setdefault(label, {})[str(row.get(key, ""))] = row
+    fig = Figure(figsize=(max(5.0, 1.3 * len(values) + 2.5), 4.0))
+    ax = fig.add_subplot()
+    width = 0.5 / max(1, len(series))  # the dodge: series side by side within a value's slot
+    low, high = [], []
+    for i, (label, by_value) in enumerate(series.items()):
+        shift = (i - (len(series) - 1) / 2) * width
+        present = [v for v in values if v in by_value]
+        if numbers is None:
+            xs = [values.index(v) + shift for v in present]
+        elif log:
+            xs = [float(v) * 10 ** (shift / 4) for v in present]  # a dodge of a fraction of a decade
+        else:
+            span = (max(numbers) - min(numbers)) or 1.0
+            xs = [float(v) + shift * span / max(1, len(values)) for v in present]
+        means = np.array([by_value[v][f"{metric}_mean"] for v in present], dtype=np.float64)
+        stds = np.nan_to_num(np.array([by_value[v][f"{metric}_std"] for v in present], dtype=np.float64))
+        ax.errorbar(xs, means, yerr=stds, fmt="o", linestyle="none", capsize=4, markersize=6, label=label)
+        low.append(np.nanmin(means - stds))
+        high.append(np.nanmax(means + stds))
+    if numbers is None:
+        ax.set_xticks(range(len(values)), values)
+        ax.set_xlim(-0.6, len(values) - 0.4)
+    else:
+        ax.set_xscale("log" if log else "linear")
+        ax.set_xticks(numbers, values)
+        ax.minorticks_off()
+    lo, hi = float(np.nanmin(low)), float(np.nanmax(high))
+    pad = max(0.0, MIN_SPAN - (hi - lo)) / 2 + 0.5
+    lo, hi = max(0.0, lo - pad), min(100.0, hi + pad)
+    if hi - lo < MIN_SPAN:
+        lo, hi = (0.0, MIN_SPAN) if lo == 0.0 else (100.0 - MIN_SPAN, 100.0)
+    ax.set_ylim(lo, hi)
+    seeds = sorted({int(r["n"]) for r in rows})
+    bars = "error bars: sample std over seeds" if max(seeds) > 1 else "one seed: no error bars"
+    ax.set_title(f"test {metric} against {key} ({bars}; n = {', '.join(map(str, seeds))})", fontsize=10)
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_plot(rows: Sequence[dict[str, Any]], key: str, keys: Sequence[str], metric: str = "mAP") -> bytes:
+    """PNG bytes of :func:`sweep_figure`."""
+    return _png(sweep_figure(rows, key, keys, metric))

@@ -1,7 +1,9 @@
 """The evaluation report folder: numbers, scores, plots, and a report a pathologist reads recall-first.
 
-The report opens with what the model does at its operating point, in words (:mod:`.findings`: over-called classes,
-classes under the recall floor, what to do), then the run, the summary with its bootstrap interval and a one-line
+The report renders one :class:`~probmcl_med.evaluation.result.EvaluationResult` (nothing is recomputed here). It
+opens with the verdict, one sentence on the ranking (mAP, its interval, chance) and the operating point, then what
+the model does at that operating point, in words (:mod:`.findings`: over-called classes, classes under the recall
+floor, classes whose thresholds could not be tuned, what to do), then the run, the summary with its bootstrap interval and a one-line
 glossary entry per number, the operating point against the paper's 0.5 (when thresholds were tuned), the per-class
 table with 95 % intervals, the figures (recall and precision, precision-recall curves, calibration, training
 curves when the run folder is known, label co-occurrence) and, per class, the most confident mistakes with their
@@ -9,8 +11,9 @@ Grad-CAM (:mod:`.gallery`, when the images are at hand).
 
 ``write_report`` writes, into one folder::
 
-    metrics.json            the metrics dict with per-class recall_ci, precision_ci, ap_ci, ece; summary.mAP_ci;
-                            bootstrap, calibration, findings, operating_point, meta, recall and precision floors
+    metrics.json            EvaluationResult.to_dict(): the metrics with per-class recall_ci, precision_ci, ap_ci,
+                            ece; summary.mAP_ci; bootstrap, calibration, verdict, findings, operating_point,
+                            threshold_tuning, model_cost, meta, recall and precision floors (= evaluate --json)
     per_class.csv           one row per class, in class order
     scores.npz              scores (N, C), targets (N, C), class_names (C,): enough to recompute everything
     recall_precision.png    per-class recall and precision bars with their intervals, the floors marked
@@ -36,17 +39,13 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from probmcl_med.core.metrics import SUMMARY_KEYS, as_numpy, below_recall_floor, check_recall_floor
-from probmcl_med.errors import DataError
+from probmcl_med.core.metrics import SUMMARY_KEYS
 from probmcl_med.evaluation import plots
-from probmcl_med.evaluation.bootstrap import bootstrap_intervals
-from probmcl_med.evaluation.calibration import calibration_summary
 from probmcl_med.evaluation.document import (
     Block,
     Bullets,
@@ -59,9 +58,11 @@ from probmcl_med.evaluation.document import (
     to_html,
     to_markdown,
 )
-from probmcl_med.evaluation.findings import GLOSSARY, PRECISION_FLOOR, findings, over_called
+from probmcl_med.evaluation.findings import GLOSSARY, over_called
 from probmcl_med.evaluation.gallery import KINDS, Example, Mistakes
-from probmcl_med.evaluation.render import PER_CLASS_COLUMNS, fmt, fmt_ci, per_class_rows, threshold_text
+from probmcl_med.evaluation.render import PER_CLASS_COLUMNS, fmt, fmt_ci, per_class_rows, threshold_text, tradeoff_rows
+from probmcl_med.evaluation.result import EvaluationResult
+from probmcl_med.evaluation.thresholds import tradeoff_sentence
 from probmcl_med.fileio import atomic_directory, check_replaceable_folder
 
 MARKER = ".probmcl-med-report"
@@ -95,13 +96,14 @@ CAPTIONS = {
 }
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;
-line-height:1.4}h1{margin-bottom:.3em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;padding:0 1em;max-width:REPORT_WIDTHpx;
+color:#222;line-height:1.4}h1{margin-bottom:.3em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}td{white-space:nowrap}tr.floor td{color:#c62828;font-weight:600}
 tr.over td{background:#fff3e0}th{background:#f3f3f3}table.run td{text-align:left}
 table.run td{white-space:normal}table.run td:first-child{font-weight:600;white-space:nowrap}
 img{max-width:100%;border:1px solid #eee}.note{color:#555}figure{margin:1em 0}figcaption{color:#555;font-size:.9em}
+p.verdict{font-size:1.15em;margin:.4em 0 .8em;padding:.6em .9em;border-left:5px solid #1565c0;background:#eef4fb}
 p.finding{margin:.35em 0;padding:.4em .8em;border-left:4px solid #ef6c00;background:#fff8f0}
 p.warning{margin:.35em 0;padding:.4em .8em;border-left:4px solid #c62828;background:#fdecea}
 ul.glossary{columns:2;font-size:.88em;color:#333;padding-left:1.2em}ul.glossary li{break-inside:avoid}
@@ -109,45 +111,13 @@ code{background:#f3f3f3;padding:1px 4px;border-radius:3px;font-size:.92em}
 .gallery{display:flex;flex-wrap:wrap;align-items:flex-start;gap:8px;margin:.3em 0 .8em}
 .gallery .label{width:100%;font-weight:600}.gallery .empty{color:#777}
 figure.thumb{margin:0;width:244px}figure.thumb img{width:244px}figure.thumb figcaption{font-size:.75em}
-"""
+""".replace("REPORT_WIDTH", str(plots.REPORT_WIDTH_PX))
 
 
-def add_statistics(
-    metrics: dict[str, Any], scores: Any, targets: Any, *, resamples: int = 1000, seed: int = 0
-) -> dict[str, Any]:
-    """``metrics`` with 95 % bootstrap intervals and calibration added (a new dict; ``metrics`` is not changed).
-
-    Adds per class ``recall_ci``, ``precision_ci``, ``ap_ci`` ([lo, hi] percent or None) and ``ece`` (percent);
-    ``summary.mAP_ci``; ``bootstrap`` (the method; None with ``resamples=0``, which leaves every interval None) and
-    ``calibration`` (overall ECE and the reliability table). The intervals are at the thresholds the metrics were
-    computed with.
-    """
-    if resamples < 0:
-        raise DataError(f"--bootstrap {resamples}: give a number of resamples, or 0 for no intervals")
-    thresholds = np.array([r["threshold"] for r in metrics["per_class"]])
-    if resamples:
-        intervals = bootstrap_intervals(scores, targets, thresholds, resamples=resamples, seed=seed)
-    else:
-        none = dict.fromkeys(("recall_ci", "precision_ci", "ap_ci"))
-        intervals = {"per_class": [dict(none) for _ in metrics["per_class"]], "mAP_ci": None, "method": None}
-    calibration = calibration_summary(scores, targets)
-    per_class = [
-        {**row, **ci, "ece": ece}
-        for row, ci, ece in zip(metrics["per_class"], intervals["per_class"], calibration["per_class_ece"], strict=True)
-    ]
-    return {
-        **metrics,
-        "summary": {**metrics["summary"], "mAP_ci": intervals["mAP_ci"]},
-        "per_class": per_class,
-        "bootstrap": intervals["method"],
-        "calibration": {k: v for k, v in calibration.items() if k != "per_class_ece"},
-    }
-
-
-def _header_items(
-    metrics: dict[str, Any], meta: dict[str, Any], recall_floor: float, precision_floor: float
-) -> list[tuple[str, str]]:
+def _header_items(result: EvaluationResult) -> list[tuple[str, str]]:
     """The report's run lines, in order: checkpoint, dataset, split, date, any other meta, then the settings."""
+    metrics, meta = result.metrics, result.meta
+    recall_floor, precision_floor = result.recall_floor, result.precision_floor
     items = [(key, str(meta[key]) if meta.get(key) not in (None, "") else "not given") for key in HEADER_KEYS]
     items += [(str(k), str(v)) for k, v in meta.items() if k not in HEADER_KEYS]
     items += [
@@ -188,19 +158,14 @@ def _summary_blocks(metrics: dict[str, Any]) -> list[Block]:
 
 def _tradeoff_blocks(tradeoff: dict[str, Any]) -> list[Block]:
     b = tradeoff["baseline_threshold"]
-    header = ["class", "threshold", f"recall @{b:g}", "recall tuned", f"precision @{b:g}", "precision tuned"]
-    rows = [
-        [r["name"], f"{r['threshold']:.3g}", fmt(r["recall_baseline"]), fmt(r["recall_tuned"]),
-         fmt(r["precision_baseline"]), fmt(r["precision_tuned"])]
-        for r in tradeoff["per_class"]
-    ]  # fmt: skip
-    tuned, base = tradeoff["summary"]["tuned"], tradeoff["summary"]["baseline"]
-    pairs = ", ".join(f"{k} {fmt(base[k])} -> {fmt(tuned[k])}" for k in ("CP", "CR", "OP", "OR"))
+    header, rows = tradeoff_rows(tradeoff)
     return [
         Heading(f"The operating point: tuned thresholds against {b:g} (percent)"),
         Paragraph(
-            f"The same images at the paper's single threshold {b:g} and at the tuned per-class thresholds: {pairs}. "
-            "mAP and AP do not depend on the threshold."
+            f"The same images at the paper's single threshold {b:g} and at the tuned per-class thresholds. "
+            + tradeoff_sentence(tradeoff)
+            + f" A change is tuned minus {b:g}, in percentage points (+ rises, - falls). mAP and AP do not depend "
+            "on the threshold."
         ),
         Table(header, rows),
     ]
@@ -247,27 +212,17 @@ def _gallery_file(ex: Example, i: int) -> str:
     return f"gallery/class{ex.class_index:03d}_{kind}_{i}.png"
 
 
-def _blocks(
-    metrics: dict[str, Any],
-    meta: dict[str, Any],
-    recall_floor: float,
-    precision_floor: float,
-    images: dict[str, bytes],
-    gallery: Mistakes | None,
-    names: list[str],
-) -> list[Block]:
-    op = metrics.get("operating_point")
-    said = findings(metrics, recall_floor, precision_floor, op)
-    blocks: list[Block] = [
-        Paragraph(line, "warning" if line.startswith("**Caution") else "finding") for line in said.lines
-    ]
-    items = _header_items(metrics, meta, recall_floor, precision_floor)
-    run = Table(["", ""], [[k, v] for k, v in items], css="run")
+def _blocks(result: EvaluationResult, images: dict[str, bytes], gallery: Mistakes | None) -> list[Block]:
+    metrics = result.metrics
+    blocks: list[Block] = [Paragraph(result.verdict, "verdict")]
+    blocks += [Paragraph(f"**Caution:** {line}.", "warning") for line in result.warnings]
+    blocks += [Paragraph(line, "finding") for line in result.findings.lines]
+    run = Table(["", ""], [[k, v] for k, v in _header_items(result)], css="run")
     blocks += [Heading("The run"), run]
     blocks += _summary_blocks(metrics)
-    if metrics.get("threshold_tuning"):
-        blocks += _tradeoff_blocks(metrics["threshold_tuning"])
-    rows = per_class_rows(metrics, recall_floor, precision_floor)
+    if result.tradeoff is not None:
+        blocks += _tradeoff_blocks(result.tradeoff)
+    rows = per_class_rows(metrics, result.recall_floor, result.precision_floor)
     blocks += [
         Heading("Per class, lowest recall first"),
         Table(list(PER_CLASS_COLUMNS), [cells for _, cells in rows], [marks for marks, _ in rows]),
@@ -277,13 +232,14 @@ def _blocks(
         blocks += [Heading(title), Figure(filename, title, images[filename], CAPTIONS[filename])]
     if CURVES[0] not in images:
         blocks.append(Paragraph("Training curves: not drawn (no metrics.jsonl beside the checkpoint).", "note"))
-    blocks += _gallery_blocks(gallery, names)
+    blocks += _gallery_blocks(gallery, list(result.class_names))
     return blocks
 
 
-def _per_class_csv(metrics: dict[str, Any], recall_floor: float, precision_floor: float) -> str:
-    under = set(below_recall_floor(metrics, recall_floor))
-    over = set(over_called(metrics, precision_floor))
+def _per_class_csv(result: EvaluationResult) -> str:
+    metrics = result.metrics
+    under = set(result.below_recall_floor)
+    over = set(over_called(metrics, result.precision_floor))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -298,33 +254,18 @@ def _per_class_csv(metrics: dict[str, Any], recall_floor: float, precision_floor
 
 def write_report(
     out_dir: str | Path,
-    metrics: dict[str, Any],
-    scores: Any,
-    targets: Any,
-    class_names: Sequence[str],
-    meta: dict[str, Any] | None = None,
-    recall_floor: float = 0.8,
+    result: EvaluationResult,
     *,
-    precision_floor: float = PRECISION_FLOOR,
     training_log: Sequence[dict[str, Any]] | None = None,
     gallery: Mistakes | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the report folder (see the module docstring) atomically, replacing an earlier report at ``out_dir``.
+    """Write the report folder of an evaluation (see the module docstring) atomically, replacing an earlier report
+    at ``out_dir``.
 
     Args:
         out_dir: the folder to create (or replace, if it is an earlier report).
-        metrics: the dict from :func:`.metrics.multilabel_metrics` for these scores and targets; intervals and
-            calibration are added here when absent (:func:`add_statistics`). An ``operating_point`` entry (what
-            the thresholds are; see :func:`.findings.findings`) and ``threshold_tuning`` (tuned vs 0.5) are
-            reported when present.
-        scores: (N, C) probabilities.
-        targets: (N, C) 0/1 labels.
-        class_names: C names.
-        meta: what the report states about the run: ``checkpoint``, ``dataset``, ``split``, ``date`` (ISO time of
-            now, UTC, when absent), and any other keys (shown after them). Values are shown with ``str``.
-        recall_floor: a fraction in [0, 1]; classes with recall under it are marked in the table and plots.
-        precision_floor: a fraction in [0, 1]; classes called with precision under it are over-called.
+        result: the evaluation (:func:`~probmcl_med.evaluation.result.assemble`); rendered, never recomputed.
         training_log: the records of the run's ``metrics.jsonl`` (training curves), or None.
         gallery: the confident mistakes with their thumbnails (:func:`.gallery.build_gallery`), or None (the report
             says why there is none).
@@ -335,47 +276,29 @@ def write_report(
         ``out_dir`` as a Path.
 
     Raises:
-        DataError: ``out_dir`` is a file, or (without ``overwrite``) a folder holding files that are not a report's,
-            or a floor is not a fraction.
+        DataError: ``out_dir`` is a file, or (without ``overwrite``) a folder holding files that are not a report's.
     """
     out_dir = Path(out_dir)
-    check_recall_floor(recall_floor)
-    check_recall_floor(precision_floor)
     check_replaceable_folder(out_dir, MARKER, "report", "--report", overwrite)
-    s, t = as_numpy(scores), as_numpy(targets)
-    names = [str(n) for n in class_names]
-    meta = dict(meta or {})
-    meta.setdefault("date", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    if "calibration" not in metrics:
-        metrics = add_statistics(metrics, s, t)
-    thresholds = np.array([r["threshold"] for r in metrics["per_class"]])
-
+    metrics, s, t = result.metrics, result.scores, result.targets
+    names = list(result.class_names)
     images = {
-        "recall_precision.png": plots.recall_precision_bars(metrics, recall_floor, precision_floor),
+        "recall_precision.png": plots.recall_precision_bars(metrics, result.recall_floor, result.precision_floor),
         "precision_recall.png": plots.precision_recall_grid(s, t, names, metrics),
         "calibration.png": plots.reliability_diagram(metrics["calibration"] | _ece(metrics), names),
-        "cooccurrence.png": plots.cooccurrence_heatmaps(t, s >= thresholds[None, :], names),
+        "cooccurrence.png": plots.cooccurrence_heatmaps(t, s >= result.thresholds[None, :], names),
     }
     if training_log:
         images[CURVES[0]] = plots.training_curves(training_log)
-    said = findings(metrics, recall_floor, precision_floor, metrics.get("operating_point"))
-    document = {
-        **metrics,
-        "meta": meta,
-        "recall_floor": recall_floor,
-        "precision_floor": precision_floor,
-        "below_recall_floor": below_recall_floor(metrics, recall_floor),
-        "findings": said.to_dict(),
-    }
-    blocks = _blocks(metrics, meta, recall_floor, precision_floor, images, gallery, names)
+    blocks = _blocks(result, images, gallery)
     written_by = "probmcl_med.evaluation.write_report"
     with atomic_directory(
         out_dir, MARKER, overwrite=overwrite, what="report", option="--report", written_by=written_by
     ) as tmp:
         (tmp / "metrics.json").write_text(
-            json.dumps(document, indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8"
+            json.dumps(result.to_dict(), indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8"
         )
-        (tmp / "per_class.csv").write_text(_per_class_csv(metrics, recall_floor, precision_floor), encoding="utf-8")
+        (tmp / "per_class.csv").write_text(_per_class_csv(result), encoding="utf-8")
         np.savez_compressed(tmp / "scores.npz", scores=s, targets=t, class_names=np.array(names, dtype=str))
         for filename, data in images.items():
             (tmp / filename).write_bytes(data)

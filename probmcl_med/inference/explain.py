@@ -39,6 +39,7 @@ from probmcl_med.data.imageio import read_image
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import DataError
 from probmcl_med.fileio import atomic_directory
+from probmcl_med.inference.explain_figure import CMAP, explanation_figure, figure_png
 from probmcl_med.inference.inputs import eval_transform
 from probmcl_med.inference.loop import run_bundle
 from probmcl_med.inference.predict import decision_thresholds
@@ -223,23 +224,37 @@ def grad_cam_maps(
     return np.stack(maps).astype(np.float32)
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
-    """Blend a [0, 1] map (resized bilinearly to the image) over an (H, W, 3) uint8 image -> (H, W, 3) uint8."""
-    h, w = image.shape[:2]
+def resize_map(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A [0, 1] map resized bilinearly to ``shape`` (H, W), float32, clipped to [0, 1]."""
+    h, w = shape
     resized = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
-    colours = colormaps[cmap](np.clip(resized, 0.0, 1.0))[..., :3] * 255.0
+    return np.clip(resized, 0.0, 1.0).astype(np.float32)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = CMAP) -> np.ndarray:
+    """Blend a [0, 1] map (resized bilinearly to the image) over an (H, W, 3) uint8 image -> (H, W, 3) uint8."""
+    colours = colormaps[cmap](resize_map(heat, image.shape[:2]))[..., :3] * 255.0
     blended = (1.0 - alpha) * image.astype(np.float64) + alpha * colours
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
 @dataclass
 class Explanation:
-    """One class's Grad-CAM: the class, its probability, the overlay PNG path and the target layer."""
+    """One class's Grad-CAM: the class, its probability and threshold, the files and the target layer.
+
+    Attributes:
+        path: the raw overlay PNG at the image's own size (for scripts).
+        figure: the readable figure (:func:`~probmcl_med.inference.explain_figure.explanation_figure`).
+        map_path: the Grad-CAM map, (H, W) float32 in [0, 1] at the image's size, as ``.npy``.
+    """
 
     name: str
     index: int
     probability: float
+    threshold: float
     path: Path
+    figure: Path
+    map_path: Path
     layer: TargetLayer
 
 
@@ -254,12 +269,16 @@ def explain_image(
     checkpoint: Any = "checkpoint",
     overwrite: bool = False,
 ) -> list[Explanation]:
-    """Write a Grad-CAM overlay PNG (the image's own size) per class into ``out_dir``, whole or not at all.
+    """Write per class a readable Grad-CAM figure, the raw overlay and the map into ``out_dir``, whole or not at all.
+
+    Per class: ``<image stem>_<class>_figure.png`` (the input at a readable size beside the overlay, the class, its
+    probability and threshold, a colour bar), ``<image stem>_<class>.png`` (the overlay at the image's own size)
+    and ``<image stem>_<class>_cam.npy`` (the map, float32 in [0, 1] at the image's size); and ``explain.json``.
 
     Args:
         bundle: the loaded model bundle.
         image_path: the image to explain (read and preprocessed exactly as ``predict`` does).
-        out_dir: output folder (``<image stem>_<class>.png`` per class and ``explain.json``).
+        out_dir: output folder.
         classes: class names to explain; None explains the predicted ones (``prob >= threshold``), or the most
             probable class when none is predicted.
         threshold: decision threshold for every class; None uses the checkpoint's tuned ones, else 0.5.
@@ -289,13 +308,21 @@ def explain_image(
     results = []
     taken: set[str] = set()
     stem = safe_filename(image_path.stem)
+    layer_words = f"{layer.name}: a {layer.height} x {layer.width} map at {layer.input_size} px"
     written_by = "probmcl_med.inference.explain.explain_image"
     with atomic_directory(out_dir, OUTPUT_MARKER, overwrite=overwrite, written_by=written_by) as tmp:
         for k, heat in zip(wanted, maps, strict=True):
             name = bundle.class_names[k]
-            filename = f"{stem}_{safe_filename(name, taken)}.png"
-            Image.fromarray(overlay(pixels, heat)).save(tmp / filename)
-            results.append(Explanation(name, k, float(probs[k]), out_dir / filename, layer))
+            base = f"{stem}_{safe_filename(name, taken)}"
+            blended = overlay(pixels, heat)
+            Image.fromarray(blended).save(tmp / f"{base}.png")
+            np.save(tmp / f"{base}_cam.npy", resize_map(heat, pixels.shape[:2]))
+            fig = explanation_figure(pixels, blended, name, float(probs[k]), float(thresholds[k]), layer_words)
+            (tmp / f"{base}_figure.png").write_bytes(figure_png(fig))
+            results.append(
+                Explanation(name, k, float(probs[k]), float(thresholds[k]), out_dir / f"{base}.png",
+                            out_dir / f"{base}_figure.png", out_dir / f"{base}_cam.npy", layer)
+            )  # fmt: skip
         document = {
             "image": str(image_path),
             "checkpoint": str(checkpoint),
@@ -307,7 +334,18 @@ def explain_image(
             "probabilities": {n: float(p) for n, p in zip(bundle.class_names, probs, strict=True)},
             "probabilities_source": describe_probabilities(bundle.calibration),
             "thresholds": [float(t) for t in thresholds],
-            "explained": [{"class": r.name, "probability": r.probability, "file": r.path.name} for r in results],
+            "explained": [
+                {
+                    "class": r.name,
+                    "probability": r.probability,
+                    "threshold": r.threshold,
+                    "called": r.probability >= r.threshold,
+                    "figure": r.figure.name,
+                    "file": r.path.name,
+                    "map": r.map_path.name,
+                }
+                for r in results
+            ],
         }
         (tmp / "explain.json").write_text(json.dumps(document, indent=2) + "\n")
     return results

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from probmcl_med.bundle import ModelBundle
+from probmcl_med.core.ood import OodStatistics
 from probmcl_med.data.base import every_sample_skipped
 from probmcl_med.errors import CheckpointError, UserError, one_line_message
 from probmcl_med.models.heads import Classifier
@@ -54,6 +55,7 @@ class BatchOutputs:
         features: (N, H) float32 CPU features the head read, when asked for.
         pi: (N, C) MDN weights, when an MDN was given.
         var: (N, C) MDN variances, when an MDN was given.
+        ood_distance: (N,) feature-space distances to the training set (:mod:`probmcl_med.core.ood`), when asked.
         logits: (N, C) float64 raw logits of the head (before any calibration), what temperatures are fitted on.
     """
 
@@ -63,6 +65,7 @@ class BatchOutputs:
     features: torch.Tensor | None = None
     pi: np.ndarray | None = None
     var: np.ndarray | None = None
+    ood_distance: np.ndarray | None = None
     logits: np.ndarray | None = None
 
 
@@ -141,6 +144,7 @@ def predict_batches(
     autocast: Callable[[], AbstractContextManager[Any]] | None = None,
     mdn: nn.Module | None = None,
     keep_features: bool = False,
+    ood: OodStatistics | None = None,
     progress: ProgressHook | None = None,
     description: str = "predicting",
     allow_empty: bool = False,
@@ -157,6 +161,7 @@ def predict_batches(
         autocast: a factory of the context the forward pass runs in (training's AMP), or None (full precision).
         mdn: also collect the MDN's (pi, var) per class (:func:`mdn_uncertainty`).
         keep_features: also return the (N, H) features the head read (the frozen-encoder feature cache).
+        ood: also return each input's distance to the training features (:meth:`OodStatistics.distances`).
         progress: told the total (``len(batches.dataset)``) first, then the number of samples after each batch.
         description: what the progress bar says.
         allow_empty: return empty outputs when samples there were but none readable (the caller names them), instead
@@ -169,7 +174,7 @@ def predict_batches(
     """
     context = autocast or contextlib.nullcontext
     scale = None if temperatures is None else torch.as_tensor(np.asarray(temperatures, dtype=np.float64))
-    probs, raw, indices, targets, features, pis, variances = [], [], [], [], [], [], []
+    probs, raw, indices, targets, features, pis, variances, distances = [], [], [], [], [], [], [], []
     offset = 0
     if progress is not None:
         progress.start(description, len(getattr(batches, "dataset", ())))
@@ -190,6 +195,8 @@ def predict_batches(
                 targets.append(np.asarray(batch["label"], dtype=np.float64))
             if keep_features:
                 features.append(h.float().cpu())
+            if ood is not None:
+                distances.append(ood.distances(h).double().cpu().numpy())
             if mdn is not None:
                 pi, var = mdn_uncertainty(mdn, h)
                 pis.append(pi.double().cpu().numpy())
@@ -207,6 +214,7 @@ def predict_batches(
         features=torch.cat(features) if features else None,
         pi=_concat(pis),
         var=_concat(variances),
+        ood_distance=_concat(distances),
         logits=_concat(raw) if raw else np.zeros((0, classifier.head.out_features)),
     )
 
@@ -217,11 +225,13 @@ def run_bundle(
     device: torch.device,
     *,
     uncertainty: bool = False,
+    ood: bool = False,
     progress: ProgressHook | None = None,
     description: str = "predicting",
     allow_empty: bool = False,
 ) -> BatchOutputs:
-    """:func:`predict_batches` with a loaded bundle (moved to ``device``), adding the MDN's (pi, var) on request.
+    """:func:`predict_batches` with a loaded bundle (moved to ``device``), adding the MDN's (pi, var) on request,
+    and with ``ood`` the distances to the training features when the bundle keeps their statistics.
 
     The one place where a model's calibration (``bundle.calibration``, from ``calibration.json``) is applied: every
     probability that predict, explain and evaluate report passes through here.
@@ -240,6 +250,7 @@ def run_bundle(
         loader,
         device,
         mdn=bundle.mdn if uncertainty else None,
+        ood=bundle.ood if ood else None,
         progress=progress,
         description=description,
         allow_empty=allow_empty,

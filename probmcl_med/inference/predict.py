@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from probmcl_med.bundle import ModelBundle
+from probmcl_med.core.ood import OodAssessment, assess
 from probmcl_med.data.stain import StainNormalized, fit_locations
 from probmcl_med.data.tiling import SlideGrid, tile_slide
 from probmcl_med.devices import resolve_device
@@ -39,6 +40,8 @@ class Predictions:
         pi, var: (N, C) MDN weight and variance per class, when uncertainty was asked for.
         slide: for a slide, ``{"path", "dimensions", "level", "downsample", "patch_size", "grid": SlideGrid}``.
         skipped: with ``skip_bad``, the inputs that could not be read: ``{"image": path, "error": message}``.
+        ood: per input, the distance to the training features and whether it is out of distribution
+            (:class:`~probmcl_med.core.ood.OodAssessment`), or None when the model keeps no statistics.
     """
 
     kind: str
@@ -50,6 +53,13 @@ class Predictions:
     var: np.ndarray | None = None
     slide: dict[str, Any] | None = field(default=None, repr=False)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    ood: OodAssessment | None = None
+
+    @property
+    def ood_summary(self) -> dict[str, Any] | None:
+        """Counts and share of the inputs out of distribution; for a slide also the slide's flag (None: no
+        statistics in the model)."""
+        return None if self.ood is None else self.ood.summary(slide=self.kind == "slide")
 
     @property
     def no_tissue(self) -> bool:
@@ -150,7 +160,7 @@ def predict_images(
     dataset = ItemDataset(items, eval_transform(bundle), skip_bad=skip_bad)
     loader = prediction_batches(dataset, batch_size, workers, dev)
     # none readable: this function's message, naming the first error, not the loop's generic one
-    out = run_bundle(bundle, loader, dev, uncertainty=uncertainty, progress=progress, allow_empty=True)
+    out = run_bundle(bundle, loader, dev, uncertainty=uncertainty, ood=True, progress=progress, allow_empty=True)
     done = set(out.indices.tolist())
     skipped = [{"image": str(paths[i]), "error": dataset.error_of(i)} for i in range(len(items)) if i not in done]
     if skipped and not done:
@@ -164,6 +174,7 @@ def predict_images(
         pi=out.pi,
         var=out.var,
         skipped=skipped,
+        ood=_assess(bundle, out),
     )
 
 
@@ -280,7 +291,14 @@ def predict_slide(
     dataset = ItemDataset(grid.items(), transform, skip_bad=skip_bad)
     loader = prediction_batches(dataset, batch_size, workers, dev)
     out = run_bundle(
-        bundle, loader, dev, uncertainty=uncertainty, progress=progress, description="slide patches", allow_empty=True
+        bundle,
+        loader,
+        dev,
+        uncertainty=uncertainty,
+        ood=True,
+        progress=progress,
+        description="slide patches",
+        allow_empty=True,
     )
     if not len(out.indices):
         raise DataError(f"slide {path}: none of its {len(grid.locations)} tissue patches could be read")
@@ -295,7 +313,7 @@ def predict_slide(
     for row in ids:
         row["tissue_fraction"] = round(float(row["tissue_fraction"]), 4)
     info.update(status="predicted", patches_on_tissue=len(grid.locations))
-    return Predictions("slide", ids, out.probs, thresholds, names, out.pi, out.var, info, skipped)
+    return Predictions("slide", ids, out.probs, thresholds, names, out.pi, out.var, info, skipped, _assess(bundle, out))
 
 
 def fit_slide_stain(transform: Any, grid: SlideGrid) -> dict[str, Any] | None:
@@ -336,3 +354,10 @@ def slide_info(grid: SlideGrid, path: str | Path, tissue_threshold: float, mpp_s
         "patches_in_grid": grid.candidates,
         "grid": grid,
     }
+
+
+def _assess(bundle: ModelBundle, out: Any) -> OodAssessment | None:
+    """The out-of-distribution flags of a pass, when the model keeps the training features' statistics."""
+    if bundle.ood is None or out.ood_distance is None:
+        return None
+    return assess(bundle.ood, out.ood_distance)

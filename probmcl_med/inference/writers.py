@@ -16,13 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import numpy as np
-from matplotlib.figure import Figure
-from PIL import Image
-
 from probmcl_med.fileio import atomic_directory, check_replaceable_folder
 from probmcl_med.inference.geojson import geojson_text, patch_features
+from probmcl_med.inference.heatmaps import write_heatmaps
 from probmcl_med.inference.predict import Predictions
 
 SLIDE_ID_COLUMNS = ("x", "y", "level", "size", "tissue_fraction")
@@ -30,32 +26,6 @@ SLIDE_ID_COLUMNS = ("x", "y", "level", "size", "tissue_fraction")
 
 OUTPUT_MARKER = ".probmcl-med-output"
 """File inside every predict/explain output folder: such a folder may be replaced by the next run to the same path."""
-
-
-def heat_grid(grid: Any, ids: Sequence[dict[str, Any]], values: np.ndarray) -> np.ndarray:
-    """Per-patch values painted at thumbnail resolution: (h, w) float64, NaN where no patch was predicted.
-
-    Each patch covers ``[x, x + size * downsample)`` x ``[y, y + size * downsample)`` in level-0 pixels; overlapping
-    patches (a stride below the patch size) are averaged.
-
-    Args:
-        grid: the :class:`~probmcl_med.data.tiling.SlideGrid` (thumbnail size and level-0 -> thumbnail scale).
-        ids: per patch ``{"x", "y", "size", ...}``.
-        values: (N,) one value per patch (a class's probabilities).
-    """
-    h, w = grid.mask.shape
-    total = np.zeros((h, w))
-    count = np.zeros((h, w))
-    extent = None
-    for row, value in zip(ids, values, strict=True):
-        extent = float(row["size"]) * grid.level_downsample
-        x0, y0 = grid.to_thumbnail(row["x"], row["y"])
-        x1, y1 = grid.to_thumbnail(row["x"] + extent, row["y"] + extent)
-        c0, r0 = int(np.floor(x0)), int(np.floor(y0))
-        c1, r1 = max(int(np.ceil(x1)), c0 + 1), max(int(np.ceil(y1)), r0 + 1)
-        total[r0:r1, c0:c1] += value
-        count[r0:r1, c0:c1] += 1
-    return np.divide(total, count, out=np.full((h, w), np.nan), where=count > 0)
 
 
 def safe_filename(name: str, taken: set[str] | None = None) -> str:
@@ -67,34 +37,6 @@ def safe_filename(name: str, taken: set[str] | None = None) -> str:
     if taken is not None:
         taken.add(candidate.lower())
     return candidate
-
-
-def write_heatmaps(folder: Path, predictions: Predictions) -> list[Path]:
-    """``thumbnail.png`` and ``heatmaps/<class>.png``: each class's probability over the slide thumbnail (matplotlib).
-
-    Patches without a prediction (background) are transparent; the colour scale is fixed to [0, 1].
-    """
-    matplotlib.use("Agg", force=False)
-    grid = predictions.slide["grid"]  # type: ignore[index]
-    Image.fromarray(grid.thumbnail).save(folder / "thumbnail.png")
-    (folder / "heatmaps").mkdir()
-    h, w = grid.mask.shape
-    taken: set[str] = set()
-    written = []
-    for k, name in enumerate(predictions.class_names):
-        heat = heat_grid(grid, predictions.ids, predictions.probs[:, k])
-        fig = Figure(figsize=(8.0, 8.0 * h / w + 0.6), dpi=100)
-        ax = fig.add_subplot()
-        ax.imshow(grid.thumbnail)
-        image = ax.imshow(np.ma.masked_invalid(heat), cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55)
-        ax.set_axis_off()
-        ax.set_title(f"{name}: probability per patch (threshold {predictions.thresholds[k]:.3g})")
-        fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
-        fig.tight_layout()
-        path = folder / "heatmaps" / f"{safe_filename(name, taken)}.png"
-        fig.savefig(path)
-        written.append(path)
-    return written
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -129,7 +71,11 @@ def write_predictions(
     the labels style of the csv dataset). For a slide: ``patches.csv`` (``x, y, level, size`` in OpenSlide's
     convention, x/y in level-0 pixels and size in pixels of ``level``, then the probabilities and ``labels``).
     With uncertainty: ``uncertainty.csv`` (the id columns, then ``pi_<class>`` and ``var_<class>`` per class).
-    A slide also gets ``thumbnail.png``, ``heatmaps/<class>.png`` (:func:`write_heatmaps`) and
+    When the model keeps the training features' statistics: ``ood.csv`` (the id columns, ``ood_distance``,
+    ``ood_percentile`` among the calibration split, ``out_of_distribution`` 0/1) and ``meta.json``'s ``ood``
+    summary (:mod:`probmcl_med.core.ood`).
+    A slide also gets ``thumbnail.png``, ``heatmaps/<class>.png`` (:func:`~probmcl_med.inference.heatmaps.
+    write_heatmaps`: the probability in a colour map apart from H&E, the called patches outlined, a legend) and
     ``predictions.geojson``, one polygon per patch in level-0 pixels for QuPath (:mod:`.geojson`). Always:
     ``meta.json`` (checkpoint, thresholds, classes, date, the slide grid, the inputs ``--skip-bad`` skipped, ...).
     ``extra_files(tmp_dir)`` adds more.
@@ -154,6 +100,7 @@ def write_predictions(
         "thresholds": [float(t) for t in p.thresholds],
         "threshold_rule": "score >= threshold",
         **({"skipped": p.skipped} if p.skipped else {}),
+        "ood": p.ood_summary,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     written_by = "probmcl_med.inference.writers.write_predictions"
@@ -183,8 +130,16 @@ def write_predictions(
                 "pi_k and var_k of the stage-1 MDN's class-k component for the encoder features: an exploratory "
                 "epistemic signal, not a calibrated probability, not validated as an error predictor"
             )
+        if p.ood is not None:
+            header = [*id_cols, "ood_distance", "ood_percentile", "out_of_distribution"]
+            rows = [
+                [*a, _num(d), f"{q:.2f}", int(f)]
+                for a, d, q, f in zip(id_rows, p.ood.distance, p.ood.percentile, p.ood.flagged, strict=True)
+            ]
+            (tmp / "ood.csv").write_text(_csv_text(header, rows))
         if p.kind == "slide" and p.slide is not None:
-            write_heatmaps(tmp, p)
+            taken: set[str] = set()
+            write_heatmaps(tmp, p, [f"{safe_filename(name, taken)}.png" for name in p.class_names])
             extent = float(p.slide["grid"].extent)
             collection = patch_features(p.ids, p.probs, p.predicted, p.class_names, extent)
             (tmp / "predictions.geojson").write_text(geojson_text(collection))

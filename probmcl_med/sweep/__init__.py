@@ -13,7 +13,7 @@ terminal table).
 from __future__ import annotations
 
 from probmcl_med.sweep.grid import Point, PointSets, SweepRun, expand_grid, grid_points, parse_grid, split_values
-from probmcl_med.sweep.outputs import markdown_table, parameter_plot, rich_table, write_outputs
+from probmcl_med.sweep.outputs import markdown_table, rich_table, write_outputs
 from probmcl_med.sweep.results import (
     METRICS,
     aggregate,
@@ -37,7 +37,6 @@ __all__ = [
     "expand_grid",
     "grid_points",
     "markdown_table",
-    "parameter_plot",
     "parse_grid",
     "pick_best",
     "rich_table",

@@ -1,5 +1,7 @@
 """A sweep's files and tables: ``runs.csv`` (one row per run), ``sweep.csv`` and ``sweep.md`` (one row per grid
-point, mean +- std over seeds) and ``plot_<key>.png`` per swept key; the same table for the terminal.
+point, mean +- std over seeds) and ``plot_<key>.png`` per swept key (:func:`probmcl_med.evaluation.plots.sweep_plot`: the metric's mean with the std
+over seeds as error bars against that key's values, points side by side per combination of the other keys); the same
+table for the terminal.
 """
 
 from __future__ import annotations
@@ -10,10 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from matplotlib.figure import Figure
 from rich.table import Table
 
+from probmcl_med.evaluation.plots import sweep_plot
 from probmcl_med.fileio import atomic_write_bytes, atomic_write_text
 from probmcl_med.sweep.grid import safe_name
 from probmcl_med.sweep.results import METRICS, fmt
@@ -52,34 +53,6 @@ def rich_table(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Any:
     return table
 
 
-def parameter_plot(rows: Sequence[dict[str, Any]], key: str, keys: Sequence[str], metric: str = "mAP") -> bytes:
-    """PNG: ``metric`` mean +- std against the values of ``key`` (categorical axis, first-seen order), one line per
-    combination of the other swept keys."""
-    values = list(dict.fromkeys(str(r.get(key, "")) for r in rows))
-    others = [k for k in keys if k != key]
-    lines: dict[str, dict[str, dict[str, Any]]] = {}
-    for row in rows:
-        label = ", ".join(f"{k}={row.get(k, '')}" for k in others) or metric
-        lines.setdefault(label, {})[str(row.get(key, ""))] = row
-    fig = Figure(figsize=(max(4.0, 1.2 * len(values) + 2), 3.6))
-    ax = fig.add_subplot()
-    for label, by_value in lines.items():
-        xs = [i for i, v in enumerate(values) if v in by_value]
-        means = [by_value[values[i]][f"{metric}_mean"] for i in xs]
-        stds = [np.nan_to_num(by_value[values[i]][f"{metric}_std"]) for i in xs]
-        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
-    ax.set_xticks(range(len(values)), values)
-    ax.set_xlabel(key)
-    ax.set_ylabel(f"test {metric} (%)")
-    ax.grid(alpha=0.3)
-    if len(lines) > 1:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
-
-
 def write_outputs(
     out: Path,
     records: Sequence[dict[str, Any]],
@@ -99,5 +72,5 @@ def write_outputs(
     ]
     if plots:
         for key in keys:
-            files.append(atomic_write_bytes(out / f"plot_{safe_name(key)}.png", parameter_plot(rows, key, keys)))
+            files.append(atomic_write_bytes(out / f"plot_{safe_name(key)}.png", sweep_plot(rows, key, keys)))
     return [Path(f) for f in files]
