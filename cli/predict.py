@@ -54,8 +54,7 @@ def predict_command(
     inputs: Annotated[
         list[Path],
         typer.Argument(
-            help="An image, a folder of images, or a whole slide (.svs, .tif, ...); or a cohort of slides: several "
-            "slides, a folder of slides, a quoted glob ('scans/*.svs') or a manifest CSV (one slide per row).",
+            help="Image, image folder or slide; or a cohort: slides, folder, glob or manifest CSV.",
             show_default=False,
         ),
     ],
@@ -118,8 +117,7 @@ def predict_command(
         typer.Option(
             "--workers",
             min=0,
-            help="DataLoader worker processes reading the images or patches (default: none on the CPU; on a GPU one "
-            "per core of this process but one, at most 16).",
+            help="Loader processes (default: none on the CPU; on a GPU one per core but one, at most 16).",
             show_default=False,
         ),
     ] = None,

@@ -204,6 +204,7 @@ REACHED_BY: dict[str, object] = {
         ("explain",),
         ("data", "from-annotations"),
     ],
+    "probmcl_med/fileio.py": [("predict",), ("explain",), ("export",), ("evaluate",), ("data", "from-annotations")],
     "probmcl_med/fileio.py:atomic_directory": [("predict",), ("explain",), ("data", "from-annotations")],
     # a stale thresholds file: the commands that apply thresholds print the fix (info shows it as the file's state)
     "probmcl_med/operating_point.py": [("predict",), ("evaluate",), ("explain",)],
