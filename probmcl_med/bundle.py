@@ -313,6 +313,11 @@ def _build_mdn(spec: Mapping[str, Any]) -> MixtureDensityNetwork:
         hidden=hidden,
         input_norm=str(spec.get("input_norm", "none")),
         mean_directions=bool(spec.get("mean_directions", False)),
+        variance_floor=float(spec.get("variance_floor", 1.0)),
+        variance_scale=float(spec.get("variance_scale", 1.0)),
+        covariance=str(spec.get("covariance", "isotropic")),
+        mean_dim=int(spec.get("mean_dim", 1)),
+        temperature=spec.get("temperature"),
     )
     mdn.load_state_dict(spec["state_dict"], strict=True)
     return mdn.eval()

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from probmcl_med.config.schema import ContrastiveConfig
 from probmcl_med.core.losses import ProbContrastiveLoss, ProbMCLObjective
+from probmcl_med.core.mdn import MixtureDensityNetwork
 from probmcl_med.engine.amp import no_autocast
 from probmcl_med.engine.divergence import contrastive_cause
 from probmcl_med.engine.steps import TrainStep
@@ -48,16 +49,50 @@ def stack_views(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return views, torch.cat([labels, labels], dim=0)
 
 
-def build_objective(c: ContrastiveConfig, distributed: bool = False) -> nn.Module:
-    """``ProbMCLObjective`` of the ``contrastive`` section: NLL (likelihood) + lambda * PCL (similarity, overlap,
-    alpha, tau).
+def mdn_from_config(c: ContrastiveConfig, in_features: int, num_classes: int) -> MixtureDensityNetwork:
+    """The mixture density network of the ``contrastive`` section (z = h(x): it lives in the encoder's space), with
+    its learned temperature when ``tau_learnable``."""
+    temperature = (
+        {"tau": c.tau, "tau_min": c.tau_min, "tau_max": c.tau_max, "gain": c.tau_gain} if c.tau_learnable else None
+    )
+    mdn = MixtureDensityNetwork(
+        in_features,
+        num_classes,
+        hidden=tuple(int(h) for h in c.mdn_hidden),
+        input_norm="batch" if c.mdn_input == "standardized" else "none",
+        mean_directions=c.component_means == "learned_directions",
+        variance_floor=c.variance_floor,
+        variance_scale=c.variance_scale,
+        covariance=c.covariance,
+        mean_dim=c.mean_dim,
+        temperature=temperature,
+    )
+    if c.mdn_input_gain != 1.0:  # unit-norm h: scale the first layer's initial weights (see the config field)
+        first = next(m for m in mdn.modules() if isinstance(m, nn.Linear))
+        with torch.no_grad():
+            first.weight.mul_(c.mdn_input_gain)
+    return mdn
+
+
+def build_objective(c: ContrastiveConfig, distributed: bool = False, mdn: nn.Module | None = None) -> nn.Module:
+    """``ProbMCLObjective`` of the ``contrastive`` section: NLL (likelihood) + lambda * PCL (similarity and its
+    form, overlap, alpha, tau; the learned temperature of ``mdn`` when ``tau_learnable``).
 
     With ``distributed`` the contrastive term gathers every rank's mixtures with gradients; each rank's returned
     value is then scaled so that DDP's gradient averaging gives the single-process gradient of the global batch
     (see ``probmcl_med.core.losses.ProbContrastiveLoss``).
     """
+    temperature = getattr(mdn, "logit_scale", None)
+    if c.tau_learnable and temperature is None:
+        raise ValueError("contrastive.tau_learnable: the objective needs the MDN that holds the learned temperature")
     contrastive = ProbContrastiveLoss(
-        similarity=c.similarity, overlap=c.overlap, alpha=c.alpha, tau=c.tau, gather=distributed
+        similarity=c.similarity,
+        overlap=c.overlap,
+        alpha=c.alpha,
+        tau=c.tau,
+        gather=distributed,
+        form=c.similarity_form,
+        temperature=temperature,
     )
     return ProbMCLObjective(lam=c.lambda_, likelihood=c.likelihood, contrastive=contrastive, nll_weight=c.nll_weight)
 

@@ -29,7 +29,6 @@ from torch.nn.parallel import DistributedDataParallel
 from probmcl_med.bundle import DatasetSource, cpu_state, save_model_bundle
 from probmcl_med.config import RunConfig, save_config
 from probmcl_med.config.schema import ContrastiveConfig
-from probmcl_med.core.mdn import MixtureDensityNetwork
 from probmcl_med.data.base import make_loader
 from probmcl_med.data.datasets import build_dataset
 from probmcl_med.data.normalization import resolve_normalization
@@ -38,6 +37,7 @@ from probmcl_med.data.stain import fit_reference
 from probmcl_med.data.transforms import build_eval_transform, build_train_transform
 from probmcl_med.engine.amp import AmpSettings, amp_settings
 from probmcl_med.engine.checkpoint import CheckpointManager, capture_rng_state, check_compatible, restore_rng_state
+from probmcl_med.engine.contrastive import mdn_from_config
 from probmcl_med.engine.data import ResumableSampler, SeededItems
 from probmcl_med.engine.distributed import DistContext
 from probmcl_med.engine.handlers import Checkpointer, EpochStats, MetricsLog, OnStart, TensorBoardLog
@@ -128,18 +128,7 @@ class Session:
 
     def build_mdn(self, c: ContrastiveConfig) -> nn.Module:
         """The mixture density network of the ``contrastive`` section (z = h(x): it lives in the encoder's space)."""
-        hidden = tuple(int(h) for h in c.mdn_hidden)
-        mdn = MixtureDensityNetwork(
-            self.encoder.num_features,
-            len(self.class_names),
-            hidden=hidden,
-            input_norm="batch" if c.mdn_input == "standardized" else "none",
-            mean_directions=c.component_means == "learned_directions",
-        )
-        if c.mdn_input_gain != 1.0:  # unit-norm h: scale the first layer's initial weights (see the config field)
-            first = next(m for m in mdn.modules() if isinstance(m, nn.Linear))
-            with torch.no_grad():
-                first.weight.mul_(c.mdn_input_gain)
+        mdn = mdn_from_config(c, self.encoder.num_features, len(self.class_names))
         return mdn.to(self.ctx.device)  # mdn.spec holds the constructor arguments for checkpoints
 
     def write_run_files(self) -> None:

@@ -74,7 +74,7 @@ def train_contrastive(session: Session, c: ContrastiveConfig, resume: Resume | N
         loader=loader,
         network=network,
         optimizer=optimizer,
-        loss_function=build_objective(c, distributed=s.ctx.distributed),
+        loss_function=build_objective(c, distributed=s.ctx.distributed, mdn=s.mdn),
         handlers=s.handlers(0, stats, scheduler, optimizer, lambda: {"models": s.model_states()}),
     )
     if resume is not None:
@@ -168,7 +168,7 @@ def train_classifier(session: Session, plan: HeadTraining, resume: Resume | None
             s.mdn = s.build_mdn(joint.contrastive)
         groups = joint_parameter_groups(head, s.encoder, s.mdn, plan.head_lr, plan.encoder_lr, joint.mdn_lr)
         network = s.wrap(JointModel(s.encoder_fwd, s.mdn, head))
-        objective = build_objective(joint.contrastive, distributed=s.ctx.distributed)
+        objective = build_objective(joint.contrastive, distributed=s.ctx.distributed, mdn=s.mdn)
         loss_function: nn.Module = JointObjective(plan.loss, objective)
         step: Any = JointStep(s.amp, s.ctx.world_size)
     else:
