@@ -112,11 +112,16 @@ def gradient_paths(encoder, mdn, objective, likelihood, images: torch.Tensor, la
     def unit() -> torch.Tensor:  # a fresh graph from r for each path
         return F.normalize(r, dim=1)
 
+    def grad(value: torch.Tensor) -> torch.Tensor:  # zero when the term does not depend on r by this path
+        if not value.requires_grad:
+            return torch.zeros_like(r)
+        (g,) = torch.autograd.grad(value, r, allow_unused=True)
+        return torch.zeros_like(r) if g is None else g
+
     frozen_mixture = mdn(unit().detach()).detach()
-    (g_z,) = torch.autograd.grad(likelihood(frozen_mixture, unit(), labels), r)
-    (g_mdn,) = torch.autograd.grad(likelihood(mdn(unit()), unit().detach(), labels), r)
-    pcl = objective.lam * objective.contrastive(mdn(unit()), labels)
-    (g_pcl,) = torch.autograd.grad(pcl, r) if pcl.requires_grad else (torch.zeros_like(r),)
+    g_z = grad(likelihood(frozen_mixture, unit(), labels))
+    g_mdn = grad(likelihood(mdn(unit()), unit().detach(), labels))  # supcon ignores the mixture: 0
+    g_pcl = grad(objective.lam * objective.contrastive(mdn(unit()), labels))
     out = {"nll_z": float(g_z.norm()), "nll_mdn": float(g_mdn.norm()), "pcl": float(g_pcl.norm())}
     with torch.no_grad():
         hd = unit().double()
