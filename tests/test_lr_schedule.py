@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,13 +14,13 @@ from probmcl_med.engine.stages import lr_scheduler
 STEPS = 20
 
 
-def trajectory(kind: str, lrs: list[float]) -> list[list[float]]:
-    """The lr of every parameter group at each of STEPS optimiser steps."""
+def trajectory(kind: str, lrs: list[float], steps: int = STEPS) -> list[list[float]]:
+    """The lr of every parameter group at each of ``steps`` optimiser steps."""
     groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in lrs]
     optimizer = torch.optim.Adam(groups)
-    scheduler = lr_scheduler(kind, optimizer, lrs, STEPS)
+    scheduler = lr_scheduler(kind, optimizer, lrs, steps)
     seen = []
-    for _ in range(STEPS):
+    for _ in range(steps):
         seen.append([g["lr"] for g in optimizer.param_groups])
         optimizer.step()
         scheduler.step()
@@ -35,6 +36,60 @@ def test_cosine_anneals_from_the_lr_to_zero_without_warm_up() -> None:
     for t, row in enumerate(seen):
         for lr, base in zip(row, [1e-3, 3e-4], strict=True):
             assert lr == pytest.approx(base * (1 + math.cos(math.pi * t / STEPS)) / 2, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 20, 137])
+def test_warmup_cosine_matches_timms_cosine_scheduler_with_warmup(steps: int) -> None:
+    """Every iteration's lr of every group equals timm's CosineLRScheduler stepped per update (an independent code)."""
+    from timm.scheduler import CosineLRScheduler
+
+    from probmcl_med.engine.stages import WARMUP_FRACTION
+
+    lrs = [1e-3, 3e-4]
+    warmup = min(round(WARMUP_FRACTION * steps), steps - 1)
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in lrs]
+    optimizer = torch.optim.Adam(groups)
+    reference = CosineLRScheduler(
+        optimizer,
+        t_initial=steps - warmup,
+        lr_min=0.0,
+        warmup_t=warmup,
+        warmup_lr_init=0.0,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
+    expected = []
+    for t in range(steps):
+        reference.step_update(t)
+        expected.append([g["lr"] for g in optimizer.param_groups])
+    ours = trajectory("warmup-cosine", lrs, steps)
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-18)
+    assert ours[0] == ([0.0, 0.0] if warmup else lrs)
+    assert max(range(steps), key=lambda t: ours[t][0]) == warmup  # the peak, at the end of the warm-up
+    if steps >= 20:
+        assert ours[-1][0] < 1e-2 * lrs[0]  # decayed to under 1 % of the peak
+
+
+def test_warmup_cosine_resumes_exactly_from_a_state_dict() -> None:
+    """A scheduler rebuilt from a checkpoint's state continues with the uninterrupted trajectory."""
+    full = trajectory("warmup-cosine", [1e-3], STEPS)
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-3}]
+    optimizer = torch.optim.Adam(groups)
+    scheduler = lr_scheduler("warmup-cosine", optimizer, [1e-3], STEPS)
+    for _ in range(7):
+        optimizer.step()
+        scheduler.step()
+    state_o, state_s = optimizer.state_dict(), scheduler.state_dict()
+    optimizer2 = torch.optim.Adam([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-3}])
+    scheduler2 = lr_scheduler("warmup-cosine", optimizer2, [1e-3], STEPS)
+    optimizer2.load_state_dict(state_o)
+    scheduler2.load_state_dict(state_s)
+    rest = []
+    for _ in range(7, STEPS):
+        rest.append([g["lr"] for g in optimizer2.param_groups])
+        optimizer2.step()
+        scheduler2.step()
+    assert rest == full[7:]
 
 
 def test_onecycle_warms_up_for_a_fifth_then_anneals_far_below_the_peak() -> None:

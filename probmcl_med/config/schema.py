@@ -275,10 +275,11 @@ class RunConfig(_Section):
         description="asl, joint: the run's length in passes over the training set (two-stage reads "
         "contrastive.epochs and classifier.epochs instead)",
     )
-    lr_schedule: Literal["onecycle", "cosine", "constant"] = Field(
+    lr_schedule: Literal["warmup-cosine", "onecycle", "cosine", "constant"] = Field(
         "constant",
-        description="learning rate over each stage, stepped per iteration: onecycle (OneCycleLR, 20 % warm-up, the "
-        "ASL training script's), cosine (cosine annealing from the lr to 0, no warm-up), constant",
+        description="learning rate over each stage, stepped per iteration: warmup-cosine (linear warm-up from 0 over "
+        "5 % of the steps, then cosine to 0), onecycle (OneCycleLR, 20 % warm-up, the ASL training script's), cosine "
+        "(cosine annealing from the lr to 0, no warm-up), constant",
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of every random stream (torch takes up to 2**63 - 1)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")

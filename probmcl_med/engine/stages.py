@@ -13,6 +13,7 @@ so the distributed loss is exactly the single-process one); Adam and OneCycleLR 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,17 +35,37 @@ from probmcl_med.inference.features import compute_features
 from probmcl_med.models.heads import Classifier, LinearHead
 
 ONE_CYCLE_PCT_START = 0.2
+WARMUP_FRACTION = 0.05
+"""``warmup-cosine``: the share of a stage's iterations spent warming up linearly from 0 (rounded, at most T - 1)."""
+
+
+def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """The lr multiplier of ``warmup-cosine`` at iteration ``step`` (0-based) of ``total_steps``.
+
+    ``step / W`` for the first ``W = warmup_steps`` iterations (a linear warm-up from 0), then one half cosine over the
+    remaining ``T - W``: ``(1 + cos(pi (step - W) / (T - W))) / 2``, from 1 down towards 0 (reached one step after
+    the last). The same values as timm's ``CosineLRScheduler(t_initial=T - W, warmup_t=W, warmup_lr_init=0,
+    warmup_prefix=True, lr_min=0)`` stepped per update (tests/test_lr_schedule.py).
+    """
+    if step < warmup_steps:
+        return step / warmup_steps
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
 
 
 def lr_scheduler(kind: str, optimizer: torch.optim.Optimizer, max_lrs: list[float], total_steps: int) -> Any:
     """The per-iteration learning-rate schedule of a stage (``lr_schedule``), over ``total_steps`` iterations.
 
+    - ``warmup-cosine``: a linear warm-up from 0 over the first 5 % of the steps (:data:`WARMUP_FRACTION`), then a
+      cosine decay to 0 (:func:`warmup_cosine_factor`; a ``LambdaLR``, so it checkpoints and resumes exactly);
     - ``onecycle``: ``OneCycleLR`` peaking at ``max_lrs`` after 20 % of the steps (``pct_start`` of the ASL training
       script; it also cycles Adam's beta1 between 0.85 and 0.95);
     - ``cosine``: ``max_lr * (1 + cos(pi t / T)) / 2`` from the first step, no warm-up;
     - ``constant``: ``max_lrs`` throughout.
     """
     steps = max(1, total_steps)
+    if kind == "warmup-cosine":
+        warmup = min(round(WARMUP_FRACTION * steps), steps - 1)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: warmup_cosine_factor(t, steps, warmup))
     if kind == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=max_lrs, total_steps=steps, pct_start=ONE_CYCLE_PCT_START
@@ -53,7 +74,7 @@ def lr_scheduler(kind: str, optimizer: torch.optim.Optimizer, max_lrs: list[floa
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=0.0)
     if kind == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    raise ValueError(f"lr_schedule {kind!r}: use onecycle, cosine or constant")
+    raise ValueError(f"lr_schedule {kind!r}: use warmup-cosine, onecycle, cosine or constant")
 
 
 def train_contrastive(session: Session, c: ContrastiveConfig, resume: Resume | None) -> None:
