@@ -170,3 +170,32 @@ def works(frozen_vs_control: dict, ft_vs_none: dict, seeds: int = SEEDS) -> bool
     fine-tuning without stage 1, each with a positive mean paired difference at p < 0.05 over at least ``seeds``
     pairs."""
     return all(c["n"] >= seeds and c["mean"] > 0 and c["p"] < 0.05 for c in (frozen_vs_control, ft_vs_none))
+
+
+# ---------------------------------------------------------------------------------------------------- the GPU run
+PAPER_SCALE = [
+    "--config configs/adp.yaml",  # TResNet-M at 224 px, 80 + 40 epochs, batch 128, Adam 1e-4 with OneCycle
+    "--set dataset.root=$ADP",  # the ADP release folder
+    "--set dataset.augment.policy=randaugment",  # the paper's RandAugment (adp.yaml defaults to pathology)
+    "--set encoder.weights=$TRESNET_M",  # local ImageNet tresnet_m weights: the paper starts pretrained
+]
+
+
+def gpu_commands(arm: str, seeds: int = SEEDS) -> list[str]:
+    """The commands of the paper-scale run of ``arm`` with its references, frozen head (the paper's stage 2) and
+    fine-tuned, ``seeds`` seeds each: what to run when a GPU is lent (one H100: about 80 + 40 epochs of ADP)."""
+    arms = {
+        "none": ["--set contrastive.epochs=0"],
+        "paper": [],
+        "supcon": ["--set contrastive.likelihood=supcon_features", "--set contrastive.lambda=0"],
+        arm: [f"--set {s}" for s in CANDIDATES.get(arm, [])],
+    }
+    lines = []
+    for seed in range(seeds):
+        for name, sets in arms.items():
+            for tuned, extra in (("", []), ("+ft", ["--set classifier.encoder_lr=1e-5"])):
+                plugins = "PROBMCL_MED_PLUGINS=benchmarks/evidence/plugins " if name == "supcon" else ""
+                parts = [f"{plugins}probmcl-med train", *PAPER_SCALE, *sets, *extra, f"--set seed={seed}"]
+                parts.append(f"--output-dir runs/adp_issue25/{name}{tuned}__seed{seed}")
+                lines.append(" ".join(parts))
+    return lines

@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--study", choices=["stage1", "issue25"], default="stage1", help="issue25: issue25.py")
     parser.add_argument("--phase", choices=["all", "screen", "confirm", "probe"], default="all", help="issue25 only")
+    parser.add_argument("--gpu-commands", action="store_true", help="issue25: the paper-scale commands of the best arm")
     args = parser.parse_args(argv)
     if args.study == "issue25":
         return main_issue25(args)
@@ -303,6 +304,12 @@ def main_issue25(args: argparse.Namespace) -> int:
     results = Path(args.results or HERE / "results_issue25")
     if args.report:
         print(issue25_report.report(out, results))
+        return 0
+    if args.gpu_commands:
+        screen = issue25.screen_decision(out)
+        best = screen["advanced"][0] if screen else "log"
+        print(f"# best arm: {best} ({'the screen' if screen else 'the screen has not finished: an example'})")
+        print("\n".join(issue25.gpu_commands(best)))
         return 0
     datasets = (args.datasets or ",".join(sorted({d for d, _ in issue25.BLOCKS}))).split(",")
     ctx = {
