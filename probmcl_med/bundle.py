@@ -10,6 +10,8 @@ The bundle (``format: probmcl-med/model``) is a dict of tensors, numbers, string
 * preprocessing: ``image_size``, ``mean``, ``std`` (what the model was trained on, never recomputed), the microns
   per pixel of the network input (``mpp``: slides are read at it by default) and the Macenko stain reference
   (``stain_reference``: every input is normalised to it first, as in training);
+* ``feature_cache``: the head trained on the frozen encoder's cached features, so ``evaluate`` scores through the same
+  disk cache (:mod:`probmcl_med.inference.feature_cache`);
 * ``class_names``; ``thresholds`` only in bundles of earlier versions (still read). Tuned thresholds now live in
   ``RUN/thresholds.json`` (:mod:`probmcl_med.operating_point`), written by ``evaluate --tune-thresholds --save``:
   ``model.pt`` is never rewritten after training;
@@ -172,6 +174,7 @@ class ModelBundle:
             commands that need the model's thresholds refuse with this message.
         mpp: microns per pixel of the network input the model was trained on, or None (not recorded).
         stain_reference: the Macenko stain reference (``StainReference.to_dict()``) applied to every input, or None.
+        feature_cache: the head trained on cached features of the frozen encoder: scoring may read them back.
     """
 
     encoder: nn.Module
@@ -191,6 +194,7 @@ class ModelBundle:
     threshold_problem: str | None = None
     mpp: float | None = None
     stain_reference: dict[str, Any] | None = None
+    feature_cache: bool = False
 
     def classifier(self) -> Classifier:
         """Encoder + head as one module: images (B, 3, H, W) -> logits (B, C)."""
@@ -233,11 +237,14 @@ def bundle_dict(
     best_epoch: int | None = None,
     mpp: float | None = None,
     stain_reference: Mapping[str, Any] | None = None,
+    feature_cache: bool = False,
 ) -> dict[str, Any]:
     """The plain (weights_only-loadable) dict that :func:`save_model_bundle` writes.
 
     ``best_val_map`` (percent) and ``best_epoch`` record which classifier epoch the saved head comes from; ``mpp``
-    the microns per pixel of the network input; ``stain_reference`` the Macenko reference as a plain dict.
+    the microns per pixel of the network input; ``stain_reference`` the Macenko reference as a plain dict;
+    ``feature_cache`` that the head trained on the frozen encoder's cached features (``evaluate`` then scores through
+    the same cache, :mod:`probmcl_med.inference.feature_cache`).
     """
     head = unwrap(head)
     if len(class_names) != head.out_features:
@@ -272,6 +279,7 @@ def bundle_dict(
         "best_epoch": None if best_epoch is None else int(best_epoch),
         "mpp": None if mpp is None else float(mpp),
         "stain_reference": None if stain_reference is None else dict(stain_reference),
+        "feature_cache": bool(feature_cache),
     }
 
 
@@ -344,7 +352,7 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
     enc = data["encoder"]
     options = dict(enc.get("options") or {})
     try:
-        encoder = get_encoder(enc["name"], pretrained=False, weights=None, **options)
+        encoder = get_encoder(enc["name"], pretrained=False, weights=None, require_weights=False, **options)
         encoder.load_state_dict(enc["state_dict"], strict=True)
         head_spec = data["head"]
         head = LinearHead(int(head_spec["in_features"]), int(head_spec["num_classes"]))
@@ -392,5 +400,6 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         threshold_problem=problem,
         mpp=None if data.get("mpp") is None else float(data["mpp"]),
         stain_reference=data.get("stain_reference"),
+        feature_cache=bool(data.get("feature_cache", False)),
     )
     return bundle.to(device)

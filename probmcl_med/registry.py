@@ -229,7 +229,7 @@ def build(registry: Registry, name: str, *args: Any, **kwargs: Any) -> Any:
     return factory(*args, **kwargs)
 
 
-ENCODERS = Registry("encoder", builtins=("probmcl_med.models.encoders",))
+ENCODERS = Registry("encoder", builtins=("probmcl_med.models.encoders", "probmcl_med.models.presets"))
 """Encoder factories: ``f(**options) -> nn.Module`` with ``num_features`` and ``normalization`` (mean, std)."""
 
 OVERLAPS = Registry("overlap", builtins=("probmcl_med.core.overlaps",))

@@ -20,7 +20,7 @@ from test_inference import cli, error_line, make_bundle, make_csv_dataset, write
 from probmcl_med import fileio
 from probmcl_med.bundle import read_checkpoint
 from probmcl_med.errors import CheckpointError, first_words, os_error_message
-from probmcl_med.models.encoders import read_state_file
+from probmcl_med.models.weights import read_state_file
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -1,5 +1,5 @@
 """The one batched loop (inference.loop.predict_batches): images and cached features give the hand-computed
-probabilities, the feature cache holds the head's input, and every submodule gets its train/eval mode back."""
+probabilities, and every submodule gets its train/eval mode back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probmcl_med.inference.features import compute_features
 from probmcl_med.inference.loop import predict_batches
 from probmcl_med.models.encoders import get_encoder
 from probmcl_med.models.heads import Classifier, LinearHead
@@ -36,18 +35,3 @@ def test_images_and_cached_features_give_the_hand_computed_probabilities(normali
     cached = predict_batches(classifier, [{"features": out.features, "label": y}], torch.device("cpu"))
     np.testing.assert_allclose(cached.probs, expected, rtol=1e-6, atol=1e-7)
     assert all(m.training for m in classifier.modules())  # the caller's train mode is back
-
-
-def test_feature_cache_keeps_a_frozen_encoder_in_eval_mode() -> None:
-    torch.manual_seed(1)
-    encoder = get_encoder("test_resnet")
-    classifier = Classifier(encoder, LinearHead(encoder.num_features, 3))
-    classifier.train()
-    encoder.eval()  # frozen: eval mode while the head trains
-    before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    x, y = torch.randn(5, 3, 32, 32), torch.ones(5, 3)
-    cache = compute_features(classifier, [{"image": x, "label": y}], torch.device("cpu"))
-    assert len(cache) == 5 and cache[0]["features"].shape == (encoder.num_features,)
-    assert torch.equal(cache.labels, y)
-    assert not encoder.training and classifier.head.training
-    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # BN statistics untouched

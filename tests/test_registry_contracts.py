@@ -13,6 +13,7 @@ their own, their entries snapshotted, and unregistered again, so the other test 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -128,11 +129,16 @@ def test_likelihood_contract(name: str, likelihood: Any) -> None:
 
 @pytest.mark.parametrize(("name", "factory"), ENTRIES["encoders"], ids=_ids("encoders"))
 def test_encoder_contract(name: str, factory: Any) -> None:
+    from probmcl_med.models.presets import PRESETS
+
     torch.manual_seed(0)
-    testing.check_encoder(factory, name=name, image_size=64)
+    size = 64
+    if name in PRESETS:  # a foundation model: one block of its architecture (a full ViT-g is minutes and GBs), 224 px
+        factory, size = functools.partial(factory, depth=1), 224
+    testing.check_encoder(factory, name=name, image_size=size)
     encoder = factory().eval()
     with torch.no_grad():
-        h = encoder(torch.randn(2, 3, 64, 64))
+        h = encoder(torch.randn(2, 3, size, size))
     assert h.shape == (2, encoder.num_features) and h.dtype == torch.float32
     torch.testing.assert_close(h.norm(dim=1), torch.ones(2), rtol=0, atol=1e-5)
     mean, std = encoder.normalization

@@ -381,12 +381,15 @@ class Session:
         if self.console is not None and self.records[stage]:
             self.console.print(summary_table(stage, self.records[stage]))
 
-    def write_bundle(self, head: nn.Linear, best: dict[str, Any], normalize_features: bool) -> Path:
-        """RUN/model.pt with the best head (and fine-tuned encoder), atomically; rank 0 only."""
+    def write_bundle(
+        self, head: nn.Linear, best: dict[str, Any], normalize_features: bool, feature_cache: bool = False
+    ) -> Path:
+        """RUN/model.pt with the best head (and fine-tuned encoder), atomically; rank 0 only. ``feature_cache``: the
+        head trained on the frozen encoder's cached features (evaluate reads them back)."""
         encoder = self.encoder
         e = self.config.encoder
         if best.get("encoder") is not None:  # fine-tuned: the best epoch's encoder, not the current one
-            encoder = get_encoder(e.name, **dict(e.options))
+            encoder = get_encoder(e.name, require_weights=False, **dict(e.options))
             encoder.load_state_dict(best["encoder"])
         best_head = LinearHead(head.in_features, head.out_features)
         best_head.load_state_dict(best["head"])
@@ -410,4 +413,5 @@ class Session:
             best_epoch=best.get("epoch"),
             mpp=self.input_mpp,
             stain_reference=self.stain,
+            feature_cache=feature_cache,
         )

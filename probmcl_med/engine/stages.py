@@ -31,7 +31,7 @@ from probmcl_med.engine.joint import JointModel, JointObjective, JointStep, join
 from probmcl_med.engine.session import Resume, Session
 from probmcl_med.engine.steps import make_trainer
 from probmcl_med.engine.validation import Validation
-from probmcl_med.inference.features import compute_features
+from probmcl_med.inference.features import ConsoleBar, EncoderIdentity, Preprocessing, cached_features
 from probmcl_med.models.heads import Classifier, LinearHead
 
 ONE_CYCLE_PCT_START = 0.2
@@ -144,6 +144,24 @@ class HeadTraining:
     joint: JointTerms | None = None
 
 
+def _cached(s: Session, plan: HeadTraining, classifier: Classifier, dataset: Any) -> Any:
+    """``dataset``'s frozen features from the disk cache (computed into it on a miss): the feature cache's one call."""
+    e = s.config.encoder
+    mean, std = s.mean_std
+    return cached_features(
+        classifier,
+        dataset,
+        encoder=EncoderIdentity(e.name, dict(e.options)),
+        preprocessing=Preprocessing(s.config.dataset.image_size, mean, std, s.stain),
+        batch_size=plan.val_batch_size,
+        device=s.ctx.device,
+        workers=s.config.workers,
+        autocast=s.amp.autocast,
+        progress=ConsoleBar(s.console),
+        precision="float32" if s.amp.name == "off" else s.amp.name,
+    )
+
+
 def _sources(s: Session, plan: HeadTraining, classifier: Classifier, frozen: bool) -> tuple[Any, Any, bool]:
     """(training source, validation source or None, cached?): datasets with their transforms, or cached features."""
     eval_transform = s.eval_transform()
@@ -153,13 +171,9 @@ def _sources(s: Session, plan: HeadTraining, classifier: Classifier, frozen: boo
         val_source = s.val_ds
     if frozen and plan.cache_features and not plan.augment:
         s.train_ds.transform = eval_transform
-        plain, _ = s.loader(
-            s.train_ds, plan.batch_size, shuffle=False, drop_last=False, workers=s.config.workers, shard=False
-        )
-        train_source = compute_features(classifier, plain, s.ctx.device, s.amp.autocast)
+        train_source = _cached(s, plan, classifier, s.train_ds)
         if s.val_ds is not None and s.ctx.is_main:
-            vloader, _ = s.loader(s.val_ds, plan.val_batch_size, shuffle=False, drop_last=False, workers=0, shard=False)
-            val_source = compute_features(classifier, vloader, s.ctx.device, s.amp.autocast)
+            val_source = _cached(s, plan, classifier, s.val_ds)
         return train_source, val_source, True
     augmented = s.train_transform()
     s.train_ds.transform = augmented if plan.augment else eval_transform
@@ -213,7 +227,7 @@ def train_classifier(session: Session, plan: HeadTraining, resume: Resume | None
         s.ctx.device,
         s.amp.autocast,
         frozen_encoder=frozen,
-        save_best=lambda best: s.write_bundle(head, best, plan.normalize_features),
+        save_best=lambda best: s.write_bundle(head, best, plan.normalize_features, feature_cache=cached),
         is_main=s.ctx.is_main,
         best=own.state.get("best") if own is not None else None,
     )

@@ -35,6 +35,7 @@ from probmcl_med.evaluation.gallery import DEFAULT_PER_KIND, build_gallery
 from probmcl_med.evaluation.report import add_statistics, write_report
 from probmcl_med.evaluation.thresholds import threshold_tradeoff, tune_thresholds
 from probmcl_med.fileio import read_json_lines
+from probmcl_med.inference.features import feature_batches
 from probmcl_med.inference.inputs import eval_transform, make_loader
 from probmcl_med.inference.loop import ProgressHook, run_bundle
 from probmcl_med.inference.predict import decision_thresholds, describe_thresholds
@@ -129,6 +130,8 @@ def score_split(
     dataset = build_split_dataset(bundle, split, checkpoint=checkpoint, root=root)
     dev = resolve_device(device)
     loader = make_loader(dataset, batch_size, workers, dev)
+    if getattr(bundle, "feature_cache", False):  # a frozen encoder's head: its features from the disk cache
+        loader = feature_batches(bundle, dataset, batch_size, dev, workers, progress)
     out = run_bundle(bundle, loader, dev, progress=progress, description=f"scoring the {split} split")
     if out.targets is None or len(out.probs) == 0:
         raise DataError(f"dataset {dataset.source}: no readable sample in split {split!r}")

@@ -11,12 +11,15 @@ The contract every encoder meets (built-in or plugin, see the ENCODERS registry)
 
 Names registered here: the paper's backbones (``tresnet_m`` for ADP, ``tresnet_l`` for MS-COCO), ``resnet18``,
 ``resnet50``, timm's tiny test models (``test_resnet``, ``test_efficientnet``, ``test_convnext3``) and torchvision
-families (``tv_mobilenet_v2``, ``tv_resnet18``, ``tv_resnet50``: local torchvision weight files only). Any other
-name that timm knows works too (:func:`get_encoder` falls back to ``timm.create_model``).
+families (``tv_mobilenet_v2``, ``tv_resnet18``, ``tv_resnet50``: local torchvision weight files only); the pathology
+foundation models are presets in :mod:`probmcl_med.models.presets`. Any timm architecture works by name, plain or as
+``timm:NAME``, with its ``timm.create_model`` options (:mod:`probmcl_med.models.timm_options`: layer classes by name,
+a bad option a one-line error) and ``pool``: ``cls`` (the class token), ``mean`` (the mean of the patch tokens,
+register tokens left out) or ``cls+mean`` (both concatenated, 2 x the width), from the tokens after the final norm.
 
-Weights: ``weights=PATH`` loads a local state dict or checkpoint (``.pt``, ``.pth``, ``.bin``, ``.safetensors``),
-stripping the usual wrapper prefixes and ignoring classifier-head keys; ``pretrained=True`` uses timm's own download
-and, without network, fails at once with a one-line message (timm alone would hang for ~47 s first).
+Weights: ``weights=PATH`` loads a local state dict or checkpoint (``.pt``, ``.pth``, ``.bin``, ``.safetensors``;
+:mod:`probmcl_med.models.weights`); ``pretrained=True`` uses timm's own download and, without network, fails at once
+with a one-line message (timm alone would hang for ~47 s first).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import contextlib
 import difflib
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +36,45 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
-from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
-from probmcl_med.errors import CheckpointError, ConfigError, torch_load_error
+from probmcl_med.errors import ConfigError
+from probmcl_med.models.timm_options import create_model
+from probmcl_med.models.weights import load_weights
 from probmcl_med.registry import ENCODERS, PLUGIN_HINT
 
 HUB_HOST = "huggingface.co"
 """The host timm downloads pretrained weights from."""
 
-WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.", "encoder.", "backbone.", "net.", "state_dict.")
-"""Key prefixes added by DDP, torch.compile, Lightning, our own wrapper and common training scripts."""
+TIMM_PREFIX = "timm:"
+"""``encoder.name: timm:ARCH`` names a timm architecture explicitly (a registered name never shadows it)."""
 
-STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema", "net", "network")
-"""Keys under which checkpoints commonly nest the weights."""
+POOLS = ("cls", "mean", "cls+mean")
+"""Token pooling choices (``encoder.options.pool``); absent: the model's own pooled output."""
+
+
+def pool_tokens(tokens: Tensor, num_prefix_tokens: int, pool: str) -> Tensor:
+    """Pool a backbone's token (or feature-map) output into one vector per image.
+
+    Args:
+        tokens: (B, T, D) tokens after the final norm, the first ``num_prefix_tokens`` of them the class token and
+            any register tokens; or a (B, D, H, W) feature map (CNNs: ``mean`` only).
+        num_prefix_tokens: class + register tokens at the start of T.
+        pool: ``cls`` -> (B, D) token 0; ``mean`` -> (B, D) mean of the patch tokens (registers excluded);
+            ``cls+mean`` -> (B, 2D) both, concatenated (Virchow2's embedding).
+    """
+    if tokens.ndim == 4:
+        if pool != "mean":
+            raise ConfigError(
+                f"encoder.options.pool={pool!r}: this backbone has a feature map, no class token; use mean"
+            )
+        return tokens.mean(dim=(2, 3))
+    cls, patches = tokens[:, 0], tokens[:, num_prefix_tokens:].mean(dim=1)
+    if pool == "cls":
+        return cls
+    if pool == "mean":
+        return patches
+    return torch.cat([cls, patches], dim=-1)
 
 
 class TimmEncoder(nn.Module):
@@ -56,24 +84,36 @@ class TimmEncoder(nn.Module):
         model: a timm model created with ``num_classes=0`` (its forward returns pooled features).
         name: the timm model name (stored in checkpoints).
         normalize: return unit-norm features from :meth:`forward` (the ProbMCL encoder output h(x), math.md s.1).
+        pool: None (the model's own pooled output) or one of :data:`POOLS`, applied to ``model.forward_features``.
     """
 
-    def __init__(self, model: nn.Module, name: str, normalize: bool = True) -> None:
+    def __init__(self, model: nn.Module, name: str, normalize: bool = True, pool: str | None = None) -> None:
         super().__init__()
+        if pool is not None and pool not in POOLS:
+            raise ConfigError(f"encoder.options.pool={pool!r} for {name}: use one of {', '.join(POOLS)}")
+        if pool is not None and not hasattr(model, "forward_features"):
+            raise ConfigError(f"encoder.options.pool for {name}: the model has no forward_features to pool")
         self.model = model
         self.name = name
         self.normalize = normalize
+        self.pool = pool
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
         std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
         self.normalization: tuple[tuple[float, ...], tuple[float, ...]] = (mean, std)
         self.input_size: tuple[int, int, int] = tuple(int(v) for v in cfg.get("input_size", (3, 224, 224)))  # type: ignore[assignment]
         self.classifier_name: str | None = cfg.get("classifier")
-        self.num_features = measure_num_features(model, self.input_size)
+        self.num_features = measure_num_features(self._pooled, self.input_size, model)
+
+    def _pooled(self, x: Tensor) -> Tensor:
+        if self.pool is None:
+            return self.model(x)
+        prefix = int(getattr(self.model, "num_prefix_tokens", 1))
+        return pool_tokens(self.model.forward_features(x), prefix, self.pool)
 
     def features(self, x: Tensor) -> Tensor:
         """Pooled features, not normalised: (B, 3, H, W) -> (B, num_features)."""
-        return self.model(x)
+        return self._pooled(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, num_features) in float32; unit L2 norm per row when ``normalize``."""
@@ -91,12 +131,16 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-def measure_num_features(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)) -> int:
-    """Width of the pooled output, measured with one dummy forward (64 px first, the native size if that fails).
+def measure_num_features(
+    forward: Any, input_size: tuple[int, ...] = (3, 224, 224), model: nn.Module | None = None
+) -> int:
+    """Width of the pooled output of ``forward`` (a module, or a callable running ``model``), measured with one
+    dummy forward (64 px first, the native size if that fails); on the meta device nothing is computed.
 
     timm's ``num_features`` is usually right, but not for every model and every option (a ``global_pool=''`` or a
     custom head changes it); a wrong width would only surface as a shape error deep in the MDN.
     """
+    model = model if model is not None else forward
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     sizes = [min(64, input_size[-1])] if input_size[-1] > 64 else []
@@ -105,14 +149,14 @@ def measure_num_features(model: nn.Module, input_size: tuple[int, ...] = (3, 224
     with _eval_mode(model), torch.no_grad():
         for side in sizes:
             try:
-                out = model(torch.zeros(1, input_size[0], side, side, device=device))
+                out = forward(torch.zeros(1, input_size[0], side, side, device=device))
             except (RuntimeError, AssertionError, ValueError) as exc:
                 last_error = exc
                 continue
             if out.ndim != 2:
                 raise ConfigError(
                     f"encoder {type(model).__name__}: the backbone returns shape {tuple(out.shape)}, expected pooled "
-                    f"(B, H) features; do not pass global_pool='' in encoder.options"
+                    f"(B, H) features; with global_pool='' set encoder.options.pool (cls, mean or cls+mean)"
                 )
             return int(out.shape[1])
     raise ConfigError(f"encoder {type(model).__name__}: a dummy forward failed ({last_error})")
@@ -142,27 +186,27 @@ def create_timm_encoder(name: str, pretrained: bool = False, **options: Any) -> 
     """A timm model by name, without classifier, wrapped as a :class:`TimmEncoder`.
 
     Args:
-        name: any name timm knows (``timm.list_models()``).
+        name: any name timm knows (``timm.list_models()``), optionally written ``timm:NAME``.
         pretrained: download timm's weights (fails at once when offline, see :func:`_check_hub_reachable`).
-        **options: keyword arguments for ``timm.create_model`` (e.g. ``drop_path_rate``); ``normalize`` is ours.
+        **options: keyword arguments for ``timm.create_model`` (layer classes by name, see
+            :mod:`~probmcl_med.models.timm_options`); ``normalize`` and ``pool`` are ours.
     """
+    architecture = name.removeprefix(TIMM_PREFIX)
     normalize = bool(options.pop("normalize", True))
-    options.pop("num_classes", None)
+    pool = options.pop("pool", None)
     if pretrained:
-        _check_hub_reachable(name)
+        _check_hub_reachable(architecture)
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **options)
-    except TypeError as exc:
-        raise ConfigError(f"encoder.options for {name!r}: {exc}") from None
+        model = create_model(architecture, options, pretrained=pretrained)
     except (OSError, RuntimeError) as exc:
         if not pretrained:
             raise
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(
-            f"encoder {name!r}: timm could not load its pretrained weights ({first}); set encoder.weights to a local "
-            f"file instead"
+            f"encoder {architecture!r}: timm could not load its pretrained weights ({first}); set encoder.weights to "
+            f"a local file instead"
         ) from None
-    return TimmEncoder(model, name, normalize=normalize)
+    return TimmEncoder(model, name, normalize=normalize, pool=pool)
 
 
 def _named_factory(name: str, create: Any, doc: str) -> Any:
@@ -240,24 +284,38 @@ def unknown_encoder_message(name: str) -> str:
     )
 
 
-def get_encoder(name: str, pretrained: bool = False, weights: str | Path | None = None, **options: Any) -> nn.Module:
+def get_encoder(
+    name: str,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    require_weights: bool = True,
+    **options: Any,
+) -> nn.Module:
     """Build an encoder: a registered factory if ``name`` is in ENCODERS, else any timm model by name.
 
     Args:
-        name: an ENCODERS name or a timm model name.
+        name: an ENCODERS name, a timm model name, or ``timm:NAME`` (timm's, even where a registered name is equal).
         pretrained: timm's pretrained weights (network needed; one-line error when offline).
         weights: a local weights file loaded after construction (state dict or checkpoint; see :func:`load_weights`).
+        require_weights: refuse an encoder that is useless without its weights (a foundation-model preset) when
+            ``weights`` is None; False when the caller loads a state dict itself (a saved model, a checkpoint).
         **options: keyword arguments for the factory (``encoder.options`` in the config).
 
     Returns:
         A module with ``num_features``, ``normalization`` ((mean), (std)) and a forward returning (B, num_features).
 
     Raises:
-        ConfigError: unknown name (with close matches), bad options, pretrained weights unavailable offline.
+        ConfigError: unknown name (with close matches), bad options, pretrained weights unavailable offline, a preset
+            without its weights file.
         CheckpointError: the weights file is missing, unreadable or does not fit the architecture.
     """
-    if name in ENCODERS:
+    if name.startswith(TIMM_PREFIX):
+        encoder = create_timm_encoder(name, pretrained=pretrained, **options)
+    elif name in ENCODERS:
         factory = ENCODERS.get(name)
+        needs = getattr(factory, "requires_weights", None)  # refused before building (a ViT-g takes minutes)
+        if weights is None and require_weights and needs and not pretrained:
+            raise ConfigError(needs)
         encoder = factory(pretrained=True, **options) if pretrained else factory(**options)
     elif timm_knows(name):
         encoder = create_timm_encoder(name, pretrained=pretrained, **options)
@@ -269,109 +327,3 @@ def get_encoder(name: str, pretrained: bool = False, weights: str | Path | None 
     if weights is not None:
         load_weights(encoder, weights)
     return encoder
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Local weights
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def read_state_file(path: str | Path) -> Any:
-    """The object stored in a weights file, loaded without arbitrary unpickling (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} not found; set encoder.weights to an existing file")
-    if path.suffix == ".safetensors":
-        try:
-            return load_safetensors(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"weights file {path} is not a readable safetensors file ({exc})") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zipfile and torch raise many types for a bad file
-        raise torch_load_error(
-            f"weights file {path}",
-            exc,
-            if_refused="if you trust its source, re-save only its tensors: "
-            "torch.save(torch.load(f, weights_only=False)['state_dict'], 'weights.pt')",
-            if_damaged="replace it, or set encoder.weights to another file",
-        ) from None
-
-
-def _find_state_dict(obj: Any) -> Mapping[str, Tensor]:
-    """The tensor mapping inside a checkpoint (nested under common keys, or our own bundle/training formats)."""
-    if isinstance(obj, Mapping) and str(obj.get("format", "")).startswith("probmcl-med/"):
-        if "encoder" in obj and isinstance(obj["encoder"], Mapping):  # model bundle
-            return obj["encoder"]["state_dict"]
-        return obj["models"]["encoder"]  # training checkpoint
-    for _ in range(3):
-        if not isinstance(obj, Mapping):
-            break
-        if obj and all(isinstance(v, Tensor) for v in obj.values()):
-            return obj
-        nested = next((obj[k] for k in STATE_DICT_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
-        if nested is None:
-            break
-        obj = nested
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
-        return obj
-    raise CheckpointError("no state dict (a mapping of parameter names to tensors) found")
-
-
-def _strip_prefixes(state: Mapping[str, Tensor], target_keys: set[str]) -> dict[str, Tensor]:
-    """Remove wrapper prefixes shared by all keys until the keys meet the target's."""
-    state = dict(state)
-    for _ in range(4):
-        if set(state) & target_keys:
-            break
-        prefix = next((p for p in WRAPPER_PREFIXES if state and all(k.startswith(p) for k in state)), None)
-        if prefix is None:
-            break
-        state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
-
-
-def _short(keys: list[str], n: int = 3) -> str:
-    shown = ", ".join(keys[:n])
-    return f"{shown}, ..." if len(keys) > n else shown
-
-
-def load_weights(encoder: nn.Module, path: str | Path) -> None:
-    """Load a local weights file into ``encoder`` (into its timm backbone for a :class:`TimmEncoder`).
-
-    Accepts a plain state dict, a checkpoint nesting it (``state_dict``, ``model``, ...), our model bundles and
-    training checkpoints; strips ``module.``/``model.``/``_orig_mod.`` style prefixes; drops the backbone's classifier
-    keys (``fc.*``, ``head.fc.*``, ...). Any other missing or unexpected key, or a shape mismatch, is an error.
-
-    Raises:
-        CheckpointError: one line naming the file and the first offending keys.
-    """
-    path = Path(path)
-    target = encoder.model if isinstance(encoder, TimmEncoder) else encoder
-    try:
-        state = _find_state_dict(read_state_file(path))
-    except CheckpointError as exc:
-        if str(exc).startswith("no state dict"):
-            raise CheckpointError(f"weights file {path}: {exc}") from None
-        raise
-    target_state = target.state_dict()
-    state = _strip_prefixes(state, set(target_state))
-    head = getattr(encoder, "classifier_name", None)
-    head_prefixes = tuple(f"{h}." for h in ([head] if isinstance(head, str) else (head or [])))
-    head_prefixes += ("fc.", "head.fc.", "classifier.", "head.")
-    unexpected = [k for k in state if k not in target_state and not k.startswith(head_prefixes)]
-    missing = [k for k in target_state if k not in state]
-    wrong = [k for k in target_state if k in state and tuple(state[k].shape) != tuple(target_state[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing ({_short(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({_short(unexpected)})")
-        if wrong:
-            parts.append(f"{len(wrong)} of another shape ({_short(wrong)})")
-        name = getattr(encoder, "name", type(encoder).__name__)
-        raise CheckpointError(
-            f"weights file {path} does not fit encoder {name!r}: {'; '.join(parts)} keys; check encoder.name"
-        )
-    target.load_state_dict({k: state[k] for k in target_state}, strict=True)
