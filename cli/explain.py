@@ -36,6 +36,7 @@ def explain_command(
     """
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
+    from probmcl_med.calibration_file import describe_probabilities
     from probmcl_med.errors import DataError
     from probmcl_med.inference.explain import explain_image
     from probmcl_med.inference.predict import describe_thresholds
@@ -45,7 +46,10 @@ def explain_command(
     path = resolve_bundle_path(checkpoint)
     bundle = load_model_bundle(path)
     Console().print(
-        f"thresholds: {describe_thresholds(bundle, threshold)}", highlight=False, soft_wrap=True, markup=False
+        f"thresholds: {describe_thresholds(bundle, threshold)}\nprobabilities: {describe_probabilities(bundle.calibration)}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
     )
     results = explain_image(bundle, image, out, classes or None, threshold=threshold, device=device, checkpoint=path)
     console = Console()

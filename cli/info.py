@@ -45,6 +45,7 @@ def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
     """
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import BUNDLE_FORMAT, load_model_bundle, read_checkpoint, resolve_bundle_path
+    from probmcl_med.calibration_file import describe_probabilities
     from probmcl_med.evaluation.complexity import model_cost
     from probmcl_med.inference.predict import describe_thresholds
 
@@ -87,6 +88,10 @@ def checkpoint_info(checkpoint: Path) -> dict[str, Any]:
         "thresholds_source": f"not applied: {bundle.threshold_problem}"
         if bundle.threshold_problem
         else describe_thresholds(bundle, None),
+        "probabilities": f"not applied: {bundle.calibration_problem}"
+        if bundle.calibration_problem
+        else describe_probabilities(bundle.calibration),
+        "temperatures": None if bundle.calibration is None else list(bundle.calibration.temperatures),
         "mpp": bundle.mpp,
         "stain_reference": bundle.stain_reference,
         "training": {k: v for k, v in training.items() if v is not None},
@@ -134,6 +139,7 @@ def info_command(
             info["thresholds_source"]
             + ("" if thresholds is None else ": " + ", ".join(f"{x:.3g}" for x in thresholds)),
         ),
+        ("probabilities", info["probabilities"]),
         ("training", run),
         *(
             (

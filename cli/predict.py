@@ -83,7 +83,19 @@ def predict_command(
     ] = None,
     slide_mpp: Annotated[
         float | None,
-        typer.Option("--slide-mpp", help="Slides: level-0 microns per pixel, for a slide that does not record it."),
+        typer.Option(
+            "--slide-mpp",
+            help="Slides: the scan's level-0 microns per pixel; overrides what the file declares (needs an mpp to "
+            "plan with: --mpp or the model's).",
+        ),
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option(
+            "--mask",
+            help="Slides: predict only inside this region: GeoJSON polygons in level-0 pixels (e.g. a QuPath "
+            "annotation export) or a binary image of the whole slide (non-zero inside).",
+        ),
     ] = None,
     tile_above: Annotated[
         float,
@@ -118,6 +130,7 @@ def predict_command(
     """
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
     from probmcl_med.bundle import load_model_bundle, resolve_bundle_path
+    from probmcl_med.calibration_file import describe_probabilities
     from probmcl_med.devices import resolve_device
     from probmcl_med.inference.inputs import input_kind, list_images
     from probmcl_med.inference.loop import require_mdn
@@ -125,14 +138,24 @@ def predict_command(
     from probmcl_med.inference.writers import check_output_folder, write_predictions
 
     check_output_folder(out)
-    if mpp is not None and level is not None:
-        raise UserError("give --mpp (patches at a resolution) or --level (patches in a level's pixels), not both")
     kind = input_kind(input_path, large_pixels=int(tile_above * 1e6))
+    if kind != "slide" and (slide_mpp is not None or mask is not None):
+        raise UserError(
+            f"--slide-mpp and --mask are for whole slides; {input_path} is {'a folder of images' if kind == 'folder' else 'an image'}"
+        )
+    if kind == "slide" and mpp is not None and level is None:  # a resolution slip: refused before the model loads
+        from probmcl_med.data.imageio import SLIDES
+        from probmcl_med.data.mpp import level0_mpp
+
+        level0_mpp(SLIDES.get(str(input_path)), input_path, slide_mpp)
     path = resolve_bundle_path(checkpoint)
     dev = resolve_device(device)
     bundle = load_model_bundle(path, device=dev)
     Console().print(
-        f"thresholds: {describe_thresholds(bundle, threshold)}", highlight=False, soft_wrap=True, markup=False
+        f"thresholds: {describe_thresholds(bundle, threshold)}\nprobabilities: {describe_probabilities(bundle.calibration)}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
     )
     if uncertainty:
         require_mdn(bundle, path)
@@ -146,14 +169,14 @@ def predict_command(
     err = Console(stderr=True)
     with RichProgress(err) as progress:
         if kind == "slide":
-            use_mpp = mpp if mpp is not None else (bundle.mpp if level is None else None)
             predictions = predict_slide(
                 bundle,
                 input_path,
                 patch_size=patch_size,
-                level=level or 0,
-                mpp=use_mpp,
+                level=level,
+                mpp=mpp,
                 slide_mpp=slide_mpp,
+                mask=mask,
                 tissue_threshold=tissue_threshold,
                 stride=stride,
                 progress=progress,
@@ -163,20 +186,39 @@ def predict_command(
         else:
             paths = list_images(input_path) if kind == "folder" else [input_path]
             predictions = predict_images(bundle, paths, progress=progress, skip_bad=skip_bad, **options)
-    meta = {"checkpoint": str(path), "input": str(input_path), "encoder": bundle.encoder_name, "device": str(dev)}
+    meta = {
+        "checkpoint": str(path),
+        "input": str(input_path),
+        "encoder": bundle.encoder_name,
+        "device": str(dev),
+        "probabilities": describe_probabilities(bundle.calibration),
+    }
     write_predictions(out, predictions, meta)
     console = Console()
-    if kind == "slide":
+    if kind == "slide" and predictions.no_tissue:
+        stats = (predictions.slide or {}).get("tissue_mask") or {}
+        width, height = stats.get("thumbnail", [0, 0])
+        console.print(
+            f"no tissue found on {input_path} ({stats.get('coloured_pixels')} of the thumbnail's "
+            f"{width * height} pixels coloured above saturation "
+            f"{stats.get('saturation_threshold')}, none left as tissue); empty patches.csv and predictions.geojson "
+            f"written to {out}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif kind == "slide":
         info = predictions.slide or {}
         plan = info.get("mpp")
         where = (
             f"at {plan['mpp']:g} um/px, read from level {plan['level']} ({plan['level_mpp']:.4g} um/px)"
             if plan
-            else f"at level {info.get('level')}"
+            else f"at level {info.get('level')} in its pixels; {declared_words(info.get('resolution') or {})}"
         )
         console.print(
             f"{info.get('patches_on_tissue')} tissue patches of {info.get('patches_in_grid')} in the grid "
-            f"({info.get('patch_size')} px {where}); written to {out}/patches.csv, predictions.geojson and heatmaps/"
+            f"({info.get('patch_size')} px {where}); written to {out}/patches.csv, predictions.geojson and heatmaps/",
+            highlight=False,
+            soft_wrap=True,
         )
     else:
         print_predictions(predictions, console)
@@ -188,6 +230,14 @@ def predict_command(
         err.print(f"skipped {len(predictions.skipped)} unreadable input(s):", highlight=False)
         for item in predictions.skipped:
             err.print(f"  {item['error']}", markup=False, highlight=False, soft_wrap=True)
+
+
+def declared_words(resolution: dict[str, Any]) -> str:
+    """``the slide declares 0.499 um/px (openslide.mpp-x (from aperio.MPP))`` or ``the slide declares no mpp``."""
+    value = resolution.get("declared_mpp")
+    if value is None:
+        return "the slide declares no mpp"
+    return f"the slide declares {value:.4g} um/px ({resolution.get('declared_source')})"
 
 
 def register(app: typer.Typer) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from probmcl_med.calibration_file import Calibration, read_calibration, thresholds_for
 from probmcl_med.core.mdn import MixtureDensityNetwork
 from probmcl_med.errors import CheckpointError, first_words, torch_load_error
 from probmcl_med.fileio import atomic_write
@@ -170,8 +171,12 @@ class ModelBundle:
         dataset: where the training data came from (rebuilds a split for ``evaluate --checkpoint``).
         training_config: the run's resolved config as a plain dict, for information (never validated on load).
         tuned: the ``thresholds.json`` that ``thresholds`` came from, or None.
-        threshold_problem: why a ``thresholds.json`` beside the model was not applied (stale, malformed), or None;
-            commands that need the model's thresholds refuse with this message.
+        threshold_problem: why a ``thresholds.json`` beside the model was not applied (stale, malformed, tuned on a
+            calibration that is gone), or None; commands that need the model's thresholds refuse with this message.
+        calibration: the per-class temperatures of ``calibration.json`` (:mod:`probmcl_med.calibration_file`), applied
+            by the inference loop to every probability, or None (raw sigmoid).
+        calibration_problem: why a ``calibration.json`` beside the model was not applied (stale, malformed), or None;
+            inference refuses with this message (``evaluate --calibrate`` refits it).
         mpp: microns per pixel of the network input the model was trained on, or None (not recorded).
         stain_reference: the Macenko stain reference (``StainReference.to_dict()``) applied to every input, or None.
         feature_cache: the head trained on cached features of the frozen encoder: scoring may read them back.
@@ -192,6 +197,8 @@ class ModelBundle:
     training_config: dict[str, Any] = field(default_factory=dict)
     tuned: TunedThresholds | None = None
     threshold_problem: str | None = None
+    calibration: Calibration | None = None
+    calibration_problem: str | None = None
     mpp: float | None = None
     stain_reference: dict[str, Any] | None = None
     feature_cache: bool = False
@@ -376,9 +383,14 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         source = DatasetSource.from_config_dict(training_config)
     else:
         source = None
+    calibration, calibration_problem = None, None
+    try:
+        calibration = read_calibration(path, names)
+    except CheckpointError as exc:
+        calibration_problem = str(exc)
     tuned, problem = None, None
     try:
-        tuned = read_thresholds(path, names)
+        tuned = thresholds_for(read_thresholds(path, names), calibration, path)
     except CheckpointError as exc:
         problem = str(exc)
     stored = data.get("thresholds")
@@ -398,6 +410,8 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         training_config=training_config,
         tuned=tuned,
         threshold_problem=problem,
+        calibration=calibration,
+        calibration_problem=calibration_problem,
         mpp=None if data.get("mpp") is None else float(data["mpp"]),
         stain_reference=data.get("stain_reference"),
         feature_cache=bool(data.get("feature_cache", False)),

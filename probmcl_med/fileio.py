@@ -128,6 +128,24 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def read_json(path: str | Path, missing: str, hint: str = "") -> Any:
+    """The JSON document in ``path``.
+
+    Raises:
+        DataError: ``missing`` (a one-line message) when the file does not exist; ``PATH: not valid JSON (line N:
+            why)`` and ``hint`` when it does not parse.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(missing)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}){hint}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not valid JSON (not UTF-8 text){hint}") from None
+
+
 def read_json_lines(path: str | Path) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file (``metrics.jsonl``), in order; [] when the file does not exist.
 

@@ -66,7 +66,7 @@ def command_options(path: tuple[str, ...]) -> set[str]:
 def test_the_walk_finds_every_command() -> None:
     assert set(command_paths()) == {
         ("train",), ("evaluate",), ("predict",), ("explain",), ("info",), ("data", "check"), ("sweep",), ("plugins",),
-        ("export",),
+        ("export",), ("data", "from-annotations"),
     }  # fmt: skip
 
 
@@ -151,6 +151,8 @@ REACHED_BY: dict[str, object] = {
     "cli/explain.py": [("explain",)],
     "cli/info.py": [("info",)],
     "cli/data.py": [("data", "check")],
+    "cli/data.py:from_annotations": [("data", "from-annotations")],
+    "cli/data.py:annotations_epilog": [("data", "from-annotations")],
     "cli/sweep.py": [("sweep",)],
     "cli/plugins.py": [("plugins",)],
     "cli/export.py": [("export",)],
@@ -169,6 +171,10 @@ REACHED_BY: dict[str, object] = {
     "probmcl_med/engine/run.py": [("train",)],
     "probmcl_med/sweep.py": [("sweep",)],
     "probmcl_med/data/csv_dataset.py": DATASET_READERS,
+    "probmcl_med/data/annotations.py": [("data", "from-annotations")],
+    "probmcl_med/data/mpp.py": [("predict",), ("data", "from-annotations")],  # both have --slide-mpp
+    "probmcl_med/data/regions.py": [("predict",)],
+    "probmcl_med/data/tiling.py": [("predict",)],
     "probmcl_med/bundle.py": MODEL_READERS,
     "probmcl_med/evaluation/run_eval.py": [("evaluate",)],
     "probmcl_med/evaluation/report.py": [("evaluate",)],
@@ -176,6 +182,8 @@ REACHED_BY: dict[str, object] = {
     "probmcl_med/inference/export.py": [("export",)],
     # a stale thresholds file: the commands that apply thresholds print the fix (info shows it as the file's state)
     "probmcl_med/operating_point.py": [("predict",), ("evaluate",), ("explain",)],
+    # a stale calibration, or thresholds tuned on another calibration: the same commands, the same fixes
+    "probmcl_med/calibration_file.py": [("predict",), ("evaluate",), ("explain",)],
     "probmcl_med/inference/inputs.py:__getitem__": [("predict",)],  # ItemDataset: predict's images and patches
     "probmcl_med/inference/inputs.py": [("predict",), ("evaluate",)],
     "probmcl_med/inference/loop.py": [("predict",)],

@@ -16,11 +16,11 @@ from scipy import integrate, stats
 
 from probmcl_med.core.bhattacharyya import bhattacharyya_similarity, log_bhattacharyya_similarity
 from probmcl_med.core.likelihoods import component_log_densities
+from probmcl_med.core.logit_scale import LogitScale
 from probmcl_med.core.losses import ProbContrastiveLoss, contrastive_anchor_losses, similarity_in_form
 from probmcl_med.core.mdn import MixtureDensityNetwork
 from probmcl_med.core.mixture import GaussianMixture, block_sizes
 from probmcl_med.core.similarities import correlation_similarity, log_correlation_similarity
-from probmcl_med.core.temperature import LogitScale
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mixture_reference import integrate_pair, mixture_params

@@ -134,7 +134,10 @@ def test_an_empty_split_is_reported_as_training_treats_it(tmp_path):
         warnings.simplefilter("always")
         session.build_data()
     assert session.val_ds is None and len(session.train_ds) == 20
-    assert any("no validation split" in str(w.message) for w in caught)
+    said = [str(w.message) for w in caught if "no validation split" in str(w.message)]
+    assert len(said) == 1 and "\n" not in said[0]
+    for cost in ("no best epoch", "no calibration", "no tuned thresholds", "dataset.options.valid_fraction"):
+        assert cost in said[0]
     table = CliRunner().invoke(_app(), ["data", "check", "-d", "csv", "-r", str(root)])
     assert table.exit_code == 0 and "csv / valid: empty" in table.output
 

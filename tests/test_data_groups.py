@@ -88,7 +88,7 @@ def test_data_check_reports_groups_and_fails_on_a_leaking_split_column(tmp_path,
 
 
 def test_slides_manifest_grouped_by_slide(tmp_path):
-    from probmcl_med.data.slides import write_pyramidal_tiff
+    from slide_files import write_pyramidal_tiff
 
     first = write_pyramidal_tiff(tmp_path / "s0.tif", np.full((256, 256, 3), 200, np.uint8), levels=1, tile=128)
     lines = ["slide,x,y,labels"]

@@ -13,11 +13,13 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
+from slide_files import write_pyramidal_tiff
 
 from probmcl_med import DATASETS
 from probmcl_med.data.imageio import SLIDES, read_slide_region
+from probmcl_med.data.mpp import plan_mpp
 from probmcl_med.data.plaintiff import PlainTiff
-from probmcl_med.data.slides import plan_mpp, slide_thumbnail, tile_slide, write_pyramidal_tiff
+from probmcl_med.data.tiling import slide_thumbnail, tile_slide
 from probmcl_med.errors import DataError
 
 FIELD_UM = 500.0  # the ruler covers 500 x 500 microns (red and green 0..250)
@@ -140,7 +142,7 @@ def test_plain_tiff_regions_match_the_array_and_decode_only_their_segments(plain
 
 
 def test_plain_tiff_as_a_slide_with_a_bounded_thumbnail(plain, monkeypatch):
-    import probmcl_med.data.slides as slides
+    import probmcl_med.data.tiling as slides
 
     image, stripped, _ = plain
     monkeypatch.setattr(slides, "THUMBNAIL_READ_PIXELS", 300 * 300)  # forces banded reading of this small file

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
+from slide_files import cmu_slide
 
 from probmcl_med.data.stain import (
     StainNormalized,
@@ -17,7 +16,6 @@ from probmcl_med.data.stain import (
 )
 from probmcl_med.errors import DataError
 
-REAL_SLIDE = Path(__file__).resolve().parents[2] / "shared/data/slides/cmu_small_region.svs"
 IO = 240.0
 # The reference H&E OD vectors of Macenko's published code, and a second, clearly different lab's stains. Every
 # component is large enough that the pure-stain pixels pass the OD >= 0.15 tissue filter in all three channels.
@@ -60,7 +58,7 @@ def test_normalised_image_has_the_reference_stains_and_maxima():
     same = normalize_stains(reference_rgb, reference)
     s_same, max_same = fit_macenko(same, IO)
     np.testing.assert_allclose(s_same, s_ref, atol=0.01)
-    np.testing.assert_allclose(max_same, max_ref, rtol=0.01)
+    np.testing.assert_allclose(max_same, max_ref, rtol=0.02)  # OD = -log((I + 1) / Io): not exactly Beer-Lambert
     assert np.abs(same.astype(int) - reference_rgb.astype(int)).max() <= 2
     # another lab's image, with stronger eosin, ends with the reference's stains and concentration maxima
     source, c_src = beer_lambert(OTHER_LAB, scale=(0.7, 1.6), seed=2)
@@ -105,11 +103,10 @@ def test_glass_is_left_alone_and_bad_references_name_the_path(tmp_path):
         fit_reference(tmp_path / "empty")
 
 
-@pytest.mark.skipif(not REAL_SLIDE.is_file(), reason="../shared/data/slides/cmu_small_region.svs is not present")
 def test_real_he_stains_are_haematoxylin_then_eosin():
     import openslide
 
-    slide = openslide.OpenSlide(str(REAL_SLIDE))
+    slide = openslide.OpenSlide(str(cmu_slide()))
     rgb = np.asarray(slide.read_region((1000, 1200), 0, (512, 512)).convert("RGB"))
     matrix, _ = fit_macenko(rgb)
     # haematoxylin absorbs red most of the three, eosin green (the published vectors have the same ordering)

@@ -38,9 +38,12 @@ def test_qupath_properties_hold_probabilities_and_classes():
     _, probs, _, collection = _collection()
     props = [f["properties"] for f in geojson.loads(geojson_text(collection))["features"]]
     assert all(p["objectType"] == "tile" for p in props)
-    assert props[0]["classification"] == {"name": "tumour: necrosis"}  # QuPath's derived-class separator
+    # one class per tile, the most probable called one (QuPath reads "a: b" as b derived from a, not as both)
+    assert props[0]["classification"] == {"name": "tumour", "color": [31, 119, 180]}
+    assert props[0]["predicted"] == ["tumour", "necrosis"]
     assert "classification" not in props[1] and props[1]["predicted"] == []
-    assert props[2]["classification"] == {"name": "tumour: stroma"}
+    assert props[2]["classification"] == {"name": "tumour", "color": [31, 119, 180]}  # tie 0.5/0.5: the first
+    assert props[2]["predicted"] == ["tumour", "stroma"]
     for p, row in zip(props, probs, strict=True):
         assert [p["measurements"][f"p({c})"] for c in ("tumour", "stroma", "necrosis")] == pytest.approx(row)
     assert props[0]["measurements"]["tissue fraction"] == 0.9

@@ -13,12 +13,12 @@ import pytest
 import tifffile
 from PIL import Image
 from shapely.geometry import shape
+from slide_files import write_pyramidal_tiff
 from test_data_stain import MACENKO_HE, beer_lambert
 from test_inference import CLASSES, SIZE, cli, error_line, hand_probs_of_arrays, make_bundle, read_csv, write_images
 
 from probmcl_med.bundle import read_checkpoint, save_torch
 from probmcl_med.data.imageio import SLIDES
-from probmcl_med.data.slides import write_pyramidal_tiff
 from probmcl_med.data.stain import fit_reference, normalize_stains
 
 
@@ -48,7 +48,9 @@ def test_slide_at_the_models_mpp_with_qupath_geojson(tmp_path, capsys):
                 "--device", "cpu"]) == 0  # fmt: skip
     assert "at 1 um/px, read from level 2" in capsys.readouterr().out
     meta = json.loads((out / "meta.json").read_text())["slide"]
-    assert meta["mpp"] == {"mpp": 1.0, "slide_mpp": 0.25, "level": 2, "level_mpp": 1.0, "size": 32, "read_size": 32}
+    assert meta["mpp"] == {"mpp": 1.0, "slide_mpp": 0.25, "slide_mpp_source": "openslide.mpp-x (from the TIFF "
+                           "resolution tag, 40000 px per centimeter)", "level": 2, "level_mpp": 1.0, "size": 32,
+                           "read_size": 32}  # fmt: skip
     _, rows = read_csv(out / "patches.csv")
     coords = [(int(r[0]), int(r[1])) for r in rows]
     assert set(coords) == {(x, y) for x in range(1024, 2048, 128) for y in range(512, 1536, 128)}
@@ -64,8 +66,11 @@ def test_slide_at_the_models_mpp_with_qupath_geojson(tmp_path, capsys):
         assert shape(feature["geometry"]).bounds == (x, y, x + 128, y + 128)  # level-0 pixels
         measured = feature["properties"]["measurements"]
         assert [measured[f"p({c})"] for c in CLASSES] == pytest.approx([float(v) for v in row[5:8]], rel=1e-6)
-        expected_class = row[8].replace("|", ": ")
+        probs_row = [float(v) for v in row[5:8]]
+        called = [c for c in row[8].split("|") if c]  # one classification: the most probable called class
+        expected_class = max(called, key=lambda c: probs_row[CLASSES.index(c)]) if called else ""
         assert feature["properties"].get("classification", {}).get("name", "") == expected_class
+        assert ": " not in expected_class and feature["properties"]["predicted"] == called
     SLIDES.clear()
 
 
@@ -110,7 +115,7 @@ def test_stain_reference_in_model_pt_is_applied_before_the_model(tmp_path):
 
 def test_large_plain_tiff_is_tiled_and_never_decoded_whole(tmp_path, monkeypatch, capsys):
     import probmcl_med.data.plaintiff as plaintiff
-    import probmcl_med.data.slides as slides
+    import probmcl_med.data.tiling as slides
     from probmcl_med.bundle import load_model_bundle
     from probmcl_med.inference import input_kind, predict_slide
 

@@ -1,17 +1,21 @@
 """The line every default must clear: the plain multi-label training loop a user writes in an hour.
 
-Binary cross-entropy on the logits, random horizontal flips, Adam at one constant learning rate, the encoder's own
-classification layer replaced by a linear one, the last epoch's weights evaluated. Nothing from probmcl_med but the
+Binary cross-entropy on the logits, random horizontal flips, Adam, the encoder's own classification layer replaced by
+a linear one, the last epoch's weights evaluated. ``--schedule``: the learning rate over the run, stepped per
+iteration, the way a user writes it with torch's own schedulers and their default settings: ``constant``,
+``onecycle`` (``OneCycleLR(max_lr=lr, total_steps=T)``: 30 % warm-up, cosine annealing, beta1 cycled) or ``cosine``
+(``CosineAnnealingLR(T_max=T)``, no warm-up). Nothing from probmcl_med but the
 metrics (``probmcl_med.evaluation.multilabel_metrics``, exact to scikit-learn), so that the baseline shares none of
 the project's data, augmentation, training or model code.
 
     python benchmarks/evidence/plain_loop.py DATA_FOLDER --encoder resnet18 --image-size 64 --epochs 8 \\
-        --lr 1e-3 --seed 0 --out result.json
+        --lr 1e-3 --schedule onecycle --seed 0 --out result.json --scores scores.npz
 
 DATA_FOLDER holds ``labels.csv`` (``image``, one 0/1 column per class, ``split`` in train/valid/test) and the
 images, the layout of the ``csv`` dataset. ``--encoder``: a timm model name (random initialisation) or
 ``tv_mobilenet_v2`` (torchvision's MobileNetV2; ``--weights FILE`` loads its ImageNet state dict). Inputs are scaled to
 [0, 1] and normalised with the ImageNet mean and std, resized to ``--image-size`` (bilinear, antialiased).
+``--scores FILE.npz`` also keeps the raw logits and labels of the valid and test splits (paired tests, calibration).
 """
 
 from __future__ import annotations
@@ -62,9 +66,19 @@ def build_model(name: str, num_classes: int, weights: str | None) -> nn.Module:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch: int = 256) -> np.ndarray:
+def predict_logits(model: nn.Module, x: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """(N, C) float64 logits in eval mode."""
     model.eval()
-    return torch.cat([torch.sigmoid(model(x[i : i + batch])) for i in range(0, len(x), batch)]).double().numpy()
+    return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).double().numpy()
+
+
+def make_scheduler(kind: str, optimizer: torch.optim.Optimizer, lr: float, total_steps: int) -> object:
+    """torch's own scheduler for ``--schedule``, with its default settings, stepped once per iteration."""
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -74,6 +88,8 @@ def train(args: argparse.Namespace) -> dict:
     x, y, classes = read_split(folder, "train", args.image_size)
     model = build_model(args.encoder, len(classes), args.weights)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    steps_per_epoch = (len(x) + args.batch_size - 1) // args.batch_size
+    scheduler = make_scheduler(args.schedule, optimizer, args.lr, max(1, args.epochs * steps_per_epoch))
     start = time.perf_counter()
     for _ in range(args.epochs):
         model.train()
@@ -87,13 +103,24 @@ def train(args: argparse.Namespace) -> dict:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            scheduler.step()
     seconds = time.perf_counter() - start
     from probmcl_med.evaluation import multilabel_metrics
 
-    out: dict = {"seconds": seconds, "epochs": args.epochs, "encoder": args.encoder, "lr": args.lr}
+    out: dict = {
+        "seconds": seconds,
+        "epochs": args.epochs,
+        "encoder": args.encoder,
+        "lr": args.lr,
+        "schedule": args.schedule,
+    }
+    kept: dict[str, np.ndarray] = {}
     for split in ("valid", "test"):
         xs, ys, _ = read_split(folder, split, args.image_size)
-        metrics = multilabel_metrics(predict(model, xs), ys.numpy(), threshold=0.5, class_names=classes)
+        logits = predict_logits(model, xs)
+        kept[f"{split}_logits"], kept[f"{split}_targets"] = logits, ys.numpy().astype(np.float64)
+        probs = 1.0 / (1.0 + np.exp(-logits))
+        metrics = multilabel_metrics(probs, ys.numpy(), threshold=0.5, class_names=classes)
         summary = metrics["summary"]
         recalls = [c["recall"] for c in metrics["per_class"] if c.get("recall") is not None]
         out[split] = {
@@ -104,6 +131,8 @@ def train(args: argparse.Namespace) -> dict:
             "CR": summary["CR"],
             "mean_recall": float(np.mean(recalls)) if recalls else None,
         }
+    if args.scores:
+        np.savez_compressed(args.scores, **kept)
     return out
 
 
@@ -116,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--schedule", choices=["constant", "onecycle", "cosine"], default="constant")
+    parser.add_argument("--scores", default=None, help="also save valid/test logits and labels here (.npz)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True)

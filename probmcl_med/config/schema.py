@@ -76,8 +76,14 @@ class DatasetConfig(_Section):
     )
     stain_normalize: str | None = Field(
         None,
-        description="Macenko stain normalisation to the stains of this H&E image or folder of images (fitted once; "
-        "the reference travels in model.pt, so evaluate and predict apply the same)",
+        description="stain normalisation to the stains of this H&E image or folder of images (fitted once; the "
+        "reference travels in model.pt, so evaluate and predict apply the same; slide patches are mapped with "
+        "statistics fitted once per slide, loose images with their own)",
+    )
+    stain_method: Literal["macenko", "reinhard"] = Field(
+        "macenko",
+        description="with stain_normalize: macenko (stain vectors and concentration maxima) or reinhard (L*a*b* "
+        "means and standard deviations)",
     )
 
     @field_validator("name")
@@ -276,7 +282,7 @@ class RunConfig(_Section):
         "contrastive.epochs and classifier.epochs instead)",
     )
     lr_schedule: Literal["warmup-cosine", "onecycle", "cosine", "constant"] = Field(
-        "constant",
+        "warmup-cosine",
         description="learning rate over each stage, stepped per iteration: warmup-cosine (linear warm-up from 0 over "
         "5 % of the steps, then cosine to 0), onecycle (OneCycleLR, 20 % warm-up, the ASL training script's), cosine "
         "(cosine annealing from the lr to 0, no warm-up), constant",

@@ -197,7 +197,7 @@ class ProbContrastiveLoss(nn.Module):
         tau: temperature > 0 (paper: 0.2).
         gather: contrast against the batch of all processes (see above).
         form: ``value`` (the paper: ``Sim / tau``) or ``log`` (``log Sim / tau``, docs/math.md s.7b).
-        temperature: a learned :class:`~probmcl_med.core.temperature.LogitScale` (``1 / tau``, docs/math.md s.7c)
+        temperature: a learned :class:`~probmcl_med.core.logit_scale.LogitScale` (``1 / tau``, docs/math.md s.7c)
             that replaces ``tau``; it is a parameter of the network that owns it (the MDN), not of this loss.
     """
 

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from probmcl_med.core.logit_scale import LogitScale
 from probmcl_med.core.mixture import GaussianMixture
-from probmcl_med.core.temperature import LogitScale
 
 COVARIANCES = ("isotropic", "shared", "fixed")
 """Covariance choices (docs/math.md s.2d): ``isotropic`` (the paper: ``var_ik I``, one variance per component and
@@ -35,7 +35,7 @@ class MixtureDensityNetwork(nn.Module):
     1)`` (floor and scale 1: the paper; both 0.1: components ten times sharper), ``covariance`` ``shared`` (``a_var``
     averaged over the components) or ``fixed`` (``var = variance_floor + variance_scale``, the paper's value at
     ``a_var = 0``), ``mean_dim`` ``d > 1`` (block means: ``a_mu`` has ``C d`` outputs, the output layer ``(2 + d) C``),
-    and ``temperature`` (a :class:`~probmcl_med.core.temperature.LogitScale` kept here so that the optimiser, the
+    and ``temperature`` (a :class:`~probmcl_med.core.logit_scale.LogitScale` kept here so that the optimiser, the
     checkpoints and DDP treat it as one of the network's parameters; the contrastive loss reads it).
 
     Initialisation of the output layer (paper Section 3.1: "uniformly initialized for mixture coefficients and mean
@@ -71,7 +71,7 @@ class MixtureDensityNetwork(nn.Module):
         variance_floor, variance_scale: ``var = floor + scale * (ELU(a_var) + 1)``, both > 0 (1 and 1: the paper).
         covariance: one of :data:`COVARIANCES`.
         mean_dim: ``d``, numbers per component mean (1: the paper; ``d > 1``: block means, docs/math.md s.2c).
-        temperature: ``None``, or the :class:`~probmcl_med.core.temperature.LogitScale` arguments (``tau``,
+        temperature: ``None``, or the :class:`~probmcl_med.core.logit_scale.LogitScale` arguments (``tau``,
             ``tau_min``, ``tau_max``, ``gain``) of a learned temperature, held in :attr:`logit_scale`.
     """
 

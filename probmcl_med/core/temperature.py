@@ -1,66 +1,103 @@
-"""A learnable, bounded temperature for the contrastive loss (docs/math.md s.7c, ``contrastive.tau_learnable``).
+"""Per-class temperature scaling of multi-label logits (Guo, Pleiss, Sun & Weinberger, ICML 2017, s.4.2).
 
-The loss divides similarities by ``tau`` (paper Eq. 3); here ``1 / tau`` is a logit scale ``s`` learned with the
-network, kept inside ``[1 / tau_max, 1 / tau_min]`` by a sigmoid (no clamp, so its gradient never jumps to 0):
+Each class c gets one temperature T_c > 0 and its calibrated probability is ``sigmoid(z_c / T_c)``. T_c is the
+minimiser of the class's mean binary negative log-likelihood on held-out data (the validation split):
 
-    s(theta) = s_lo + (s_hi - s_lo) * sigmoid(gain * theta),     s_lo = 1 / tau_max,  s_hi = 1 / tau_min
-    ds / dtheta = gain * (s_hi - s_lo) * sigmoid(.) * (1 - sigmoid(.))
+    NLL_c(T) = (1 / N) * sum_n softplus(z_nc / T) - y_nc * z_nc / T,       softplus(u) = log(1 + e^u)
 
-``theta`` starts where ``s = 1 / tau`` (the configured temperature). ``gain``: Adam moves a parameter by about its
-learning rate per step whatever the size of its gradient, so ``theta`` alone would move by ``lr`` per step (0.1 over
-100 steps at lr 1e-3: the temperature would hardly move in a short run); ``gain`` makes ``gain * theta`` move that
-many times faster. CLIP (Radford et al. 2021) learns its logit scale the same way, bounded at 100 (``tau_min``
-0.01 here by default).
+which is convex in a = 1 / T (a logistic loss of a * z), so it has one minimum and is unimodal in log T too; it is
+found by golden-section search over log T in ``[T_MIN, T_MAX]``, every class at once. Dividing by T > 0 keeps the
+sign of each logit: the calls at threshold 0.5 (z >= 0) and the ranking of each class (its AP) do not change; only
+how far from 0.5 the probabilities are. A class without both a positive and a negative in the fitting data keeps
+T = 1 (its NLL falls towards a bound and says nothing about calibration).
 """
 
 from __future__ import annotations
 
 import math
 
-import torch
-from torch import Tensor, nn
+import numpy as np
+
+T_MIN, T_MAX = 0.05, 20.0
+"""The search interval of every temperature: a fitted value at a bound means the data wanted more than this."""
+GOLDEN_ITERATIONS = 80
+"""Golden-section steps: the bracket on log T shrinks by 0.618 each, to under 1e-15 of the interval."""
 
 
-class LogitScale(nn.Module):
-    """``s = 1 / tau`` in ``[1 / tau_max, 1 / tau_min]``, learned; call it to get the 0-d float32 scale.
+def binary_nll(logits: np.ndarray, targets: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+    """Per class, the mean binary NLL (nats) of ``sigmoid(logits / T)`` against ``targets``.
 
     Args:
-        tau: the starting temperature, strictly inside ``(tau_min, tau_max)``.
-        tau_min, tau_max: the bounds of the temperature (``0 < tau_min < tau_max``).
-        gain: factor on the parameter (see the module docstring), > 0.
+        logits: (N, C) float logits.
+        targets: (N, C) 0/1 labels.
+        temperatures: (C,) or (K, C) temperatures > 0 (K candidates per class, evaluated at once).
+
+    Returns:
+        (C,) or (K, C) NLL, computed stably as ``logaddexp(0, u) - y * u`` with ``u = z / T``.
     """
-
-    def __init__(self, tau: float, tau_min: float = 0.01, tau_max: float = 1.0, gain: float = 1.0) -> None:
-        super().__init__()
-        if not 0.0 < tau_min < tau < tau_max:
-            raise ValueError(
-                f"a learnable temperature needs 0 < tau_min < tau < tau_max, got {tau_min}, {tau}, {tau_max}"
-            )
-        if not gain > 0:
-            raise ValueError(f"the learnable temperature's gain must be > 0, got {gain}")
-        self.tau_init, self.tau_min, self.tau_max, self.gain = float(tau), float(tau_min), float(tau_max), float(gain)
-        self.low, self.high = 1.0 / self.tau_max, 1.0 / self.tau_min
-        fraction = (1.0 / tau - self.low) / (self.high - self.low)
-        self.theta = nn.Parameter(torch.tensor(math.log(fraction / (1.0 - fraction)) / self.gain))
-
-    def forward(self) -> Tensor:
-        """The logit scale ``s`` (0-d, float32 or the parameter's dtype if float64)."""
-        theta = self.theta if self.theta.dtype == torch.float64 else self.theta.float()
-        return self.low + (self.high - self.low) * torch.sigmoid(self.gain * theta)
-
-    @property
-    def tau(self) -> float:
-        """The current temperature ``1 / s`` (a float, for logs)."""
-        with torch.no_grad():
-            return float(1.0 / self())
-
-    @property
-    def spec(self) -> dict[str, float]:
-        """Constructor arguments for a checkpoint (the starting ``tau``; the parameter holds the learned value)."""
-        return {"tau": self.tau_init, "tau_min": self.tau_min, "tau_max": self.tau_max, "gain": self.gain}
-
-    def extra_repr(self) -> str:
-        return f"tau={self.tau:.4g}, tau_min={self.tau_min}, tau_max={self.tau_max}, gain={self.gain}"
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    t = np.asarray(temperatures, dtype=np.float64)
+    u = z / t[..., None, :]  # (..., N, C)
+    return (np.logaddexp(0.0, u) - y * u).mean(axis=-2)
 
 
-__all__ = ["LogitScale"]
+def fit_temperatures(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """One temperature per class minimising its validation NLL (module docstring).
+
+    Args:
+        logits: (N, C) raw logits of a held-out split.
+        targets: (N, C) 0/1 labels.
+
+    Returns:
+        (C,) float64 temperatures in [T_MIN, T_MAX]; 1.0 for a class without both labels in ``targets``.
+
+    Raises:
+        ValueError: shapes differ, fewer than one sample, or a non-finite logit.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    if z.ndim != 2 or z.shape != y.shape or z.shape[0] == 0:
+        raise ValueError(f"logits {z.shape} and targets {y.shape} must both be (N, C) with N >= 1")
+    if not np.isfinite(z).all():
+        raise ValueError("logits must be finite to fit temperatures")
+    lo = np.full(z.shape[1], math.log(T_MIN))
+    hi = np.full(z.shape[1], math.log(T_MAX))
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = binary_nll(z, y, np.exp(a)), binary_nll(z, y, np.exp(b))
+    for _ in range(GOLDEN_ITERATIONS):
+        left = fa <= fb  # the minimum lies in [lo, b]: drop (b, hi]
+        hi = np.where(left, b, hi)
+        lo = np.where(left, lo, a)
+        a_new = np.where(left, hi - ratio * (hi - lo), b)
+        b_new = np.where(left, a, lo + ratio * (hi - lo))
+        f_known = np.where(left, fa, fb)
+        probe = np.where(left, a_new, b_new)
+        f_probe = binary_nll(z, y, np.exp(probe))
+        fa = np.where(left, f_probe, f_known)
+        fb = np.where(left, f_known, f_probe)
+        a, b = a_new, b_new
+    fitted = np.exp((lo + hi) / 2.0)
+    both = (y.max(axis=0) > 0) & (y.min(axis=0) < 1)
+    return np.where(both, fitted, 1.0)
+
+
+def calibrated_probabilities(logits: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+    """(N, C) float64 ``sigmoid(logits / T)`` per class, computed without overflow."""
+    u = np.asarray(logits, dtype=np.float64) / np.asarray(temperatures, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -u))
+
+
+def threshold_on_calibrated_scale(thresholds: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+    """Per class, the calibrated-probability threshold that calls exactly the images a raw threshold calls.
+
+    ``sigmoid(z / T) >= sigmoid(logit(t) / T)`` iff ``z >= logit(t)`` (both maps are increasing), so a raw threshold
+    ``t`` becomes ``sigmoid(logit(t) / T)``; 0 and 1 stay 0 and 1, 0.5 stays 0.5.
+    """
+    t = np.asarray(thresholds, dtype=np.float64)
+    temps = np.asarray(temperatures, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        raw_logit = np.log(t) - np.log1p(-t)
+    out = np.exp(-np.logaddexp(0.0, -raw_logit / temps))
+    return np.where(t <= 0.0, 0.0, np.where(t >= 1.0, 1.0, out))

@@ -39,8 +39,8 @@ _EXPORTS = {
     "compute_mean_std": "probmcl_med.data.normalization",
     "read_image": "probmcl_med.data.imageio",
     "read_slide_region": "probmcl_med.data.imageio",
-    "SlideGrid": "probmcl_med.data.slides",
-    "tile_slide": "probmcl_med.data.slides",
+    "SlideGrid": "probmcl_med.data.tiling",
+    "tile_slide": "probmcl_med.data.tiling",
     "check_dataset": "probmcl_med.data.checks",
 }
 

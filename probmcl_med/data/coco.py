@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from pycocotools.coco import COCO
 from probmcl_med.data.base import MultiLabelDataset, normalize_split
 from probmcl_med.data.csv_dataset import check_root
 from probmcl_med.errors import DataError
+from probmcl_med.fileio import read_json
 
 COCO_KEYS = ("images", "annotations", "categories")
 
@@ -43,12 +43,11 @@ def read_coco(path: Path) -> Any:
     Raises:
         DataError: missing file, not JSON, or JSON that is not a COCO instances file.
     """
-    if not path.is_file():
-        raise DataError(f"COCO annotations {path} do not exist; expected ROOT/annotations/instances_<split><year>.json")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); is the download complete?") from None
+    data = read_json(
+        path,
+        f"COCO annotations {path} do not exist; expected ROOT/annotations/instances_<split><year>.json",
+        "; is the download complete?",
+    )
     missing = [k for k in COCO_KEYS if not isinstance(data, dict) or not isinstance(data.get(k), list)]
     if missing:
         raise DataError(

@@ -200,6 +200,9 @@ SLIDES = SlideCache()
 def open_slide(path: str | Path) -> Any:
     """Open a whole-slide image with OpenSlide (uncached; most code should go through :data:`SLIDES`).
 
+    A TIFF that OpenSlide rejects (untiled) or reads with fewer levels than tifffile finds (a SubIFD or OME-TIFF
+    pyramid) is read through tifffile instead (:class:`~probmcl_med.data.plaintiff.PlainTiff`, every level).
+
     Raises:
         DataError: the file is missing, or OpenSlide cannot read it (unsupported format, corrupt file).
     """
@@ -207,7 +210,7 @@ def open_slide(path: str | Path) -> Any:
     if not path.is_file():
         raise DataError(f"slide {path} does not exist; check dataset.root and the slide paths in the manifest")
     try:
-        return openslide.OpenSlide(str(path))
+        slide = openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError:
         if path.suffix.lower() in (".tif", ".tiff"):  # a plain (untiled or single-level) TIFF: read piecewise
             from probmcl_med.data.plaintiff import PlainTiff
@@ -219,6 +222,22 @@ def open_slide(path: str | Path) -> Any:
         ) from None
     except openslide.OpenSlideError as exc:
         raise DataError(f"slide {path} cannot be read by OpenSlide ({exc}); the file may be corrupt") from None
+    if path.suffix.lower() in (".tif", ".tiff") and tiff_levels(path) > slide.level_count:
+        # a SubIFD or OME-TIFF pyramid: OpenSlide sees its level 0 only, tifffile every level
+        from probmcl_med.data.plaintiff import PlainTiff
+
+        slide.close()
+        return PlainTiff(path)
+    return slide
+
+
+def tiff_levels(path: str | Path) -> int:
+    """Levels of the pyramid in a TIFF's first series as tifffile reads it (SubIFDs, OME-TIFF); 0 if unreadable."""
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            return len(tif.series[0].levels)
+    except Exception:  # not a TIFF tifffile parses
+        return 0
 
 
 def slide_location_check(slide: Any, path: str | Path, x: int, y: int, level: int, width: int, height: int) -> None:
@@ -262,7 +281,8 @@ def read_slide_region(location: dict[str, Any], cache: SlideCache | None = None)
         cache: slide cache (default: the process-wide :data:`SLIDES`).
 
     Returns:
-        (h, w, 3) uint8 RGB; transparent slide background (alpha 0 outside scanned areas) becomes white.
+        (h, w, 3) uint8 RGB (a :class:`SlidePatch` carrying ``location``); transparent slide background (alpha 0
+        outside scanned areas) becomes white.
 
     Raises:
         DataError: unreadable slide, or a location outside the slide.
@@ -282,7 +302,20 @@ def read_slide_region(location: dict[str, Any], cache: SlideCache | None = None)
     out_size = location.get("out_size")
     if out_size is not None and patch_size(out_size) != (width, height):  # read at a level, resized to a given mpp
         region = region.resize(patch_size(out_size), Image.Resampling.BILINEAR)
-    return rgba_to_rgb(np.asarray(region))
+    pixels = rgba_to_rgb(np.asarray(region)).view(SlidePatch)
+    pixels.location = dict(location)
+    return pixels
+
+
+class SlidePatch(np.ndarray):
+    """(h, w, 3) uint8 pixels read from a slide that carry ``location``, the dict they were read from, so that a
+    per-slide transform (stain normalisation fitted on the slide, :mod:`probmcl_med.data.stain`) knows their slide.
+    Anything else sees a plain array (``np.asarray`` drops the subclass)."""
+
+    location: dict[str, Any] | None = None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.location = getattr(obj, "location", None)
 
 
 def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:

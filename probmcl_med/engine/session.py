@@ -31,8 +31,8 @@ from probmcl_med.config import RunConfig, save_config
 from probmcl_med.config.schema import ContrastiveConfig
 from probmcl_med.data.base import make_loader
 from probmcl_med.data.datasets import build_dataset
+from probmcl_med.data.mpp import input_mpp
 from probmcl_med.data.normalization import resolve_normalization
-from probmcl_med.data.slides import input_mpp
 from probmcl_med.data.stain import fit_reference
 from probmcl_med.data.transforms import build_eval_transform, build_train_transform
 from probmcl_med.engine.amp import AmpSettings, amp_settings
@@ -103,13 +103,19 @@ class Session:
         try:
             self.val_ds = build_dataset(d.name, d.root, d.val_split, d.options, d.skip_bad)
         except DataError as exc:  # a dataset without a validation split: keep the last epoch instead of the best
-            warnings.warn(f"no validation split ({exc}); the classifier keeps its last epoch", RuntimeWarning, 2)
+            warnings.warn(
+                f"no validation split ({exc}): no best epoch (the classifier keeps its last), no calibration and no "
+                "tuned thresholds (both are fitted on it); hold some rows out with a split column's 'valid' rows or, "
+                "without one, --set dataset.options.valid_fraction=0.1",
+                RuntimeWarning,
+                2,
+            )
         if self.val_ds is not None and list(self.val_ds.class_names) != self.class_names:
             raise ConfigError(f"dataset {d.name}: the {d.val_split} split has other classes than {d.train_split}")
         mean, std = self.encoder.normalization
         self.normalization = resolve_normalization(d.normalization, mean, std, dataset=self.train_ds)
         # fitted once here; the same reference goes into model.pt for evaluate and predict
-        self.stain = fit_reference(d.stain_normalize).to_dict() if d.stain_normalize else None
+        self.stain = fit_reference(d.stain_normalize, method=d.stain_method).to_dict() if d.stain_normalize else None
         self.input_mpp = input_mpp(d.name, d.options, d.image_size, d.mpp)
 
     @property

@@ -25,11 +25,14 @@ from typing import Any
 import numpy as np
 
 from probmcl_med.bundle import DatasetSource, ModelBundle, load_model_bundle, resolve_bundle_path
+from probmcl_med.calibration_file import calibration_path, describe_probabilities
 from probmcl_med.core.metrics import multilabel_metrics
+from probmcl_med.core.temperature import calibrated_probabilities
 from probmcl_med.data.base import normalize_split
 from probmcl_med.data.datasets import build_dataset
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import CheckpointError, DataError
+from probmcl_med.evaluation.calibrate import fit_calibration, per_class_ece
 from probmcl_med.evaluation.complexity import model_cost
 from probmcl_med.evaluation.gallery import DEFAULT_PER_KIND, build_gallery
 from probmcl_med.evaluation.report import add_statistics, write_report
@@ -104,7 +107,8 @@ def build_split_dataset(bundle: Any, split: str, checkpoint: Any = "checkpoint",
 @dataclass
 class SplitScores:
     """Model outputs on one split: ``scores`` (N, C) probabilities and ``targets`` (N, C) 0/1 labels; ``indices``
-    (N,) the dataset index of each row, ``dataset`` the split's dataset (with the eval transform)."""
+    (N,) the dataset index of each row, ``dataset`` the split's dataset (with the eval transform), ``logits`` (N, C)
+    the head's raw logits."""
 
     split: str
     scores: np.ndarray
@@ -113,6 +117,7 @@ class SplitScores:
     skipped: int = 0
     indices: np.ndarray | None = None
     dataset: Any = None
+    logits: np.ndarray | None = None
 
 
 def score_split(
@@ -136,7 +141,7 @@ def score_split(
     if out.targets is None or len(out.probs) == 0:
         raise DataError(f"dataset {dataset.source}: no readable sample in split {split!r}")
     skipped = len(dataset) - len(out.probs)
-    return SplitScores(split, out.probs, out.targets, str(dataset.source), skipped, out.indices, dataset)
+    return SplitScores(split, out.probs, out.targets, str(dataset.source), skipped, out.indices, dataset, out.logits)
 
 
 def parse_recall_target(text: str) -> float:
@@ -209,6 +214,7 @@ def evaluate_checkpoint(
     threshold: float | None = None,
     tune_recall: float | None = None,
     save: bool = False,
+    calibrate: bool = False,
     resamples: int = 1000,
     batch_size: int = 64,
     device: Any = "auto",
@@ -225,8 +231,12 @@ def evaluate_checkpoint(
         tune_recall: if given, per class the highest threshold keeping recall >= ``tune_recall`` on the validation
             split (:func:`~probmcl_med.evaluation.thresholds.tune_thresholds`), used for ``split``. Excludes
             ``threshold``.
-        save: with ``tune_recall``, write the tuned thresholds to ``thresholds.json`` beside ``model.pt``
-            (atomically; ``model.pt`` is never rewritten). Without it, nothing is written.
+        save: with ``tune_recall``, write the tuned thresholds to ``thresholds.json`` beside ``model.pt``; with
+            ``calibrate``, the temperatures to ``calibration.json`` (atomically; ``model.pt`` is never rewritten).
+            Without it, nothing is written.
+        calibrate: fit one temperature per class on the validation split's logits
+            (:mod:`probmcl_med.evaluation.calibrate`) and use them for ``split`` (and for thresholds tuned in the same
+            call, which are then on the calibrated scale).
         resamples: bootstrap resamples for the 95 % intervals (0: none).
         batch_size: images per forward pass.
         device: auto (GPU when present), cpu, cuda:N.
@@ -241,14 +251,16 @@ def evaluate_checkpoint(
     """
     if threshold is not None and tune_recall is not None:
         raise DataError("give either --threshold or --tune-thresholds, not both")
-    if save and tune_recall is None:
-        raise DataError("--save writes tuned thresholds: add --tune-thresholds recall=R")
+    if save and tune_recall is None and not calibrate:
+        raise DataError(
+            "--save writes tuned thresholds or a calibration: add --tune-thresholds recall=R or --calibrate"
+        )
     evaluated = normalize_split(split, where="--split")
     path = resolve_bundle_path(checkpoint)
     dev = resolve_device(device)
     # --save writes beside model.pt: hold the run folder's lock from reading the weights to saving the thresholds,
     # so that no training run replaces model.pt in between (the thresholds file records the hash of model.pt)
-    lock = RunLock(path.parent, "evaluate --tune-thresholds --save") if save else None
+    lock = RunLock(path.parent, "evaluate --save") if save else None
     try:
         if lock is not None:
             lock.acquire()
@@ -256,16 +268,25 @@ def evaluate_checkpoint(
         data = dataset_source(bundle, path)
         n_workers = int(bundle.training_config.get("workers", 0)) if workers is None else workers
         kwargs = {"checkpoint": path, "batch_size": batch_size, "device": dev, "workers": n_workers, "root": root}
-        tradeoff, saved = None, None
+        tradeoff, saved, calibration_fit = None, None, None
         op: dict[str, Any] = {"checkpoint": str(path.parent), "tuned": False}
+        if calibrate:
+            bundle.calibration, bundle.calibration_problem = None, None  # fit on the raw logits, even over a stale file
+            raw = score_split(bundle, "valid", progress=progress, **kwargs)
+            fitted, calibration_fit = fit_calibration(
+                bundle, raw.logits, raw.targets, path, save=save, split_name=split_name(data, "valid")
+            )
+            calibration_fit["saved"] = None if fitted.path is None else str(fitted.path)
         if tune_recall is not None:
             valid = score_split(bundle, "valid", progress=progress, **kwargs)
             thresholds = tune_thresholds(valid.scores, valid.targets, recall=tune_recall)
             rule = f"recall >= {tune_recall:g} per class"
             op.update(tuned=True, rule=rule, tuned_on=split_name(data, "valid"), recall_target=tune_recall)
             if save:
+                on = bundle.calibration.sha256 if bundle.calibration is not None else None
                 tuned = save_thresholds(path, bundle.class_names, thresholds, rule=rule, split="valid",
-                                        split_name=split_name(data, "valid"), samples=len(valid.scores))  # fmt: skip
+                                        split_name=split_name(data, "valid"), samples=len(valid.scores),
+                                        calibration_sha256=on)  # fmt: skip
                 saved = tuned.path
                 source = f"{tuned.describe()}, just saved"
             else:
@@ -301,6 +322,7 @@ def evaluate_checkpoint(
         "dataset": f"{data.name} ({test.source})",
         "split": split_name(data, split),
         "thresholds from": source,
+        "probabilities": describe_probabilities(bundle.calibration),
         "model cost": f"{cost.describe()} (encoder + head; MACs = FLOPs / 2)",
         "encoder": bundle.encoder_name,
     }
@@ -313,6 +335,23 @@ def evaluate_checkpoint(
         meta["precision cost per class"] = per_class
         metrics["threshold_tuning"] = {"recall_target": tune_recall, "tuned_on": "valid", **tradeoff}
     metrics["operating_point"] = op
+    if bundle.calibration is not None and test.logits is not None:
+        raw_ece = per_class_ece(calibrated_probabilities(test.logits, np.ones(test.logits.shape[1])), test.targets)
+        cal_ece = per_class_ece(test.scores, test.targets)
+        meta["ECE per class, raw -> calibrated"] = (
+            f"worst {max(raw_ece):.1f} -> {max(cal_ece):.1f} %, mean {np.mean(raw_ece):.1f} -> {np.mean(cal_ece):.1f} %"
+        )
+        metrics["temperature_scaling"] = {
+            "per_class_ece_raw": raw_ece,
+            "per_class_ece_calibrated": cal_ece,
+            "fit": calibration_fit,
+        }
+    if calibration_fit is not None:
+        where = calibration_fit["saved"] or f"not saved: add --save to write {calibration_path(path)}"
+        meta["calibration"] = (
+            f"fitted now on {calibration_fit['samples']} {calibration_fit['fitted_on']} images, validation ECE worst "
+            f"{max(calibration_fit['ece_before']):.1f} -> {max(calibration_fit['ece_after']):.1f} % ({where})"
+        )
     return Evaluation(
         metrics, test, np.asarray(thresholds, dtype=np.float64), source, tradeoff, cost, meta, bundle, warnings, saved
     )

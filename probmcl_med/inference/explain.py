@@ -34,12 +34,13 @@ from PIL import Image
 from torch import nn
 
 from probmcl_med.bundle import ModelBundle
+from probmcl_med.calibration_file import describe_probabilities
 from probmcl_med.data.imageio import read_image
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import DataError
 from probmcl_med.fileio import atomic_directory
 from probmcl_med.inference.inputs import eval_transform
-from probmcl_med.inference.loop import predict_batches
+from probmcl_med.inference.loop import run_bundle
 from probmcl_med.inference.predict import decision_thresholds
 from probmcl_med.inference.writers import OUTPUT_MARKER, check_output_folder, safe_filename
 
@@ -276,7 +277,7 @@ def explain_image(
     bundle.to(dev)
     x = eval_transform(bundle)({"image": pixels})["image"].unsqueeze(0).to(dev)
     classifier = bundle.classifier()
-    probs = predict_batches(classifier, [{"image": x}], dev).probs[0]
+    probs = run_bundle(bundle, [{"image": x}], dev).probs[0]  # calibrated when the run has a calibration.json
     thresholds = decision_thresholds(bundle, threshold)
     if wanted is None:
         wanted = [int(i) for i in np.flatnonzero(probs >= thresholds)] or [int(np.argmax(probs))]
@@ -300,6 +301,7 @@ def explain_image(
             "target_layer_warning": layer.warning,
             "method": "Grad-CAM (monai.visualize.GradCAM) on the class logit",
             "probabilities": {n: float(p) for n, p in zip(bundle.class_names, probs, strict=True)},
+            "probabilities_source": describe_probabilities(bundle.calibration),
             "thresholds": [float(t) for t in thresholds],
             "explained": [{"class": r.name, "probability": r.probability, "file": r.path.name} for r in results],
         }

@@ -70,7 +70,65 @@ def export_metadata(bundle: Any, fmt: str, file_name: str) -> dict[str, Any]:
         "mpp": getattr(bundle, "mpp", None),
         "stain_reference": getattr(bundle, "stain_reference", None),
         "encoder": bundle.encoder_name,
+        "preprocessing": preprocessing_recipe(bundle),
     }
+
+
+def preprocessing_recipe(bundle: Any) -> dict[str, Any]:
+    """How ``predict`` turns a loose image or a slide patch into the model's input, step by step, with PIL and numpy
+    (enough to reproduce its probabilities without this package; ``tests/test_export_recipe.py`` does)."""
+    size = int(bundle.image_size)
+    stain = getattr(bundle, "stain_reference", None)
+    steps = [
+        "1. read: 8-bit RGB (grey repeated, alpha dropped; a slide region's transparent pixels composited on white)",
+        "2. stain: none" if stain is None else "2. stain: normalise to stain_reference as in 'stain' below",
+        f"3. resize: to {size} x {size} (skipped when already that size), 'resize' below",
+        "4. scale: float32 pixel / 255, then (x - mean) / std per RGB channel",
+        "5. layout: (1, 3, S, S) NCHW; probabilities = model output; class k is called when >= thresholds[k]",
+    ]
+    recipe: dict[str, Any] = {
+        "steps": steps,
+        "resize": {
+            "size": [size, size],
+            "method": "bilinear",
+            "antialias": True,
+            "pil": "Image.resize((S, S), Image.Resampling.BILINEAR) on the uint8 RGB image (PIL antialiases when it "
+            "shrinks); the package uses torchvision's antialiased bilinear resize of uint8 tensors, equal to PIL's "
+            "on all but about 0.2 % of pixels, which differ by one level",
+        },
+        "slide_patches": {
+            "mpp": getattr(bundle, "mpp", None),
+            "patch_size": size,
+            "recipe": "a patch is patch_size pixels at mpp um/px: with the slide's level-0 mpp m0 and level k's "
+            "downsample d_k, read level L, the coarsest with m0 * d_L <= mpp * 1.001 (level 0 if none), a region of "
+            "round(patch_size * mpp / (m0 * d_L)) pixels at (x, y) in level-0 pixels, then resize it to patch_size "
+            "with PIL bilinear (antialiased) before step 2; without an mpp, patch_size pixels of the level read",
+            "grid": "x, y step by the patch's level-0 extent from 0; a patch is kept when its tissue fraction (a "
+            "thumbnail mask) reaches predict --tissue-threshold; predict's patches.csv lists every location it predicted",
+        },
+        "stain": None,
+    }
+    if stain is not None:
+        method = stain.get("method", "macenko")
+        recipe["stain"] = {
+            "method": method,
+            "reference": stain,
+            "guard": f"leave an image unchanged when fewer than {stain.get('min_tissue_fraction', 0.1)} of its "
+            "pixels have OD >= beta in all three channels, OD = -log((I + 1) / io)",
+            "fitted_on": "slide patches: the slide, once, pooling up to 16 of its tissue patches evenly spaced in "
+            "predict's grid order (the rows of patches.csv); loose images: the image itself",
+            "apply": (
+                "Macenko (Macenko et al. 2009, reference-code conventions): tissue OD (all channels >= beta); "
+                "eigenvectors of their covariance (two largest); angles in that plane, percentiles alpha and "
+                "100 - alpha give the stain vectors, haematoxylin the one with the larger red OD, each flipped into "
+                "the positive octant and unit-normed; concentrations by least squares over all pixels, maxima their "
+                "99th percentiles; out = rint(clip(io * exp(-(c * max_ref / max_src) @ stain_matrix.T), 0, 255))"
+                if method == "macenko"
+                else "Reinhard: CIE L*a*b* (sRGB companding, D65 white 0.95047, 1, 1.08883) of all pixels; "
+                "lab' = (lab - mean_src) / std_src * lab_std + lab_mean; back to sRGB, clip to [0, 1], rint(255 x)"
+            ),
+        }
+    return recipe
 
 
 def _onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:

@@ -6,11 +6,13 @@ One ``Feature`` per predicted patch (RFC 7946 GeoJSON, with QuPath's conventions
   image coordinates: x to the right, y down), its ring listed counter-clockwise in (x, y) numbers, first corner
   repeated last;
 - ``properties.objectType``: ``"tile"`` (QuPath shows tiles as detections that measure a region);
-- ``properties.classification``: ``{"name"}``, the predicted classes joined with ``": "`` (QuPath's derived-class
-  separator, so "tumour: stroma" is both), absent when no class reaches its threshold;
-- ``properties.measurements``: ``{"p(<class>)": probability}`` per class, and ``tissue fraction``: what QuPath lists
-  in its measurement table and colours by (Measure > Show measurement maps);
-- ``properties.predicted``: the predicted class names as a list (ignored by QuPath, convenient elsewhere).
+- ``properties.classification``: ``{"name", "color"}``, **one** class per tile: the most probable of the classes
+  that reach their thresholds (QuPath reads ``A: B`` as a derived class, B under A, so several predicted classes are
+  never joined into one name); absent when no class reaches its threshold. ``color`` is ``[r, g, b]``, the class's
+  colour in :data:`CLASS_COLOURS` order (QuPath colours the tile with it);
+- ``properties.measurements``: ``{"p(<class>)": probability}`` for every class, and ``tissue fraction``: what QuPath
+  lists in its measurement table and colours by (Measure > Show measurement maps);
+- ``properties.predicted``: every predicted class name as a list (ignored by QuPath, convenient elsewhere).
 
 Pure functions: :func:`patch_features` builds the dict, :func:`geojson_text` serialises it.
 """
@@ -23,8 +25,11 @@ from typing import Any
 
 import numpy as np
 
-CLASS_SEPARATOR = ": "
-"""QuPath joins the parts of a derived class name with this."""
+CLASS_COLOURS = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)  # fmt: skip
+"""Class k's tile colour is entry ``k % 10`` (matplotlib's tab10, distinct for up to ten classes)."""
 
 
 def square_ring(x: float, y: float, side: float) -> list[list[float]]:
@@ -57,7 +62,8 @@ def patch_features(
             measurements["tissue fraction"] = float(row["tissue_fraction"])
         properties: dict[str, Any] = {"objectType": "tile", "measurements": measurements, "predicted": names}
         if names:
-            properties["classification"] = {"name": CLASS_SEPARATOR.join(names)}
+            top = max((k for k, yes in enumerate(on) if yes), key=lambda k: p[k])
+            properties["classification"] = {"name": class_names[top], "color": list(CLASS_COLOURS[top % 10])}
         features.append(
             {
                 "type": "Feature",

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from probmcl_med.bundle import ModelBundle
 from probmcl_med.data.base import find_data_error
 from probmcl_med.data.base import make_loader as data_loader
-from probmcl_med.data.imageio import IMAGE_SUFFIXES, image_files
+from probmcl_med.data.imageio import IMAGE_SUFFIXES, image_files, tiff_levels
 from probmcl_med.data.plaintiff import image_dimensions
 from probmcl_med.data.transforms import build_eval_transform
 from probmcl_med.errors import DataError
@@ -34,14 +34,17 @@ SLIDE_ONLY_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".svsli
 
 
 def is_slide(path: str | Path) -> bool:
-    """True when ``path`` is a whole slide: OpenSlide detects its format, or its extension only names slides."""
+    """True when ``path`` is a whole slide: OpenSlide detects its format, its extension only names slides, or it is a
+    TIFF pyramid of several levels (SubIFDs, OME-TIFF)."""
     path = Path(path)
     if path.suffix.lower() in SLIDE_ONLY_SUFFIXES:
         return True
     try:
-        return openslide.OpenSlide.detect_format(str(path)) is not None
+        if openslide.OpenSlide.detect_format(str(path)) is not None:
+            return True
     except Exception:  # an unreadable file is not a slide; the image reader reports it
         return False
+    return path.suffix.lower() in (".tif", ".tiff") and tiff_levels(path) > 1  # a stripped SubIFD/OME pyramid
 
 
 def input_kind(path: str | Path, large_pixels: int = LARGE_IMAGE_PIXELS) -> str:

@@ -53,6 +53,7 @@ class BatchOutputs:
         features: (N, H) float32 CPU features the head read, when asked for.
         pi: (N, C) MDN weights, when an MDN was given.
         var: (N, C) MDN variances, when an MDN was given.
+        logits: (N, C) float64 raw logits of the head (before any calibration), what temperatures are fitted on.
     """
 
     probs: np.ndarray
@@ -61,6 +62,7 @@ class BatchOutputs:
     features: torch.Tensor | None = None
     pi: np.ndarray | None = None
     var: np.ndarray | None = None
+    logits: np.ndarray | None = None
 
 
 def mdn_uncertainty(mdn: nn.Module, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,8 +132,9 @@ def predict_batches(
     progress: ProgressHook | None = None,
     description: str = "predicting",
     allow_empty: bool = False,
+    temperatures: Any = None,
 ) -> BatchOutputs:
-    """sigmoid(head(features)) for every batch, in eval mode under ``torch.no_grad`` on ``device``.
+    """sigmoid(head(features) / T) for every batch, in eval mode under ``torch.no_grad`` on ``device``.
 
     Args:
         classifier: encoder + head (the modes of its submodules are restored afterwards).
@@ -146,12 +149,15 @@ def predict_batches(
         description: what the progress bar says.
         allow_empty: return empty outputs when samples there were but none readable (the caller names them), instead
             of raising.
+        temperatures: (C,) per-class temperatures T of a calibration (:mod:`probmcl_med.calibration_file`): the
+            probabilities are ``sigmoid(logits / T)``; None: ``sigmoid(logits)``. ``logits`` stay raw either way.
 
     Raises:
         DataError: every sample was unreadable and skipped (``skip_bad``), unless ``allow_empty``.
     """
     context = autocast or contextlib.nullcontext
-    probs, indices, targets, features, pis, variances = [], [], [], [], [], []
+    scale = None if temperatures is None else torch.as_tensor(np.asarray(temperatures, dtype=np.float64))
+    probs, raw, indices, targets, features, pis, variances = [], [], [], [], [], [], []
     offset = 0
     if progress is not None:
         progress.start(description, len(getattr(batches, "dataset", ())))
@@ -165,7 +171,9 @@ def predict_batches(
                 else:
                     h = classifier.embed(batch["image"].to(device, non_blocking=True))
                 logits = classifier.head(h.to(classifier.head.weight.dtype)).float()
-            probs.append(torch.sigmoid(logits).double().cpu().numpy())
+            scaled = logits if scale is None else logits / scale.to(logits.device, torch.float32)
+            probs.append(torch.sigmoid(scaled).double().cpu().numpy())  # fp32 sigmoid, as without a calibration
+            raw.append(logits.double().cpu().numpy())
             n = h.shape[0]
             index = batch.get("index")
             indices.append(np.arange(offset, offset + n) if index is None else np.asarray(index, dtype=np.int64))
@@ -191,6 +199,7 @@ def predict_batches(
         features=torch.cat(features) if features else None,
         pi=_concat(pis),
         var=_concat(variances),
+        logits=_concat(raw) if raw else np.zeros((0, classifier.head.out_features)),
     )
 
 
@@ -206,9 +215,15 @@ def run_bundle(
 ) -> BatchOutputs:
     """:func:`predict_batches` with a loaded bundle (moved to ``device``), adding the MDN's (pi, var) on request.
 
+    The one place where a model's calibration (``bundle.calibration``, from ``calibration.json``) is applied: every
+    probability that predict, explain and evaluate report passes through here.
+
     Raises:
-        CheckpointError: ``uncertainty`` asked for but the bundle has no MDN.
+        CheckpointError: ``uncertainty`` asked for but the bundle has no MDN, or a ``calibration.json`` that could not be
+            applied (stale, malformed: the message names the command that refits it).
     """
+    if bundle.calibration_problem is not None:
+        raise CheckpointError(bundle.calibration_problem)
     if uncertainty:
         require_mdn(bundle)
     bundle.to(device)
@@ -220,4 +235,5 @@ def run_bundle(
         progress=progress,
         description=description,
         allow_empty=allow_empty,
+        temperatures=None if bundle.calibration is None else bundle.calibration.temperatures,
     )

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from probmcl_med.bundle import ModelBundle
-from probmcl_med.data.slides import tile_slide
+from probmcl_med.data.stain import StainNormalized, fit_locations
+from probmcl_med.data.tiling import SlideGrid, tile_slide
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import CheckpointError, DataError
 from probmcl_med.inference.inputs import ItemDataset, eval_transform, make_loader
@@ -49,6 +50,11 @@ class Predictions:
     var: np.ndarray | None = None
     slide: dict[str, Any] | None = field(default=None, repr=False)
     skipped: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def no_tissue(self) -> bool:
+        """True for a slide on which no tissue was found (no rows: a result, not an error)."""
+        return self.slide is not None and self.slide.get("status") == NO_TISSUE
 
     @property
     def predicted(self) -> np.ndarray:
@@ -161,16 +167,42 @@ def predict_images(
     )
 
 
+def patch_mpp(
+    bundle: ModelBundle, mpp: float | None, level: int | None, slide_mpp: float | None
+) -> tuple[float | None, str | None]:
+    """The microns per pixel a slide's patches are read at, and who chose it (``--mpp``, ``model.pt`` or None).
+
+    ``mpp`` when given; else, without ``level``, the mpp the model records; else None (patches in a level's pixels).
+
+    Raises:
+        DataError: both ``mpp`` and ``level``; or ``slide_mpp`` given while no mpp is planned (it would be ignored).
+    """
+    if mpp is not None and level is not None:
+        raise DataError("give --mpp (patches at a resolution) or --level (patches in a level's pixels), not both")
+    if mpp is not None:
+        return float(mpp), "--mpp"
+    if level is None and bundle.mpp is not None:
+        return float(bundle.mpp), "model.pt"
+    if slide_mpp is not None:
+        why = f"--level {level} reads" if level is not None else "this model records no mpp, so patches are read as"
+        raise DataError(
+            f"--slide-mpp {slide_mpp:g} would be ignored: {why} level pixels; add --mpp M to read patches at M um/px "
+            "(the slide's level 0 then counts as --slide-mpp), or drop --slide-mpp"
+        )
+    return None, None
+
+
 def predict_slide(
     bundle: ModelBundle,
     path: str | Path,
     *,
     patch_size: int | None = None,
-    level: int = 0,
+    level: int | None = None,
     tissue_threshold: float = 0.5,
     stride: int | None = None,
     mpp: float | None = None,
     slide_mpp: float | None = None,
+    mask: str | Path | None = None,
     threshold: float | None = None,
     batch_size: int = 32,
     device: torch.device | str | None = "auto",
@@ -181,7 +213,7 @@ def predict_slide(
 ) -> Predictions:
     """Probabilities for the tissue patches of a whole slide, read lazily through OpenSlide.
 
-    The slide is tiled on a regular grid at ``level`` (:func:`probmcl_med.data.slides.tile_slide`); patches whose
+    The slide is tiled on a regular grid at ``level`` (:func:`probmcl_med.data.tiling.tile_slide`); patches whose
     tissue fraction (Otsu threshold on the saturation of a thumbnail) is below ``tissue_threshold`` are skipped.
     Each kept patch is read with ``OpenSlide.read_region`` and resized to the model's input size.
 
@@ -189,21 +221,28 @@ def predict_slide(
         bundle: the loaded model bundle.
         path: the slide file.
         patch_size: patch side in pixels of ``level``, or at ``mpp`` when given (default: the model's input size).
-        level: pyramid level the patches are read at (without ``mpp``).
+        level: pyramid level the patches are read at, in its pixels (not with ``mpp``). Neither given: the mpp the
+            model records (``bundle.mpp``), else level 0.
         tissue_threshold: minimum tissue fraction of a kept patch, in [0, 1].
         stride: grid step in pixels of the patches (default: ``patch_size``, no overlap).
         mpp: read patches at this many microns per pixel, from the level nearest above it
-            (:func:`probmcl_med.data.slides.plan_mpp`); None: level pixels.
-        slide_mpp: the slide's level-0 microns per pixel when the file does not record it.
+            (:func:`probmcl_med.data.mpp.plan_mpp`); None: the model's, else level pixels.
+        slide_mpp: the slide's level-0 microns per pixel, overriding what the file declares (or standing in when it
+            declares none); refused when no mpp is planned (nothing would use it).
+        mask: a region file (GeoJSON polygons in level-0 pixels, or a binary image of the slide) restricting the
+            patches to the tissue inside it.
         threshold, batch_size, device, workers, uncertainty, progress, skip_bad: as in :func:`predict_images`
             (a skipped patch is listed as ``{"patch": "x=X, y=Y", "error": ...}``).
 
     Returns:
         Predictions with ids ``{"x", "y", "level", "size", "tissue_fraction"}`` (x, y: level-0 pixels) and
-        ``slide["grid"]``, the :class:`~probmcl_med.data.slides.SlideGrid` (thumbnail and mask for heat maps).
+        ``slide["grid"]``, the :class:`~probmcl_med.data.tiling.SlideGrid` (thumbnail and mask for heat maps);
+        ``slide["status"]`` is ``"predicted"``, or :data:`NO_TISSUE` for a blank slide (no rows; ``slide
+        ["tissue_mask"]`` says what the mask saw): a result a cohort counts, not an error.
 
     Raises:
-        DataError: the slide cannot be opened, the level does not exist, or no patch reaches the tissue threshold.
+        DataError (one line): the slide cannot be opened, the level does not exist, an implausible resolution, or
+        tissue is present but no patch reaches the tissue threshold (with the hint to lower it).
     """
     if not 0.0 <= float(tissue_threshold) <= 1.0:
         raise DataError(f"--tissue-threshold {tissue_threshold}: give a fraction in [0, 1]")
@@ -212,16 +251,33 @@ def predict_slide(
     dev = resolve_device(device)
     thresholds = decision_thresholds(bundle, threshold)
     size = int(patch_size or bundle.image_size)
+    mpp, mpp_source = patch_mpp(bundle, mpp, level, slide_mpp)
     grid = tile_slide(
-        path, size, level=level, stride=stride, tissue_threshold=tissue_threshold, mpp=mpp, slide_mpp=slide_mpp
+        path,
+        size,
+        level=level or 0,
+        stride=stride,
+        tissue_threshold=tissue_threshold,
+        mpp=mpp,
+        slide_mpp=slide_mpp,
+        region=mask,
     )
+    info = slide_info(grid, path, float(tissue_threshold), mpp_source)
+    names = list(bundle.class_names)
+    if grid.tissue is not None and not grid.tissue.found:  # a blank slide: a result with no patches
+        none = np.zeros((0, len(names)))
+        maybe = none if uncertainty else None
+        return Predictions("slide", [], none, thresholds, names, maybe, maybe, {**info, "status": NO_TISSUE})
     if not grid.locations:
         where = f"at level {grid.level}" if mpp is None else f"at {mpp:g} um/px"
         raise DataError(
             f"slide {path}: none of its {grid.candidates} patches of {size} px {where} reaches the tissue "
-            f"fraction {tissue_threshold:g}; lower --tissue-threshold or the --patch-size"
+            f"fraction {tissue_threshold:g} (tissue covers {grid.tissue.mask.mean():.1%} of the thumbnail); lower "
+            "--tissue-threshold or the --patch-size"
         )
-    dataset = ItemDataset(grid.items(), eval_transform(bundle), skip_bad=skip_bad)
+    transform = eval_transform(bundle)
+    info["stain"] = fit_slide_stain(transform, grid)
+    dataset = ItemDataset(grid.items(), transform, skip_bad=skip_bad)
     loader = make_loader(dataset, batch_size, workers, dev)
     out = run_bundle(
         bundle, loader, dev, uncertainty=uncertainty, progress=progress, description="slide patches", allow_empty=True
@@ -238,18 +294,45 @@ def predict_slide(
     ids = [{k: grid.locations[i][k] for k in keys} for i in out.indices]
     for row in ids:
         row["tissue_fraction"] = round(float(row["tissue_fraction"]), 4)
-    info = {
+    info.update(status="predicted", patches_on_tissue=len(grid.locations))
+    return Predictions("slide", ids, out.probs, thresholds, names, out.pi, out.var, info, skipped)
+
+
+def fit_slide_stain(transform: Any, grid: SlideGrid) -> dict[str, Any] | None:
+    """Fit the slide's stain statistics once on its grid's tissue patches and give them to the transform's stain
+    step (:class:`~probmcl_med.data.stain.StainNormalized`); what meta.json records, or None without normalisation."""
+    for step in getattr(transform, "transforms", []):
+        if isinstance(step, StainNormalized):
+            locations = [{**loc, "path": grid.path} for loc in grid.locations]
+            source, used = fit_locations(locations, step.reference)
+            step.sources[grid.path] = (source, used)
+            return {
+                "method": step.reference.method,
+                "fitted_on": f"{used} tissue patches spread over the slide" if source is not None else "each patch",
+                "source": None if source is None else [np.asarray(v).tolist() for v in source],
+            }
+    return None
+
+
+NO_TISSUE = "no tissue found"
+"""``Predictions.slide["status"]`` of a slide whose thumbnail holds no tissue (empty outputs, exit code 0)."""
+
+
+def slide_info(grid: SlideGrid, path: str | Path, tissue_threshold: float, mpp_source: str | None) -> dict[str, Any]:
+    """The slide part of meta.json: geometry, resolution, grid, the tissue mask's statistics (and the grid itself)."""
+    return {
         "path": str(path),
         "dimensions": list(grid.dimensions),
         "level": grid.level,
         "level_downsample": grid.level_downsample,
-        "patch_size": size,
+        "patch_size": grid.patch_size,
         "patch_extent_level0": grid.extent,
         "mpp": None if grid.mpp_plan is None else grid.mpp_plan.to_dict(),
+        "resolution": {**grid.resolution(), "mpp_source": mpp_source},
         "stride": grid.stride,
         "tissue_threshold": float(tissue_threshold),
+        "tissue_mask": None if grid.tissue is None else grid.tissue.stats(),
         "patches_on_tissue": len(grid.locations),
         "patches_in_grid": grid.candidates,
         "grid": grid,
     }
-    return Predictions("slide", ids, out.probs, thresholds, list(bundle.class_names), out.pi, out.var, info, skipped)

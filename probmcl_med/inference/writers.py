@@ -24,6 +24,9 @@ from probmcl_med.fileio import atomic_directory, check_replaceable_folder
 from probmcl_med.inference.geojson import geojson_text, patch_features
 from probmcl_med.inference.predict import Predictions
 
+SLIDE_ID_COLUMNS = ("x", "y", "level", "size", "tissue_fraction")
+"""The id columns of patches.csv (also written, with no rows, for a slide with no tissue)."""
+
 OUTPUT_MARKER = ".probmcl-med-output"
 """File inside every predict/explain output folder: such a folder may be replaced by the next run to the same path."""
 
@@ -35,7 +38,7 @@ def heat_grid(grid: Any, ids: Sequence[dict[str, Any]], values: np.ndarray) -> n
     patches (a stride below the patch size) are averaged.
 
     Args:
-        grid: the :class:`~probmcl_med.data.slides.SlideGrid` (thumbnail size and level-0 -> thumbnail scale).
+        grid: the :class:`~probmcl_med.data.tiling.SlideGrid` (thumbnail size and level-0 -> thumbnail scale).
         ids: per patch ``{"x", "y", "size", ...}``.
         values: (N,) one value per patch (a class's probabilities).
     """
@@ -134,7 +137,7 @@ def write_predictions(
     out_dir = Path(out_dir)
     check_output_folder(out_dir)
     p = predictions
-    id_cols = list(p.ids[0]) if p.ids else (["image"] if p.kind == "images" else ["x", "y", "level", "size"])
+    id_cols = list(p.ids[0]) if p.ids else (["image"] if p.kind == "images" else list(SLIDE_ID_COLUMNS))
     id_rows = [[row[c] for c in id_cols] for row in p.ids]
     prob_rows = [[_num(v) for v in probs] for probs in p.probs]
     document = {
