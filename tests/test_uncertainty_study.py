@@ -3,6 +3,7 @@ where the answer is known: a variance that marks the wrong predictions helps, a 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -50,3 +51,18 @@ def test_a_random_variance_does_not_help() -> None:
     assert summary["mean"]["confidence"]["auroc"] > 0.7  # the classifier's own confidence is informative here
     lines = uncertainty_study.markdown("synthetic", summary, uncertainty_study.analyse(seeds(False))["rows"])
     assert any("does not help" in line for line in lines)
+
+
+def test_without_a_complete_block_nothing_is_decided(tmp_path: Path) -> None:
+    """Two of three seeds finished: the block is listed as not run and ``mdn_helps`` is None, not False."""
+    out, results = tmp_path / "study", tmp_path / "results"
+    for seed in range(2):
+        run = out / "issue25" / "realhisto" / "scratch" / f"paper__seed{seed}"
+        run.mkdir(parents=True)
+        (run / "result.json").write_text("{}")
+    assert uncertainty_study.main(["--out", str(out), "--results", str(results)]) == 0
+    report = json.loads((results / "uncertainty.json").read_text())
+    assert report["mdn_helps"] is None and report["blocks"] == {}
+    text = (results / "uncertainty.md").read_text()
+    assert "realhisto, scratch: not run (2 of 3 seeds of `paper` finished)" in text
+    assert "does not help" not in text

@@ -83,10 +83,20 @@ def frozen_of(arm: str) -> str:
     return arm.removesuffix("+ft")
 
 
-def screen_decision(out: Path) -> dict | None:
-    """The screen's outcome (saved once, when every screen run has finished): each candidate's seed-0 valid mAP, the
-    control's, and the advanced arms (the best up to MAX_ADVANCE within SCREEN_MARGIN of the control; if none, the
-    best candidate, so that the rule is still tested with 3 seeds)."""
+def run_state(out: Path, dataset: str, init: str, arm: str, seed: int) -> str:
+    """``finished`` (its ``result.json``, written last, is there), ``started`` (its folder exists without one: running
+    now, or stopped and waiting for the study to resume it) or ``not run``."""
+    run_dir = out / "issue25" / dataset / init / f"{arm}__seed{seed}"
+    if (run_dir / "result.json").is_file():
+        return "finished"
+    return "started" if run_dir.is_dir() else "not run"
+
+
+def screen_decision(out: Path, save: bool = True) -> dict | None:
+    """The screen's outcome (saved once, when every screen run has finished; ``save=False``: computed, never
+    written, for a report that only reads the study's folder): each candidate's seed-0 valid mAP, the control's, and
+    the advanced arms (the best up to MAX_ADVANCE within SCREEN_MARGIN of the control; if none, the best candidate,
+    so that the rule is still tested with 3 seeds). None until every screen run has finished."""
     path = out / "screen.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -108,7 +118,8 @@ def screen_decision(out: Path) -> dict | None:
         "advanced": qualified or ranked[:1],
         "rule": f"valid mAP >= supcon's - {SCREEN_MARGIN}; at most {MAX_ADVANCE}; none: the best candidate",
     }
-    path.write_text(json.dumps(decision, indent=2) + "\n")
+    if save:
+        path.write_text(json.dumps(decision, indent=2) + "\n")
     return decision
 
 

@@ -42,7 +42,47 @@ def _cmp(c: dict) -> str:
     return f"{c['mean']:+.1f} (n {c['n']}{p})"
 
 
-def screen_tables(rows: list[dict], probes: dict[str, list[dict]]) -> list[str]:
+STATE_TEXT = {"started": "started, unfinished", "not run": "not run"}
+"""What a table says in place of numbers for a run without ``result.json`` (nothing is filled in)."""
+
+
+def screen_status(out: Path) -> dict[str, list[str]]:
+    """The screen's arms by state (``finished``, ``started``, ``not run``), in the protocol's order."""
+    dataset, init = issue25.SCREEN_BLOCK
+    status: dict[str, list[str]] = {"finished": [], "started": [], "not run": []}
+    for arm in issue25.SCREEN_ARMS:
+        status[issue25.run_state(out, dataset, init, arm, 0)].append(arm)
+    return status
+
+
+def status_lines(out: Path, rows: list[dict], screen: dict | None) -> list[str]:
+    """What has run and what has not, in words: the screen's arms by state, the confirmation by block, CPU spent."""
+    status = screen_status(out)
+    total = len(issue25.SCREEN_ARMS)
+    cpu = [r["cpu_seconds"] for r in rows if r["cpu_seconds"] is not None]
+    lines = [
+        "\n### Status (read from the run folders; a run counts when its result.json exists)\n",
+        f"- Screen ({'/'.join(issue25.SCREEN_BLOCK)}, seed 0): {len(status['finished'])} of {total} runs finished "
+        f"({', '.join(status['finished']) or 'none'}); started, unfinished: {', '.join(status['started']) or 'none'}; "
+        f"not run: {', '.join(status['not run']) or 'none'}.",
+    ]
+    if screen is None:
+        lines.append(
+            "- Confirmation: not started. Which candidates it runs depends on the screen's outcome, and the screen "
+            "has not finished, so no candidate has advanced and no block has 3 seeds of any arm."
+        )
+    else:
+        for dataset, init in issue25.BLOCKS:
+            done = sorted({f"{r['arm']}" for r in rows if (r["dataset"], r["init"]) == (dataset, init)})
+            seeds = sorted({r["seed"] for r in rows if (r["dataset"], r["init"]) == (dataset, init)})
+            lines.append(
+                f"- {dataset}/{init}: " + (f"finished runs of {', '.join(done)} (seeds {seeds})" if done else "not run")
+            )
+    lines.append(f"- CPU seconds of the finished runs: {sum(cpu):.0f} over {len(cpu)} runs with cpu.json.")
+    return lines
+
+
+def screen_tables(out: Path, rows: list[dict], probes: dict[str, list[dict]]) -> list[str]:
     dataset, init = issue25.SCREEN_BLOCK
     lines = [
         f"\n### Screen: {dataset}, {init}, seed 0, {issue25.IMAGE_SIZE} px (frozen linear head)\n",
@@ -52,6 +92,8 @@ def screen_tables(rows: list[dict], probes: dict[str, list[dict]]) -> list[str]:
     for arm in issue25.SCREEN_ARMS:
         run = next((r for r in rows if (r["dataset"], r["init"], r["arm"], r["seed"]) == (dataset, init, arm, 0)), None)
         if run is None:
+            state = STATE_TEXT[issue25.run_state(out, dataset, init, arm, 0)]
+            lines.append(f"| {arm} | {state} |" + " |" * 8)
             continue
         last = (probes.get(f"{dataset}/{init}/{arm}__seed0") or [{}])[-1]
         gap = last.get("cos_logit_gap") if arm == "supcon" else last.get("logit_gap")
@@ -61,6 +103,10 @@ def screen_tables(rows: list[dict], probes: dict[str, list[dict]]) -> list[str]:
             f"{_fmt(gap, 2)} | {sims} | {_fmt(last.get('cos_logit_gap'), 2)} | {_fmt(last.get('tau'), 3)} | "
             f"{_fmt(run['cpu_seconds'], 0)} |"
         )
+    lines.append(
+        "\n`-`: not measured for that arm (`none` has no stage 1, so no probe and no similarities); a row that says "
+        "`not run` or `started, unfinished` has no result yet."
+    )
     runs = {
         a: probes[f"{dataset}/{init}/{a}__seed0"]
         for a in issue25.SCREEN_ARMS
@@ -74,7 +120,7 @@ def screen_tables(rows: list[dict], probes: dict[str, list[dict]]) -> list[str]:
         if not runs:
             break
         lines += [
-            f"\nPer stage-1 epoch, {title}:\n",
+            f"\nPer stage-1 epoch, {title} (arms with a probe so far):\n",
             "| epoch | " + " | ".join(runs) + " |",
             "|---:|" + "---:|" * len(runs),
         ]
@@ -93,22 +139,24 @@ def screen_tables(rows: list[dict], probes: dict[str, list[dict]]) -> list[str]:
 
 
 def block_tables(rows: list[dict], advanced: list[str]) -> tuple[list[str], dict]:
+    """One table per block: the arms the protocol runs there (references, then the advanced candidates), each
+    frozen and fine-tuned, ``not run`` where no seed has finished."""
     lines, comparisons = [], {}
     for dataset, init in issue25.BLOCKS:
         block = [r for r in rows if (r["dataset"], r["init"]) == (dataset, init)]
         if not block:
+            lines.append(f"\n### {dataset}, {init}: not run")
             continue
         control = _metric(rows, dataset, init, "supcon")
         none_ft = _metric(rows, dataset, init, "none+ft")
         lines += [
-            f"\n### {dataset}, {init}: test mAP, mean ± sd over seeds (n); paired differences\n",
+            f"\n### {dataset}, {init}: test mAP, mean ± sd over seeds (n finished of {issue25.SEEDS}); paired "
+            "differences\n",
             "| arm | frozen head | Δ vs supcon (frozen) | fine-tuned (arm+ft) | Δ vs none+ft | CPU s per run (frozen / ft) |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        for arm in ["none", "paper", "supcon", *advanced]:
+        for arm in [*issue25.REFERENCES, *advanced]:
             frozen, tuned = _metric(rows, dataset, init, arm), _metric(rows, dataset, init, f"{arm}+ft")
-            if not frozen and not tuned:
-                continue
             vs_control, vs_none = issue25.paired(frozen, control), issue25.paired(tuned, none_ft)
             comparisons[f"{dataset}/{init}/{arm}"] = {
                 "frozen": frozen,
@@ -120,16 +168,18 @@ def block_tables(rows: list[dict], advanced: list[str]) -> tuple[list[str], dict
                 np.mean([r["cpu_seconds"] for r in block if r["arm"] == a and r["cpu_seconds"] is not None] or [np.nan])
                 for a in (arm, f"{arm}+ft")
             ]
+            frozen_text = f"{base.mean_sd(list(frozen.values()))} ({len(frozen)})" if frozen else "not run"
+            tuned_text = f"{base.mean_sd(list(tuned.values()))} ({len(tuned)})" if tuned else "not run"
             lines.append(
-                f"| {arm} | {base.mean_sd(list(frozen.values()))} ({len(frozen)}) | "
-                f"{'' if arm == 'supcon' else _cmp(vs_control)} | {base.mean_sd(list(tuned.values()))} ({len(tuned)}) | "
+                f"| {arm} | {frozen_text} | {'' if arm == 'supcon' else _cmp(vs_control)} | {tuned_text} | "
                 f"{'' if arm == 'none' else _cmp(vs_none)} | {_fmt(cpu[0], 0)} / {_fmt(cpu[1], 0)} |"
             )
     return lines, comparisons
 
 
 def decision(rows: list[dict], advanced: list[str]) -> dict:
-    """The rule over every block where the arm and its references have 3 seeds: pooled pairs (block, seed)."""
+    """The rule over every block where the arm and its references have 3 seeds: pooled pairs (block, seed).
+    ``works`` is None (not decided) for an arm without a complete block: the rule has nothing to test there."""
     out = {}
     for arm in ["paper", *advanced]:
         frozen, control, tuned, none_ft = {}, {}, {}, {}
@@ -146,33 +196,44 @@ def decision(rows: list[dict], advanced: list[str]) -> dict:
             "complete_blocks": blocks,
             "frozen_vs_supcon": vs_control,
             "ft_vs_none_ft": vs_none,
-            "works": bool(blocks) and issue25.works(vs_control, vs_none),
+            "works": issue25.works(vs_control, vs_none) if blocks else None,
         }
     return out
 
 
+def verdict_text(works: bool | None) -> str:
+    return {True: "WORKS", False: "does not work", None: "not decided (no complete block)"}[works]
+
+
 def report(out: Path, results: Path) -> str:
+    """Read the study's folder ``out`` (never written here) and write the tables of what has finished to
+    ``results``: ``runs.json``, ``probes.json``, ``decision.json``, ``tables.md``."""
     rows, probes = load(out)
     results.mkdir(parents=True, exist_ok=True)
-    screen = issue25.screen_decision(out)
+    screen = issue25.screen_decision(out, save=False)
     advanced = screen["advanced"] if screen else []
     lines = [
         "Issue 25 (protocol: benchmarks/evidence/README.md, 'Issue 25'). Percent; test split unless it says valid.",
-        *screen_tables(rows, probes),
+        *status_lines(out, rows, screen),
+        *screen_tables(out, rows, probes),
     ]
     if screen:
         lines.append(
             f"\nScreen outcome (valid mAP, seed 0; control {screen['control']:.1f}, margin {screen['margin']}): "
             f"qualified {screen['qualified'] or 'none'}; advanced {screen['advanced']}."
         )
+    else:
+        lines.append("\nScreen outcome: none yet (it is decided when every screen arm has finished).")
     block_lines, comparisons = block_tables(rows, advanced)
     verdict = decision(rows, advanced)
     lines += [*block_lines, "\n### Decision rule (blocks with 3 seeds of the arm, supcon, arm+ft and none+ft)\n"]
     for arm, d in verdict.items():
         lines.append(
             f"- `{arm}`: blocks {d['complete_blocks'] or 'none complete'}; frozen vs supcon {_cmp(d['frozen_vs_supcon'])}; "
-            f"ft vs none+ft {_cmp(d['ft_vs_none_ft'])}: {'WORKS' if d['works'] else 'does not work'}"
+            f"ft vs none+ft {_cmp(d['ft_vs_none_ft'])}: {verdict_text(d['works'])}"
         )
+    if not advanced:
+        lines.append("- the candidates: not decided (none has advanced from the screen)")
     text = "\n".join(lines) + "\n"
     (results / "runs.json").write_text(json.dumps(rows, indent=2) + "\n")
     (results / "probes.json").write_text(json.dumps(probes, indent=2) + "\n")
@@ -180,8 +241,9 @@ def report(out: Path, results: Path) -> str:
         k: {**v, "frozen": {str(s): m for s, m in v["frozen"].items()}, "ft": {str(s): m for s, m in v["ft"].items()}}
         for k, v in comparisons.items()
     }
+    status = {"screen": screen_status(out), "confirmation_started": screen is not None}
     (results / "decision.json").write_text(
-        json.dumps({"screen": screen, "blocks": serial, "rule": verdict}, indent=2) + "\n"
+        json.dumps({"status": status, "screen": screen, "blocks": serial, "rule": verdict}, indent=2) + "\n"
     )
     (results / "tables.md").write_text(text)
     return text

@@ -306,7 +306,7 @@ def main_issue25(args: argparse.Namespace) -> int:
         print(issue25_report.report(out, results))
         return 0
     if args.gpu_commands:
-        screen = issue25.screen_decision(out)
+        screen = issue25.screen_decision(out, save=False)
         best = screen["advanced"][0] if screen else "log"
         print(f"# best arm: {best} ({'the screen' if screen else 'the screen has not finished: an example'})")
         print("\n".join(issue25.gpu_commands(best)))

@@ -150,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"Issue 25 item 4 (protocol: benchmarks/evidence/README.md, 'Item 4'); arm `{args.arm}`."]
     for dataset, init in issue25.BLOCKS:
         runs = [out / "issue25" / dataset / init / f"{args.arm}__seed{s}" for s in range(issue25.SEEDS)]
-        if not all((r / "result.json").is_file() for r in runs):
+        finished = sum((r / "result.json").is_file() for r in runs)
+        if finished < issue25.SEEDS:
+            lines.append(
+                f"\n{dataset}, {init}: not run ({finished} of {issue25.SEEDS} seeds of `{args.arm}` finished)."
+            )
             continue
         seeds = [predictions(r) for r in runs]
         rows = analyse(seeds)["rows"]
@@ -158,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         report["blocks"][f"{dataset}/{init}"] = {"summary": summary, "rows": rows}
         lines += markdown(f"{dataset}, {init}", summary, rows)
     if not report["blocks"]:
-        lines.append("\nNo block has 3 finished seeds of this arm yet.")
-    report["mdn_helps"] = any(b["summary"]["mdn_helps"] for b in report["blocks"].values())
+        lines.append("\nNo block has 3 finished seeds of this arm yet: nothing is measured, nothing is decided.")
+    # None: not measured (no complete block), never a 'does not help' the data did not show
+    blocks = report["blocks"].values()
+    report["mdn_helps"] = any(b["summary"]["mdn_helps"] for b in blocks) if report["blocks"] else None
     results.mkdir(parents=True, exist_ok=True)
     (results / "uncertainty.json").write_text(json.dumps(report, indent=2) + "\n")
     text = "\n".join(lines) + "\n"
