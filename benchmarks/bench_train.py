@@ -48,7 +48,7 @@ def _sync(device: torch.device) -> None:
 def make_steps(encoder_name: str, image_size: int, images: int, classes: int, device: torch.device, amp: bool) -> Any:
     """Two step functions on the same inputs: stage 1 on ``images`` x 2 views, plain ASL on 2 x ``images`` images."""
     settings = amp_settings(device, amp)
-    config = load_config(overrides=[f"encoder.name={encoder_name}"])
+    config = load_config(overrides=["mode=two-stage", f"encoder.name={encoder_name}"])
     g = torch.Generator().manual_seed(0)
     x = torch.randn(images, 2, 3, image_size, image_size, generator=g).to(device)
     y = (torch.rand(images, classes, generator=g) < 0.05).float()

@@ -1,6 +1,6 @@
 """The ``probmcl-med`` command: a thin Typer app over the library.
 
-One entry point, :func:`main`, turns every known error (:class:`~probmcl_med.errors.UserError`, and any
+One entry point, :func:`main`, prints each warning as one line (``warning: ...``), turns every known error (:class:`~probmcl_med.errors.UserError`, and any
 ``OSError``: full disk, read-only folder, no permission) into a one-line message on stderr and exit code 1, usage errors into exit code 2, and shows the traceback only with ``--debug``.
 Commands live in sibling modules, each with a ``register(app)`` function.
 """
@@ -11,6 +11,7 @@ import itertools
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -143,10 +144,23 @@ def _wants_debug(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("PROBMCL_MED_DEBUG", "") not in ("", "0")
 
 
+def _show_warning(message: object, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """A warning as one line, ``warning: MESSAGE`` (Python's default adds the file, line and source line)."""
+    text = str(message).strip().splitlines()
+    stderr.print(f"warning: {text[0] if text else category.__name__}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     _state["debug"] = _wants_debug(args)
+    with warnings.catch_warnings():
+        if not _state["debug"]:
+            warnings.showwarning = _show_warning
+        return _main(args)
+
+
+def _main(args: list[str]) -> int:
     try:
         _register_commands()
         # make_context + invoke rather than app(...): Typer's main turns Ctrl-C into a silent exit code 130, and the

@@ -55,6 +55,13 @@ def warn_plugin_failures(console: Console, debug: bool = False) -> None:
 
 def component_rows() -> list[dict[str, str]]:
     """One row per registered name: registry, name, source (module or plugin file), summary."""
+    # the modules that register the built-ins (the registries import nothing by name)
+    import probmcl_med.core.likelihoods
+    import probmcl_med.core.overlaps
+    import probmcl_med.core.similarities
+    import probmcl_med.data.datasets
+    import probmcl_med.models.encoders  # noqa: F401
+
     return [
         {"registry": reg_name, "name": e.name, "source": e.source, "summary": e.summary}
         for reg_name, registry in ALL_REGISTRIES.items()

@@ -19,7 +19,7 @@ Examples:
   probmcl-med sweep --config configs/demo.yaml --grid contrastive.tau=0.1,0.2,0.5 --seeds 3 --out runs/tau
 
   probmcl-med sweep --config configs/demo.yaml --grid mode=two-stage,joint \\
-      --grid contrastive.likelihood=density,responsibility --seeds 2 --set contrastive.epochs=2 --set epochs=4
+      --grid contrastive.likelihood=density,responsibility --seeds 2 --epochs 4
 
   probmcl-med sweep --config my.yaml --grid classifier.loss=bce,focal,asl \\
       --grid dataset.augment.policy=flip,randaugment --seeds 3 --pick-by mAP --write-best best.yaml
@@ -40,6 +40,14 @@ def sweep_command(
         ),
     ] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per grid point (0 .. N-1).")] = 3,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs",
+            help="Every run's length in passes over the training set, whatever its mode (as train --epochs: "
+            "two-stage divides it between its stages, each at least 1).",
+        ),
+    ] = None,
     overrides: Annotated[
         list[str] | None,
         typer.Option("--set", metavar="KEY=VALUE", help="Override for every run, e.g. --set contrastive.epochs=2."),
@@ -84,6 +92,7 @@ def sweep_command(
         plots=not no_plots,
         pick_by=pick_by,
         write_best=write_best,
+        epochs=epochs,
     )
 
 

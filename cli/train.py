@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from probmcl_med.cli.grammar import Command
-from probmcl_med.config import RunConfig, find_named_config, load_config, with_run_length
+from probmcl_med.config import RunConfig, find_named_config, load_config, with_epochs
 from probmcl_med.errors import TrainingInterrupted
 
 EPILOG = """\
@@ -24,6 +24,8 @@ Examples:
   probmcl-med train --dataset demo
 
   probmcl-med train --dataset csv --root ~/patches --epochs 8
+
+  probmcl-med train --dataset demo --epochs 6 --resume --extend --output-dir runs/demo
 
   probmcl-med train --dataset adp --root /data/ADP --set contrastive.tau=0.1
 
@@ -40,10 +42,11 @@ def resolve_train_config(
     output_dir: Path | None,
     epochs: int | None = None,
     root: str | None = None,
+    stage: str = "all",
 ) -> RunConfig:
     """The run config from ``--config`` or ``configs/DATASET.yaml``, ``--dataset``, ``--set``, ``--root``,
-    ``--output-dir`` and ``--epochs`` (the run's length, applied last: :func:`probmcl_med.config.with_run_length`).
-    The options win over ``--set`` of the same key."""
+    ``--output-dir`` and ``--epochs`` (the length of what the command trains, applied last:
+    :func:`probmcl_med.config.with_epochs`). The options win over ``--set`` of the same key."""
     sets = list(overrides or [])
     path: Path | None = config
     if path is None and dataset is not None:
@@ -55,7 +58,7 @@ def resolve_train_config(
     if output_dir is not None:
         sets.append(f"output_dir={output_dir}")
     resolved = load_config(path, overrides=sets)
-    return resolved if epochs is None else with_run_length(resolved, epochs)
+    return resolved if epochs is None else with_epochs(resolved, epochs, stage)
 
 
 def resume_command(argv: list[str] | None, cfg: RunConfig) -> str:
@@ -85,15 +88,29 @@ def train_command(
         int | None,
         typer.Option(
             "--epochs",
-            help="The run's length in passes over the training set, whatever the mode: two-stage divides it between "
-            "its stages in the ratio contrastive.epochs : classifier.epochs; asl and joint train all of it.",
+            help="Passes over the training set of what this command trains, whatever the mode: two-stage divides it "
+            "between its stages in the ratio contrastive.epochs : classifier.epochs (each at least 1; with --stage, "
+            "that stage's); the other modes train all of it.",
         ),
     ] = None,
     stage: Annotated[
         str, typer.Option("--stage", help="Mode two-stage: contrastive, classifier or all (the default).")
     ] = "all",
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from the newest checkpoint in the run folder.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue from the newest checkpoint in the run folder, with the run's settings (a change to what "
+            "shaped its training is refused).",
+        ),
+    ] = False,
+    extend: Annotated[
+        bool,
+        typer.Option(
+            "--extend",
+            help="With --resume: continue the stage under another length (--epochs), where the resumed run then "
+            "equals a fresh run of that length (lr_schedule constant; OneCycle and cosine are refused).",
+        ),
     ] = False,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Run folder (default: the config's).")] = None,
     print_config: Annotated[
@@ -102,12 +119,13 @@ def train_command(
     ] = False,
 ) -> None:
     """Train as configured: mode asl (encoder + head end to end), two-stage (the paper: encoder + MDN with NLL +
-    lambda * PCL, then a linear head on the frozen encoder) or joint (both objectives in one stage).
+    lambda * PCL, then a linear head on the frozen encoder), probe (that head alone, on the configured encoder) or
+    joint (both objectives in one stage).
 
     The run folder gets config.yaml, class_names.json, run.json, metrics.jsonl, tensorboard/, checkpoints/ and
     model.pt (what `probmcl-med evaluate --checkpoint RUN` reads).
     """
-    cfg = resolve_train_config(dataset, config, overrides, output_dir, epochs, root)
+    cfg = resolve_train_config(dataset, config, overrides, output_dir, epochs, root, stage)
     if print_config:
         sys.stdout.write(cfg.to_yaml())
         return
@@ -116,7 +134,7 @@ def train_command(
 
     console = Console(stderr=True)
     try:
-        result = train(cfg, stage=stage, resume=resume, console=console)
+        result = train(cfg, stage=stage, resume=resume, extend=extend, console=console)
     except TrainingInterrupted as exc:
         argv = ctx.obj.get("argv") if isinstance(ctx.obj, dict) else None
         raise TrainingInterrupted(f"{exc}; continue with: {resume_command(argv, cfg)}", exc.checkpoint) from None

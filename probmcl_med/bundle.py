@@ -12,9 +12,8 @@ The bundle (``format: probmcl-med/model``) is a dict of tensors, numbers, string
   (``stain_reference``: every input is normalised to it first, as in training);
 * ``feature_cache``: the head trained on the frozen encoder's cached features, so ``evaluate`` scores through the same
   disk cache (:mod:`probmcl_med.inference.feature_cache`);
-* ``class_names``; ``thresholds`` only in bundles of earlier versions (still read). Tuned thresholds now live in
-  ``RUN/thresholds.json`` (:mod:`probmcl_med.operating_point`), written by ``evaluate --tune-thresholds --save``:
-  ``model.pt`` is never rewritten after training;
+* ``class_names``. Tuned thresholds live in ``RUN/thresholds.json`` (:mod:`probmcl_med.operating_point`), written
+  by ``evaluate --tune-thresholds --save``: ``model.pt`` is never rewritten after training;
 * ``dataset``: where the training data came from (:class:`DatasetSource`), so ``evaluate --checkpoint`` can rebuild
   a split;
 * ``config``: the run's resolved training config, a plain dict kept for information. Loading never validates it
@@ -76,6 +75,7 @@ def read_checkpoint(path: str | Path, expected_format: str | None = None) -> dic
             if_refused="probmcl-med checkpoints hold only tensors and plain values, so it was not written by "
             "probmcl-med (or was altered)",
             if_damaged="delete it or use another one",
+            path=path,
         ) from None
     if not isinstance(obj, dict) or "format" not in obj:
         raise CheckpointError(f"checkpoint {path} is not a probmcl-med checkpoint (no 'format' entry)")
@@ -163,8 +163,7 @@ class ModelBundle:
         mean: per-channel normalisation mean the model was trained with (RGB, in [0, 1] units).
         std: per-channel normalisation std.
         image_size: side of the square input, pixels.
-        thresholds: per-class decision thresholds (C,) from ``thresholds.json`` (else from a bundle of an earlier
-            version), or None (use 0.5).
+        thresholds: per-class decision thresholds (C,) from ``thresholds.json``, or None (use 0.5).
         encoder_name: the ENCODERS/timm name.
         encoder_options: the keyword arguments the encoder was built with.
         normalize_features: whether the head reads unit-norm features (two-stage) or raw pooled ones (asl mode).
@@ -236,7 +235,6 @@ def bundle_dict(
     encoder_name: str,
     encoder_options: Mapping[str, Any] | None = None,
     mdn: nn.Module | None = None,
-    thresholds: Sequence[float] | None = None,
     normalize_features: bool = True,
     dataset: DatasetSource | None = None,
     training_config: Mapping[str, Any] | None = None,
@@ -256,8 +254,6 @@ def bundle_dict(
     head = unwrap(head)
     if len(class_names) != head.out_features:
         raise ValueError(f"{len(class_names)} class names for a head with {head.out_features} outputs")
-    if thresholds is not None and len(thresholds) != len(class_names):
-        raise ValueError(f"{len(thresholds)} thresholds for {len(class_names)} classes")
     return {
         "format": BUNDLE_FORMAT,
         "version": FORMAT_VERSION,
@@ -281,7 +277,6 @@ def bundle_dict(
         "image_size": int(image_size),
         "dataset": None if dataset is None else dataset.to_dict(),
         "config": dict(training_config or {}),
-        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
         "best_val_map": None if best_val_map is None else float(best_val_map),
         "best_epoch": None if best_epoch is None else int(best_epoch),
         "mpp": None if mpp is None else float(mpp),
@@ -294,7 +289,7 @@ def save_model_bundle(path: str | Path, **parts: Any) -> Path:
     """Write the inference bundle atomically to ``path`` (a ``.pt`` file, or a run folder -> ``RUN/model.pt``).
 
     Keyword arguments are those of :func:`bundle_dict`: ``encoder, head, class_names, mean, std, image_size,
-    encoder_name`` and optionally ``encoder_options, mdn, thresholds, normalize_features, dataset, training_config,
+    encoder_name`` and optionally ``encoder_options, mdn, normalize_features, dataset, training_config,
     best_val_map, best_epoch, mpp, stain_reference``.
     """
     path = Path(path)
@@ -317,25 +312,6 @@ def resolve_bundle_path(path: str | Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found; pass a run folder or its model.pt")
     return path
-
-
-def _build_mdn(spec: Mapping[str, Any]) -> MixtureDensityNetwork:
-    hidden = tuple(spec["hidden"]) if spec.get("hidden") is not None else (2048, 128)
-    mdn = MixtureDensityNetwork(
-        int(spec["in_features"]),
-        int(spec["num_classes"]),
-        latent_dim=spec.get("latent_dim"),
-        hidden=hidden,
-        input_norm=str(spec.get("input_norm", "none")),
-        mean_directions=bool(spec.get("mean_directions", False)),
-        variance_floor=float(spec.get("variance_floor", 1.0)),
-        variance_scale=float(spec.get("variance_scale", 1.0)),
-        covariance=str(spec.get("covariance", "isotropic")),
-        mean_dim=int(spec.get("mean_dim", 1)),
-        temperature=spec.get("temperature"),
-    )
-    mdn.load_state_dict(spec["state_dict"], strict=True)
-    return mdn.eval()
 
 
 def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
@@ -364,7 +340,8 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         head_spec = data["head"]
         head = LinearHead(int(head_spec["in_features"]), int(head_spec["num_classes"]))
         head.load_state_dict(head_spec["state_dict"], strict=True)
-        mdn = None if data.get("mdn") is None else _build_mdn(data["mdn"])
+        spec = data.get("mdn")
+        mdn = None if spec is None else MixtureDensityNetwork.from_spec(spec, spec["state_dict"]).eval()
     except (RuntimeError, KeyError) as exc:
         text = first_words(str(exc), 200)
         raise CheckpointError(
@@ -377,12 +354,7 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         )
     training_config = dict(data.get("config") or {})
     stored_source = data.get("dataset")
-    if stored_source is not None:
-        source = DatasetSource(**stored_source)
-    elif training_config:  # bundles written before the dataset entry: read it off the stored config
-        source = DatasetSource.from_config_dict(training_config)
-    else:
-        source = None
+    source = None if stored_source is None else DatasetSource(**stored_source)
     calibration, calibration_problem = None, None
     try:
         calibration = read_calibration(path, names)
@@ -393,7 +365,6 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         tuned = thresholds_for(read_thresholds(path, names), calibration, path)
     except CheckpointError as exc:
         problem = str(exc)
-    stored = data.get("thresholds")
     bundle = ModelBundle(
         encoder=encoder.eval(),
         head=head.eval(),
@@ -402,7 +373,7 @@ def load_model_bundle(path: str | Path, device: str | torch.device = "cpu") -> M
         mean=tuple(float(v) for v in data["mean"]),
         std=tuple(float(v) for v in data["std"]),
         image_size=int(data["image_size"]),
-        thresholds=list(tuned.values) if tuned else None if stored is None else [float(t) for t in stored],
+        thresholds=list(tuned.values) if tuned else None,
         encoder_name=str(data["encoder_name"]),
         encoder_options=options,
         normalize_features=bool(data["head"].get("normalize_features", True)),

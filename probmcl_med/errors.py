@@ -8,7 +8,10 @@ operating-system error (full disk, read-only folder, no permission) is put into 
 from __future__ import annotations
 
 import errno
+import io
+import pickletools
 import re
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -107,16 +110,59 @@ def unpickle_refusal(exc: BaseException) -> str | None:
     return f"holds Python objects beyond tensors ({found.group(1)}); refusing to unpickle it"
 
 
-def torch_load_error(what: str, exc: BaseException, if_refused: str, if_damaged: str) -> CheckpointError:
+def pickled_globals(path: str | Path, limit: int = 64) -> list[str] | None:
+    """The classes and functions a pickle file names (``GLOBAL``, ``STACK_GLOBAL``), read with :mod:`pickletools`
+    without executing anything; None when the file is not a complete pickle stream (damaged, or not a pickle).
+
+    Reads the file's successive pickles (torch's legacy, non-zip format is several in a row) until its end.
+    """
+    names: list[str] = []
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    stream = io.BytesIO(data)
+    try:
+        while stream.tell() < len(data) and len(names) < limit:
+            strings: list[str] = []
+            for opcode, arg, _ in pickletools.genops(stream):
+                if opcode.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # pickletools raises ValueError and others on a stream that is not a pickle, or torn
+        return None
+    return list(dict.fromkeys(names))
+
+
+_TORCH_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode")
+"""What a torch file of tensors names (storages, rebuild functions, an OrderedDict state dict)."""
+
+
+def torch_load_error(
+    what: str, exc: BaseException, if_refused: str, if_damaged: str, path: str | Path | None = None
+) -> CheckpointError:
     """The one-line error for a file that ``torch.load(weights_only=True)`` did not read.
 
     Args:
         what: the file as named in messages ("checkpoint RUN/model.pt").
         exc: what torch raised.
-        if_refused: what to do when the file holds Python objects beyond tensors (:func:`unpickle_refusal`).
+        if_refused: what to do when the file holds Python objects beyond tensors (:func:`unpickle_refusal`, or, for a
+            pickle torch's reader gives no name for, such as one of the old non-zip format, :func:`pickled_globals`).
         if_damaged: what to do when it is damaged (truncated, not a torch file).
+        path: the file, read again (never executed) when torch's message does not say what it refused.
     """
     refusal = unpickle_refusal(exc)
+    if refusal is None and path is not None:
+        named = pickled_globals(path)
+        objects = [n for n in named or () if not n.startswith(_TORCH_GLOBALS)]
+        if objects:
+            refusal = f"holds Python objects beyond tensors ({', '.join(objects[:3])}); refusing to unpickle it"
+        elif named is not None:
+            refusal = "is a Python pickle that the weights-only reader cannot read (not a file torch.save wrote)"
     if refusal is not None:
         return CheckpointError(f"{what} {refusal}; {if_refused}")
     text = first_words(str(exc)) or "no detail"

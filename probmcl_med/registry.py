@@ -11,14 +11,18 @@ themselves with a decorator::
         ...
 
 and the rest of the package looks them up by the name written in a config: ``SIMILARITIES.get("my_sim")``.
+
+A registry holds what was registered with it: the built-in entries register when the module that defines them is
+imported (``probmcl_med.core.similarities``, ``probmcl_med.models.encoders``, ...), so whoever looks a name up imports
+that module first, an import the layer contracts can see. ``from probmcl_med import ENCODERS`` (the public API) does
+so for you.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -52,11 +56,6 @@ def note_failed_plugin(source: str, error: str, names: tuple[str, ...] = ()) -> 
 def forget_failed_plugin(source: str) -> None:
     """``source`` imported after all (a later load, a fixed file)."""
     _FAILED_PLUGINS.pop(source, None)
-
-
-def failed_plugins() -> list[FailedPlugin]:
-    """The plugins that failed to import in this process."""
-    return list(_FAILED_PLUGINS.values())
 
 
 class RegistryError(KeyError):
@@ -120,19 +119,9 @@ class Registry:
         kind: what the registry holds, in words ("similarity", "dataset", ...), used in error messages.
     """
 
-    def __init__(self, kind: str, builtins: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
-        self._builtins = builtins
-        self._builtins_loaded = not builtins
-
-    def _load_builtins(self) -> None:
-        """Import the modules that register the built-in entries (lazily: timm and MONAI are slow to import)."""
-        if self._builtins_loaded:
-            return
-        self._builtins_loaded = True
-        for module in self._builtins:
-            importlib.import_module(module)
 
     def register(self, name: str, obj: Any = None, *, source: str | None = None) -> Any:
         """Register ``obj`` under ``name``; used as ``@REG.register("name")`` or ``REG.register("name", obj)``.
@@ -142,8 +131,6 @@ class Registry:
         """
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
-
-        self._load_builtins()
 
         def decorator(target: T) -> T:
             src = source or _source(target)
@@ -165,7 +152,6 @@ class Registry:
 
     def get(self, name: str) -> Any:
         """The object registered under ``name``; an unknown name raises with the close matches."""
-        self._load_builtins()
         try:
             return self._entries[name].obj
         except KeyError:
@@ -174,7 +160,6 @@ class Registry:
     def unknown_message(self, name: str) -> str:
         """One line: the unknown name, close matches, what is registered and how plugins are loaded; when a plugin
         file that registers ``name`` failed to import, that file and its error instead."""
-        self._load_builtins()
         owners = [f for f in _FAILED_PLUGINS.values() if name in f.names]
         if owners:
             f = owners[0]
@@ -197,7 +182,6 @@ class Registry:
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
-        self._load_builtins()
         return sorted(self._entries)
 
     def entries(self) -> list[Entry]:
@@ -209,40 +193,36 @@ class Registry:
         self._entries.pop(name, None)
 
     def __contains__(self, name: object) -> bool:
-        self._load_builtins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        self._load_builtins()
         return len(self._entries)
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
 
 
-def build(registry: Registry, name: str, *args: Any, **kwargs: Any) -> Any:
-    """Look up ``name`` in ``registry`` and call it with the given arguments."""
-    factory: Callable[..., Any] = registry.get(name)
-    return factory(*args, **kwargs)
+ENCODERS = Registry("encoder")
+"""Encoder factories: ``f(**options) -> nn.Module`` with ``num_features`` and ``normalization`` (mean, std), whose
+forward returns raw pooled features (B, num_features); built-ins registered by :mod:`probmcl_med.models.encoders`."""
 
+OVERLAPS = Registry("overlap")
+"""Label overlaps: ``f(ya (B, C), yb (M, C)) -> (B, M)`` in [0, 1]; built-ins in :mod:`probmcl_med.core.overlaps`."""
 
-ENCODERS = Registry("encoder", builtins=("probmcl_med.models.encoders", "probmcl_med.models.presets"))
-"""Encoder factories: ``f(**options) -> nn.Module`` with ``num_features`` and ``normalization`` (mean, std)."""
+SIMILARITIES = Registry("similarity")
+"""Mixture similarities: ``f(a: GaussianMixture, b: GaussianMixture) -> (len(a), len(b))`` in [0, 1]; built-ins in
+:mod:`probmcl_med.core.similarities`."""
 
-OVERLAPS = Registry("overlap", builtins=("probmcl_med.core.overlaps",))
-"""Label overlaps: ``f(ya (B, C), yb (M, C)) -> (B, M)`` in [0, 1]."""
+LIKELIHOODS = Registry("likelihood")
+"""NLL terms: ``f(mixture: GaussianMixture, z (B, n), labels (B, C)) -> scalar`` (mean negative log-likelihood);
+built-ins in :mod:`probmcl_med.core.likelihoods`."""
 
-SIMILARITIES = Registry("similarity", builtins=("probmcl_med.core.similarities",))
-"""Mixture similarities: ``f(a: GaussianMixture, b: GaussianMixture) -> (len(a), len(b))`` in [0, 1]."""
-
-LIKELIHOODS = Registry("likelihood", builtins=("probmcl_med.core.likelihoods",))
-"""NLL terms: ``f(mixture: GaussianMixture, z (B, n), labels (B, C)) -> scalar`` (mean negative log-likelihood)."""
-
-DATASETS = Registry("dataset", builtins=("probmcl_med.data.datasets",))
-"""Dataset factories: ``f(root, split, **options) -> MultiLabelDataset`` (items ``{"image", "label"}``)."""
+DATASETS = Registry("dataset")
+"""Dataset factories: ``f(root, split, **options) -> MultiLabelDataset`` (items ``{"image", "label"}``); built-ins in
+:mod:`probmcl_med.data.datasets`."""
 
 ALL_REGISTRIES: dict[str, Registry] = {
     "encoders": ENCODERS,

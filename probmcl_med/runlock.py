@@ -8,7 +8,8 @@
 The lock is ``fcntl.flock`` on ``RUN/.lock``: the kernel releases it when the holding process ends, however it ends
 (``kill -9`` included), so a crash never leaves a stale lock. The file holds the holder's PID, host and start time,
 for the message a second writer gets; it is removed when the lock is released, so a finished run folder holds no
-``.lock``. A ``.lock`` left by a killed process is only a note: the next writer takes the lock and rewrites it.
+``.lock``. A ``.lock`` left by a killed process is only a note: the next writer takes the lock and rewrites it, and
+a command that is refused puts the note back as it found it (``release(keep_stale_note=True)``).
 
 Readers (evaluate, predict, info) take no lock: every file of a run folder is replaced by an atomic rename
 (:mod:`probmcl_med.fileio`), so a reader always sees a complete file, the previous one or the new one.
@@ -50,6 +51,7 @@ class RunLock:
         self.command = command
         self._fd: int | None = None
         self._created: list[Path] = []  # folders this lock created, deepest first
+        self._stale: tuple[bytes, tuple[int, int]] | None = None  # a killed holder's note: bytes, (atime, mtime) ns
 
     # ------------------------------------------------------------------------------------------------------------
     def acquire(self) -> RunLock:
@@ -60,6 +62,7 @@ class RunLock:
             return self
         self._created = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         self.folder.mkdir(parents=True, exist_ok=True)
+        stale = _stale_note(self.path)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -76,6 +79,7 @@ class RunLock:
                 break
             os.close(fd)
         self._fd = fd
+        self._stale = stale
         note = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -86,12 +90,23 @@ class RunLock:
         os.pwrite(fd, (json.dumps(note) + "\n").encode(), 0)
         return self
 
-    def release(self) -> None:
-        """Remove ``.lock`` and drop the lock (closing the descriptor releases the flock)."""
+    def release(self, keep_stale_note: bool = False) -> None:
+        """Remove ``.lock`` and drop the lock (closing the descriptor releases the flock).
+
+        Args:
+            keep_stale_note: the command wrote nothing (it was refused): a ``.lock`` that a killed holder left before
+                this command is put back as it was (its bytes and times), so the folder stays byte for byte.
+        """
         if self._fd is None:
             return
         try:
-            self.path.unlink(missing_ok=True)  # while still holding the lock: see acquire's same-file check
+            if keep_stale_note and self._stale is not None:
+                data, times = self._stale
+                os.ftruncate(self._fd, 0)
+                os.pwrite(self._fd, data, 0)
+                os.utime(self.path, ns=times)
+            else:
+                self.path.unlink(missing_ok=True)  # while still holding the lock: see acquire's same-file check
         finally:
             os.close(self._fd)
             self._fd = None
@@ -129,6 +144,15 @@ class RunLock:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
+
+
+def _stale_note(path: Path) -> tuple[bytes, tuple[int, int]] | None:
+    """The bytes and times of a ``.lock`` already there (a holder's, or one a killed holder left), or None."""
+    try:
+        info = path.stat()
+        return path.read_bytes(), (info.st_atime_ns, info.st_mtime_ns)
+    except OSError:
+        return None
 
 
 def _read(fd: int) -> str:

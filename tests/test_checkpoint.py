@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from probmcl_med.bundle import load_model_bundle, read_checkpoint, save_model_bundle
+from probmcl_med.bundle import DatasetSource, load_model_bundle, read_checkpoint, save_model_bundle
 from probmcl_med.config import load_config
 from probmcl_med.engine.checkpoint import CheckpointManager, capture_rng_state, check_compatible, restore_rng_state
 from probmcl_med.errors import CheckpointError
 from probmcl_med.models.encoders import get_encoder
 from probmcl_med.models.heads import LinearHead
+from probmcl_med.operating_point import save_thresholds
 
 NAMES = ["epithelium", "stroma", "fat"]
 
@@ -41,16 +42,17 @@ def test_bundle_round_trip_restores_identical_logits(tmp_path):
         image_size=32,
         encoder_name="test_resnet",
         training_config=config.to_dict(),
-        thresholds=[0.3, 0.5, 0.7],
+        dataset=DatasetSource.from_config_dict(config.to_dict()),
     )
     assert path == tmp_path / "model.pt"
+    save_thresholds(path, NAMES, [0.3, 0.5, 0.7], rule="by hand", split="valid")
     # weights_only loading works on the raw file (no arbitrary pickle)
     torch.load(path, weights_only=True)
     bundle = load_model_bundle(tmp_path)
     x = torch.randn(4, 3, 32, 32)
     encoder.eval()
     with torch.no_grad():
-        expected = head(encoder(x))
+        expected = head(torch.nn.functional.normalize(encoder(x), dim=1))  # the head reads unit-norm features
         got = bundle.classifier()(x)
     assert torch.equal(expected, got)
     assert bundle.class_names == NAMES
@@ -193,19 +195,5 @@ def test_bundle_of_a_plugin_run_loads_without_the_plugin(tmp_path):
     assert bundle.training_config["contrastive"]["similarity"] == "similarity_from_a_plugin_not_loaded_here"
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(bundle.classifier()(x), head(encoder.eval()(x)))
-
-
-def test_bundle_without_a_dataset_entry_reads_it_off_the_stored_config(tmp_path):
-    from probmcl_med.bundle import save_torch
-
-    config, encoder, head = _parts(tmp_path)
-    stored = config.to_dict()
-    stored["dataset"].update(name="csv", root="/data/patches", options={"sep": ";"}, val_split="val", test_split="hold")
-    path = _save_plain(tmp_path, encoder, head, stored)
-    raw = torch.load(path, weights_only=True)
-    del raw["dataset"]  # as written before the entry existed
-    save_torch(path, raw)
-    source = load_model_bundle(path).dataset
-    assert (source.name, source.root, source.options) == ("csv", "/data/patches", {"sep": ";"})
-    assert source.splits == {"train": "train", "valid": "val", "test": "hold"}
+        expected = head(torch.nn.functional.normalize(encoder.eval()(x), dim=1))
+        torch.testing.assert_close(bundle.classifier()(x), expected)

@@ -163,13 +163,18 @@ REACHED_BY: dict[str, object] = {
     "probmcl_med/plugins.py": ALL,
     "probmcl_med/registry.py": ALL,
     "probmcl_med/config/loading.py": CONFIG_READERS,
-    "probmcl_med/config/schema.py:with_run_length": [("train",)],
-    "probmcl_med/config/schema.py:check_epochs": [("train",)],  # "--epochs" there is train's --epochs N
+    "probmcl_med/config/files.py": CONFIG_READERS,
+    "probmcl_med/config/schema.py:with_epochs": [("train",), ("sweep",)],  # the --epochs N of both
     "probmcl_med/engine/modes.py": [("train",)],
     "probmcl_med/engine/session.py": [("train",)],
     "probmcl_med/engine/checkpoint.py": [("train",)],
+    "probmcl_med/engine/resume.py": [("train",)],
+    "probmcl_med/engine/schedule.py": [("train",)],
+    "probmcl_med/engine/training.py": [("train",)],
     "probmcl_med/engine/run.py": [("train",)],
-    "probmcl_med/sweep.py": [("sweep",)],
+    "probmcl_med/sweep/runner.py": [("sweep",)],
+    "probmcl_med/sweep/grid.py": [("sweep",)],
+    "probmcl_med/sweep/results.py": [("sweep",)],
     "probmcl_med/data/csv_dataset.py": DATASET_READERS,
     "probmcl_med/data/annotations.py": [("data", "from-annotations")],
     "probmcl_med/data/mpp.py": [("predict",), ("data", "from-annotations")],  # both have --slide-mpp

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from probmcl_med.config import RunConfig, find_named_config, load_config, parse_override, save_config
+from probmcl_med.config import AslConfig, TwoStageConfig, find_named_config, load_config, parse_override, save_config
 from probmcl_med.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,24 +56,30 @@ def test_unknown_top_level_key_suggests_the_close_one() -> None:
 )
 def test_bad_values_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(overrides=[override])
+        load_config(overrides=["mode=two-stage", override])
     assert f"'{key}'" in str(info.value)
 
 
 def test_unregistered_similarity_lists_close_matches() -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(overrides=["contrastive.similarity=corelation"])
+        load_config(overrides=["mode=two-stage", "contrastive.similarity=corelation"])
     message = str(info.value)
     assert "contrastive.similarity" in message and "correlation" in message and "\n" not in message
 
 
 def test_set_overrides_apply_in_order_and_parse_types(tmp_path: Path) -> None:
     cfg = load_config(
-        overrides=["contrastive.tau=0.1", "contrastive.lr=1e-3", "contrastive.tau=0.05", "classifier.augment=false"]
+        overrides=[
+            "mode=two-stage",
+            "contrastive.tau=0.1",
+            "contrastive.lr=1e-3",
+            "contrastive.tau=0.05",
+            "classifier.augment=false",
+        ]
     )
     assert cfg.contrastive.tau == 0.05 and cfg.contrastive.lr == pytest.approx(1e-3)
     assert cfg.classifier.augment is False
-    cfg2 = load_config(overrides=["contrastive.lambda=0.7", "dataset.options.level=L2"])
+    cfg2 = load_config(overrides=["mode=joint", "contrastive.lambda=0.7", "dataset.options.level=L2"])
     assert cfg2.contrastive.lambda_ == 0.7 and cfg2.dataset.options == {"level": "L2"}
 
 
@@ -94,7 +100,7 @@ def test_set_overrides_apply_in_order_and_parse_types(tmp_path: Path) -> None:
     ],
 )
 def test_set_keeps_text_keys_as_text_and_types_the_others(override: str, attribute: tuple, expected: object) -> None:
-    value: object = load_config(overrides=[override])
+    value: object = load_config(overrides=["mode=two-stage", override])
     for name in attribute:
         value = getattr(value, name)
     assert value == expected and type(value) is type(expected)
@@ -114,7 +120,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path: Path) -> None:
     assert again == cfg
     assert "lambda" in yaml.safe_load(path.read_text())["contrastive"]
     # a one-stage run's file holds the keys it reads, and they load back as they were
-    asl = load_config(overrides=["mode=asl", "epochs=7", "classifier.lr=0.01", "contrastive.alpha=0.6"])
+    asl = load_config(overrides=["mode=asl", "epochs=7", "classifier.lr=0.01"])
     written = yaml.safe_load(save_config(asl, tmp_path / "asl.yaml").read_text())
     assert "contrastive" not in written and written["epochs"] == 7
     assert load_config(tmp_path / "asl.yaml").to_dict() == asl.to_dict()
@@ -130,7 +136,8 @@ def test_named_configs_are_found_from_any_directory(tmp_path: Path, monkeypatch:
 
 
 def test_defaults_are_a_valid_config() -> None:
-    assert RunConfig().contrastive.similarity == "correlation"
+    assert isinstance(load_config(), AslConfig)  # asl is the default mode
+    assert TwoStageConfig().contrastive.similarity == "correlation"
 
 
 def test_loss_and_augmentation_policy_are_named_choices() -> None:
@@ -142,8 +149,8 @@ def test_loss_and_augmentation_policy_are_named_choices() -> None:
         load_config(overrides=["dataset.augment.policy=strong"])
 
 
-def test_latent_dim_is_refused_naming_the_key_but_its_old_null_default_loads() -> None:
-    with pytest.raises(ConfigError, match=r"'contrastive\.latent_dim' was removed") as info:
-        load_config(overrides=["contrastive.latent_dim=64"])
-    assert "encoder's feature width" in str(info.value) and "\n" not in str(info.value)
-    assert load_config(base={"contrastive": {"latent_dim": None, "tau": 0.1}}).contrastive.tau == 0.1
+def test_removed_keys_are_unknown_keys() -> None:
+    """No key of a format that never shipped is accepted: ``contrastive.latent_dim`` is a typo like any other."""
+    with pytest.raises(ConfigError, match=r"unknown key 'contrastive\.latent_dim'") as info:
+        load_config(overrides=["mode=two-stage", "contrastive.latent_dim=null"])
+    assert "\n" not in str(info.value)

@@ -80,10 +80,10 @@ def test_config_refuses_what_cannot_combine(sets: list[str], message: str) -> No
 
 
 def test_learned_temperature_starts_at_tau() -> None:
-    from probmcl_med.engine.contrastive import build_objective, mdn_from_config
+    from probmcl_med.engine.contrastive import build_objective, build_mdn
 
     config = load_config(overrides=[*TINY, "contrastive.tau_learnable=true", "contrastive.tau=0.3"])
-    mdn = mdn_from_config(config.contrastive, 16, 4)
+    mdn = build_mdn(config.contrastive, 16, 4)
     objective = build_objective(config.contrastive, mdn=mdn)
     assert float(objective.contrastive.current_tau()) == pytest.approx(0.3, rel=1e-6)
     assert math.isclose(mdn.logit_scale.tau, 0.3, rel_tol=1e-6)

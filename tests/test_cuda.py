@@ -73,7 +73,7 @@ def settings_for(kind: str) -> AmpSettings:
 @pytest.mark.parametrize("kind", amp_cases())
 def test_amp_stage1_and_asl_steps_stay_finite_and_learn(kind: str) -> None:
     settings = settings_for(kind)
-    config = load_config(overrides=["encoder.name=test_resnet", "contrastive.mdn_hidden=[32, 16]"])
+    config = load_config(overrides=["mode=two-stage", "encoder.name=test_resnet", "contrastive.mdn_hidden=[32, 16]"])
     torch.manual_seed(0)
     encoder = get_encoder("test_resnet").to(DEVICE)
     mdn = MixtureDensityNetwork(encoder.num_features, CLASSES, hidden=(32, 16)).to(DEVICE)

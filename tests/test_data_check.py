@@ -114,9 +114,10 @@ def _retag(root, splits):
 def test_an_empty_split_is_reported_as_training_treats_it(tmp_path):
     import warnings
 
+    import torch
+
     from probmcl_med.config import load_config
-    from probmcl_med.engine.distributed import setup_distributed
-    from probmcl_med.engine.session import Session
+    from probmcl_med.engine.inputs import RunInputs
 
     root, _ = _root(tmp_path)
     _retag(root, lambda i: "test" if i % 3 == 0 else "train")  # train and test rows only
@@ -128,12 +129,10 @@ def test_an_empty_split_is_reported_as_training_treats_it(tmp_path):
     assert "without validation" in by_split["valid"]["consequence"]
     # what training does with the same file: a warning, no validation set, and it goes on
     config = load_config(overrides=["dataset.name=csv", f"dataset.root={root}", "encoder.name=test_resnet"])
-    session = Session(config, setup_distributed("cpu"))
-    session.build_encoder()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        session.build_data()
-    assert session.val_ds is None and len(session.train_ds) == 20
+        inputs = RunInputs.build(config, torch.device("cpu"))
+    assert inputs.val_ds is None and len(inputs.train_ds) == 20
     said = [str(w.message) for w in caught if "no validation split" in str(w.message)]
     assert len(said) == 1 and "\n" not in said[0]
     for cost in ("no best epoch", "no calibration", "no tuned thresholds", "dataset.options.valid_fraction"):

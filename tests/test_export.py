@@ -28,7 +28,7 @@ def test_exported_model_matches_pytorch(tmp_path, fmt, capsys):
     # an independent run: the runtime on a batch of another size than the export's example, vs the hand-run model
     x = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
-        expected = torch.sigmoid(head(encoder(x))).numpy()
+        expected = torch.sigmoid(head(torch.nn.functional.normalize(encoder(x), dim=1))).numpy()
     if fmt == "onnx":
         import onnxruntime as ort
 
@@ -50,7 +50,10 @@ def test_metadata_carries_the_models_mpp_and_stain_reference(tmp_path):
     make_bundle(tmp_path / "run")
     stain = {"method": "macenko", "stain_matrix": [[0.6, 0.2], [0.7, 0.8], [0.4, 0.6]],
              "max_concentrations": [1.9, 1.0], "io": 240.0, "source": "ref.png"}  # fmt: skip
-    set_bundle_entries(tmp_path / "run", mpp=0.5, stain_reference=stain, thresholds=[0.3, 0.5, 0.7])
+    set_bundle_entries(tmp_path / "run", mpp=0.5, stain_reference=stain)
+    from probmcl_med.operating_point import save_thresholds
+
+    save_thresholds(tmp_path / "run" / "model.pt", CLASSES, [0.3, 0.5, 0.7], rule="by hand", split="valid")
     export_model(load_model_bundle(tmp_path / "run"), tmp_path / "m.pt", "torchscript", check_batch=1)
     meta = json.loads((tmp_path / "m.pt.json").read_text())
     assert meta["mpp"] == 0.5 and meta["stain_reference"] == stain and meta["thresholds"] == [0.3, 0.5, 0.7]

@@ -1,5 +1,9 @@
-"""Ctrl-C during training: a real SIGINT to a real ``probmcl-med train`` process prints one line (interrupted, the
-last checkpoint, the command that continues) and exits with 130; that command resumes from that checkpoint."""
+"""Ctrl-C during training prints one line (interrupted, the last checkpoint, the command that continues) and exits
+with 130; that command resumes from that checkpoint.
+
+The fast test raises a real SIGINT inside the CLI's own process, right after its first checkpoint is written; the slow
+tests send it to a separate ``probmcl-med train`` process.
+"""
 
 from __future__ import annotations
 
@@ -76,6 +80,7 @@ def _last_line(err: str) -> str:
     return lines[-1]
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_one_line_with_the_checkpoint_and_the_resume_command(tmp_path: Path) -> None:
     result, args = _interrupt(tmp_path, epochs=50)
     assert result.returncode == 130, result.stderr
@@ -109,4 +114,36 @@ def test_the_printed_command_continues_from_that_checkpoint(tmp_path: Path) -> N
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {checkpoint}" in resumed.stderr
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_a_sigint_in_the_cli_process_stops_after_a_checkpoint_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from probmcl_med.cli.main import main
+
+    saved: list[Path] = []
+    save = CheckpointManager.save
+
+    def save_then_ctrl_c(self, state, **where):  # the user presses Ctrl-C once the first checkpoint is on disk
+        saved.append(save(self, state, **where))
+        if len(saved) == 1:
+            signal.raise_signal(signal.SIGINT)
+        return saved[-1]
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(CheckpointManager, "save", save_then_ctrl_c)
+    args = [*ARGS, "--root", str(tmp_path / "demo"), "--set", "contrastive.epochs=1", "--set",
+            "dataset.options={n_train: 8, n_valid: 4, n_test: 4}"]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "terminating due to exception" not in err
+    line = _last_line(err)
+    assert line.startswith(f"interrupted: last checkpoint {Path('run') / 'checkpoints' / saved[0].name} ")
+    command = shlex.split(line.split("; continue with: ", 1)[1])
+    assert command == ["probmcl-med", *args, "--resume"]
+    assert len(saved) == 1 and not (tmp_path / "run" / "model.pt").exists()
+    assert main(command[1:]) == 0
+    assert f"resuming from {Path('run') / 'checkpoints' / saved[0].name}" in capsys.readouterr().err
     assert (tmp_path / "run" / "model.pt").is_file()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from probmcl_med.engine.stages import lr_scheduler
+from probmcl_med.engine.schedule import lr_scheduler
 
 STEPS = 20
 
@@ -43,7 +43,7 @@ def test_warmup_cosine_matches_timms_cosine_scheduler_with_warmup(steps: int) ->
     """Every iteration's lr of every group equals timm's CosineLRScheduler stepped per update (an independent code)."""
     from timm.scheduler import CosineLRScheduler
 
-    from probmcl_med.engine.stages import WARMUP_FRACTION
+    from probmcl_med.engine.schedule import WARMUP_FRACTION
 
     lrs = [1e-3, 3e-4]
     warmup = min(round(WARMUP_FRACTION * steps), steps - 1)

@@ -257,3 +257,29 @@ def test_a_pickle_with_code_is_refused_not_called_corrupt(tmp_path: Path, capsys
     line = error_line(capsys)
     assert "refusing to unpickle it" in line and "corrupt" not in line
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("writer", ["pickle protocol 4", "pickle protocol 2", "torch legacy"])
+def test_an_old_format_pickle_with_code_is_named_not_called_corrupt(tmp_path: Path, writer: str) -> None:
+    """A non-zip pickle (``pickle.dump``, or ``torch.save`` of the old format): torch's reader fails on it without
+    naming a class (protocol 4's frames), so the file is read again, by pickletools, which executes nothing."""
+    import pickle
+
+    Payload.marker = str(tmp_path / "pwned")
+    old = tmp_path / "old.pkl"
+    obj = {"format": "probmcl-med/model", "x": Payload()}
+    if writer == "torch legacy":
+        torch.save(obj, old, _use_new_zipfile_serialization=False)
+    else:
+        old.write_bytes(pickle.dumps(obj, protocol=int(writer[-1])))
+    for read in (read_checkpoint, read_state_file):
+        with pytest.raises(CheckpointError) as err:
+            read(old)
+        message = str(err.value)
+        assert re.search(r"holds Python objects beyond tensors \([\w.]+", message), message
+        assert "corrupt" not in message and "\n" not in message
+    assert not (tmp_path / "pwned").exists()
+    torn = tmp_path / "torn.pkl"
+    torn.write_bytes(old.read_bytes()[:40])  # a torn stream is damage, as before
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        read_checkpoint(torn)

@@ -139,7 +139,7 @@ def test_overlap_likelihood_encoder_and_dataset_breaches() -> None:
     with pytest.raises(ContractError, match="non-finite value"):
         testing.check_likelihood(lambda m, z, y: torch.log(z.sum() * 0))
 
-    class Raw(torch.nn.Module):  # pooled features without the L2 normalisation
+    class Raw(torch.nn.Module):  # raw pooled features (the contract): accepted, at the width it claims only
         num_features = 4
         normalization = ((0.5,) * 3, (0.5,) * 3)
 
@@ -150,8 +150,11 @@ def test_overlap_likelihood_encoder_and_dataset_breaches() -> None:
         def forward(self, x):
             return self.conv(x).mean((2, 3)) + 3.0
 
-    with pytest.raises(ContractError, match="unit-norm"):
-        testing.check_encoder(Raw())
+    assert testing.check_encoder(Raw()).shape == (2, 4)
+    wide = Raw()
+    wide.num_features = 5
+    with pytest.raises(ContractError, match=r"shape \(2, 4\)"):
+        testing.check_encoder(wide)
 
     class Items:
         def __init__(self, item: dict) -> None:
@@ -177,7 +180,7 @@ def test_the_checks_leave_the_global_random_state_alone() -> None:
     np.random.seed(5)
     random.seed(9)
     before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
-    components = check_components(config, encoder, dataset, len(dataset.class_names), ("contrastive", "classifier"))
+    components = check_components(config, encoder, dataset, len(dataset.class_names), objective=True)
     assert [c.key for c in components] == [
         "encoder.name",
         "dataset.name",
@@ -187,7 +190,7 @@ def test_the_checks_leave_the_global_random_state_alone() -> None:
     ]
     assert torch.equal(torch.get_rng_state(), before[0])
     assert np.array_equal(np.random.get_state()[1], before[1]) and random.getstate() == before[2]
-    assert [c.key for c in configured_components(config, ("classifier",))] == ["encoder.name", "dataset.name"]
+    assert [c.key for c in configured_components(config, objective=False)] == ["encoder.name", "dataset.name"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -308,3 +311,49 @@ def test_a_model_trained_with_a_plugin_loads_without_it(plugin_run, tmp_path: Pa
     for command in commands:
         assert main(command) == 0, (command, capsys.readouterr().err)
     assert json.loads((tmp_path / "cam" / "explain.json").read_text())["target_layer"] == "encoder.model.act1"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What a mode needs of its encoder
+# --------------------------------------------------------------------------------------------------------------------
+
+FROZEN_ENCODER = '''
+from probmcl_med import ENCODERS
+from probmcl_med.models.encoders import get_encoder
+
+
+@ENCODERS.register("frozen_only")
+def frozen_only(pretrained=False, **options):
+    """test_resnet whose weights take no gradient (a frozen foundation model's wrapper, say)."""
+    encoder = get_encoder("test_resnet")
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder
+'''
+
+
+@pytest.mark.parametrize("mode", ["asl", "two-stage", "joint"])
+def test_an_encoder_without_trainable_parameters_is_refused_where_the_mode_trains_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    path = write_plugin(tmp_path / "plugs", "frozen_only.py", FROZEN_ENCODER)
+    run = tmp_path / "run"
+    args = ["--plugins-dir", str(path.parent), "train", "--set", f"mode={mode}", "--set", "encoder.name=frozen_only",
+            "--set", "dataset.image_size=16", "--set", "dataset.options={n_train: 16, n_valid: 8, n_test: 8}",
+            "--set", "workers=0", "--output-dir", str(run)]  # fmt: skip
+    try:
+        capsys.readouterr()
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        stage = {"asl": "classifier", "two-stage": "contrastive", "joint": "joint"}[mode]
+        expected = f"encoder 'frozen_only' from {path.resolve()} has no trainable parameters, and the {stage} stage"
+        assert expected in err and "use mode probe" in err, err
+        assert not run.exists()
+        # mode probe (a head on the frozen encoder) needs none: it passes the same check
+        from probmcl_med.engine.modes import stages_of
+        from probmcl_med.engine.preflight import check_stage_needs
+
+        probe = load_config(overrides=["mode=probe", "encoder.name=frozen_only"])
+        check_stage_needs(probe, stages_of(probe), ENCODERS.get("frozen_only")())
+    finally:
+        ENCODERS.unregister("frozen_only")

@@ -67,7 +67,7 @@ def test_a_state_dict_saved_from_the_preset_loads_back_and_gives_the_documented_
     loaded = get_encoder(name, depth=1, weights=path).eval()
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        expected, got = source.features(x), loaded.features(x)
+        expected, got = source(x), loaded(x)
     assert got.shape == (2, DOCUMENTED[name][6])
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
@@ -79,7 +79,7 @@ def test_virchow2_embedding_is_class_token_and_mean_of_patch_tokens_without_regi
     with torch.no_grad():
         tokens = encoder.model.forward_features(x)  # (1, 1 + 4 + 256, 1280), the card's model(x) output
         expected = torch.cat([tokens[:, 0], tokens[:, 5:].mean(1)], dim=-1)  # the card's recipe
-        got = encoder.features(x)
+        got = encoder(x)
     assert tokens.shape == (1, 261, 1280)
     torch.testing.assert_close(got, expected)
 
@@ -127,6 +127,6 @@ def test_phikon_reads_the_transformers_layout_as_transformers_runs_it(tmp_path, 
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         expected = reference(pixel_values=x).last_hidden_state[:, 0]
-        got = encoder.features(x)
+        got = encoder(x)
     assert got.shape == (2, DOCUMENTED[name][6])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

@@ -72,7 +72,7 @@ def test_a_sweep_into_a_folder_in_use_is_refused_before_training(tmp_path: Path,
     with RunLock(out, "sweep"):
         before = sorted(p.name for p in out.iterdir())
         code = cli(["sweep", "--grid", "contrastive.tau=0.1,0.2", "--seeds", "1", "--out", str(out), "--set",
-                    "encoder.name=test_resnet"])  # fmt: skip
+                    "encoder.name=test_resnet", "--set", "mode=two-stage"])  # fmt: skip
         errors, _ = _error_lines(capsys)
         assert code == 1 and len(errors) == 1 and f"sweep process {os.getpid()} " in errors[0]
         assert sorted(p.name for p in out.iterdir()) == before

@@ -4,7 +4,9 @@ registered gets tested, so a new built-in or plugin is covered the day it is add
 - similarities: ``(len(a), len(b))``, finite, in [0, 1], 1 on the diagonal for identical mixtures, differentiable;
 - overlaps: ``(B, M)``, finite, in [0, 1] (empty label sets included);
 - likelihoods: a finite scalar, differentiable in the features and the mixture;
-- encoders: ``(B, num_features)`` unit-norm float32 features and a (mean, std) normalisation;
+- encoders: ``(B, num_features)`` finite float32 features (raw: the models that need unit-norm rows normalise them)
+  and a (mean, std) normalisation; the large backbones (tens of millions of parameters) run with the slow tests, the
+  same wrapper on the small ones in every run;
 - datasets: items ``{"image", "label"}`` with a (C,) 0/1 label and readable pixels.
 
 The plugin files in ``plugins/`` and ``benchmarks/evidence/plugins/`` are imported at collection under names of
@@ -127,7 +129,15 @@ def test_likelihood_contract(name: str, likelihood: Any) -> None:
     assert all(g is None or torch.isfinite(g).all() for g in grads) and any(g is not None for g in grads)
 
 
-@pytest.mark.parametrize(("name", "factory"), ENTRIES["encoders"], ids=_ids("encoders"))
+LARGE_ENCODERS = {"tresnet_m", "tresnet_l", "resnet50", "tv_resnet50"}
+"""Built in, 23 to 56 M parameters: seconds each to build on a CPU, checked with the slow tests."""
+
+
+@pytest.mark.parametrize(
+    ("name", "factory"),
+    [pytest.param(n, f, marks=[pytest.mark.slow] if n in LARGE_ENCODERS else []) for n, f in ENTRIES["encoders"]],
+    ids=_ids("encoders"),
+)
 def test_encoder_contract(name: str, factory: Any) -> None:
     from probmcl_med.models.presets import PRESETS
 
@@ -139,8 +149,7 @@ def test_encoder_contract(name: str, factory: Any) -> None:
     encoder = factory().eval()
     with torch.no_grad():
         h = encoder(torch.randn(2, 3, size, size))
-    assert h.shape == (2, encoder.num_features) and h.dtype == torch.float32
-    torch.testing.assert_close(h.norm(dim=1), torch.ones(2), rtol=0, atol=1e-5)
+    assert h.shape == (2, encoder.num_features) and h.dtype == torch.float32 and torch.isfinite(h).all()
     mean, std = encoder.normalization
     assert len(mean) == len(std) == 3 and all(s > 0 for s in std)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from sklearn.metrics import average_precision_score
 from test_train import TINY
@@ -28,7 +30,7 @@ def test_grid_expansion_is_the_cartesian_product_with_seeds_innermost():
     ]
     assert [(r.point, r.seed) for r in runs] == expected
     assert len({r.name for r in runs}) == len(runs) == 3 * 2 * 2 * 2
-    assert runs[0].overrides(sweep.Path("o")) == [
+    assert runs[0].overrides(Path("o")) == [
         "contrastive.tau=0.1",
         "mode=asl",
         "contrastive.mdn_hidden=[8,4]",
@@ -68,17 +70,19 @@ def test_second_invocation_runs_nothing_new(tmp_path, monkeypatch):
 
     def fake_train(config, resume):
         calls.append((config.output_dir, config.seed, config.contrastive.tau, resume))
-        out = sweep.Path(config.output_dir)
+        out = Path(config.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "model.pt").write_bytes(b"x")
 
     def fake_eval(run_dir, device="auto", split="test"):
         return dict.fromkeys(sweep.METRICS, 10.0 * len(calls))
 
-    monkeypatch.setattr(sweep, "train_run", fake_train)
-    monkeypatch.setattr(sweep, "evaluate_run", fake_eval)
+    from probmcl_med.sweep import runner
+
+    monkeypatch.setattr(runner, "train_run", fake_train)
+    monkeypatch.setattr(runner, "evaluate_run", fake_eval)
     points = sweep.grid_points(sweep.parse_grid(["contrastive.tau=0.1,0.5"]))
-    first = sweep.run_sweep(None, points, 2, tmp_path, plots=False)
+    first = sweep.run_sweep(None, points, 2, tmp_path, ["mode=two-stage"], plots=False)
     assert first.trained == 4 and len(calls) == 4
     assert sorted((c[1], c[2]) for c in calls) == [(0, 0.1), (0, 0.5), (1, 0.1), (1, 0.5)]
     # an interrupted run: its marker is gone and a checkpoint is left; it is resumed, the others are skipped
@@ -86,21 +90,31 @@ def test_second_invocation_runs_nothing_new(tmp_path, monkeypatch):
     (interrupted / sweep.MARKER).unlink()
     (interrupted / "checkpoints").mkdir()
     (interrupted / "checkpoints" / "ckpt.pt").write_bytes(b"x")
-    second = sweep.run_sweep(None, points, 2, tmp_path, plots=False)
+    second = sweep.run_sweep(None, points, 2, tmp_path, ["mode=two-stage"], plots=False)
     assert second.trained == 1 and calls[-1][0] == str(interrupted) and calls[-1][3] is True
-    third = sweep.run_sweep(None, points, 2, tmp_path, plots=False)
+    third = sweep.run_sweep(None, points, 2, tmp_path, ["mode=two-stage"], plots=False)
     assert third.trained == 0 and len(calls) == 5
     assert [r["mAP"] for r in third.records] == [r["mAP"] for r in second.records]
 
 
-def test_tiny_real_sweep_through_the_cli(tmp_path):
+def test_tiny_real_sweep_through_the_cli(tmp_path, capsys):
     from probmcl_med.cli.main import main
 
     out = tmp_path / "sweep"
-    args = ["sweep", "--grid", "mode=two-stage,asl", "--seeds", "1", "--out", str(out)]
-    for s in [*TINY, "classifier.epochs=1", "classifier.augment=false", "epochs=2"]:
+    args = ["sweep", "--grid", "mode=two-stage,asl", "--seeds", "1", "--out", str(out), "--epochs", "2"]
+    for s in [*(t for t in TINY if not t.startswith(("mode=", "contrastive.epochs", "classifier.epochs"))),
+              "classifier.augment=false"]:  # fmt: skip
         args += ["--set", s]
+    capsys.readouterr()
     assert main(args) == 0
+    # the --set of two-stage's keys applied to its runs only, said once each; --epochs 2 is each run's length
+    err = capsys.readouterr().err
+    assert "warning: --set contrastive.batch_size=8: applies to the runs of mode two-stage only" in err
+    assert err.count("contrastive.batch_size=8") == 1
+    two = yaml.safe_load((out / "mode=two-stage__seed0" / "config.yaml").read_text())
+    asl = yaml.safe_load((out / "mode=asl__seed0" / "config.yaml").read_text())
+    assert (two["contrastive"]["epochs"], two["classifier"]["epochs"], asl["epochs"]) == (1, 1, 2)
+    assert "contrastive" not in asl
     for name in ("runs.csv", "sweep.csv", "sweep.md", "plot_mode.png"):
         assert (out / name).is_file(), name
     assert Image.open(out / "plot_mode.png").format == "PNG"
@@ -155,3 +169,12 @@ def test_pick_best_ranks_by_validation_never_by_test():
     no_valid = sweep.aggregate([{**r, "valid": None} for r in records], ["k"])
     with pytest.raises(ConfigError, match="no run has validation metrics"):
         sweep.pick_best(no_valid, "mAP")
+
+
+def test_a_set_no_grid_point_reads_is_an_error_and_epochs_applies_per_mode(tmp_path):
+    points = sweep.grid_points(sweep.parse_grid(["mode=asl,probe"]))
+    with pytest.raises(ConfigError, match=r"--set contrastive.tau=0.1: no grid point's mode \(asl, probe\) reads it"):
+        sweep.run_sweep(None, points, 1, tmp_path / "out", ["contrastive.tau=0.1"], plots=False)
+    assert not (tmp_path / "out").exists()  # refused before the sweep folder was made
+    with pytest.raises(ConfigError, match=r"grid point mode=two-stage: --epochs 1: mode two-stage trains two stages"):
+        sweep.run_sweep(None, sweep.grid_points(sweep.parse_grid(["mode=asl,two-stage"])), 1, tmp_path, epochs=1)

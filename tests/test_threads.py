@@ -49,12 +49,9 @@ def test_config_key_accepts_zero_null_and_counts_rejects_negative() -> None:
         load_config(overrides=["threads=-1"])
 
 
-@pytest.mark.parametrize("mode", ["two-stage", "asl", "joint"])
+@pytest.mark.parametrize("mode", ["two-stage", "asl", "probe", "joint"])
 def test_every_mode_reads_and_prints_the_key(mode: str) -> None:
-    from probmcl_med.config import UNUSED_KEYS
-
     config = load_config(overrides=[f"mode={mode}", "threads=3"])
-    assert "threads" not in UNUSED_KEYS[mode]
     assert config.to_dict()["threads"] == 3  # what --print-config, config.yaml and the bundle show
     assert "threads: 3" in config.to_yaml().splitlines()
 
@@ -81,9 +78,9 @@ def test_training_applies_the_setting_before_the_run(monkeypatch: pytest.MonkeyP
 
 
 def test_cpu_inference_loader_applies_the_automatic_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    from probmcl_med.inference.inputs import make_loader
+    from probmcl_med.inference.inputs import prediction_batches
 
     monkeypatch.setattr(threads, "available_cores", lambda: 4)
     torch.set_num_threads(1)
-    make_loader(list(range(4)), batch_size=2, workers=1, device=torch.device("cpu"))  # type: ignore[arg-type]
+    prediction_batches(list(range(4)), batch_size=2, workers=1, device=torch.device("cpu"))  # type: ignore[arg-type]
     assert torch.get_num_threads() == 3

@@ -17,7 +17,7 @@ from probmcl_med.models.heads import LinearHead
 
 def test_layer_options_by_name_build_what_the_classes_build() -> None:
     torch.manual_seed(0)
-    by_name = get_encoder("timm:test_vit", mlp_layer="SwiGLUPacked", act_layer="SiLU", reg_tokens=2, normalize=False)
+    by_name = get_encoder("timm:test_vit", mlp_layer="SwiGLUPacked", act_layer="SiLU", reg_tokens=2)
     torch.manual_seed(0)
     reference = timm.create_model("test_vit", num_classes=0, mlp_layer=SwiGLUPacked, act_layer=nn.SiLU, reg_tokens=2)
     assert isinstance(by_name, TimmEncoder)
@@ -26,7 +26,7 @@ def test_layer_options_by_name_build_what_the_classes_build() -> None:
     ]
     x = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
-        torch.testing.assert_close(by_name.eval().features(x), reference.eval()(x))
+        torch.testing.assert_close(by_name.eval()(x), reference.eval()(x))
 
 
 @pytest.mark.parametrize("spelling", ["torch.nn.SiLU", "silu", "SiLU"])
@@ -44,7 +44,7 @@ def test_pooling_matches_timms_tokens(pool: str) -> None:
         tokens = encoder.model.forward_features(x)  # (2, 1 + 3 + patches, D) after the final norm
         cls, patches = tokens[:, 0], tokens[:, 4:].mean(1)
         expected = {"cls": cls, "mean": patches, "cls+mean": torch.cat([cls, patches], 1)}[pool]
-        got = encoder.features(x)
+        got = encoder(x)
     torch.testing.assert_close(got, expected)
     width = encoder.model.embed_dim
     assert encoder.num_features == (2 * width if pool == "cls+mean" else width) == got.shape[1]
@@ -54,7 +54,7 @@ def test_mean_pooling_of_a_cnn_is_the_spatial_mean_and_cls_is_refused() -> None:
     encoder = get_encoder("timm:test_resnet", pool="mean").eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(encoder.features(x), encoder.model.forward_features(x).mean(dim=(2, 3)))
+        torch.testing.assert_close(encoder(x), encoder.model.forward_features(x).mean(dim=(2, 3)))
     with pytest.raises(ConfigError, match="no class token"):
         get_encoder("timm:test_resnet", pool="cls")
 
@@ -90,5 +90,5 @@ def test_a_saved_model_with_string_options_rebuilds_from_plain_data(tmp_path) ->
     bundle = load_model_bundle(path)
     x = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
-        torch.testing.assert_close(bundle.encoder.features(x), encoder.features(x))
+        torch.testing.assert_close(bundle.encoder(x), encoder(x))
     assert bundle.encoder_options == options  # strings in model.pt, never pickled classes

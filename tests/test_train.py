@@ -9,11 +9,10 @@ import timm
 import torch
 import torch.nn.functional as F
 import typer
-from config_reads import reads_outside, recording
 from typer.testing import CliRunner
 
 from probmcl_med.bundle import load_model_bundle
-from probmcl_med.config import load_config
+from probmcl_med.config import TwoStageConfig, load_config
 from probmcl_med.engine import train
 from probmcl_med.engine.checkpoint import CheckpointManager, read_checkpoint
 from probmcl_med.errors import CheckpointError
@@ -37,8 +36,20 @@ TINY = [
 ]
 
 
+ONE_STAGE = {"mode=asl", "mode=joint", "mode=probe"}
+
+
 def tiny_config(tmp_path, *extra):
-    return load_config(overrides=[*TINY, f"output_dir={tmp_path / 'run'}", *extra])
+    """The tiny two-stage config, or with ``mode=asl|joint|probe`` in ``extra`` the keys of that mode only."""
+    mode = next((e for e in extra if e in ONE_STAGE), None)
+    sets = TINY
+    if mode is not None:
+        keep = {"mode=joint": ("contrastive.batch_size", "contrastive.mdn_hidden", "contrastive.lr")}.get(mode, ())
+        sets = [
+            s for s in TINY if not s.startswith(("mode=", "contrastive.", "classifier.epochs")) or s.startswith(keep)
+        ]
+        sets += ["classifier.epochs=2"] if mode == "mode=probe" else []
+    return load_config(overrides=[*sets, f"output_dir={tmp_path / 'run'}", *extra])
 
 
 def check_trained_bundle(run, seed, normalize):
@@ -63,9 +74,7 @@ def check_trained_bundle(run, seed, normalize):
 
 def test_two_stages_write_run_folder_and_bundle_restores_logits(tmp_path):
     config = tiny_config(tmp_path, "classifier.augment=false", "log_every=1")
-    view, seen = recording(config)
-    result = train(view)
-    assert not reads_outside("two-stage", seen) and {"contrastive.epochs", "classifier.epochs"} <= seen
+    result = train(config)
     run = tmp_path / "run"
     for name in ("config.yaml", "class_names.json", "run.json", "metrics.jsonl", "model.pt"):
         assert (run / name).is_file(), name
@@ -81,6 +90,7 @@ def test_two_stages_write_run_folder_and_bundle_restores_logits(tmp_path):
     assert [(r["stage"], r["epoch"]) for r in records] == [("contrastive", 1), ("classifier", 1), ("classifier", 2)]
     assert all(r["images_per_s"] > 0 and r["lr"] > 0 for r in records)
     assert {"nll", "pcl"} <= set(records[0]) and 0 <= records[1]["val_mAP"] <= 100
+    assert "bce" in records[1] and "asl" not in records[1]  # the head's loss (the default bce) under its own name
     assert result.best_map == max(r["val_mAP"] for r in records[1:])
     # MONAI's TensorBoard handler logged the same epoch numbers as metrics.jsonl (float32 there), one folder per stage
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -89,7 +99,7 @@ def test_two_stages_write_run_folder_and_bundle_restores_logits(tmp_path):
     board.Reload()
     logged = {e.step: e.value for e in board.Scalars("val_mAP")}
     assert logged == pytest.approx({r["epoch"]: r["val_mAP"] for r in records[1:]}, rel=1e-6)
-    assert {"iter/loss", "iter/lr", "loss", "images_per_s"} <= set(board.Tags()["scalars"])
+    assert {"iter/loss", "iter/bce", "iter/lr", "loss", "bce", "images_per_s"} <= set(board.Tags()["scalars"])
     assert [e.step for e in board.Scalars("iter/loss")] == list(range(1, records[-1]["iteration"] + 1))
 
     bundle = load_model_bundle(run)
@@ -186,21 +196,20 @@ def test_bf16_autocast_keeps_mixture_math_in_fp32():
     x, y = torch.randn(6, 3, 32, 32), (torch.rand(6, 4) < 0.5).float()
     with amp.autocast():
         h, mixture = model(x)
-        assert encoder.features(x).dtype == torch.bfloat16  # the encoder really ran in bf16
+        assert encoder(x).dtype == torch.bfloat16  # the encoder really ran in bf16
     assert h.dtype == mixture.weights.dtype == mixture.variances.dtype == torch.float32
-    out = build_objective(load_config().contrastive)(mixture, h, y)
+    out = build_objective(TwoStageConfig().contrastive)(mixture, h, y)
     assert torch.isfinite(out.total)
     out.total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_asl_mode_trains_encoder_and_head_end_to_end(tmp_path):
-    config = tiny_config(tmp_path, "mode=asl", "epochs=2", "classifier.augment=false")
-    view, seen = recording(config)
-    train(view)
-    assert not reads_outside("asl", seen) and "epochs" in seen  # no contrastive key, no stage epochs
+    config = tiny_config(tmp_path, "mode=asl", "epochs=2", "classifier.augment=false", "classifier.loss=focal")
+    train(config)
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in records] == [("classifier", 1), ("classifier", 2)]  # epochs=2
+    assert all(r["focal"] == r["loss"] and "asl" not in r for r in records)  # the loss logged under its name
     raw = check_trained_bundle(run, config.seed, normalize=False)
     assert raw["mdn"] is None

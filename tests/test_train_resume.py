@@ -1,8 +1,14 @@
-"""Crash safety: SIGKILL a real training process mid-epoch, resume it, and end with the uninterrupted run's weights."""
+"""Crash safety: a run stopped mid-epoch and resumed ends with the uninterrupted run's weights, every tensor equal.
+
+The fast tests stop the run in-process (the checkpoints after a mid-epoch iteration removed, as a kill leaves the
+folder) and resume it in the same process; the slow test SIGKILLs a real training process.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +80,7 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     env = _env(tmp_path)
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
@@ -113,27 +120,71 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     assert len(lines(crashed)) == len(lines(straight)) == 4
 
 
-@pytest.mark.parametrize("damage", ["truncate"])
-def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path, damage):
-    env = _env(tmp_path)
+FAST = ["mode=two-stage", "encoder.name=test_resnet", "dataset.name=demo", "dataset.image_size=16",
+        "dataset.options={n_train: 16, n_valid: 8, n_test: 8}", "dataset.augment.num_ops=1", "contrastive.epochs=2",
+        "contrastive.batch_size=4", "contrastive.mdn_hidden=[16, 8]", "contrastive.lr=0.001", "classifier.epochs=2",
+        "classifier.batch_size=8", "classifier.lr=0.01", "classifier.augment=true", "checkpoint.every_n_iterations=1",
+        "checkpoint.keep_last=50", "deterministic=true", "workers=0", "amp=false", "seed=7"]  # fmt: skip
+"""Four contrastive iterations per epoch, two classifier ones; a checkpoint after every iteration."""
+
+
+def _fast_args(run: Path, *extra: str) -> list[str]:
+    return ["train", *(a for s in FAST for a in ("--set", s)), "--output-dir", str(run), *extra]
+
+
+def _stop_after(run: Path, iteration: int, stage: str) -> None:
+    """The folder as a kill after ``iteration`` of ``stage`` leaves it: no later checkpoint, no model, the metric
+    lines of the epochs done (what the crashed process had written by then)."""
+    for c in CheckpointManager(run / "checkpoints").list():
+        if c.stage_index > (0 if stage == "contrastive" else 1) or (c.stage == stage and c.iteration > iteration):
+            c.path.unlink()
+    (run / "model.pt").unlink(missing_ok=True)
+    done = read_checkpoint(CheckpointManager(run / "checkpoints").list()[-1].path)["epoch"]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    order = ["contrastive", "classifier"]
+
+    def before(record: dict) -> bool:
+        position = order.index(record["stage"]) - order.index(stage)
+        return position < 0 or (position == 0 and record["epoch"] <= done)
+
+    kept = [line for line in lines if before(json.loads(line))]
+    (run / "metrics.jsonl").write_text("".join(f"{line}\n" for line in kept))
+
+
+@pytest.mark.parametrize(("stage", "iteration"), [("contrastive", 6), ("classifier", 1)])
+def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path, capsys, stage, iteration):
+    """Stopped mid-epoch (epoch 2 of the contrastive stage, or inside the augmented classifier stage) and resumed:
+    every tensor of the final model equals the uninterrupted run's, and metrics.jsonl has one line per epoch."""
+    from test_inference import cli
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert cli(_fast_args(straight)) == 0
+    shutil.copytree(straight, stopped)
+    _stop_after(stopped, iteration, stage)
+    latest = read_checkpoint(CheckpointManager(stopped / "checkpoints").list()[-1].path)
+    assert latest["stage"] == stage and 0 < latest["epoch_iteration"] < latest["epoch_length"]
+    capsys.readouterr()
+    assert cli(_fast_args(stopped, "--resume")) == 0
+    assert "resuming from" in capsys.readouterr().err
+    expected, got = _final_weights(straight), _final_weights(stopped)
+    assert expected.keys() == got.keys()
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    lines = lambda p: [line.split('"images_per_s"')[0] for line in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert lines(stopped) == lines(straight) and len(lines(straight)) == 4
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path, capsys):
+    from test_inference import cli
+
     run = tmp_path / "run"
-    first = subprocess.run(
-        _command(run, "--stage", "contrastive", "--set", "contrastive.epochs=1"),
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert first.returncode == 0, first.stderr[-2000:]
-    manager = CheckpointManager(run / "checkpoints")
-    newest = manager.list()[-1].path
+    args = _fast_args(run, "--stage", "contrastive", "--set", "contrastive.epochs=1")
+    assert cli(args) == 0
+    newest = CheckpointManager(run / "checkpoints").list()[-1].path
     newest.write_bytes(newest.read_bytes()[:500])
-    again = subprocess.run(
-        _command(run, "--stage", "contrastive", "--set", "contrastive.epochs=1", "--resume"),
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert f"checkpoint {newest} is corrupt or truncated" in again.stderr and "falling back" in again.stderr
+    capsys.readouterr()
+    assert cli([*args, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest} is corrupt or truncated" in err and "falling back" in err
     # the resumed run redid the last iteration and rewrote the damaged file with a complete one
     assert read_checkpoint(newest)["complete"] is True

@@ -8,7 +8,7 @@ import torch
 
 from probmcl_med.config import load_config
 from probmcl_med.core.mdn import MixtureDensityNetwork
-from probmcl_med.engine.contrastive import ContrastiveModel, build_objective, mdn_from_config
+from probmcl_med.engine.contrastive import ContrastiveModel, build_objective, build_mdn
 from probmcl_med.models.encoders import get_encoder
 
 GLOBAL_VIEWS = 12  # 2 ranks x 6 views
@@ -30,8 +30,8 @@ def build_model() -> ContrastiveModel:
     encoder = get_encoder("test_resnet").eval()
     if not case_sets():
         return ContrastiveModel(encoder, MixtureDensityNetwork(encoder.num_features, NUM_CLASSES, hidden=(32, 16)))
-    config = load_config(overrides=[*case_sets(), "contrastive.mdn_hidden=[32, 16]"])
-    return ContrastiveModel(encoder, mdn_from_config(config.contrastive, encoder.num_features, NUM_CLASSES))
+    config = load_config(overrides=["mode=two-stage", *case_sets(), "contrastive.mdn_hidden=[32, 16]"])
+    return ContrastiveModel(encoder, build_mdn(config.contrastive, encoder.num_features, NUM_CLASSES))
 
 
 def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +44,6 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def objective(distributed: bool, model: ContrastiveModel | None = None) -> torch.nn.Module:
-    sets = ["contrastive.alpha=0.3", "contrastive.tau=0.2", "contrastive.lambda=0.3", *case_sets()]
+    sets = ["mode=two-stage", "contrastive.alpha=0.3", "contrastive.tau=0.2", "contrastive.lambda=0.3", *case_sets()]
     config = load_config(overrides=sets)
     return build_objective(config.contrastive, distributed=distributed, mdn=None if model is None else model.mdn)

@@ -153,8 +153,7 @@ def arm_sets(arm: str, init: str, epochs: int, selection: dict[str, str] | None 
                 *AUGMENTS["ra9"],
                 f"classifier.loss={loss}",
                 "classifier.encoder_lr=0",
-                "classifier.augment=false",
-                "classifier.cache_features=true",
+                "classifier.augment=false",  # a frozen encoder without augmentation: features computed once
                 f"classifier.epochs={FROZEN_HEAD_EPOCHS}",
                 f"classifier.lr={UNIT_NORM_HEAD_LR}",
             ]
@@ -198,7 +197,9 @@ def run_project_job(job: dict) -> dict:
 
     load_plugins()  # PROBMCL_MED_PLUGINS: the stage-1 study's supcon control registers a likelihood
     run_dir = Path(job["run_dir"])
-    config = load_config(None, overrides=[*job["sets"], f"seed={job['seed']}", f"output_dir={run_dir}"])
+    # COMMON holds keys of several modes: each applies where the arm's mode reads it
+    overrides = [*job["sets"], f"seed={job['seed']}", f"output_dir={run_dir}"]
+    config = load_config(None, overrides=overrides, optional=COMMON)
     resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
     started = time.perf_counter()
     train(config, resume=resume)

@@ -76,7 +76,7 @@ BASE = [
     "log_every=50",
     "checkpoint.keep_last=1",
 ]
-FROZEN_HEAD = ["classifier.augment=false", "classifier.cache_features=true", f"classifier.epochs={FROZEN_HEAD_EPOCHS}"]
+FROZEN_HEAD = ["classifier.augment=false", f"classifier.epochs={FROZEN_HEAD_EPOCHS}"]
 """Frozen-encoder arms: the linear head trains on cached features (one forward pass of the training split, no
 augmentation) for FROZEN_HEAD_EPOCHS epochs, so the head is not what limits them (it costs less than one epoch)."""
 
@@ -106,17 +106,17 @@ def arm_sets(arm: str, init: str, e1: int, e2: int, weights: str) -> list[str]:
     """The ``--set`` overrides of one arm at one initialisation."""
     lr = ENC_LR[init]
     sets = [f"encoder.weights={weights}" if init == "pretrained" else "encoder.weights=null"]
-    sets += [f"contrastive.epochs={e1}", f"classifier.epochs={e2}", f"contrastive.lr={lr}"]
+    stages = [f"contrastive.epochs={e1}", f"classifier.epochs={e2}", f"contrastive.lr={lr}"]  # two-stage's keys
     if arm == "asl":
         return [*sets, "mode=asl", f"epochs={e1 + e2}", f"classifier.encoder_lr={lr}"]
     if arm == "two-stage":
-        return [*sets, "mode=two-stage", "classifier.encoder_lr=0", *FROZEN_HEAD]
+        return [*sets, *stages, "mode=two-stage", "classifier.encoder_lr=0", *FROZEN_HEAD]
     if arm == "two-stage-ft":
-        return [*sets, "mode=two-stage", f"classifier.encoder_lr={lr / 3:.6g}"]
+        return [*sets, *stages, "mode=two-stage", f"classifier.encoder_lr={lr / 3:.6g}"]
     if arm == "joint":
-        return [*sets, "mode=joint", f"epochs={e1 + e2}", f"classifier.encoder_lr={lr}"]
+        return [*sets, f"contrastive.lr={lr}", "mode=joint", f"epochs={e1 + e2}", f"classifier.encoder_lr={lr}"]
     if arm == "probe":
-        return [*sets, "mode=two-stage", "contrastive.epochs=0", *FROZEN_HEAD]
+        return [*sets, "mode=probe", "classifier.encoder_lr=0", *FROZEN_HEAD]
     raise SystemExit(f"unknown arm {arm}")
 
 

@@ -69,7 +69,7 @@ def features(encoder: torch.nn.Module, dataset, batch: int = 128) -> tuple[torch
     hs, ys = [], []
     for start in range(0, len(dataset), batch):
         items = [dataset[i] for i in range(start, min(len(dataset), start + batch))]
-        hs.append(encoder(torch.stack([it["image"] for it in items])).float())
+        hs.append(F.normalize(encoder(torch.stack([it["image"] for it in items])).float(), dim=1))
         ys.append(torch.stack([torch.as_tensor(it["label"]).float() for it in items]))
     return torch.cat(hs), torch.cat(ys)
 
@@ -106,7 +106,7 @@ def gradient_paths(encoder, mdn, objective, likelihood, images: torch.Tensor, la
     encoder.train()
     mdn.train()
     with torch.no_grad():
-        r0 = encoder.features(images).float()
+        r0 = encoder(images).float()  # the encoder returns raw pooled features
     r = r0.clone().requires_grad_(True)
 
     def unit() -> torch.Tensor:  # a fresh graph from r for each path
@@ -141,7 +141,7 @@ def probe_run(run_dir: Path) -> dict:
     from probmcl_med.core.overlaps import jaccard as jaccard_overlap
     from probmcl_med.data.datasets import build_dataset
     from probmcl_med.data.transforms import TwoViews, build_eval_transform, build_train_transform
-    from probmcl_med.engine.contrastive import build_objective, mdn_from_config, stack_views
+    from probmcl_med.engine.contrastive import build_objective, build_mdn, stack_views
     from probmcl_med.engine.run import seed_everything
     from probmcl_med.models.encoders import get_encoder
     from probmcl_med.plugins import load_plugins
@@ -172,7 +172,7 @@ def probe_run(run_dir: Path) -> dict:
     seed_everything(cfg.seed, False)
     encoder = get_encoder(e.name, pretrained=e.pretrained, weights=e.weights, **dict(e.options))
     torch.manual_seed(cfg.seed)
-    mdn = mdn_from_config(c, encoder.num_features, len(class_names))
+    mdn = build_mdn(c, encoder.num_features, len(class_names))
     objective = build_objective(cfg.contrastive, mdn=mdn)
     states = [(0, None)]
     for path in sorted((run_dir / "checkpoints").glob("ckpt-s0-contrastive-e*.pt")):

@@ -70,8 +70,7 @@ FROZEN_HEAD = [
     "lr_schedule=onecycle",  # the paper's schedule, named: the schema's default is constant since the defaults study
     "classifier.loss=bce",
     "classifier.encoder_lr=0",
-    "classifier.augment=false",
-    "classifier.cache_features=true",
+    "classifier.augment=false",  # features computed once
     f"classifier.epochs={base.FROZEN_HEAD_EPOCHS}",
     f"classifier.lr={base.UNIT_NORM_HEAD_LR}",
 ]
@@ -93,7 +92,7 @@ def arm_sets(arm: str, init: str, epochs: int, warm_from: Path | None) -> list[s
     std = ["contrastive.mdn_input=standardized"]
     bhattacharyya = ["contrastive.similarity=bhattacharyya"]
     table = {
-        "none": ["mode=two-stage", "contrastive.epochs=0", *FROZEN_HEAD],
+        "none": ["mode=probe", *FROZEN_HEAD],  # the head on the initial encoder, no stage 1
         "paper": [*stage1, *FROZEN_HEAD],
         "nll": [*stage1, "contrastive.lambda=0", *FROZEN_HEAD],
         "pcl": [*stage1, "contrastive.nll_weight=0", *FROZEN_HEAD],
@@ -107,8 +106,7 @@ def arm_sets(arm: str, init: str, epochs: int, warm_from: Path | None) -> list[s
         "std_ft": [*stage1, *std, *fine_tune],
         "none_ft": [
             "lr_schedule=onecycle",
-            "mode=two-stage",
-            "contrastive.epochs=0",
+            "mode=probe",
             *base.AUGMENTS["ra9"],
             *fine_tune,
         ],

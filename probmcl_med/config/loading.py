@@ -1,114 +1,74 @@
-"""Loading a run configuration: YAML files, named configs, ``--set`` overrides, and one-line errors.
+"""Loading a run config: a YAML file (or a named config), then ``--set`` overrides, validated into its mode's model.
 
 Example::
 
     cfg = load_config("configs/adp.yaml", overrides=["contrastive.tau=0.1", "dataset.root=/data/ADP"])
 
-A bad key or value is a :class:`~probmcl_med.errors.ConfigError` of one line naming the file and the key (with close
-matches for a typo).
+Every key is judged against the mode the config ends up with (:mod:`probmcl_med.config.schema`):
+
+- a key no mode has (a typo) or a bad value: a one-line :class:`~probmcl_med.errors.ConfigError` naming the file and
+  the key, with close matches;
+- a key of another mode given with ``--set``: a ConfigError naming the mode and the modes that read it (the run would
+  ignore it);
+- a key of another mode in the config file: one warning line (:class:`ConfigWarning`), and the key is dropped;
+- ``--set mode=X`` on a config of another mode: one warning line naming the keys of the old mode it dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-from importlib import resources
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from probmcl_med.config.schema import RunConfig, check_epochs, check_stage_epochs
+from probmcl_med.config.files import DuplicateKeyError, load_yaml_text, read_yaml
+from probmcl_med.config.schema import (
+    ALL_KEYS,
+    DEFAULT_MODE,
+    MODE_CONFIGS,
+    MODE_KEYS,
+    RunConfig,
+    field_annotation,
+    field_info,
+    is_section,
+    length_keys,
+    modes_reading,
+    run_config_adapter,
+    same_meaning,
+)
 from probmcl_med.errors import ConfigError
 from probmcl_med.fileio import atomic_write_text
 from probmcl_med.registry import RegistryError
 
 
-def _schema_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """All dotted keys of a schema (for did-you-mean on unknown keys)."""
-    keys: list[str] = []
-    for name, field in model.model_fields.items():
-        key = field.alias or name
-        dotted = f"{prefix}{key}"
-        keys.append(dotted)
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys.extend(_schema_keys(annotation, dotted + "."))
-    return keys
+class ConfigWarning(UserWarning):
+    """A config file key the run's mode does not read (dropped), or the keys a ``--set mode=`` dropped."""
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    """One line naming the first bad key, what is wrong and (for unknown keys) the close matches."""
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key, _schema_keys(RunConfig), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        msg = f"unknown key '{key}'{hint}"
-    else:
-        value = first.get("input")
-        detail = first["msg"].removeprefix("Value error, ")
-        shown = repr(value) if not isinstance(value, dict) else "a mapping"
-        msg = f"bad value {shown} for '{key}': {detail}"
-    more = len(err.errors()) - 1
-    extra = f" (+{more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{source}: {msg}{extra}"
+class DroppedSet(ConfigWarning):
+    """An optional ``--set`` (:func:`load_config`'s ``optional``) that the run's mode does not read, dropped.
 
+    Attributes:
+        text: the ``--set`` text.
+        mode: the mode that does not read it.
+    """
 
-def _field_for(model: type[BaseModel], key: str) -> Any:
-    """The pydantic field of ``model`` written ``key`` in a config (its alias or its name), or None."""
-    for name, field in model.model_fields.items():
-        if key in (name, field.alias):
-            return field
-    return None
+    def __init__(self, text: str, mode: str) -> None:
+        super().__init__(f"--set {text}: mode {mode} does not read it; dropped")
+        self.text, self.mode = text, mode
 
 
 def is_text_key(path: list[str]) -> bool:
-    """True when the schema types the key at ``path`` as text (``str`` or ``str | None``)."""
-    model: type[BaseModel] = RunConfig
-    for i, part in enumerate(path):
-        field = _field_for(model, part)
-        if field is None:
-            return False
-        annotation = field.annotation
-        if i < len(path) - 1:
-            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-                return False  # inside a free-form mapping (dataset.options, encoder.options)
-            model = annotation
-    return annotation is str or set(get_args(annotation)) == {str, type(None)}
-
-
-class DuplicateKeyError(yaml.YAMLError):
-    """A mapping names one key twice (YAML itself would keep the last silently)."""
-
-    def __init__(self, key: Any, first_line: int, second_line: int) -> None:
-        super().__init__(f"key '{key}' appears twice (lines {first_line} and {second_line}); keep one")
-        self.key, self.first_line, self.second_line = key, first_line, second_line
-
-
-class StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (merge keys ``<<`` are still allowed)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            try:
-                if key in seen:
-                    raise DuplicateKeyError(key, seen[key], line)
-            except TypeError:  # an unhashable key: SafeLoader reports it
-                break
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_yaml_text(text: str) -> Any:
-    """YAML text -> Python objects, refusing duplicate keys (:class:`DuplicateKeyError`)."""
-    return yaml.load(text, Loader=StrictLoader)
+    """True when some mode types the key at ``path`` as text (``str`` or ``str | None``)."""
+    for mode in MODE_CONFIGS:
+        annotation = field_annotation(mode, path)
+        if annotation is str or set(get_args(annotation)) == {str, type(None)}:
+            return True
+    return False
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -119,17 +79,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     so ``--set output_dir=2024`` names the folder ``2024``; ``null`` still unsets an optional one.
     """
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set contrastive.tau=0.1")
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set classifier.lr=0.01")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: the key is empty; write e.g. contrastive.tau=0.1")
+        raise ConfigError(f"--set {text!r}: the key is empty; write e.g. classifier.lr=0.01")
     path = key.split(".")
     try:
         value = load_yaml_text(raw) if raw.strip() else None
     except DuplicateKeyError as exc:
         raise ConfigError(f"--set {text!r}: {exc}") from None
-    except yaml.YAMLError:
+    except Exception:  # not YAML: the text itself
         value = raw
     if is_text_key(path):
         if value is not None and not isinstance(value, str):
@@ -153,114 +113,171 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def config_search_paths() -> list[Path]:
-    """Where named configs are looked up: ./configs of the working directory, then the installed package's."""
-    paths = [Path.cwd() / "configs"]
-    try:
-        packaged = Path(str(resources.files("probmcl_med.configs")))
-        paths.append(packaged)
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return paths
+def _keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of a mapping, descending into the schema's sections only."""
+    out = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        out.append(dotted)
+        if isinstance(value, dict) and is_section(dotted):
+            out.extend(_keys(value, dotted + "."))
+    return out
 
 
-def find_named_config(name: str) -> Path | None:
-    """``configs/NAME.yaml`` from the working directory or the installed package, or None."""
-    for folder in config_search_paths():
-        candidate = folder / f"{name}.yaml"
-        if candidate.is_file():
-            return candidate
-    return None
+def _pop(data: dict[str, Any], dotted: str) -> None:
+    *sections, last = dotted.split(".")
+    node = data
+    for part in sections:
+        node = node[part]
+    node.pop(last, None)
 
 
-def available_configs() -> list[str]:
-    """Names of the configs that ``--dataset NAME`` can pick."""
-    names: set[str] = set()
-    for folder in config_search_paths():
-        if folder.is_dir():
-            names.update(p.stem for p in folder.glob("*.yaml"))
-    return sorted(names)
+def _unread(data: dict[str, Any], mode: str, previous: str | None = None) -> list[str]:
+    """The outermost keys of ``data`` that another mode reads and ``mode`` does not (``contrastive``, not each of
+    its keys, when the whole section is another mode's); with ``previous``, also the keys ``mode`` holds with
+    another meaning than ``previous`` does (:func:`~probmcl_med.config.schema.same_meaning`)."""
+    keys = MODE_KEYS[mode]
+    found: list[str] = []
+    for key in _keys(data):
+        if key not in ALL_KEYS or any(key.startswith(f + ".") for f in found):
+            continue
+        if key in keys and (previous is None or same_meaning(key, mode, previous)):
+            continue
+        found.append(key)
+    return found
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path``; a missing file or non-mapping content is a one-line ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        named = find_named_config(str(path)) if path.suffix == "" else None
-        if named is None:
-            options = ", ".join(available_configs()) or "none"
-            raise ConfigError(f"config file {path} not found (named configs available: {options})")
-        path = named
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-        ) from None
-    try:
-        data = load_yaml_text(text) or {}
-    except DuplicateKeyError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a YAML mapping of sections, got {type(data).__name__}")
-    return data
+def _readers(key: str) -> str:
+    return ", ".join(modes_reading(key))
 
 
-def _drop_removed_keys(data: dict[str, Any], source: str) -> None:
-    """Accept the removed ``contrastive.latent_dim`` at its old default (null, in earlier resolved configs) only.
+def _unread_hint(key: str, mode: str) -> str:
+    if key == "epochs" or key.endswith(".epochs"):
+        lengths = " and ".join(length_keys(mode))
+        return f"; mode {mode}'s length is {lengths}"
+    return f"; drop it, or set the mode that reads it (--set mode={modes_reading(key)[0]})"
 
-    n, the dimension of z, is always the encoder's feature width: the likelihood is evaluated at z = h(x)
-    (docs/math.md s.3), so there is nothing to choose.
-    """
-    section = data.get("contrastive")
-    if isinstance(section, dict) and "latent_dim" in section:
-        if section["latent_dim"] is not None:
-            raise ConfigError(
-                f"{source}: 'contrastive.latent_dim' was removed: n is always the encoder's feature width, since the "
-                "likelihood is evaluated at z = h(x) (docs/math.md s.3); delete the key"
-            )
-        section.pop("latent_dim")
+
+def _format_validation_error(err: ValidationError, source: str, mode: str) -> str:
+    """One line naming the first bad key, what is wrong and (for unknown keys) the close matches."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    if loc and loc[0] == mode:  # the discriminated union's tag
+        loc = loc[1:]
+    key = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, sorted(MODE_KEYS[mode]), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        msg = f"unknown key '{key}'{hint}"
+    else:
+        value = first.get("input")
+        detail = first["msg"].removeprefix("Value error, ")
+        shown = repr(value) if not isinstance(value, dict) else "a mapping"
+        field = field_info(mode, loc)
+        what = f" (mode {mode}: {field.description})" if field is not None and field.description else ""
+        msg = f"bad value {shown} for '{key}': {detail}{what}"
+    more = len(err.errors()) - 1
+    extra = f" (+{more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {msg}{extra}"
+
+
+def _mode_of(data: dict[str, Any], source: str) -> str:
+    mode = data.get("mode", DEFAULT_MODE)
+    if mode not in MODE_CONFIGS:
+        raise ConfigError(f"{source}: bad value {mode!r} for 'mode': use one of {', '.join(MODE_CONFIGS)}")
+    return str(mode)
 
 
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     base: dict[str, Any] | None = None,
+    optional: Sequence[str] = (),
 ) -> RunConfig:
-    """Build a validated :class:`RunConfig` from a YAML file (or defaults), then ``--set`` overrides.
+    """Build the validated config of its mode from a YAML file (or defaults, or ``base``), then ``--set`` overrides.
 
     Args:
         path: YAML file, or the name of a config in configs/ (``adp``), or None for the defaults.
         overrides: ``a.b=value`` strings applied in order after the file.
-        base: a dict to start from instead of a file (e.g. a resolved config read from a checkpoint).
+        base: a mapping to start from instead of a file (e.g. a resolved config read from a run folder).
+        optional: those of ``overrides`` that apply only where the mode reads their key (a sweep's ``--set`` over
+            grid points of several modes); elsewhere they are dropped with a :class:`DroppedSet` warning.
 
     Raises:
-        ConfigError: unknown key (with close matches), bad value, unregistered name, missing file.
+        ConfigError: an unknown key (with close matches), a bad value, an unregistered name, a missing or empty file,
+            a ``--set`` key the mode does not read.
+
+    Warns:
+        ConfigWarning: keys of the file that the mode does not read (dropped), the keys a ``--set mode=`` dropped.
     """
     data: dict[str, Any] = dict(base or {})
     source = "config"
     if path is not None:
         data = read_yaml(path)
         source = str(path)
+    before = _mode_of(data, source)
+    from_set: dict[str, str] = {}  # dotted key -> the --set text that gave it
     for text in overrides or []:
         key_path, value = parse_override(text)
         apply_override(data, key_path, value)
+        from_set[".".join(key_path)] = text
+    mode = _mode_of(data, f"{source} (with --set)" if overrides else source)
+    _refuse_unknown(data, f"{source} (with --set)" if overrides else source)
+    if mode != before:
+        dropped = [k for k in _unread(data, mode, before) if not _given_by_set(k, from_set)]
+        for key in dropped:
+            _pop(data, key)
+        if dropped:
+            warnings.warn(
+                f"--set mode={mode}: dropped the keys of mode {before} that mode {mode} does not read, or reads with "
+                f"another meaning: {', '.join(dropped)}",
+                ConfigWarning,
+                stacklevel=2,
+            )
+    unread = _unread(data, mode)
+    for key in unread:
+        text = _given_by_set(key, from_set)
+        if text is not None and text in optional:
+            _pop(data, key)
+            warnings.warn(DroppedSet(text, mode), stacklevel=2)
+        elif text is not None:
+            raise ConfigError(
+                f"--set {text}: mode {mode} does not read '{key}' (read by {_readers(key)}){_unread_hint(key, mode)}"
+            )
+    unread = _unread(data, mode)  # what is left came from the file
+    if unread:
+        for key in unread:
+            _pop(data, key)
+        listed = ", ".join(f"{k} (read by {_readers(k)})" for k in unread)
+        warnings.warn(f"{source}: mode {mode} does not read {listed}; ignored", ConfigWarning, stacklevel=2)
     if overrides:
         source = f"{source} (with --set)"
-    _drop_removed_keys(data, source)
+    data["mode"] = mode
     try:
-        config = RunConfig.model_validate(data)
+        return run_config_adapter().validate_python(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, source, mode)) from None
     except RegistryError as err:
         raise ConfigError(f"{source}: {err}") from None
-    check_stage_epochs(config, source)
-    check_epochs(config, source)
-    return config
+
+
+def _refuse_unknown(data: dict[str, Any], source: str) -> None:
+    """A key no mode has (a typo, also inside a section the mode does not read): one line with the close matches."""
+    unknown = [key for key in _keys(data) if key not in ALL_KEYS]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, sorted(ALL_KEYS), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        more = f" (+{len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise ConfigError(f"{source}: unknown key '{key}'{hint}{more}")
+
+
+def _given_by_set(key: str, from_set: dict[str, str]) -> str | None:
+    """The ``--set`` text that gave ``key`` or a key inside it, or None."""
+    for dotted, text in from_set.items():
+        if dotted == key or dotted.startswith(key + "."):
+            return text
+    return None
 
 
 def save_config(config: RunConfig, path: str | Path) -> Path:

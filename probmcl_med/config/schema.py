@@ -1,286 +1,51 @@
-"""The schema of a run: one validated pydantic model per config section, and what each training mode reads.
+"""The run config: a pydantic discriminated union on ``mode``, one model per training mode.
 
-Every choice a run makes (dataset, encoder, the contrastive and classifier settings, the run's length, output folder,
-device, seed, workers, AMP) is a key here. Unknown keys and bad values are rejected; names that must be registered
-(similarity, overlap, likelihood, dataset) are checked against the registries, with close matches.
-:data:`UNUSED_KEYS` says which keys each mode never reads (``--print-config`` hides them).
+Each mode's model holds exactly the keys that mode reads, with its own defaults and docs (the sections are in
+:mod:`probmcl_med.config.sections`); a key of another mode is not in it, so ``--print-config``, ``RUN/config.yaml``
+and the config stored in ``model.pt`` (all :meth:`RunBase.to_dict`) show only what the run used.
+
+=============  ======================================================================================================
+mode           reads, besides the keys every mode reads (:class:`RunBase`)
+=============  ======================================================================================================
+``asl``        ``epochs``; ``classifier``: the encoder and a head on raw pooled features, end to end (the default)
+``two-stage``  ``contrastive`` (stage 1 and its length) then ``classifier`` (stage 2, a head on unit-norm features)
+``probe``      ``classifier`` of two-stage alone: a head on the configured encoder, frozen or fine-tuned
+``joint``      ``epochs``; ``contrastive`` (objective, batches, MDN lr) and ``classifier`` (the head), in one stage
+=============  ======================================================================================================
+
+The run's length is ``epochs`` in the one-stage modes and the stage lengths ``contrastive.epochs`` and
+``classifier.epochs`` in two-stage; :func:`with_epochs` applies ``--epochs N`` whatever the mode.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, TypeAdapter
+from pydantic.fields import FieldInfo
 
+from probmcl_med.config.sections import (
+    MAX_EPOCHS,
+    CheckpointConfig,
+    ContrastiveStageConfig,
+    DatasetConfig,
+    EncoderConfig,
+    EndToEndHeadConfig,
+    Epochs,
+    JointContrastiveConfig,
+    JointHeadConfig,
+    LinearHeadConfig,
+    Section,
+)
 from probmcl_med.errors import ConfigError
-from probmcl_med.registry import DATASETS, LIKELIHOODS, OVERLAPS, SIMILARITIES, Registry
 
 
-class _Section(BaseModel):
-    """Base of every section: unknown keys are errors, assignments are validated."""
+class RunBase(Section):
+    """The keys every mode reads: the data, the encoder, the schedule's shape, the machine and the run folder."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False)
-
-
-MAX_EPOCHS = 100_000
-MAX_BATCH = 1_048_576
-MAX_WIDTH = 65_536
-"""Upper bounds that no real run reaches: a value beyond them is a typo (``epochs=1e23``), refused at validation."""
-
-Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
-
-
-def _registered(registry: Registry, value: str) -> str:
-    if value not in registry:
-        raise ValueError(registry.unknown_message(value).split(" (plugins are loaded")[0])
-    return value
-
-
-class AugmentConfig(_Section):
-    """How training views are augmented: a named policy (probmcl_med.data.augment) and its settings."""
-
-    policy: Literal["none", "flip", "randaugment", "pathology"] = Field(
-        "flip",
-        description="none; flip (hflip/vflip); randaugment (the flips + num_ops operations at magnitude); pathology "
-        "(both flips, 90-degree rotations, H&E stain jitter, mild intensity, blur and JPEG artefacts)",
-    )
-    num_ops: int = Field(2, ge=0, le=10, description="randaugment: operations applied per image (N)")
-    magnitude: int = Field(9, ge=0, le=30, description="randaugment: strength on the 0-30 scale (M)")
-    hflip: bool = Field(True, description="flip, randaugment: random horizontal flips")
-    vflip: bool = Field(False, description="flip, randaugment: random vertical flips (histology has no up: true)")
-
-
-class DatasetConfig(_Section):
-    """Which dataset, where, and how its images are prepared."""
-
-    name: str = Field("demo", description="a name in the DATASETS registry")
-    root: str | None = Field(
-        None, description="folder of the dataset (None: the dataset's default, e.g. the demo cache)"
-    )
-    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options (e.g. level: L3)")
-    image_size: int = Field(224, ge=16, le=4096, description="side of the square network input, pixels")
-    train_split: str = "train"
-    val_split: str = "valid"
-    test_split: str = "test"
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    normalization: Literal["encoder", "dataset", "none"] = Field(
-        "encoder", description="mean/std: the encoder's (timm config), the dataset's own (e.g. ADP), or none"
-    )
-    skip_bad: bool = Field(False, description="skip unreadable samples (each logged and counted) instead of failing")
-    mpp: float | None = Field(
-        None,
-        gt=0,
-        description="microns per pixel of the network input, recorded in model.pt so predict reads slides at it; "
-        "the slides dataset with options.mpp sets it (options.mpp * options.size / image_size)",
-    )
-    stain_normalize: str | None = Field(
-        None,
-        description="stain normalisation to the stains of this H&E image or folder of images (fitted once; the "
-        "reference travels in model.pt, so evaluate and predict apply the same; slide patches are mapped with "
-        "statistics fitted once per slide, loose images with their own)",
-    )
-    stain_method: Literal["macenko", "reinhard"] = Field(
-        "macenko",
-        description="with stain_normalize: macenko (stain vectors and concentration maxima) or reinhard (L*a*b* "
-        "means and standard deviations)",
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _known_dataset(cls, v: str) -> str:
-        return _registered(DATASETS, v)
-
-
-class EncoderConfig(_Section):
-    """The backbone: a name in ENCODERS or any timm model name."""
-
-    name: str = Field("resnet18", description="ENCODERS name or timm model name (tresnet_m, resnet50, ...)")
-    pretrained: bool = Field(False, description="timm's own pretrained weights (needs network)")
-    weights: str | None = Field(None, description="local weights file (state dict or checkpoint)")
-    options: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the model factory")
-
-
-class ContrastiveConfig(_Section):
-    """Stage 1: encoder + mixture density network trained with NLL + lambda * PCL (paper Eq. 4)."""
-
-    epochs: int = Field(
-        80, ge=0, le=MAX_EPOCHS, description="two-stage: passes over the training set of the contrastive stage"
-    )
-    batch_size: int = Field(
-        128, ge=2, le=MAX_BATCH, description="images per batch (2x views); joint: its training batches"
-    )
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    tau: float = Field(0.2, gt=0, description="temperature of Eq. 3")
-    lambda_: float = Field(0.3, ge=0, alias="lambda", description="weight of the contrastive term (Eq. 4)")
-    nll_weight: float = Field(
-        1.0,
-        ge=0,
-        description="weight of the likelihood term (1: the paper; 0: the contrastive term alone, an ablation)",
-    )
-    alpha: float = Field(0.5, ge=0, le=1, description="overlap threshold for positives (Eq. 3)")
-    overlap: str = Field("jaccard", description="a name in OVERLAPS")
-    similarity: str = Field("correlation", description="a name in SIMILARITIES")
-    likelihood: str = Field(
-        "responsibility",
-        description="a name in LIKELIHOODS (NLL reading, docs/math.md s.3; responsibility measured better than "
-        "density in benchmarks/evidence)",
-    )
-    mdn_hidden: tuple[Width, Width] = Field((2048, 128), description="MDN hidden layer widths")
-    mdn_input: Literal["unit", "standardized"] = Field(
-        "unit",
-        description="what the MDN reads: the unit-norm h (the paper) or h standardised per feature over the batch "
-        "(a deviation: breaks the identical-mixture start, docs/math.md s.1)",
-    )
-    component_means: Literal["diagonal", "learned_directions"] = Field(
-        "diagonal",
-        description="where component k's mean lies: mu_k 1 on the diagonal (the paper; the density then sees h only "
-        "through sum_i h_i) or mu_k sqrt(n) u_k along a learned class direction (a deviation, docs/math.md s.2b; "
-        "needs a similarity that supports it: bhattacharyya)",
-    )
-    mdn_input_gain: float = Field(
-        1.0,
-        gt=0,
-        description="factor on the MDN's first-layer initial weights; h is unit-norm, so with 1.0 the MDN's outputs "
-        "barely vary between samples at the start and every similarity is ~1 (PCL without gradient); sqrt(H) gives "
-        "the first layer unit-scale inputs (benchmarks/evidence)",
-    )
-
-    similarity_form: Literal["value", "log"] = Field(
-        "value",
-        description="what Eq. 3 divides by tau: the similarity (the paper, in [0, 1]) or its log (exact in the log "
-        "domain, in (-inf, 0]: a wider contrast between pairs; docs/math.md s.7b)",
-    )
-    tau_learnable: bool = Field(
-        False,
-        description="learn the temperature from tau, bounded in [tau_min, tau_max] (a logit scale, docs/math.md s.7c)",
-    )
-    tau_min: float = Field(0.01, gt=0, description="tau_learnable: the lowest temperature (CLIP's bound)")
-    tau_max: float = Field(1.0, gt=0, description="tau_learnable: the highest temperature")
-    tau_gain: float = Field(
-        1.0,
-        gt=0,
-        description="tau_learnable: how many times faster than the network's weights the temperature's parameter "
-        "moves (Adam moves each parameter by about lr per step; 100 at lr 1e-3 lets it cross its range in ~100 "
-        "steps)",
-    )
-    variance_floor: float = Field(
-        1.0, gt=0, description="smallest component variance (the paper: 1); var = floor + scale (ELU(a) + 1)"
-    )
-    variance_scale: float = Field(
-        1.0, gt=0, description="factor on the learned part of the variance (the paper: 1; 0.1 with floor 0.1: sharper)"
-    )
-    covariance: Literal["isotropic", "shared", "fixed"] = Field(
-        "isotropic",
-        description="isotropic: var_k I per component (the paper); shared: one variance per sample for all its "
-        "components; fixed: floor + scale for every component (no learned spread); docs/math.md s.2d",
-    )
-    mean_dim: int = Field(
-        1,
-        ge=1,
-        le=MAX_WIDTH,
-        description="numbers per component mean: 1 (the paper, mu_k 1) or d block means, constant on d blocks of "
-        "coordinates (docs/math.md s.2c; needs similarity: bhattacharyya)",
-    )
-
-    @field_validator("overlap")
-    @classmethod
-    def _known_overlap(cls, v: str) -> str:
-        return _registered(OVERLAPS, v)
-
-    @field_validator("similarity")
-    @classmethod
-    def _known_similarity(cls, v: str) -> str:
-        return _registered(SIMILARITIES, v)
-
-    @field_validator("likelihood")
-    @classmethod
-    def _known_likelihood(cls, v: str) -> str:
-        return _registered(LIKELIHOODS, v)
-
-    @model_validator(mode="after")
-    def _directions_need_a_similarity_that_supports_them(self) -> ContrastiveConfig:
-        if self.component_means == "learned_directions" and self.similarity == "correlation":
-            raise ValueError(
-                "component_means: learned_directions needs a similarity that supports mean directions; the "
-                "correlation kernel assumes the diagonal: set contrastive.similarity=bhattacharyya"
-            )
-        if self.mean_dim > 1 and self.similarity == "correlation":
-            raise ValueError(
-                f"mean_dim: {self.mean_dim} needs a similarity that supports block means; the correlation kernel "
-                "assumes one number per mean: set contrastive.similarity=bhattacharyya"
-            )
-        if self.mean_dim > 1 and self.component_means == "learned_directions":
-            raise ValueError("mean_dim > 1 and component_means: learned_directions do not combine: choose one")
-        fields = type(self).model_fields
-        loose = [k for k in ("tau_min", "tau_max", "tau_gain") if getattr(self, k) != fields[k].default]
-        if loose and not self.tau_learnable:
-            raise ValueError(
-                f"{', '.join(loose)} changed but tau_learnable is false: these keys bound a learned temperature; set "
-                "contrastive.tau_learnable=true or remove them"
-            )
-        if self.tau_learnable and not self.tau_min < self.tau < self.tau_max:
-            raise ValueError(
-                f"tau_learnable needs tau_min < tau < tau_max, got {self.tau_min}, {self.tau}, {self.tau_max}: the "
-                "temperature starts at tau inside its bounds"
-            )
-        return self
-
-
-class ClassifierConfig(_Section):
-    """Stage 2: a linear head on the (frozen) encoder trained with a multi-label loss."""
-
-    epochs: int = Field(
-        40, ge=0, le=MAX_EPOCHS, description="two-stage: passes over the training set of the classifier stage"
-    )
-    batch_size: int = Field(
-        64,
-        ge=1,
-        le=MAX_BATCH,
-        description="images per batch (joint: of the validation passes only); 64 by measurement: on the defaults "
-        "study's 1000-image sets 128 halved the updates of a short run and cost 10 mAP (benchmarks/evidence)",
-    )
-    lr: float = Field(1e-3, gt=0, description="the head's learning rate (the peak under onecycle)")
-    weight_decay: float = Field(0.0, ge=0)
-    loss: Literal["bce", "focal", "asl"] = Field(
-        "bce",
-        description="bce (binary cross-entropy), focal (Lin et al., focal_gamma), asl (asymmetric loss, Ridnik et "
-        "al.: gamma_neg, gamma_pos, clip; the published values are for highly imbalanced data)",
-    )
-    focal_gamma: float = Field(2.0, ge=0, description="focal: the focusing exponent on positives and negatives")
-    gamma_neg: float = Field(4.0, ge=0, description="asl: focusing exponent on negatives")
-    gamma_pos: float = Field(0.0, ge=0, description="asl: focusing exponent on positives")
-    clip: float = Field(0.05, ge=0, lt=1, description="asl: probability margin shifted off the negatives")
-    encoder_lr: float = Field(0.0, ge=0, description="0: frozen encoder (the paper); > 0: fine-tune it at this lr")
-    cache_features: bool = Field(True, description="compute frozen features once (only without augmentation)")
-    augment: bool = Field(True, description="augment in stage 2 too (the paper); disables the feature cache")
-
-
-class CheckpointConfig(_Section):
-    """How often and how many checkpoints are written."""
-
-    keep_last: int = Field(3, ge=1, le=1000, description="rolling checkpoints kept")
-    every_n_iterations: int = Field(
-        0, ge=0, le=2**31, description="also save mid-epoch every N iterations (0: end of epoch)"
-    )
-
-
-class RunConfig(_Section):
-    """A whole ProbMCL run."""
-
-    mode: Literal["two-stage", "asl", "joint"] = Field(
-        "asl",
-        description="asl (encoder + head end to end with ASL; the default, measured best in benchmarks/evidence), "
-        "two-stage (the paper: contrastive stage, then a head on the frozen encoder), joint (ASL + NLL + PCL)",
-    )
-    epochs: int = Field(
-        120,
-        ge=0,
-        le=MAX_EPOCHS,
-        description="asl, joint: the run's length in passes over the training set (two-stage reads "
-        "contrastive.epochs and classifier.epochs instead)",
-    )
+    mode: str = Field("asl", description="the training mode (asl, two-stage, probe, joint)")
     lr_schedule: Literal["warmup-cosine", "onecycle", "cosine", "constant"] = Field(
         "warmup-cosine",
         description="learning rate over each stage, stepped per iteration: warmup-cosine (linear warm-up from 0 over "
@@ -290,7 +55,7 @@ class RunConfig(_Section):
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of every random stream (torch takes up to 2**63 - 1)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     output_dir: str = Field("runs/run", description="run folder (config, checkpoints, metrics, logs)")
-    workers: int = Field(2, ge=0, le=256)
+    workers: int = Field(2, ge=0, le=256, description="DataLoader worker processes")
     threads: int | None = Field(
         0,
         ge=0,
@@ -304,112 +69,284 @@ class RunConfig(_Section):
     log_every: int = Field(10, ge=1, le=2**31, description="iterations between metric log lines")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
-    contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
-    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
-    def to_dict(self, every_key: bool = False) -> dict[str, Any]:
-        """Plain, YAML-ready dict (aliases such as ``lambda`` used as keys) of the keys this run's mode reads.
-
-        Args:
-            every_key: also the keys the mode does not read (:data:`UNUSED_KEYS`).
-        """
-        data = self.model_dump(mode="json", by_alias=True)
-        if not every_key:
-            for dotted in UNUSED_KEYS[self.mode]:
-                section, _, key = dotted.rpartition(".")
-                (data[section] if section else data).pop(key, None)
-        return data
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-ready dict of every key of this mode (aliases such as ``lambda`` as keys)."""
+        return self.model_dump(mode="json", by_alias=True)
 
     def to_yaml(self) -> str:
-        """The resolved config as YAML: the keys this run's mode reads (what ``--print-config`` shows)."""
+        """The resolved config as YAML (what ``--print-config`` shows and ``RUN/config.yaml`` holds)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-UNUSED_KEYS: dict[str, tuple[str, ...]] = {
-    "two-stage": ("epochs",),
-    "asl": ("contrastive", "classifier.epochs", "classifier.cache_features"),
-    "joint": (
-        "contrastive.epochs",
-        "contrastive.weight_decay",
-        "classifier.epochs",
-        "classifier.augment",
-        "classifier.cache_features",
-    ),
+class AslConfig(RunBase):
+    """``mode: asl``: the encoder and a linear head on its raw pooled features, trained end to end with the
+    classifier loss, for ``epochs`` passes."""
+
+    mode: Literal["asl"] = "asl"
+    epochs: Epochs = Field(120, description="passes over the training set")
+    classifier: EndToEndHeadConfig = Field(default_factory=EndToEndHeadConfig)
+
+
+class TwoStageConfig(RunBase):
+    """``mode: two-stage`` (the paper): the contrastive stage (encoder + MDN, NLL + lambda PCL), then a linear head
+    on the encoder's unit-norm features, each stage for its own number of passes."""
+
+    mode: Literal["two-stage"] = "two-stage"
+    contrastive: ContrastiveStageConfig = Field(default_factory=ContrastiveStageConfig)
+    classifier: LinearHeadConfig = Field(default_factory=LinearHeadConfig)
+
+
+class ProbeConfig(RunBase):
+    """``mode: probe``: two-stage's classifier stage alone, on the encoder as configured (its initial or
+    pretrained weights): a linear probe with the encoder frozen, or a fine-tune with ``classifier.encoder_lr``."""
+
+    mode: Literal["probe"] = "probe"
+    classifier: LinearHeadConfig = Field(default_factory=LinearHeadConfig)
+
+
+class JointConfig(RunBase):
+    """``mode: joint``: the encoder, the MDN and the head in one stage, head loss + NLL + lambda PCL on two views per
+    image, for ``epochs`` passes."""
+
+    mode: Literal["joint"] = "joint"
+    epochs: Epochs = Field(120, description="passes over the training set")
+    contrastive: JointContrastiveConfig = Field(default_factory=JointContrastiveConfig)
+    classifier: JointHeadConfig = Field(default_factory=JointHeadConfig)
+
+
+RunConfig = AslConfig | TwoStageConfig | ProbeConfig | JointConfig
+"""A validated run config: the model of its mode."""
+
+MODE_CONFIGS: dict[str, type[RunBase]] = {
+    "asl": AslConfig,
+    "two-stage": TwoStageConfig,
+    "probe": ProbeConfig,
+    "joint": JointConfig,
 }
-"""Per mode, the keys its training never reads (hidden from ``--print-config``, ``config.yaml`` and the bundle).
+"""Every mode and its model, in the order messages list them (a plugin adds its own: :func:`add_mode`)."""
 
-two-stage reads the stage lengths ``contrastive.epochs`` and ``classifier.epochs``; the one-stage modes read the
-run's length ``epochs``. asl trains encoder + head end to end (no contrastive term); joint trains them with the MDN
-on two views per image, in ``contrastive.batch_size`` batches, with the classifier section's optimiser settings.
-"""
+DEFAULT_MODE = "asl"
 
-STAGE_EPOCH_KEYS = ("contrastive.epochs", "classifier.epochs")
+_ADAPTER: dict[tuple[str, ...], TypeAdapter[Any]] = {}
 
 
-def with_run_length(config: RunConfig, epochs: int) -> RunConfig:
-    """``--epochs N``: the run's length in passes over the training set, whatever the mode.
+def run_config_adapter() -> TypeAdapter[Any]:
+    """Validates a plain mapping into the model its ``mode`` names: the discriminated union of every mode's model
+    (the mapping must have ``mode``)."""
+    modes = tuple(MODE_CONFIGS)
+    if modes not in _ADAPTER:
+        union = Union[tuple(MODE_CONFIGS.values())]  # a union built from the registered models
+        _ADAPTER.clear()
+        _ADAPTER[modes] = TypeAdapter(Annotated[union, Field(discriminator="mode")])
+    return _ADAPTER[modes]
 
-    asl and joint train for ``epochs = N``; two-stage divides N between its stages in the config's ratio
-    ``contrastive.epochs : classifier.epochs`` (the contrastive share rounded to the nearest pass, the classifier
-    stage the rest), so ``--epochs 12`` on the paper's 80 : 40 gives 8 + 4.
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Which keys each mode reads
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def schema_keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    """Every dotted key of a model, sections and their keys (``contrastive``, ``contrastive.tau``, ...)."""
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{field.alias or name}"
+        yield dotted
+        section = _section_model(field.annotation)
+        if section is not None:
+            yield from schema_keys(section, dotted + ".")
+
+
+MODE_KEYS: dict[str, frozenset[str]] = {mode: frozenset(schema_keys(model)) for mode, model in MODE_CONFIGS.items()}
+"""Per mode, every dotted key its model holds."""
+
+ALL_KEYS: set[str] = set().union(*MODE_KEYS.values())
+"""Every key some mode holds (a key outside it is a typo)."""
+
+
+def add_mode(config: type[RunBase]) -> str:
+    """Make ``config`` a mode (its ``mode`` field a ``Literal`` of the mode's name); returns the name.
 
     Raises:
-        ConfigError: N out of range, a length the mode cannot train (:func:`check_epochs`), or two-stage with both
-            stage lengths 0 (no ratio to divide by).
+        ValueError: ``mode`` is not a one-name ``Literal``, or the name is another model's.
     """
-    if not 0 <= epochs <= MAX_EPOCHS:
-        raise ConfigError(f"--epochs {epochs}: give the number of passes over the training set (1 to {MAX_EPOCHS})")
-    if config.mode != "two-stage":
-        config = config.model_copy(update={"epochs": epochs})
-        check_epochs(config, f"--epochs {epochs}")
-        return config
-    first, second = config.contrastive.epochs, config.classifier.epochs
-    if first + second == 0:
-        raise ConfigError(
-            "--epochs: mode two-stage divides the run in the ratio contrastive.epochs : classifier.epochs, and both "
-            "are 0; set them (e.g. --set contrastive.epochs=2 --set classifier.epochs=1)"
-        )
-    contrastive = int(epochs * first / (first + second) + 0.5)
-    config = config.model_copy(
-        update={
-            "contrastive": config.contrastive.model_copy(update={"epochs": contrastive}),
-            "classifier": config.classifier.model_copy(update={"epochs": epochs - contrastive}),
-        }
+    names = get_args(config.model_fields["mode"].annotation)
+    if len(names) != 1 or config.model_fields["mode"].default != names[0]:
+        raise ValueError(f"{config.__name__}: declare mode: Literal['name'] = 'name' (one name, as its default)")
+    name = str(names[0])
+    if MODE_CONFIGS.get(name, config) is not config:
+        raise ValueError(f"mode {name!r} is already {MODE_CONFIGS[name].__name__}'s; name yours otherwise")
+    MODE_CONFIGS[name] = config
+    MODE_KEYS[name] = frozenset(schema_keys(config))
+    ALL_KEYS.update(MODE_KEYS[name])
+    return name
+
+
+def remove_mode(name: str) -> None:
+    """Forget a mode :func:`add_mode` added (tests and interactive sessions; the built-in modes stay)."""
+    if name in ("asl", "two-stage", "probe", "joint"):
+        raise ValueError(f"mode {name!r} is built in")
+    MODE_CONFIGS.pop(name, None)
+    MODE_KEYS.pop(name, None)
+    ALL_KEYS.clear()
+    ALL_KEYS.update(*MODE_KEYS.values())
+
+
+def is_section(key: str) -> bool:
+    """Whether a dotted key names a section (a nested model) in some mode."""
+    for model in MODE_CONFIGS.values():
+        node: type[BaseModel] | None = model
+        for part in key.split("."):
+            field = _field(node, part) if node is not None else None
+            node = None if field is None else _section_model(field.annotation)
+        if node is not None:
+            return True
+    return False
+
+
+def _field(model: type[BaseModel], key: str) -> Any:
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            return field
+    return None
+
+
+def modes_reading(key: str) -> list[str]:
+    """The modes whose config holds the dotted ``key``."""
+    return [mode for mode, keys in MODE_KEYS.items() if key in keys]
+
+
+def field_info(mode: str, path: list[str]) -> FieldInfo | None:
+    """The pydantic field the ``mode``'s model has at ``path``, or None (unknown, or inside a free-form mapping)."""
+    node: type[BaseModel] | None = MODE_CONFIGS[mode]
+    field = None
+    for part in path:
+        field = _field(node, part) if node is not None else None
+        if field is None:
+            return None
+        node = _section_model(field.annotation)
+    return field
+
+
+def field_annotation(mode: str, path: list[str]) -> Any:
+    """The type the ``mode``'s model gives the key at ``path``, or None."""
+    field = field_info(mode, path)
+    return None if field is None else field.annotation
+
+
+def same_meaning(key: str, mode: str, other: str) -> bool:
+    """Whether two modes hold the dotted ``key`` with the same type, constraints, default and description (a
+    ``--set mode=`` switch keeps such keys and drops the others: ``classifier.encoder_lr`` is 0 for a frozen encoder
+    in two-stage, and null for "the head's lr" in asl)."""
+    a, b = field_info(mode, key.split(".")), field_info(other, key.split("."))
+    if a is None or b is None:
+        return False
+    if _section_model(a.annotation) is not None and _section_model(b.annotation) is not None:
+        return True  # a section: its keys are judged one by one
+    return (repr(a.annotation), a.metadata, a.description, repr(a.default)) == (
+        repr(b.annotation),
+        b.metadata,
+        b.description,
+        repr(b.default),
     )
-    check_epochs(config, f"--epochs {epochs}")
-    return config
 
 
-def check_epochs(config: RunConfig, source: str) -> None:
-    """Refuse a length the mode cannot train: two-stage needs classifier epochs (contrastive.epochs=0 skips stage
-    1), the one-stage modes need ``epochs``; without this the run would fail after its first stage, or train nothing.
+# ---------------------------------------------------------------------------------------------------------------------
+# The run's length
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def length_keys(mode: str) -> tuple[str, ...]:
+    """The keys that set a mode's run length: ``epochs``, else its sections' ``epochs`` in schema order
+    (two-stage: ``contrastive.epochs``, ``classifier.epochs``; probe: ``classifier.epochs``)."""
+    if "epochs" in MODE_KEYS[mode]:
+        return ("epochs",)
+    return tuple(k for k in schema_keys(MODE_CONFIGS[mode]) if k.count(".") == 1 and k.endswith(".epochs"))
+
+
+def with_epochs(config: RunConfig, epochs: int, stage: str = "all") -> RunConfig:
+    """``--epochs N``: the length, in passes over the training set, of what the command trains.
+
+    The one-stage modes train ``N`` epochs. two-stage: with ``stage`` (``--stage contrastive|classifier``) that
+    stage trains ``N``; otherwise ``N`` is divided between the stages in the config's ratio ``contrastive.epochs :
+    classifier.epochs``, each stage at least 1 (``--epochs 12`` on the paper's 80 : 40 gives 8 + 4, ``--epochs 2``
+    on the demo's 3 : 30 gives 1 + 1).
+
+    Raises:
+        ConfigError: N out of range, or below 2 for both stages of two-stage (the message says what to set).
     """
-    if config.mode == "two-stage" and config.classifier.epochs == 0:
-        split = f" (split {config.contrastive.epochs} + 0)" if source.startswith("--epochs") else ""
+    if not 1 <= epochs <= MAX_EPOCHS:
+        raise ConfigError(f"--epochs {epochs}: give the number of passes over the training set (1 to {MAX_EPOCHS})")
+    keys = length_keys(config.mode)
+    if f"{stage}.epochs" in keys:
+        return _set(config, f"{stage}.epochs", epochs)
+    if len(keys) == 1:
+        return _set(config, keys[0], epochs)
+    sets = " ".join(f"--set {k}=1" for k in keys)
+    if len(keys) != 2 or epochs < 2:
         raise ConfigError(
-            f"{source}: classifier.epochs=0{split}: mode two-stage trains a classifier stage after the contrastive "
-            "one; give it 1 epoch or more (contrastive.epochs=0 skips stage 1)"
+            f"--epochs {epochs}: mode {config.mode} trains {len(keys)} stages of at least 1 pass each; give --epochs "
+            f"{len(keys)} or more, or set the stages' lengths ({sets})"
         )
-    if config.mode != "two-stage" and config.epochs == 0:
-        raise ConfigError(f"{source}: epochs=0: mode {config.mode} trains for 'epochs' passes; give 1 or more")
+    first, second = (_get(config, k) for k in keys)
+    share = min(max(1, int(epochs * first / (first + second) + 0.5)), epochs - 1)
+    return _set(_set(config, keys[0], share), keys[1], epochs - share)
 
 
-def check_stage_epochs(config: RunConfig, source: str) -> None:
-    """Refuse a one-stage run whose config sets the two-stage stage lengths but not its own ``epochs``.
+def _get(config: RunConfig, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
 
-    Such a config was written when asl and joint trained for contrastive.epochs + classifier.epochs; read now, it
-    would silently train for the default length instead, so it is a one-line error saying what to set.
-    """
-    if config.mode == "two-stage" or "epochs" in config.model_fields_set:
-        return
-    stale = [
-        key for key in STAGE_EPOCH_KEYS if key.split(".")[1] in getattr(config, key.split(".")[0]).model_fields_set
-    ]
-    if stale:
-        total = config.contrastive.epochs + config.classifier.epochs
-        raise ConfigError(
-            f"{source}: {' and '.join(stale)} {'are stage lengths' if len(stale) > 1 else 'is a stage length'} of "
-            f"mode two-stage, which mode {config.mode} does not read; its length is 'epochs' (passes over the "
-            f"training set): set epochs (e.g. epochs: {total} for the old contrastive + classifier budget)"
-        )
+
+def _set(config: RunConfig, dotted: str, value: Any) -> Any:
+    """A copy of ``config`` with the dotted key set to ``value`` (validated)."""
+    data = config.to_dict()
+    node = data
+    *sections, last = dotted.split(".")
+    for part in sections:
+        node = node[part]
+    node[last] = value
+    return run_config_adapter().validate_python(data)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What a resume may change
+# ---------------------------------------------------------------------------------------------------------------------
+
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "output_dir",
+        "device",
+        "workers",
+        "threads",
+        "compile",
+        "deterministic",
+        "log_every",
+        "dataset.root",
+        "checkpoint.keep_last",
+        "checkpoint.every_n_iterations",
+    }
+)
+"""The keys a ``--resume`` may give other values than the run had: where and how fast it runs, how often it logs and
+saves, where the data lies. Every other key shapes the optimisation or its schedule (the data, the encoder, the seed,
+the losses, the learning rates, the lengths), so a resume that changes one of a stage that has begun is refused
+(:mod:`probmcl_med.engine.resume`); a stage's length may change with ``--extend`` where that is exact."""
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` for the schema's sections (free-form mappings stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and is_section(dotted):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out

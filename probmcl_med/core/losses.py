@@ -14,10 +14,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+import probmcl_med.core.overlaps
+import probmcl_med.core.similarities  # noqa: F401 (they register the built-in names this module looks up)
+from probmcl_med.core.classification import CLASSIFICATION_LOSSES
 from probmcl_med.core.likelihoods import graph_zero
 from probmcl_med.core.mixture import GaussianMixture, compute_dtype
 from probmcl_med.errors import ConfigError
 from probmcl_med.registry import LIKELIHOODS, OVERLAPS, SIMILARITIES, Registry, RegistryError
+
+LOSS_TERMS = ("loss", *CLASSIFICATION_LOSSES, "nll", "pcl")
+"""The names a training step logs its loss under: the total, the classifier loss by its name, the objective's two
+terms (console, ``metrics.jsonl``, TensorBoard)."""
 
 SimilarityFn = Callable[[GaussianMixture, GaussianMixture], Tensor]
 OverlapFn = Callable[[Tensor, Tensor], Tensor]
@@ -366,6 +373,7 @@ class ProbMCLObjective(nn.Module):
 
 
 __all__ = [
+    "LOSS_TERMS",
     "SIMILARITY_FORMS",
     "ContrastiveStats",
     "ObjectiveOutput",

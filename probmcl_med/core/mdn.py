@@ -151,6 +151,28 @@ class MixtureDensityNetwork(nn.Module):
             "temperature": None if self.logit_scale is None else self.logit_scale.spec,
         }
 
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], state_dict: dict[str, Tensor] | None = None) -> MixtureDensityNetwork:
+        """The network :attr:`spec` describes (extra entries, e.g. a stored ``state_dict``, are ignored), with the
+        weights of ``state_dict`` when given (strictly: every key, every shape)."""
+        mdn = cls(
+            int(spec["in_features"]),
+            int(spec["num_classes"]),
+            latent_dim=spec.get("latent_dim"),
+            hidden=tuple(int(h) for h in spec["hidden"]),
+            var_weight_init=spec.get("var_weight_init"),
+            input_norm=str(spec.get("input_norm", "none")),
+            mean_directions=bool(spec.get("mean_directions", False)),
+            variance_floor=float(spec.get("variance_floor", 1.0)),
+            variance_scale=float(spec.get("variance_scale", 1.0)),
+            covariance=str(spec.get("covariance", "isotropic")),
+            mean_dim=int(spec.get("mean_dim", 1)),
+            temperature=spec.get("temperature"),
+        )
+        if state_dict is not None:
+            mdn.load_state_dict(state_dict, strict=True)
+        return mdn
+
     def reset_output(self) -> None:
         """Re-initialise the output layer as described in the class docstring."""
         c, fan_in = self.num_classes, self.out.in_features

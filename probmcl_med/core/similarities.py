@@ -31,6 +31,7 @@ from torch import Tensor
 
 from probmcl_med.core.bhattacharyya import bhattacharyya_similarity, log_bhattacharyya_similarity
 from probmcl_med.core.component_pairs import check_pair, log_variance_ratio
+from probmcl_med.core.correlation_grads import fold_symmetric_grad, side_grads
 from probmcl_med.core.mixture import GaussianMixture, compute_dtype
 from probmcl_med.registry import SIMILARITIES
 
@@ -173,18 +174,6 @@ def _tile_grad_terms(
     return q, qu, u
 
 
-def _side_grads(sq: Tensor, squ: Tensor, squv: Tensor, v: Tensor, n: int, sign: float) -> tuple[Tensor, ...]:
-    """Gradients (w, mu, var) of one side from the reduced sums of Q, Qu, Q(u^2 - 1/s); ``sign`` -1 for side a."""
-    return sq, (sign * n) * squ, (0.5 * n) * squv + (0.25 * n) * sq / v
-
-
-def fold_symmetric_grad(grad: Tensor) -> Tensor:
-    """The upstream gradient of a symmetric ``logK_ij = f(theta_i, theta_j)`` folded onto the pairs a symmetric
-    kernel evaluates: pair ``(i, j)``, ``i < j``, carries ``G_ij + G_ji`` to both of its samples; the diagonal pair
-    carries ``G_ii`` to both of its (identical) sides; below the diagonal 0."""
-    return torch.triu(grad + grad.T, diagonal=1) + torch.diag_embed(grad.diagonal())
-
-
 # ---------------------------------------------------------------------------------------------------- kernels
 class _SelfLogK(torch.autograd.Function):
     """``log K(p_i, p_i)`` up to the row shift, ``(B,)``: a ``(B, C, C)`` evaluation (small), analytic backward.
@@ -208,8 +197,8 @@ class _SelfLogK(torch.autograd.Function):
         a = (w[:, :, None], m[:, :, None], v[:, :, None])
         b = (w[:, None, :], m[:, None, :], v[:, None, :])
         q, qu, quv = _tile_grad_terms(*a, *b, n, out[:, None, None], grad[:, None, None])
-        ga = _side_grads(q.sum(2), qu.sum(2), quv.sum(2), v, n, -1.0)
-        gb = _side_grads(q.sum(1), qu.sum(1), quv.sum(1), v, n, +1.0)
+        ga = side_grads(q.sum(2), qu.sum(2), quv.sum(2), v, n, -1.0)
+        gb = side_grads(q.sum(1), qu.sum(1), quv.sum(1), v, n, +1.0)
         return ga[0] + gb[0], ga[1] + gb[1], ga[2] + gb[2], None
 
 
@@ -274,8 +263,8 @@ class _CrossLogK(torch.autograd.Function):
                 logk = out[r0:r1, c0:c1, None, None]
                 terms = _tile_grad_terms(*a, *b, n, logk, g[:, :, None, None], ws)
                 # sum over (j, l) and over (i, k), one dimension at a time: 2-4x faster than a 2-d reduction on CPU
-                side_a = _side_grads(*(t.sum(3).sum(1) for t in terms), va[r0:r1], n, -1.0)
-                side_b = _side_grads(*(t.sum(0).sum(1) for t in terms), vb[c0:c1], n, 1.0)
+                side_a = side_grads(*(t.sum(3).sum(1) for t in terms), va[r0:r1], n, -1.0)
+                side_b = side_grads(*(t.sum(0).sum(1) for t in terms), vb[c0:c1], n, 1.0)
                 for k in range(3):
                     ga[k][r0:r1] += side_a[k]
                     gb[k][c0:c1] += side_b[k]

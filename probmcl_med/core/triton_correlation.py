@@ -17,7 +17,7 @@ The same quantity as :class:`probmcl_med.core.similarities._CrossLogK` (the torc
   that only this program touches, so the order is fixed). Every program writes to its own slice of a partial buffer
   (``a`` side indexed by the column tile, ``b`` side by the row tile), summed on the host: deterministic, no
   contention. The host turns the three sums into the gradients w.r.t. ``w``, ``mu``, ``var`` with the torch
-  backend's own ``_side_grads``.
+  backend's own :func:`~probmcl_med.core.correlation_grads.side_grads`.
 * **Symmetric half.** With ``a is b``, ``log K`` is symmetric: the upstream gradient is folded to the upper triangle
   (``G_ij + G_ji`` for ``i < j``, ``G_ii`` on the diagonal) and only the upper tiles run, as in the torch backend.
 * **Precision.** Arithmetic and accumulation in the inputs' dtype: float32 (float64 inputs run in float64). The
@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from probmcl_med.core.similarities import _side_grads, fold_symmetric_grad
+from probmcl_med.core.correlation_grads import fold_symmetric_grad, side_grads
 
 
 def _interpreting() -> bool:
@@ -264,8 +264,8 @@ class TritonCrossLogK(torch.autograd.Function):
             part_b[0].numel(), tiles, n_tiles, rows_a, rows_b, comps, 0.5 * n, BLOCK_ROWS=blocks.rows, BLOCK_L=blocks.chunk(comps),
             num_warps=blocks.warps_backward,
         )  # fmt: skip
-        side_a = _side_grads(*part_a.sum(1), va, n, -1.0)
-        side_b = _side_grads(*part_b.sum(1), vb, n, 1.0)
+        side_a = side_grads(*part_a.sum(1), va, n, -1.0)
+        side_b = side_grads(*part_b.sum(1), vb, n, 1.0)
         # with ``symmetric`` the same tensors were passed as both sides: autograd adds the two sides' gradients
         return (*side_a, *side_b, None, None, None)
 

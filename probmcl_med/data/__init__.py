@@ -1,7 +1,7 @@
 """The data layer: datasets of ``{"image", "label"}`` dicts, MONAI transforms, slide reading, data checks.
 
-Public names, imported on first use (every config validation imports this package, through the DATASETS
-registry's ``probmcl_med.data.datasets``; the transforms would add MONAI, whose import measured 2.3x torch's with
+Public names, imported on first use (every config validation imports this package, through the validators' import
+of ``probmcl_med.data.datasets``; the transforms would add MONAI, whose import measured 2.3x torch's with
 ``python -X importtime`` on the 2-core dev machine)::
 
     from probmcl_med.data import (

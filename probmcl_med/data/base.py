@@ -300,10 +300,19 @@ def make_loader(
     workers: int = 0,
     drop_last: bool = False,
     sampler: Any = None,
-    pin_memory: bool = False,
+    device: torch.device | None = None,
     generator: torch.Generator | None = None,
 ) -> DataLoader:
-    """A DataLoader with :func:`collate_skip_none`, per-worker transform seeds and persistent workers."""
+    """The one DataLoader of the package (training, validation, the feature cache, predict, evaluate): batches with
+    :func:`collate_skip_none`, per-worker transform seeds, persistent workers, pinned memory when the batches go to a
+    CUDA ``device``.
+
+    Raises:
+        DataError: a batch size below 1.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch size {batch_size}: give a positive number of images per batch")
+    pin_memory = device is not None and torch.device(device).type == "cuda"
     return DataLoader(
         dataset,
         batch_size=batch_size,

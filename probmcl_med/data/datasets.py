@@ -1,4 +1,5 @@
-"""The built-in dataset factories, registered in DATASETS (imported by the registry on first use).
+"""The built-in dataset factories, registered in DATASETS when this module is imported (by the config's validators,
+by ``from probmcl_med import DATASETS``).
 
 Every factory has the same shape::
 

@@ -172,3 +172,14 @@ def check_compatible(state: Mapping[str, Any], class_names: Sequence[str], encod
             f"checkpoint {path} holds encoder {state.get('encoder_name')!r} but the config asks for {encoder_name!r}",
             advice,
         )
+
+
+def check_same_mode(state: Mapping[str, Any], mode: str, stages: Sequence[str], path: Path) -> None:
+    """Refuse a checkpoint of another mode (its stage is not this mode's stage at the same position)."""
+    stored = str((state.get("config") or {}).get("mode"))
+    index = int(state["stage_index"])
+    if stored != mode or index >= len(stages) or state.get("stage") != stages[index]:
+        raise IncompatibleCheckpoint(
+            f"checkpoint {path} is of a mode-{stored} run ({state.get('stage')} stage) but the config's mode is {mode}",
+            "resume with the run's mode, or use another --output-dir",
+        )

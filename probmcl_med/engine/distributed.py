@@ -67,12 +67,3 @@ def all_reduce_sum(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.distributed and dist.is_initialized():
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
-
-
-def broadcast_object(obj: object, ctx: DistContext) -> object:
-    """Rank 0's ``obj`` on every rank."""
-    if not (ctx.distributed and dist.is_initialized()):
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]

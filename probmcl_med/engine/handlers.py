@@ -2,14 +2,21 @@
 crash-proof checkpoints.
 
 Each epoch's numbers go where ignite keeps them, ``engine.state.metrics``: :class:`EpochStats` writes the loss-term
-averages, the learning rate, images/s and seconds; validation (:mod:`probmcl_med.engine.validation`) adds ``val_*``
-and ``best_epoch``. Stock handlers read them from there: MONAI's ``TensorBoardStatsHandler`` (:class:`TensorBoardLog`)
-and ``LrScheduleHandler`` (:class:`~probmcl_med.engine.steps.IterationLrSchedule`) serve as they are. Kept as ours:
-:class:`EpochStats` (ignite's ``Average`` metric cannot be checkpointed mid-epoch here: its ``state_dict()``
-all-gathers across ranks, a collective, while only rank 0 writes a checkpoint; and a batch emptied by
-``dataset.skip_bad`` has no loss to average), :class:`MetricsLog` (the one-line-per-epoch ``metrics.jsonl`` that a
-resume truncates to the epochs it keeps) and :class:`Checkpointer` (ignite's ``Checkpoint`` cannot store the
-resumable sampler's position and the RNG states the exact resume needs, see :mod:`probmcl_med.engine.session`).
+averages (each term under its name, :data:`~probmcl_med.core.losses.LOSS_TERMS`), the learning rate, images/s and
+seconds; validation (:mod:`probmcl_med.engine.validation`: MONAI's evaluator and ``ValidationHandler``) adds
+``val_*`` and ``best_epoch``. Stock handlers read them from there: MONAI's ``TensorBoardStatsHandler``
+(:class:`TensorBoardLog`) and ``LrScheduleHandler`` (:class:`~probmcl_med.engine.steps.IterationLrSchedule`) serve as
+they are. Kept as ours, each for a need the stock one does not meet:
+
+- :class:`EpochStats`: ignite's ``Average`` metric cannot be checkpointed mid-epoch here (its ``state_dict()``
+  all-gathers across ranks, a collective, while only rank 0 writes a checkpoint), and a batch emptied by
+  ``dataset.skip_bad`` has no loss to average;
+- :class:`MetricsLog`: the one-line-per-epoch ``metrics.jsonl`` that a resume truncates to the epochs it keeps;
+- :class:`Checkpointer` (with :class:`~probmcl_med.engine.checkpoint.CheckpointManager`): ignite's ``DiskSaver``
+  renames its temporary file without an fsync (a power cut can leave an empty file under the final name;
+  ``fileio.atomic_write`` syncs, and ``tests/test_os_errors.py`` makes that fsync fail), and ignite's ``Checkpoint``
+  rotates only the files its own process saved, while ``checkpoint.keep_last`` counts every stage and the files of the
+  process a resume continues.
 
 Attach order matters at ``EPOCH_COMPLETED``: :class:`EpochStats` first, then validation (classifier stage), then the
 progress line, :class:`MetricsLog`, :class:`TensorBoardLog` and :class:`Checkpointer` last, so that the checkpoint
@@ -32,9 +39,6 @@ from monai.handlers import TensorBoardStatsHandler
 from probmcl_med.data.base import every_sample_skipped
 from probmcl_med.engine.distributed import DistContext, all_reduce_sum
 from probmcl_med.fileio import atomic_write_text
-
-TERMS = ("loss", "nll", "pcl", "asl")
-"""Loss terms averaged per epoch when the iteration output has them."""
 
 
 def epoch_iteration(engine: Any) -> int:
@@ -83,11 +87,9 @@ class EpochStats:
         out = engine.state.output or {}
         if out.get("skipped_batch"):
             return
-        for name in TERMS:
-            value = out.get(name)
-            if value is not None:
-                tensor = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
-                self._pending[name] = self._pending.get(name, 0) + tensor
+        for name, value in (out.get("terms") or {}).items():
+            tensor = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
+            self._pending[name] = self._pending.get(name, 0) + tensor
         self.count += 1
         self.images += int(out.get("images", 0))
 
@@ -168,7 +170,8 @@ class MetricsLog:
 
 def _iteration_scalars(output: dict[str, Any] | None) -> dict[str, Any]:
     out = output or {}
-    return {f"iter/{name}": out[name] for name in (*TERMS, "lr") if out.get(name) is not None}
+    scalars = {f"iter/{name}": value for name, value in (out.get("terms") or {}).items()}
+    return {**scalars, "iter/lr": out["lr"]} if out.get("lr") is not None else scalars
 
 
 class TensorBoardLog(TensorBoardStatsHandler):

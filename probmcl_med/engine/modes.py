@@ -1,154 +1,99 @@
-"""The training modes, one class each, each reading only its own config keys (``config.UNUSED_KEYS`` lists the rest).
+"""Each training mode as a list of stage objects, built from the mode's typed config.
 
-- ``two-stage`` (:class:`TwoStage`, the paper): the contrastive stage (encoder + MDN, NLL + lambda PCL) for
-  ``contrastive.epochs``, then a linear head on the frozen encoder (fine-tuned with ``classifier.encoder_lr > 0``)
-  for ``classifier.epochs``.
-- ``asl`` (:class:`EndToEnd`): encoder + linear head end to end on the raw pooled features with the classifier
-  loss, for ``epochs``.
-- ``joint`` (:class:`Joint`): encoder + MDN + head in one stage, loss + NLL + lambda PCL on two views per image, for
-  ``epochs``.
+=============  ==============================================================================================
+mode           stages
+=============  ==============================================================================================
+``asl``        :class:`ClassifierStage`: the encoder and a head on raw features, end to end, ``epochs`` passes
+``two-stage``  :class:`ContrastiveStage` (``contrastive.epochs``), then :class:`ClassifierStage`: a head on the
+               unit-norm features of the frozen (or, ``classifier.encoder_lr > 0``, fine-tuned) encoder
+``probe``      :class:`ClassifierStage` of two-stage alone, on the encoder as configured
+``joint``      :class:`JointStage`: encoder + MDN + head, ``epochs`` passes
+=============  ==============================================================================================
 
-``--stage`` names a stage of two-stage (``contrastive``, ``classifier``); the one-stage modes refuse it.
+A stage owns its model, loss, step, transform and loader (``run(run, carried) -> carried``); what it hands the next
+stage is explicit (:class:`~probmcl_med.engine.training.Carried`). ``--stage`` picks stages of two-stage.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from probmcl_med.config import RunConfig
-from probmcl_med.core.classification import classification_loss
-from probmcl_med.engine.session import STAGES, Resume, Session
-from probmcl_med.engine.stages import HeadTraining, JointTerms, train_classifier, train_contrastive
+from probmcl_med.config import AslConfig, JointConfig, ProbeConfig, RunBase, RunConfig, TwoStageConfig
+from probmcl_med.config.schema import add_mode
+from probmcl_med.engine.classifier import ClassifierStage
+from probmcl_med.engine.contrastive import ContrastiveStage
+from probmcl_med.engine.joint import JointStage
 from probmcl_med.errors import ConfigError
 
-
-def _head(config: RunConfig, **settings: Any) -> HeadTraining:
-    """The classifier-stage settings every mode takes from the ``classifier`` section (head lr, weight decay, the
-    loss, validation batches), with the mode's own ``settings``."""
-    k = config.classifier
-    loss = classification_loss(
-        k.loss, gamma_neg=k.gamma_neg, gamma_pos=k.gamma_pos, clip=k.clip, focal_gamma=k.focal_gamma
-    )
-    shared = {"val_batch_size": k.batch_size, "head_lr": k.lr, "weight_decay": k.weight_decay, "loss": loss}
-    return HeadTraining(**{**shared, **settings})
+Stage = ContrastiveStage | ClassifierStage | JointStage
 
 
-class TwoStage:
-    """``mode: two-stage``: reads the ``contrastive`` and ``classifier`` sections (their epochs are the stages')."""
-
-    def __init__(self, config: RunConfig) -> None:
-        self.contrastive = config.contrastive
-        k = config.classifier
-        self.head = _head(
-            config,
-            epochs=k.epochs,
-            batch_size=k.batch_size,
-            batch_key="classifier",
-            encoder_lr=k.encoder_lr,
-            normalize_features=True,
-            augment=k.augment,
-            cache_features=k.cache_features,
-        )
-
-    @staticmethod
-    def stages(stage: str) -> tuple[str, ...]:
-        """``all`` -> both stages; else the one named."""
-        return STAGES if stage == "all" else (stage,)
-
-    def run(self, session: Session, stages: tuple[str, ...], found: Resume | None) -> Path | None:
-        s = session
-
-        def build_mdn() -> object:
-            return s.build_mdn(self.contrastive)
-
-        if "contrastive" in stages and self.contrastive.epochs > 0:
-            if found is not None and (found.stage_index >= 1 or found.state.get("complete")):
-                s.restore_models(found.state, build_mdn)
-            else:
-                train_contrastive(s, self.contrastive, found)
-        elif found is not None:
-            s.restore_models(found.state, build_mdn)
-        elif stages == ("classifier",):
-            s.log("no finished contrastive stage in this run folder: the classifier uses the configured encoder")
-        if "classifier" not in stages:
-            return None
-        return finish_or_train(s, self.head, found)
+def _two_stage(c: TwoStageConfig) -> list[Stage]:
+    k = c.classifier
+    return [
+        ContrastiveStage(c.contrastive),
+        ClassifierStage(k, k.epochs, k.encoder_lr, unit_norm=True, augment=k.augment, length_key="classifier.epochs"),
+    ]
 
 
-class EndToEnd:
-    """``mode: asl``: reads ``epochs`` and the ``classifier`` section (but its epochs and cache_features)."""
-
-    def __init__(self, config: RunConfig) -> None:
-        k = config.classifier
-        self.head = _head(
-            config,
-            epochs=config.epochs,
-            batch_size=k.batch_size,
-            batch_key="classifier",
-            encoder_lr=k.encoder_lr or k.lr,
-            normalize_features=False,
-            augment=k.augment,
-        )
-
-    @staticmethod
-    def stages(stage: str) -> tuple[str, ...]:
-        return ("classifier",)
-
-    def run(self, session: Session, stages: tuple[str, ...], found: Resume | None) -> Path | None:
-        if found is not None:
-            session.restore_models(found.state)
-        return finish_or_train(session, self.head, found)
+def _probe(c: ProbeConfig) -> list[Stage]:
+    k = c.classifier
+    return [
+        ClassifierStage(k, k.epochs, k.encoder_lr, unit_norm=True, augment=k.augment, length_key="classifier.epochs")
+    ]
 
 
-class Joint:
-    """``mode: joint``: reads ``epochs``, the ``contrastive`` section (batches, lr, objective, MDN) and the
-    ``classifier`` section's head settings and loss (its batch size only for validation)."""
-
-    def __init__(self, config: RunConfig) -> None:
-        c, k = config.contrastive, config.classifier
-        self.contrastive = c
-        self.head = _head(
-            config,
-            epochs=config.epochs,
-            batch_size=c.batch_size,
-            batch_key="contrastive",
-            encoder_lr=k.encoder_lr or c.lr,
-            normalize_features=True,
-            joint=JointTerms(contrastive=c, mdn_lr=c.lr),
-        )
-
-    stages = EndToEnd.stages
-
-    def run(self, session: Session, stages: tuple[str, ...], found: Resume | None) -> Path | None:
-        if found is not None:
-            session.restore_models(found.state, lambda: session.build_mdn(self.contrastive))
-        return finish_or_train(session, self.head, found)
+def _asl(c: AslConfig) -> list[Stage]:
+    k = c.classifier
+    encoder_lr = k.lr if k.encoder_lr is None else k.encoder_lr
+    return [ClassifierStage(k, c.epochs, encoder_lr, unit_norm=False, augment=k.augment, length_key="epochs")]
 
 
-def finish_or_train(session: Session, head: HeadTraining, found: Resume | None) -> Path:
-    """Train the classifier stage, or, when the run folder's newest checkpoint says it finished, nothing."""
-    own = found if found is not None and found.stage_index == 1 else None
-    if own is not None and own.state.get("complete"):
-        session.log(f"{session.out}: the classifier stage had finished; nothing left to run")
-        return session.out / "model.pt"
-    return train_classifier(session, head, own)
+def _joint(c: JointConfig) -> list[Stage]:
+    return [JointStage(c.contrastive, c.classifier, c.epochs)]
 
 
-MODES: dict[str, type[TwoStage] | type[EndToEnd] | type[Joint]] = {
-    "two-stage": TwoStage,
-    "asl": EndToEnd,
-    "joint": Joint,
+MODES: dict[str, Callable[[Any], list[Stage]]] = {
+    "asl": _asl,
+    "two-stage": _two_stage,
+    "probe": _probe,
+    "joint": _joint,
 }
+"""Per mode, its stages from its config (the keys match :data:`probmcl_med.config.MODE_CONFIGS`)."""
 
 
-def stages_for(mode: str, stage: str) -> tuple[str, ...]:
-    """The stages ``--stage`` runs in ``mode``; a typo, or a stage of a mode that has one, is a one-line ConfigError."""
-    if stage not in ("all", *STAGES):
-        raise ConfigError(f"--stage {stage!r}: use contrastive, classifier or all")
-    if mode != "two-stage" and stage != "all":
+def register_mode(config: type[RunBase], stages: Callable[[Any], list[Any]]) -> str:
+    """Add a training mode: its typed config (a :class:`~probmcl_med.config.RunBase` subclass whose ``mode`` is a
+    ``Literal`` of its name, with the sections it reads) and ``stages(config) -> [stage, ...]``. Returns the name.
+
+    See docs/architecture.md, "Adding a mode in one file".
+    """
+    name = add_mode(config)
+    MODES[name] = stages
+    return name
+
+
+def stages_of(config: RunConfig) -> list[Stage]:
+    """The mode's stages, in order."""
+    return MODES[config.mode](config)
+
+
+def selected(config: RunConfig, stages: list[Stage], stage: str) -> tuple[int, int]:
+    """``--stage``: the range ``[first, last]`` of stage indices this command trains (``all``: every stage).
+
+    Raises:
+        ConfigError: a stage the mode does not have (one line naming the ones it has).
+    """
+    names = [s.name for s in stages]
+    if stage == "all":
+        return 0, len(stages) - 1
+    if stage in names and len(stages) > 1:
+        index = names.index(stage)
+        return index, index
+    if len(stages) == 1:
         raise ConfigError(
-            f"--stage {stage}: mode {mode} trains in one stage, so there is no stage to pick; --stage is for mode "
-            "two-stage (drop it, or --set mode=two-stage)"
+            f"--stage {stage}: mode {config.mode} trains in one stage, so there is no stage to pick; --stage is for "
+            "mode two-stage (drop it, or --set mode=two-stage)"
         )
-    return MODES[mode].stages(stage)
+    raise ConfigError(f"--stage {stage!r}: use {', '.join(names)} or all")

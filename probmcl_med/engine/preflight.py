@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import probmcl_med.models.encoders  # noqa: F401 (registers the built-in encoders, whose sources this module names)
 from probmcl_med import testing
 from probmcl_med.config import RunConfig
 from probmcl_med.errors import ContractError
@@ -84,19 +85,11 @@ def label_of(registry: Registry, obj: Any) -> str:
     return f"{registry.kind} {getattr(obj, '__name__', repr(obj))}"
 
 
-def trains_contrastive(config: RunConfig, stages: tuple[str, ...]) -> bool:
-    """Whether this run trains the contrastive objective (mode joint, or two-stage's contrastive stage)."""
-    if config.mode == "joint":
-        return True
-    return config.mode == "two-stage" and "contrastive" in stages and config.contrastive.epochs > 0
-
-
-def configured_components(
-    config: RunConfig, stages: tuple[str, ...] = ("contrastive", "classifier")
-) -> list[Component]:
-    """The components the run uses: encoder and dataset, and the contrastive objective's three when it trains."""
+def configured_components(config: RunConfig, objective: bool) -> list[Component]:
+    """The components the run uses: encoder and dataset, and the contrastive objective's three when it trains
+    (``objective``: a stage of this command trains NLL + lambda PCL)."""
     keys = [("encoder.name", "encoder", config.encoder.name), ("dataset.name", "dataset", config.dataset.name)]
-    if trains_contrastive(config, stages):
+    if objective:
         c = config.contrastive
         keys += [
             ("contrastive.similarity", "similarity", c.similarity),
@@ -104,6 +97,26 @@ def configured_components(
             ("contrastive.likelihood", "likelihood", c.likelihood),
         ]
     return [Component(key, kind, name, source_of(REGISTRY_OF[kind], name)) for key, kind, name in keys]
+
+
+def check_stage_needs(config: RunConfig, stages: Sequence[Any], encoder: Any) -> None:
+    """Refuse an encoder that lacks what a stage of this command needs, naming what is missing, before training.
+
+    Every stage reads ``encoder(x) -> (B, num_features)`` (checked by :func:`check_components`); a stage that trains
+    the encoder (contrastive, joint, asl, a fine-tune) also needs parameters that take gradients.
+
+    Raises:
+        ContractError: one line naming the encoder, its source, the stage and what to do.
+    """
+    name = config.encoder.name
+    trainable = any(p.requires_grad for p in encoder.parameters())
+    for stage in stages:
+        if stage.trains_encoder and not trainable:
+            raise ContractError(
+                f"encoder {name!r} from {source_of(ENCODERS, name)} has no trainable parameters, and the {stage.name} "
+                f"stage of mode {config.mode} trains the encoder; use mode probe (a head on the frozen encoder), or "
+                "an encoder with parameters that take gradients; nothing was written"
+            )
 
 
 @contextlib.contextmanager
@@ -142,7 +155,7 @@ def _check(component: Component, config: RunConfig, encoder: Any, dataset: Any, 
 
 
 def check_components(
-    config: RunConfig, encoder: Any, dataset: Any, num_classes: int, stages: tuple[str, ...]
+    config: RunConfig, encoder: Any, dataset: Any, num_classes: int, objective: bool
 ) -> list[Component]:
     """Run every configured component once on a tiny batch against its contract; return the components.
 
@@ -151,12 +164,12 @@ def check_components(
         encoder: the built encoder (checked in eval mode at ``dataset.image_size``; its mode is restored).
         dataset: the built training dataset (its first item's keys and types; no image is read).
         num_classes: C, the mixtures' number of components.
-        stages: the stages this run trains (the contrastive components are checked only when it trains them).
+        objective: a stage of this command trains the contrastive objective (its components are checked then only).
 
     Raises:
         ContractError: one line naming the component, its file and what is wrong; nothing has been written.
     """
-    components = configured_components(config, stages)
+    components = configured_components(config, objective)
     with _own_random_state():
         for component in components:
             try:

@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from probmcl_med.engine.handlers import TERMS, epoch_iteration
+from probmcl_med.core.losses import LOSS_TERMS
+from probmcl_med.engine.handlers import epoch_iteration
 
 
 def progress_enabled(console: Console | None) -> bool:
@@ -97,7 +98,7 @@ class ProgressHandler:
         self.progress.update(self.task, completed=k, **kwargs)
 
     def info(self, out: dict[str, Any]) -> str:
-        parts = [f"{n} {_fmt(out[n])}" for n in TERMS if out.get(n) is not None]
+        parts = [f"{n} {_fmt(v)}" for n, v in _terms(out.get("terms") or {})]
         if out.get("lr") is not None:
             parts.append(f"lr {_fmt(out['lr'])}")
         elapsed = time.perf_counter() - self._t0
@@ -127,9 +128,14 @@ class ProgressHandler:
             self.progress = None
 
 
+def _terms(values: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The loss terms among ``values``, in the order of :data:`~probmcl_med.core.losses.LOSS_TERMS`."""
+    return [(n, values[n]) for n in LOSS_TERMS if values.get(n) is not None]
+
+
 def epoch_line(summary: dict[str, Any]) -> str:
     """``loss 1.23  nll ...  lr ...  val mAP ...  123.4 img/s`` for one epoch summary."""
-    parts = [f"{n} {_fmt(summary[n])}" for n in TERMS if summary.get(n) is not None]
+    parts = [f"{n} {_fmt(v)}" for n, v in _terms(summary)]
     if summary.get("lr") is not None:
         parts.append(f"lr {_fmt(summary['lr'])}")
     if summary.get("val_mAP") is not None:
@@ -142,7 +148,9 @@ def epoch_line(summary: dict[str, Any]) -> str:
 def summary_table(stage: str, records: list[dict[str, Any]]) -> Table:
     """One row per epoch: loss terms, lr, validation mAP (classifier stage), images/s, seconds."""
     columns = [
-        n for n in (*TERMS, "lr", "val_mAP", "images_per_s", "seconds") if any(r.get(n) is not None for r in records)
+        n
+        for n in (*LOSS_TERMS, "lr", "val_mAP", "images_per_s", "seconds")
+        if any(r.get(n) is not None for r in records)
     ]
     table = Table(title=f"{stage} stage")
     table.add_column("epoch", justify="right")

@@ -6,8 +6,9 @@ passed as ``iteration_update=`` (no overridden ``_iteration``): ``forward`` (und
 component -> backward -> optimiser step, firing ``FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED`` and
 ``MODEL_COMPLETED`` like the stock iteration, so stock MONAI/ignite handlers attach unchanged. The learning-rate
 schedule is stepped by MONAI's ``LrScheduleHandler`` at ``ITERATION_COMPLETED`` (:class:`IterationLrSchedule`).
-The output dict carries the loss under MONAI's ``Keys.LOSS``, each loss term, the learning rate the step used and
-the number of images of the (global) batch. The steps of the stages: :class:`~probmcl_med.engine.contrastive.
+The output dict carries the loss under MONAI's ``Keys.LOSS``, the loss terms under ``terms`` (each by its real
+name: ``loss``, then ``bce``/``focal``/``asl``, ``nll``, ``pcl``), the learning rate the step used and the number
+of images of the (global) batch. The steps of the stages: :class:`~probmcl_med.engine.contrastive.
 ContrastiveStep`, :class:`~probmcl_med.engine.classifier.ClassifierStep`, :class:`~probmcl_med.engine.joint.JointStep`.
 """
 
@@ -60,7 +61,8 @@ class TrainStep:
     def compute_loss(
         self, engine: SupervisedTrainer, forward: dict[str, Any]
     ) -> dict[str, torch.Tensor]:  # pragma: no cover
-        """Float32 loss terms from the forward outputs: ``{"loss": total, other terms...}``."""
+        """Float32 loss terms from the forward outputs: ``{"loss": total, each term by its name...}``
+        (:data:`~probmcl_med.core.losses.LOSS_TERMS`)."""
         raise NotImplementedError
 
     def batch_images(self, batch: dict[str, Any]) -> int:
@@ -104,8 +106,7 @@ class TrainStep:
         output["lr"] = lr
         optimizer_step(engine.optimizer, self.amp)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        for name, value in terms.items():
-            output[name] = value.detach() if torch.is_tensor(value) else value
+        output["terms"] = {name: value.detach() for name, value in terms.items()}
         output["images"] = self.batch_images(batchdata) * self.world_size
         return output
 
@@ -156,6 +157,12 @@ def make_trainer(
         decollate=False,
         optim_set_to_none=True,
     )
-    if _not_a_termination_report not in trainer.logger.filters:
-        trainer.logger.addFilter(_not_a_termination_report)
-    return trainer
+    return quiet_termination(trainer)
+
+
+def quiet_termination(engine: Any) -> Any:
+    """``engine`` without ignite's "Engine run is terminating due to exception" line (the caller reports the error
+    once, in one line); returns the engine."""
+    if _not_a_termination_report not in engine.logger.filters:
+        engine.logger.addFilter(_not_a_termination_report)
+    return engine

@@ -17,13 +17,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from probmcl_med.core.losses import LOSS_TERMS
 from probmcl_med.core.metrics import precision_recall_points, sorted_by_recall
 
 FLOOR_COLOR = "#c62828"  # classes under the recall floor
 OK_COLOR = "#1565c0"
 PRECISION_COLOR = "#607d8b"
 LOW_PRECISION_COLOR = "#ef6c00"  # classes under the precision floor
-LOSS_TERMS = ("loss", "nll", "pcl", "asl")  # the terms of metrics.jsonl (engine.handlers.TERMS)
 VALIDATION_KEYS = ("val_mAP", "val_CF1", "val_OF1")
 BAR_INCHES = 0.22  # height per class in the bar chart
 MAX_CURVE_POINTS = 400  # points kept per precision-recall curve; the curve's shape is unchanged at plot size
@@ -140,8 +140,8 @@ def training_curves(records: Sequence[dict[str, Any]]) -> bytes:
     """Per training stage, the loss terms per epoch (left) and the validation metrics per epoch (right).
 
     Args:
-        records: the lines of a run's ``metrics.jsonl`` (``stage``, ``epoch``, loss terms ``loss``, ``nll``,
-            ``pcl``, ``asl``, validation ``val_mAP``, ``val_CF1``, ``val_OF1``).
+        records: the lines of a run's ``metrics.jsonl`` (``stage``, ``epoch``, the loss terms of
+            :data:`~probmcl_med.core.losses.LOSS_TERMS`, validation ``val_mAP``, ``val_CF1``, ``val_OF1``).
 
     Returns:
         PNG bytes: one row per stage.

@@ -39,7 +39,7 @@ from probmcl_med.evaluation.report import add_statistics, write_report
 from probmcl_med.evaluation.thresholds import threshold_tradeoff, tune_thresholds
 from probmcl_med.fileio import read_json_lines
 from probmcl_med.inference.features import feature_batches
-from probmcl_med.inference.inputs import eval_transform, make_loader
+from probmcl_med.inference.inputs import eval_transform, prediction_batches
 from probmcl_med.inference.loop import ProgressHook, run_bundle
 from probmcl_med.inference.predict import decision_thresholds, describe_thresholds
 from probmcl_med.operating_point import save_thresholds, thresholds_path
@@ -134,7 +134,7 @@ def score_split(
     """Probabilities and labels of every (readable) sample of ``split``, in dataset order."""
     dataset = build_split_dataset(bundle, split, checkpoint=checkpoint, root=root)
     dev = resolve_device(device)
-    loader = make_loader(dataset, batch_size, workers, dev)
+    loader = prediction_batches(dataset, batch_size, workers, dev)
     if getattr(bundle, "feature_cache", False):  # a frozen encoder's head: its features from the disk cache
         loader = feature_batches(bundle, dataset, batch_size, dev, workers, progress)
     out = run_bundle(bundle, loader, dev, progress=progress, description=f"scoring the {split} split")

@@ -46,7 +46,7 @@ from torch.utils.data import Dataset, Subset
 from probmcl_med.data.base import image_path_of, make_loader
 from probmcl_med.errors import DataError
 from probmcl_med.fileio import atomic_write_text
-from probmcl_med.inference.loop import ProgressHook, _eval_mode, _worker_errors
+from probmcl_med.inference.loop import ProgressHook, _worker_errors, eval_mode
 
 CACHE_FORMAT = "probmcl-med/feature-cache"
 CACHE_VERSION = 1
@@ -378,7 +378,7 @@ class FeatureCache:
             progress.start("caching features", len(pending))
         position = 0
         self._deferred: list[int] = []
-        with _eval_mode(module or nn.Identity()), torch.no_grad(), _worker_errors():
+        with eval_mode(module or nn.Identity()), torch.no_grad(), _worker_errors():
             for batch in loader:
                 covered = pending[position : position + batch_size]
                 position += len(covered)

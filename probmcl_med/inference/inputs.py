@@ -18,8 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from probmcl_med.bundle import ModelBundle
-from probmcl_med.data.base import find_data_error
-from probmcl_med.data.base import make_loader as data_loader
+from probmcl_med.data.base import find_data_error, make_loader
 from probmcl_med.data.imageio import IMAGE_SUFFIXES, image_files, tiff_levels
 from probmcl_med.data.plaintiff import image_dimensions
 from probmcl_med.data.transforms import build_eval_transform
@@ -144,13 +143,9 @@ def eval_transform(bundle: ModelBundle) -> Callable[[dict[str, Any]], dict[str, 
     return build_eval_transform(bundle.image_size, bundle.mean, bundle.std, bundle.stain_reference)
 
 
-def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
-    """A deterministic (unshuffled) DataLoader over ``dataset`` (the data layer's collate drops skipped samples).
-
-    On the CPU it also sizes torch's threads to the cores the ``workers`` leave free (:mod:`probmcl_med.threads`).
-    """
-    if batch_size < 1:
-        raise DataError(f"--batch-size {batch_size}: give a positive number of images per batch")
+def prediction_batches(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    """The data layer's loader over ``dataset``, in order, for a prediction in this process; on the CPU, torch's
+    threads sized to the cores the ``workers`` leave free first (:mod:`probmcl_med.threads`)."""
     if device.type == "cpu":
         configure_threads(None, workers)
-    return data_loader(dataset, batch_size, shuffle=False, workers=workers, pin_memory=device.type == "cuda")
+    return make_loader(dataset, batch_size, workers=workers, device=device)

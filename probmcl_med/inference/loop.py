@@ -2,7 +2,8 @@
 
 :func:`predict_batches` serves ``predict`` and ``evaluate`` (through :func:`run_bundle`), the probability pass of
 Grad-CAM (:mod:`probmcl_med.inference.explain`), the feature cache (:mod:`probmcl_med.inference.features`) and
-training's per-epoch validation (:mod:`probmcl_med.engine.validation`), so all of them see the same numbers.
+training's per-epoch validation (:mod:`probmcl_med.engine.validation`, whose evaluator runs :func:`forward_batch`,
+this loop's step), so all of them see the same numbers.
 
 Uncertainty (``mdn=``): when the bundle keeps the stage-1 mixture density network, each input also gets, per class
 k, the mixture weight ``pi_k`` and the variance ``var_k`` that the MDN assigns to the class's component for the
@@ -106,7 +107,7 @@ def _worker_errors() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
+def eval_mode(module: nn.Module) -> Iterator[None]:
     """Every submodule in eval mode for the block, then each back in the mode it had (a frozen encoder stays eval)."""
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
@@ -119,6 +120,17 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray | None:
     return np.concatenate(parts) if parts else None
+
+
+def forward_batch(classifier: Classifier, batch: dict[str, Any], device: torch.device) -> tuple[Any, Any]:
+    """One batch through the model, in the caller's mode and context (eval, ``no_grad``, autocast): the (B, C)
+    float32 logits ``head(h)`` and the (B, H) features ``h`` the head read (``batch["features"]`` when the batch
+    carries cached features, else ``classifier.embed(batch["image"])``)."""
+    if "features" in batch:
+        h = batch["features"].to(device, non_blocking=True)
+    else:
+        h = classifier.embed(batch["image"].to(device, non_blocking=True))
+    return classifier.head(h.to(classifier.head.weight.dtype)).float(), h
 
 
 def predict_batches(
@@ -161,16 +173,12 @@ def predict_batches(
     offset = 0
     if progress is not None:
         progress.start(description, len(getattr(batches, "dataset", ())))
-    with _eval_mode(classifier), torch.no_grad(), _worker_errors():
+    with eval_mode(classifier), torch.no_grad(), _worker_errors():
         for batch in batches:
             if batch is None:
                 continue
             with context():
-                if "features" in batch:
-                    h = batch["features"].to(device, non_blocking=True)
-                else:
-                    h = classifier.embed(batch["image"].to(device, non_blocking=True))
-                logits = classifier.head(h.to(classifier.head.weight.dtype)).float()
+                logits, h = forward_batch(classifier, batch, device)
             scaled = logits if scale is None else logits / scale.to(logits.device, torch.float32)
             probs.append(torch.sigmoid(scaled).double().cpu().numpy())  # fp32 sigmoid, as without a calibration
             raw.append(logits.double().cpu().numpy())

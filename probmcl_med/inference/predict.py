@@ -21,7 +21,7 @@ from probmcl_med.data.stain import StainNormalized, fit_locations
 from probmcl_med.data.tiling import SlideGrid, tile_slide
 from probmcl_med.devices import resolve_device
 from probmcl_med.errors import CheckpointError, DataError
-from probmcl_med.inference.inputs import ItemDataset, eval_transform, make_loader
+from probmcl_med.inference.inputs import ItemDataset, eval_transform, prediction_batches
 from probmcl_med.inference.loop import ProgressHook, require_mdn, run_bundle
 from probmcl_med.operating_point import DEFAULT_THRESHOLD, THRESHOLDS_FILE
 
@@ -148,7 +148,7 @@ def predict_images(
     if not items:
         raise DataError("no images to predict")
     dataset = ItemDataset(items, eval_transform(bundle), skip_bad=skip_bad)
-    loader = make_loader(dataset, batch_size, workers, dev)
+    loader = prediction_batches(dataset, batch_size, workers, dev)
     # none readable: this function's message, naming the first error, not the loop's generic one
     out = run_bundle(bundle, loader, dev, uncertainty=uncertainty, progress=progress, allow_empty=True)
     done = set(out.indices.tolist())
@@ -278,7 +278,7 @@ def predict_slide(
     transform = eval_transform(bundle)
     info["stain"] = fit_slide_stain(transform, grid)
     dataset = ItemDataset(grid.items(), transform, skip_bad=skip_bad)
-    loader = make_loader(dataset, batch_size, workers, dev)
+    loader = prediction_batches(dataset, batch_size, workers, dev)
     out = run_bundle(
         bundle, loader, dev, uncertainty=uncertainty, progress=progress, description="slide patches", allow_empty=True
     )

@@ -1,4 +1,4 @@
-"""Encoders: any timm backbone as a module that returns pooled, L2-normalised features.
+"""Encoders: any timm backbone as a module that returns its pooled features.
 
 The contract every encoder meets (built-in or plugin, see the ENCODERS registry)::
 
@@ -6,8 +6,11 @@ The contract every encoder meets (built-in or plugin, see the ENCODERS registry)
     enc.num_features      # H, the width of the pooled feature (measured with a dummy forward, not trusted)
     enc.normalization     # ((mean_r, mean_g, mean_b), (std_r, std_g, std_b)) the weights expect
     enc.input_size        # (3, H, W) of the weights' pre-training
-    enc(x)                # (B, 3, H, W) -> (B, num_features), unit L2 norm per row, float32
-    enc.features(x)       # the same, not normalised (dtype of the backbone)
+    enc(x)                # (B, 3, H, W) -> (B, num_features) raw pooled features (the backbone's dtype)
+
+The features are raw: the models that need unit-norm features (the ProbMCL contrastive model, a head on unit-norm
+features) normalise them themselves (:mod:`probmcl_med.engine.contrastive`, :class:`~probmcl_med.models.heads.
+Classifier`).
 
 Names registered here: the paper's backbones (``tresnet_m`` for ADP, ``tresnet_l`` for MS-COCO), ``resnet18``,
 ``resnet50``, timm's tiny test models (``test_resnet``, ``test_efficientnet``, ``test_convnext3``) and torchvision
@@ -34,7 +37,6 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
@@ -78,16 +80,15 @@ def pool_tokens(tokens: Tensor, num_prefix_tokens: int, pool: str) -> Tensor:
 
 
 class TimmEncoder(nn.Module):
-    """A timm backbone without its classifier: pooled features, L2-normalised by default.
+    """A timm backbone without its classifier: ``forward(x)`` returns its pooled features.
 
     Args:
         model: a timm model created with ``num_classes=0`` (its forward returns pooled features).
         name: the timm model name (stored in checkpoints).
-        normalize: return unit-norm features from :meth:`forward` (the ProbMCL encoder output h(x), math.md s.1).
         pool: None (the model's own pooled output) or one of :data:`POOLS`, applied to ``model.forward_features``.
     """
 
-    def __init__(self, model: nn.Module, name: str, normalize: bool = True, pool: str | None = None) -> None:
+    def __init__(self, model: nn.Module, name: str, pool: str | None = None) -> None:
         super().__init__()
         if pool is not None and pool not in POOLS:
             raise ConfigError(f"encoder.options.pool={pool!r} for {name}: use one of {', '.join(POOLS)}")
@@ -95,7 +96,6 @@ class TimmEncoder(nn.Module):
             raise ConfigError(f"encoder.options.pool for {name}: the model has no forward_features to pool")
         self.model = model
         self.name = name
-        self.normalize = normalize
         self.pool = pool
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
@@ -111,14 +111,9 @@ class TimmEncoder(nn.Module):
         prefix = int(getattr(self.model, "num_prefix_tokens", 1))
         return pool_tokens(self.model.forward_features(x), prefix, self.pool)
 
-    def features(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         """Pooled features, not normalised: (B, 3, H, W) -> (B, num_features)."""
         return self._pooled(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, num_features) in float32; unit L2 norm per row when ``normalize``."""
-        h = self.features(x).float()
-        return F.normalize(h, dim=1) if self.normalize else h
 
 
 @contextlib.contextmanager
@@ -189,10 +184,9 @@ def create_timm_encoder(name: str, pretrained: bool = False, **options: Any) -> 
         name: any name timm knows (``timm.list_models()``), optionally written ``timm:NAME``.
         pretrained: download timm's weights (fails at once when offline, see :func:`_check_hub_reachable`).
         **options: keyword arguments for ``timm.create_model`` (layer classes by name, see
-            :mod:`~probmcl_med.models.timm_options`); ``normalize`` and ``pool`` are ours.
+            :mod:`~probmcl_med.models.timm_options`); ``pool`` is ours.
     """
     architecture = name.removeprefix(TIMM_PREFIX)
-    normalize = bool(options.pop("normalize", True))
     pool = options.pop("pool", None)
     if pretrained:
         _check_hub_reachable(architecture)
@@ -206,7 +200,7 @@ def create_timm_encoder(name: str, pretrained: bool = False, **options: Any) -> 
             f"encoder {architecture!r}: timm could not load its pretrained weights ({first}); set encoder.weights to "
             f"a local file instead"
         ) from None
-    return TimmEncoder(model, name, normalize=normalize, pool=pool)
+    return TimmEncoder(model, name, pool=pool)
 
 
 def _named_factory(name: str, create: Any, doc: str) -> Any:
@@ -221,7 +215,7 @@ def _named_factory(name: str, create: Any, doc: str) -> Any:
 
 
 def _timm_factory(name: str) -> Any:
-    return _named_factory(name, create_timm_encoder, f"timm {name} backbone, pooled L2-normalised features.")
+    return _named_factory(name, create_timm_encoder, f"timm {name} backbone, pooled features.")
 
 
 BUILTIN_TIMM = ("tresnet_m", "tresnet_l", "resnet18", "resnet50", "test_resnet", "test_efficientnet", "test_convnext3")
@@ -241,12 +235,11 @@ def create_torchvision_encoder(name: str, pretrained: bool = False, **options: A
     Args:
         name: a key of :data:`TORCHVISION_ARCHS`.
         pretrained: refused (torchvision would download); set ``encoder.weights`` to a local file instead.
-        **options: keyword arguments for the torchvision builder; ``normalize`` is ours.
+        **options: keyword arguments for the torchvision builder.
 
     The module is wrapped as a :class:`TimmEncoder` (same contract: ``num_features`` measured, ImageNet mean/std,
-    unit-norm ``forward``); :func:`load_weights` loads into the torchvision model, so its keys are torchvision's.
+    pooled features from ``forward``); :func:`load_weights` loads into the torchvision model, so its keys are torchvision's.
     """
-    normalize = bool(options.pop("normalize", True))
     options.pop("num_classes", None)
     if pretrained:
         raise ConfigError(
@@ -260,13 +253,13 @@ def create_torchvision_encoder(name: str, pretrained: bool = False, **options: A
     for attr in ("classifier", "fc"):
         if isinstance(getattr(model, attr, None), nn.Module):
             setattr(model, attr, nn.Identity())
-    encoder = TimmEncoder(model, name, normalize=normalize)
+    encoder = TimmEncoder(model, name)
     encoder.classifier_name = "classifier" if hasattr(model, "classifier") else "fc"
     return encoder
 
 
 for _name, _arch in TORCHVISION_ARCHS.items():
-    _doc = f"torchvision {_arch}, pooled L2-normalised features (local weights only)."
+    _doc = f"torchvision {_arch}, pooled features (local weights only)."
     ENCODERS.register(
         _name, _named_factory(_name, create_torchvision_encoder, _doc), source="probmcl_med.models.encoders"
     )

@@ -3,11 +3,13 @@
 The paper's classifier stage (Sec. 3.3) drops the MDN and trains a linear layer on the frozen encoder's features
 with the asymmetric loss. The head reads the same L2-normalised features h(x) that stage 1 shaped (math.md s.1),
 so what the contrastive stage learned is exactly what the classifier sees; the end-to-end ``asl`` baseline reads
-the unnormalised pooled features instead, as the ASL paper's TResNet head does (``normalize_features=False``).
+the unnormalised pooled features instead, as the ASL paper's TResNet head does (``normalize_features=False``). The
+encoder itself always returns raw pooled features: the normalisation belongs to the model that needs it.
 """
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -23,9 +25,11 @@ class Classifier(nn.Module):
     """Encoder + linear head: images (B, 3, H, W) -> logits (B, C) (probabilities are ``sigmoid(logits)``).
 
     Args:
-        encoder: a module with ``num_features`` and ``features(x)`` / ``forward(x)`` (see probmcl_med.models.encoders).
+        encoder: a module with ``num_features`` whose ``forward(x)`` returns raw pooled features (see
+            probmcl_med.models.encoders).
         head: the linear head.
-        normalize_features: feed the head unit-norm features (the two-stage ProbMCL model) or raw pooled features.
+        normalize_features: feed the head the L2-normalised features (the ProbMCL model, math.md s.1) or the raw
+            pooled ones (mode asl).
     """
 
     def __init__(self, encoder: nn.Module, head: LinearHead, normalize_features: bool = True) -> None:
@@ -35,10 +39,9 @@ class Classifier(nn.Module):
         self.normalize_features = normalize_features
 
     def embed(self, x: Tensor) -> Tensor:
-        """The features the head reads, float32: (B, 3, H, W) -> (B, H)."""
-        if self.normalize_features or not hasattr(self.encoder, "features"):
-            return self.encoder(x)
-        return self.encoder.features(x).float()
+        """The features the head reads, float32: (B, 3, H, W) -> (B, H), unit-norm rows when ``normalize_features``."""
+        h = self.encoder(x).float()
+        return F.normalize(h, dim=1) if self.normalize_features else h
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, C), float32."""

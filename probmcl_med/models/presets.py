@@ -122,8 +122,8 @@ class PresetEncoder(TimmEncoder):
     """A :class:`TimmEncoder` that carries its model card: normalisation, input size, the weights it needs, and the
     conversion of a ``transformers``-layout file into its keys."""
 
-    def __init__(self, preset: Preset, model: nn.Module, normalize: bool, pool: str | None) -> None:
-        super().__init__(model, preset.name, normalize=normalize, pool=pool)
+    def __init__(self, preset: Preset, model: nn.Module, pool: str | None) -> None:
+        super().__init__(model, preset.name, pool=pool)
         self.preset = preset
         self.normalization = preset.normalization
         self.input_size = (3, preset.input_size, preset.input_size)
@@ -146,16 +146,15 @@ def build_preset(name: str, pretrained: bool = False, **options: Any) -> PresetE
     Args:
         name: a key of :data:`PRESETS`.
         pretrained: refused: gated weights are downloaded by the user, under the model's terms.
-        **options: overrides of the preset's timm options; ``pool`` and ``normalize`` are ours.
+        **options: overrides of the preset's timm options; ``pool`` is ours.
     """
     preset = PRESETS[name]
     if pretrained:
         raise ConfigError(f"{preset.needs_weights()}; set encoder.pretrained=false")
-    normalize = bool(options.pop("normalize", True))
     pool = options.pop("pool", preset.pool)
     merged = {**preset.options, **options}
     model = create_model(preset.architecture, {**merged, **preset.internal})
-    return PresetEncoder(preset, model, normalize=normalize, pool=pool)
+    return PresetEncoder(preset, model, pool=pool)
 
 
 for _name, _preset in PRESETS.items():

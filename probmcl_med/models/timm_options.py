@@ -32,8 +32,8 @@ from probmcl_med.errors import ConfigError
 LAYER_OPTIONS = ("mlp_layer", "act_layer", "norm_layer", "embed_layer", "block_fn")
 """Options whose value is a layer class, given by name in a config."""
 
-OUR_OPTIONS = ("normalize", "pool")
-"""Options this package reads itself (never passed to timm): unit-norm output, token pooling."""
+OUR_OPTIONS = ("pool",)
+"""Options this package reads itself (never passed to timm): token pooling."""
 
 
 def _is_layer(candidate: Any) -> bool:
