@@ -17,7 +17,7 @@ from probmcl_med.engine.checkpoint import read_checkpoint
 from probmcl_med.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import TINY
+from test_train import TINY, tiny_config
 
 torch.set_num_threads(1)
 
@@ -80,10 +80,19 @@ def test_config_refuses_what_cannot_combine(sets: list[str], message: str) -> No
 
 
 def test_learned_temperature_starts_at_tau() -> None:
-    from probmcl_med.engine.contrastive import build_objective, build_mdn
+    from probmcl_med.engine.contrastive import build_mdn, build_objective
 
     config = load_config(overrides=[*TINY, "contrastive.tau_learnable=true", "contrastive.tau=0.3"])
     mdn = build_mdn(config.contrastive, 16, 4)
     objective = build_objective(config.contrastive, mdn=mdn)
     assert float(objective.contrastive.current_tau()) == pytest.approx(0.3, rel=1e-6)
     assert math.isclose(mdn.logit_scale.tau, 0.3, rel_tol=1e-6)
+
+
+def test_joint_mode_learns_the_temperature_it_holds(tmp_path: Path) -> None:
+    """mode: joint builds its objective from the MDN it trains (engine/joint.py): the temperature moves, the bundle
+    keeps the moved value and the block means."""
+    train(tiny_config(tmp_path, "mode=joint", "epochs=2", *OPTIONS))
+    mdn = load_model_bundle(tmp_path / "run").mdn
+    assert mdn.spec["mean_dim"] == 2 and mdn.spec["temperature"]["tau"] == 0.2
+    assert mdn.logit_scale.tau != pytest.approx(0.2, rel=1e-3) and 0.01 <= mdn.logit_scale.tau <= 1.0

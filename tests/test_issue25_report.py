@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "evidence"))
@@ -89,3 +90,47 @@ def test_the_rule_on_a_complete_block_uses_the_paired_t_test(tmp_path: Path) -> 
     assert verdict["frozen_vs_supcon"]["p"] == pytest.approx(frozen_p, rel=1e-12)
     assert verdict["ft_vs_none_ft"]["p"] == pytest.approx(ft_p, rel=1e-12)
     assert verdict["works"] is bool(frozen_p < 0.05 and ft_p < 0.05)
+
+
+@pytest.fixture
+def supcon_likelihood():
+    """The cosine control's likelihood name (benchmarks/evidence/plugins/supcon_features.py), registered for the
+    test only (its value is not used: only the config's name check)."""
+    from probmcl_med.registry import LIKELIHOODS
+
+    added = "supcon_features" not in LIKELIHOODS
+    if added:
+        LIKELIHOODS.register("supcon_features", lambda mixture, z, labels: z.sum())
+    yield
+    if added:
+        LIKELIHOODS.unregister("supcon_features")
+
+
+@pytest.mark.usefixtures("supcon_likelihood")
+def test_every_run_of_the_protocol_has_a_config_the_schema_accepts(tmp_path: Path) -> None:
+    """Each arm's overrides (screen, references, candidates and their fine-tuning in every block) load, in the mode
+    the arm means: frozen-head arms two-stage (``none``: probe, no stage 1), every ``+ft`` a probe that fine-tunes."""
+    import defaults_study as base
+    import stage1_study
+
+    from probmcl_med.config import load_config
+
+    ctx = {
+        "out": tmp_path / "study",
+        "sizes": dict(base.SIZES),
+        "epochs": base.EPOCHS,
+        "weights": str(tmp_path / "weights.pt"),
+        "folders": {d: tmp_path / d for d, _ in issue25.BLOCKS},
+    }
+    tuned = [*issue25.FT_REFERENCES, *(f"{a}+ft" for a in issue25.CANDIDATES)]
+    for dataset, init in issue25.BLOCKS:
+        for arm in [*issue25.SCREEN_ARMS, *tuned]:
+            job = stage1_study.issue25_job(dataset, init, arm, 1, ctx)
+            config = load_config(None, overrides=[*job["sets"], "seed=1"], optional=base.COMMON)
+            expected = "probe" if arm == "none" or arm.endswith("+ft") else "two-stage"
+            assert config.mode == expected, arm
+            if arm.endswith("+ft"):
+                assert config.classifier.encoder_lr > 0, arm
+            if arm in issue25.CANDIDATES:
+                key, value = issue25.CANDIDATES[arm][-1].split("=")
+                assert config.to_dict()["contrastive"][key.split(".")[1]] == yaml.safe_load(value), arm

@@ -8,7 +8,7 @@ import torch
 
 from probmcl_med.config import load_config
 from probmcl_med.core.mdn import MixtureDensityNetwork
-from probmcl_med.engine.contrastive import ContrastiveModel, build_objective, build_mdn
+from probmcl_med.engine.contrastive import ContrastiveModel, build_mdn, build_objective
 from probmcl_med.models.encoders import get_encoder
 
 GLOBAL_VIEWS = 12  # 2 ranks x 6 views

@@ -72,7 +72,7 @@ def candidate_sets(arm: str, stage1: list[str], frozen: list[str]) -> list[str] 
 def fine_tune_sets(arm: str, frozen_run: Path | None, fine_tune: list[str], augment: list[str]) -> list[str]:
     """``X+ft``: the whole network fine-tuned (BCE, the stage-1 views) from the encoder of the frozen run of ``X``
     (``none+ft``: from the initial encoder). The frozen run's model.pt holds its stage-1 encoder unchanged."""
-    sets = ["lr_schedule=onecycle", "mode=two-stage", "contrastive.epochs=0", *augment, *fine_tune]
+    sets = ["lr_schedule=onecycle", "mode=probe", *augment, *fine_tune]
     if arm != "none+ft":
         assert frozen_run is not None
         sets.append(f"encoder.weights={frozen_run / 'model.pt'}")
@@ -196,7 +196,7 @@ def gpu_commands(arm: str, seeds: int = SEEDS) -> list[str]:
     """The commands of the paper-scale run of ``arm`` with its references, frozen head (the paper's stage 2) and
     fine-tuned, ``seeds`` seeds each: what to run when a GPU is lent (one H100: about 80 + 40 epochs of ADP)."""
     arms = {
-        "none": ["--set contrastive.epochs=0"],
+        "none": ["--set mode=probe"],  # the head on the initial encoder, no stage 1
         "paper": [],
         "supcon": ["--set contrastive.likelihood=supcon_features", "--set contrastive.lambda=0"],
         arm: [f"--set {s}" for s in CANDIDATES.get(arm, [])],

@@ -141,7 +141,7 @@ def probe_run(run_dir: Path) -> dict:
     from probmcl_med.core.overlaps import jaccard as jaccard_overlap
     from probmcl_med.data.datasets import build_dataset
     from probmcl_med.data.transforms import TwoViews, build_eval_transform, build_train_transform
-    from probmcl_med.engine.contrastive import build_objective, build_mdn, stack_views
+    from probmcl_med.engine.contrastive import build_mdn, build_objective, stack_views
     from probmcl_med.engine.run import seed_everything
     from probmcl_med.models.encoders import get_encoder
     from probmcl_med.plugins import load_plugins
