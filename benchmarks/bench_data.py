@@ -47,14 +47,7 @@ from torchvision.transforms import v2
 from probmcl_med import DATASETS
 from probmcl_med.data import TwoViews, build_eval_transform, build_train_transform, make_loader
 from probmcl_med.data.imageio import SLIDES
-from probmcl_med.data.transforms import (
-    Compose,
-    LabelToTensord,
-    NormalizeImaged,
-    ReadImaged,
-    ResizeImaged,
-    ToTensorImaged,
-)
+from probmcl_med.data.transforms import Compose, LabelToTensord, NormalizeImaged, ReadImaged, ResizeImaged
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 
@@ -136,7 +129,7 @@ def per_core_rows(slide_path: Path | None, images: int, repeats: int) -> list[tu
             ]
             stages = {
                 "decode": (Compose([ReadImaged()]), 1),
-                "decode + resize to 224": (Compose([ReadImaged(), ToTensorImaged(), ResizeImaged(224)]), 1),
+                "decode + resize to 224": (Compose([ReadImaged(), ResizeImaged(224)]), 1),
                 "train transform, randaugment": (build_train_transform(224, mean, std, "randaugment", seed=0), 1),
                 "train transform, pathology": (build_train_transform(224, mean, std, "pathology", seed=0), 1),
                 "two views, randaugment (views)": (TwoViews(build_train_transform(224, mean, std, seed=0)), 2),
@@ -170,7 +163,7 @@ def slide_rows(args: argparse.Namespace) -> tuple[list[tuple[str, float, str]], 
                 slide.read_region((int(x), int(y)), 0, (args.size, args.size))
 
         ds = DATASETS.get("slides")(str(tmp), "train", valid_fraction=0, test_fraction=0)
-        raw = Compose([ReadImaged(), ToTensorImaged(), LabelToTensord()])
+        raw = Compose([ReadImaged(), ChannelsFirstd(), LabelToTensord()])
         normalised = build_eval_transform(args.size, (0.5,) * 3, (0.25,) * 3)
 
         def in_process() -> None:
@@ -259,6 +252,16 @@ def main() -> None:
         print(f"{name:<62} {rate:>11.1f}  {ratio:>14}")
 
 
+class ChannelsFirstd(MapTransform):
+    """(H, W, 3) uint8 array -> (3, H, W) uint8 tensor (the old pipeline's step; torchvision's transforms need it)."""
+
+    def __init__(self) -> None:
+        super().__init__("image")
+
+    def __call__(self, data: dict) -> dict:
+        return {**data, "image": torch.from_numpy(np.ascontiguousarray(np.asarray(data["image"]).transpose(2, 0, 1)))}
+
+
 class TorchvisionRandAugmentd(Randomizable, MapTransform):
     """The previous augmentation path, kept here as the benchmark's baseline: random flips, then torchvision's
     ``v2.RandAugment`` on a (3, H, W) uint8 tensor, seeded from MONAI's ``self.R`` inside ``torch.random.fork_rng``."""
@@ -285,8 +288,8 @@ class TorchvisionRandAugmentd(Randomizable, MapTransform):
 
 
 def torchvision_randaugment_transform(size: int, mean: tuple, std: tuple) -> Compose:
-    """read -> CHW uint8 -> resize -> flips + torchvision RandAugment(2, 9) -> normalise -> label (the old pipeline)."""
-    pipeline = Compose([ReadImaged(), ToTensorImaged(), ResizeImaged(size), TorchvisionRandAugmentd(),
+    """read -> resize -> CHW uint8 -> flips + torchvision RandAugment(2, 9) -> normalise -> label (the old pipeline)."""
+    pipeline = Compose([ReadImaged(), ResizeImaged(size), ChannelsFirstd(), TorchvisionRandAugmentd(),
                         NormalizeImaged(mean, std), LabelToTensord()], log_stats=False)  # fmt: skip
     pipeline.set_random_state(seed=0)
     return pipeline

@@ -9,12 +9,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from probmcl_med.cli.grammar import Command, Group
 from probmcl_med.config import load_config
-from probmcl_med.data.checks import check_dataset, group_leaks
+from probmcl_med.data.checks import check_dataset, group_leaks, missing_classes_message
 from probmcl_med.data.datasets import build_dataset
 from probmcl_med.errors import ConfigError, EmptySplit
+from probmcl_med.fileio import OVERWRITE_HELP
 
 CHECK_EPILOG = (
     "Examples: probmcl-med data check --dataset csv --root ~/my_patches;  "
@@ -36,7 +38,8 @@ def run_check(
     ``val_split``, ``test_split``), and check it (skip_bad on, so all bad files are listed).
 
     A split with no rows is reported as empty, with what training does about it (:data:`EMPTY_SPLIT`): an error for
-    the training split only.
+    the training split only. So is a class without a positive image: an error in the training split (the model
+    cannot learn it), a warning in the others (``missing_classes``: the one-line message, or None).
     """
     sets = list(overrides)
     if dataset is not None:
@@ -59,6 +62,9 @@ def run_check(
         built[name] = ds
         result = check_dataset(ds, sample=sample, workers=workers)
         result.update(split=name, empty=False)
+        missing = result["classes_without_positives"]
+        result["missing_classes"] = missing_classes_message(missing, name) if missing else None
+        result["ok"] = result["ok"] and not (name == "train" and missing)  # a class training cannot learn
         results.append(result)
     leaks = group_leaks(built) if len(built) > 1 else []
     for result in results:  # a group in two splits fails every split it is in
@@ -131,6 +137,9 @@ def _print(results: list[dict[str, Any]], console: Console) -> None:
         for what, value in rows:
             summary.add_row(what, value)
         console.print(summary)
+        if r.get("missing_classes"):
+            style = "red" if r["split"] == "train" else "yellow"
+            console.print(Text(f"{r['split']}: {r['missing_classes']}", style=style))  # names stay plain text
         classes = Table(title="positives per class")
         classes.add_column("class")
         classes.add_column("positives", justify="right")
@@ -194,6 +203,7 @@ def from_annotations(
     slide_mpp: Annotated[
         float | None, typer.Option("--slide-mpp", help="Level-0 mpp of slides that do not record it.")
     ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Turn QuPath's classified annotation polygons into a slides dataset (manifest.csv, annotations.json).
 
@@ -214,7 +224,7 @@ def from_annotations(
     ]
     settings = {"mpp": mpp, "patch_size": patch_size, "min_coverage": min_coverage, "derived": derived,
                 "annotations": [str(a) for a in files]}  # fmt: skip
-    write_annotation_dataset(out, done, settings)
+    write_annotation_dataset(out, done, settings, overwrite=overwrite)
     classes = sorted({name for d in done for row in d.rows for name in row["labels"]})
     Console().print(
         f"{sum(len(d.rows) for d in done)} labelled patches of {len(done)} slide(s), classes: "
@@ -253,9 +263,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check a dataset: classes, positives per class, label cardinality, co-occurring pairs, unreadable files.
 
-        Every image (or a --sample) is read; the exit code is 1 when a file cannot be read, or when a group
-        (dataset.options.group_column: patient, slide) appears in two splits. A split with no rows is reported as
-        empty with what training does about it (an error only for the training split).
+        Every image (or a --sample) is read; the exit code is 1 when a file cannot be read, when a group
+        (dataset.options.group_column: patient, slide) appears in two splits, or when a class has no positive image
+        in the training split (it cannot be learned; in valid or test that is a warning). A split with no rows is
+        reported as empty with what training does about it (an error only for the training split).
         """
         results = run_check(config, dataset, root, split, list(overrides or []), sample, workers)
         if as_json:

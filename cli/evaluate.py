@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from probmcl_med.cli.grammar import Command
+from probmcl_med.fileio import OVERWRITE_HELP, check_replaceable_folder
 
 EXAMPLE = (
     "Examples: probmcl-med evaluate --checkpoint runs/adp --split test --report reports/adp-test; "
@@ -161,6 +162,7 @@ def evaluate_command(
         Path | None, typer.Option("--scores", help="Saved probabilities (CSV with class-name header, or .npy).")
     ] = None,
     targets: Annotated[Path | None, typer.Option("--targets", help="Saved 0/1 labels for --scores.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Evaluate a checkpoint on its dataset (metrics, per-class recall first, model cost), or saved scores."""
     # the library is imported here, not at the top: see probmcl_med/cli/__init__.py
@@ -185,6 +187,7 @@ def evaluate_command(
             as_json,
             precision_floor=precision_floor,
             resamples=bootstrap,
+            overwrite=overwrite,
         )
         return
     if checkpoint is None:
@@ -197,8 +200,11 @@ def evaluate_command(
 
     from probmcl_med.evaluation.findings import findings
     from probmcl_med.evaluation.render import render_per_class_table, render_summary
+    from probmcl_med.evaluation.report import MARKER
     from probmcl_med.evaluation.run_eval import evaluate_checkpoint, write_checkpoint_report
 
+    if report is not None:  # refused before the evaluation, not after it
+        check_replaceable_folder(report, MARKER, "report", "--report", overwrite)
     err = Console(stderr=True)
     with RichProgress(err, enabled=not as_json) as progress:
         result = evaluate_checkpoint(
@@ -218,7 +224,7 @@ def evaluate_command(
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     if report is not None:
-        write_checkpoint_report(report, result, recall_floor, precision_floor, gallery)
+        write_checkpoint_report(report, result, recall_floor, precision_floor, gallery, overwrite)
     op = result.metrics["operating_point"]
     if as_json:
         document = {

@@ -36,6 +36,7 @@ def evaluate_files(
     console: Console | None = None,
     precision_floor: float = 0.5,
     resamples: int = 1000,
+    overwrite: bool = False,
 ) -> int:
     """Load scores and targets, compute the metrics, print them, and write a report folder if asked.
 
@@ -49,6 +50,7 @@ def evaluate_files(
         console: where tables go (stdout by default).
         precision_floor: a fraction in [0, 1]; classes called with precision under it are over-called.
         resamples: bootstrap resamples for the 95 % intervals (0: none).
+        overwrite: write the report into a folder holding other files (only the report's own files replaced).
 
     Returns:
         0. Bad input raises :class:`probmcl_med.errors.UserError` (DataError) for ``main()`` to print in one line.
@@ -70,7 +72,9 @@ def evaluate_files(
             "targets file": str(targets),
             "thresholds from": source,
         }
-        write_report(report, metrics, s, t, names, meta, recall_floor, precision_floor=precision_floor)
+        write_report(
+            report, metrics, s, t, names, meta, recall_floor, precision_floor=precision_floor, overwrite=overwrite
+        )
     if json_out:
         document = {
             **metrics,

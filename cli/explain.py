@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from probmcl_med.cli.grammar import Command
+from probmcl_med.fileio import OVERWRITE_HELP
 
 EXAMPLE = "Example: probmcl-med explain patch.png --checkpoint runs/adp --class stroma --class necrosis --out cams/"
 
@@ -28,6 +29,7 @@ def explain_command(
         typer.Option("--threshold", help="Threshold deciding the predicted classes (default: checkpoint's, else 0.5)."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto (GPU when present), cpu, cuda, cuda:N.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Grad-CAM for each class, blended over the image (the paper's Figure 3).
 
@@ -51,7 +53,9 @@ def explain_command(
         soft_wrap=True,
         markup=False,
     )
-    results = explain_image(bundle, image, out, classes or None, threshold=threshold, device=device, checkpoint=path)
+    results = explain_image(
+        bundle, image, out, classes or None, threshold=threshold, device=device, checkpoint=path, overwrite=overwrite
+    )
     console = Console()
     layer = results[0].layer
     if layer.warning:

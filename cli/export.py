@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from probmcl_med.cli.grammar import Command
+from probmcl_med.fileio import OVERWRITE_HELP
 
 EXAMPLE = (
     "Examples: probmcl-med export --checkpoint runs/adp --format onnx --out adp.onnx; "
@@ -23,6 +24,7 @@ def export_command(
     check_batch: Annotated[
         int, typer.Option("--check-batch", min=1, help="Images in the batch compared with PyTorch.")
     ] = 4,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Export encoder + head (input: normalised (B, 3, S, S) images; output: per-class probabilities).
 
@@ -35,7 +37,7 @@ def export_command(
 
     path = resolve_bundle_path(checkpoint)
     bundle = load_model_bundle(path, device="cpu")
-    report = export_model(bundle, out, fmt.lower(), check_batch=check_batch)
+    report = export_model(bundle, out, fmt.lower(), check_batch=check_batch, overwrite=overwrite)
     Console().print(
         f"{report['format']} model written to {report['file']} (preprocessing in {report['metadata']}); largest "
         f"difference from PyTorch on {report['batch']} images: {report['max_abs_difference']:.2e}",

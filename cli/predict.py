@@ -12,6 +12,7 @@ from probmcl_med.cli.evaluate import RichProgress
 from probmcl_med.cli.grammar import Command
 from probmcl_med.cli.tables import print_table
 from probmcl_med.errors import UserError
+from probmcl_med.fileio import OVERWRITE_HELP
 
 EXAMPLE = (
     "Examples: probmcl-med predict patches/ --checkpoint runs/adp --out preds/; "
@@ -119,6 +120,7 @@ def predict_command(
             "--skip-bad", help="Predict the readable images (or patches), list the others (also in meta.json)."
         ),
     ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Predict per-class probabilities and labels; for a slide, per-patch probabilities and a heat map per class.
 
@@ -137,7 +139,7 @@ def predict_command(
     from probmcl_med.inference.predict import describe_thresholds, predict_images, predict_slide
     from probmcl_med.inference.writers import check_output_folder, write_predictions
 
-    check_output_folder(out)
+    check_output_folder(out, overwrite)
     kind = input_kind(input_path, large_pixels=int(tile_above * 1e6))
     if kind != "slide" and (slide_mpp is not None or mask is not None):
         raise UserError(
@@ -193,7 +195,7 @@ def predict_command(
         "device": str(dev),
         "probabilities": describe_probabilities(bundle.calibration),
     }
-    write_predictions(out, predictions, meta)
+    write_predictions(out, predictions, meta, overwrite=overwrite)
     console = Console()
     if kind == "slide" and predictions.no_tissue:
         stats = (predictions.slide or {}).get("tissue_mask") or {}

@@ -185,6 +185,14 @@ REACHED_BY: dict[str, object] = {
     "probmcl_med/evaluation/report.py": [("evaluate",)],
     "probmcl_med/evaluation/findings.py": [("evaluate",)],
     "probmcl_med/inference/export.py": [("export",)],
+    # output folders: the commands that write one (--out is atomic_directory's default; evaluate passes --report)
+    "probmcl_med/fileio.py:check_replaceable_folder": [
+        ("predict",),
+        ("evaluate",),
+        ("explain",),
+        ("data", "from-annotations"),
+    ],
+    "probmcl_med/fileio.py:atomic_directory": [("predict",), ("explain",), ("data", "from-annotations")],
     # a stale thresholds file: the commands that apply thresholds print the fix (info shows it as the file's state)
     "probmcl_med/operating_point.py": [("predict",), ("evaluate",), ("explain",)],
     # a stale calibration, or thresholds tuned on another calibration: the same commands, the same fixes

@@ -148,3 +148,44 @@ def test_an_empty_training_split_is_an_error(tmp_path):
     assert result.exit_code == 1
     by_split = {r["split"]: r for r in json.loads(result.output)}
     assert by_split["train"]["empty"] and not by_split["train"]["ok"] and by_split["test"]["images"] == 30
+
+
+def test_a_class_without_training_positives_fails_the_check_and_warns_in_train(tmp_path, caplog):
+    """The only group holding class 'd' lands in valid: data check exits 1 naming it; train warns in one line."""
+    from probmcl_med.config import load_config
+    from probmcl_med.engine import train
+
+    root = tmp_path
+    lines = ["image,a,b,c,d,patient"]
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir()
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / "img" / f"{i}.png")
+        patient = f"p{i % 10}"
+        d = int(patient == "p3" and i < 20)  # two images of one patient hold the class; no other image does
+        lines.append(f"img/{i}.png,{i % 2},{(i // 2) % 2},1,{d},{patient}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    options = ["--set", "dataset.options.group_column=patient"]
+    from probmcl_med.data.base import grouped_split
+
+    groups = [f"p{i % 10}" for i in range(40)]
+    seed = next(s for s in range(100) if 3 in grouped_split(groups, "valid", seed=s))  # the group lands in valid
+    options += ["--set", f"dataset.options.seed={seed}"]
+    result = CliRunner().invoke(_app(), ["data", "check", "-d", "csv", "-r", str(root), *options, "--json"])
+    assert result.exit_code == 1, result.output
+    by_split = {r["split"]: r for r in json.loads(result.output)}
+    assert by_split["train"]["classes_without_positives"] == ["d"] and not by_split["train"]["ok"]
+    assert "'d' has no positive image in the train split" in by_split["train"]["missing_classes"]
+    assert by_split["test"]["missing_classes"] is not None and by_split["test"]["ok"]  # a warning there, not a fail
+    assert by_split["valid"]["missing_classes"] is None
+    table = CliRunner().invoke(_app(), ["data", "check", "-d", "csv", "-r", str(root), *options])
+    assert table.exit_code == 1 and "no positive image in the train split" in " ".join(table.output.split())
+
+    run = ["dataset.image_size=16", "epochs=1", "device=cpu", f"output_dir={tmp_path / 'run'}"]
+    config = load_config(
+        overrides=["dataset.name=csv", f"dataset.root={root}", "encoder.name=test_resnet", *options[1::2], *run]
+    )
+    with caplog.at_level("WARNING", logger="probmcl_med.data"):
+        train(config)  # it warns and trains
+    lines = [r.getMessage() for r in caplog.records if "no positive image" in r.getMessage()]
+    assert len(lines) == 1 and "'d'" in lines[0] and "train split" in lines[0] and "\n" not in lines[0]

@@ -126,3 +126,58 @@ def test_a_text_column_beside_the_labels_column_is_not_a_class(tmp_path):
     text = "image,labels,patient,notes,split\nimages/a.png,tumour,p1,,train\nimages/b.png,stroma,p2,,train\n"
     ds = DATASETS.get("csv")(str(_folder(tmp_path, text)), "train")
     assert ds.class_names == ["stroma", "tumour"]
+
+
+def test_a_separator_in_a_class_column_is_refused_naming_it(tmp_path):
+    root = _folder(tmp_path, "image,a|x,b,c,split\nimages/a.png,1,0,1,train\n")
+    message = _error(root)
+    assert "'a|x'" in message and "rename the column" in message and "'a_x'" in message
+    root = _folder(tmp_path / "trailing", "image,a,b,\nimages/a.png,1,0,\n")  # a trailing comma: a nameless column
+    assert "column 4 of the header has no name" in _error(root)
+
+
+def test_class_names_round_trip_through_predict_s_labels_csv(tmp_path):
+    """Names with commas, quotes, spaces and accents come back from labels.csv as the same classes, row by row."""
+    from probmcl_med.inference.predict import Predictions
+    from probmcl_med.inference.writers import write_predictions
+
+    names = ['grade 2, "high"', "stróma", "a b"]
+    root = _folder(tmp_path / "data", "image,x\nimages/a.png,1\n")
+    images = [str(root / "images" / n) for n in ("a.png", "b.png", "c.png")]
+    probs = np.array([[0.9, 0.1, 0.8], [0.2, 0.7, 0.1], [0.1, 0.2, 0.3]])
+    thresholds = np.array([0.5, 0.5, 0.5])
+    predictions = Predictions("images", [{"image": p} for p in images], probs, thresholds, names)
+    write_predictions(tmp_path / "out", predictions)
+    back = DATASETS.get("csv")(str(tmp_path / "out"), "train", csv="labels.csv", allow_outside_root=True,
+                               valid_fraction=0.0, test_fraction=0.0)  # fmt: skip
+    expected = {images[0]: {names[0], names[2]}, images[1]: {names[1]}, images[2]: set()}
+    got = {item["image"]: {n for n, v in zip(back.class_names, item["label"], strict=True) if v} for item in back.items}
+    assert got == expected
+
+
+def test_a_link_inside_the_root_that_leads_outside_is_refused(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(outside / "secret.png")
+    root = _folder(tmp_path / "data", "image,tumour,split\nimages/a.png,1,train\nimages/link.png,0,train\n")
+    (root / "images" / "link.png").symlink_to(outside / "secret.png")
+    message = _error(root)
+    assert "row 1 (line 3)" in message and "symbolic link" in message and "secret.png" in message
+    assert "allow_outside_root" in message
+    assert len(DATASETS.get("csv")(str(root), "train", allow_outside_root=True)) == 2
+    (root / "linked").symlink_to(outside, target_is_directory=True)  # a linked folder leads out just the same
+    (root / "labels.csv").write_text("image,tumour,split\nlinked/secret.png,1,train\n")
+    assert "symbolic link" in _error(root)
+
+
+def test_links_that_stay_inside_and_a_linked_root_are_fine(tmp_path):
+    root = _folder(tmp_path / "data", "image,tumour,split\nimages/a.png,1,train\nimages/alias.png,0,train\n")
+    (root / "images" / "alias.png").symlink_to(root / "images" / "b.png")
+    (tmp_path / "root_link").symlink_to(root, target_is_directory=True)
+    assert len(DATASETS.get("csv")(str(tmp_path / "root_link"), "train")) == 2
+
+
+def test_backslash_paths_are_named_as_windows_paths(tmp_path):
+    root = _folder(tmp_path, "image,tumour,split\nimages\\a.png,1,train\n")
+    message = _error(root)
+    assert "does not exist" in message and "Windows path" in message and "images/a.png" in message

@@ -97,13 +97,14 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path: Path, monkeypa
 
 def test_atomic_directory_on_a_full_disk_keeps_the_old_folder(tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "report"
-    out.mkdir()
-    (out / "report.html").write_text("old report")
+    with fileio.atomic_directory(out, ".marker") as tmp:
+        (tmp / "report.html").write_text("old report")
+    before = snapshot(tmp_path)
     monkeypatch.setattr(os, "fsync", FullDisk())
-    with pytest.raises(OSError) as err, fileio.atomic_directory(out) as tmp:
+    with pytest.raises(OSError) as err, fileio.atomic_directory(out, ".marker") as tmp:
         fileio.atomic_write_text(tmp / "report.html", "new")
     assert err.value.filename == str(out / "report.html")
-    assert snapshot(tmp_path) == {"report/report.html": b"old report"}
+    assert snapshot(tmp_path) == before and b"old report" in before.values()
 
 
 def test_read_only_folder_names_the_destination(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

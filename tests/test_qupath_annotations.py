@@ -11,7 +11,7 @@ import pytest
 from shapely.geometry import box, shape
 from shapely.ops import unary_union
 from slide_files import cmu_slide
-from test_inference import cli
+from test_inference import cli, error_line
 
 from probmcl_med.data.annotations import annotation_patches, qupath_class
 from probmcl_med.data.imageio import SLIDES
@@ -107,6 +107,17 @@ def test_from_annotations_folder_is_checked_and_trains(tmp_path, capsys):
     with (out / "manifest.csv").open() as handle:
         parents = {name for r in csv.DictReader(handle) for name in r["labels"].split("|")}
     assert parents == {"Epidermis", "Dermis", "Tumor", "Stroma"}
+    (out / "notes.txt").write_text("which slides I annotated")  # the user's file: refused, then kept
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = ["data", "from-annotations", str(slide), "-a", str(tmp_path / "a.geojson"), "--mpp", "1", "--patch-size",
+             "64", "--derived", "parent", "--out", str(out)]  # fmt: skip
+    capsys.readouterr()
+    assert cli(again) == 1
+    refusal = error_line(capsys)
+    assert "notes.txt" in refusal and "--overwrite" in refusal
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert cli([*again, "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "which slides I annotated" and (out / "manifest.csv").is_file()
     from test_train import tiny_config
 
     from probmcl_med.bundle import read_checkpoint

@@ -230,7 +230,7 @@ def test_replaces_earlier_report_but_not_other_folders(tmp_path, fast_plots):
     precious = tmp_path / "thesis"
     precious.mkdir()
     (precious / "chapter1.tex").write_text("do not delete")
-    with pytest.raises(DataError, match="not a probmcl-med report") as err:
+    with pytest.raises(DataError, match="did not write there") as err:
         write_report(precious, metrics, scores, targets, NAMES, {})
     assert str(precious) in str(err.value)
     assert (precious / "chapter1.tex").read_text() == "do not delete"

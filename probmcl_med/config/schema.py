@@ -306,12 +306,14 @@ def _get(config: RunConfig, dotted: str) -> Any:
 
 
 def _set(config: RunConfig, dotted: str, value: Any) -> Any:
-    """A copy of ``config`` with the dotted key set to ``value`` (validated)."""
-    data = config.to_dict()
+    """A copy of ``config`` with the dotted key set to ``value`` (validated). The keys the config was given keep
+    counting as given, and only they (``model_fields_set``: training chooses its loader workers unless ``workers``
+    was given)."""
+    data = config.model_dump(mode="json", by_alias=True, exclude_unset=True)
     node = data
     *sections, last = dotted.split(".")
     for part in sections:
-        node = node[part]
+        node = node.setdefault(part, {})
     node[last] = value
     return run_config_adapter().validate_python(data)
 
@@ -330,6 +332,7 @@ RESUME_MAY_CHANGE = frozenset(
         "deterministic",
         "log_every",
         "dataset.root",
+        "dataset.cache_gb",
         "checkpoint.keep_last",
         "checkpoint.every_n_iterations",
     }

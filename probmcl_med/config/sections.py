@@ -89,6 +89,13 @@ class DatasetConfig(Section):
         "encoder", description="mean/std: the encoder's (timm config), the dataset's own (e.g. ADP), or none"
     )
     skip_bad: bool = Field(False, description="skip unreadable samples (each logged and counted) instead of failing")
+    cache_gb: float | None = Field(
+        None,
+        ge=0,
+        le=4096,
+        description="training and validation images kept in memory, decoded and resized once, when they fit in this "
+        "many GiB per process (0: never; null: a quarter of the available memory, at most 16; probmcl_med.data.cache)",
+    )
     mpp: float | None = Field(
         None,
         gt=0,

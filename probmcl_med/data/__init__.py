@@ -38,6 +38,7 @@ _EXPORTS = {
     "resolve_normalization": "probmcl_med.data.normalization",
     "compute_mean_std": "probmcl_med.data.normalization",
     "read_image": "probmcl_med.data.imageio",
+    "read_pixels": "probmcl_med.data.imageio",
     "read_slide_region": "probmcl_med.data.imageio",
     "SlideGrid": "probmcl_med.data.tiling",
     "tile_slide": "probmcl_med.data.tiling",

@@ -141,10 +141,13 @@ def annotation_patches(
 
 
 DATASET_MARKER = ".probmcl-med-annotations"
-"""File inside every folder ``data from-annotations`` writes: such a folder may be replaced by the next run."""
+"""The manifest inside every folder ``data from-annotations`` writes (:func:`probmcl_med.fileio.atomic_directory`):
+such a folder may be replaced by the next run."""
 
 
-def write_annotation_dataset(out_dir: str | Path, slides: Sequence[AnnotatedSlide], settings: dict[str, Any]) -> Path:
+def write_annotation_dataset(
+    out_dir: str | Path, slides: Sequence[AnnotatedSlide], settings: dict[str, Any], overwrite: bool = False
+) -> Path:
     """Write a slides-dataset folder, whole or not at all: ``manifest.csv`` and ``annotations.json``.
 
     ``manifest.csv`` has ``slide`` (absolute path), ``x``, ``y`` (level-0 pixels), ``level`` and ``size`` (the
@@ -153,8 +156,11 @@ def write_annotation_dataset(out_dir: str | Path, slides: Sequence[AnnotatedSlid
     ``annotations.json`` records the settings, the classes with their patch counts and each slide's plan and
     ignored features.
 
+    ``overwrite``: a folder holding files this command did not write is written into (only its own files replaced).
+
     Raises:
-        DataError: no patch on any slide, or ``out_dir`` holds files this command did not write.
+        DataError: no patch on any slide, or (without ``overwrite``) ``out_dir`` holds files this command did not
+            write.
     """
     import csv
     import io
@@ -163,7 +169,7 @@ def write_annotation_dataset(out_dir: str | Path, slides: Sequence[AnnotatedSlid
     from probmcl_med.fileio import atomic_directory, check_replaceable_folder
 
     out_dir = Path(out_dir)
-    check_replaceable_folder(out_dir, DATASET_MARKER, "output", "--out")
+    check_replaceable_folder(out_dir, DATASET_MARKER, "dataset", "--out", overwrite)
     total = sum(len(s.rows) for s in slides)
     if not total:
         raise DataError(
@@ -195,8 +201,8 @@ def write_annotation_dataset(out_dir: str | Path, slides: Sequence[AnnotatedSlid
             for s in slides
         ],
     }
-    with atomic_directory(out_dir) as tmp:
+    written_by = "probmcl-med data from-annotations"
+    with atomic_directory(out_dir, DATASET_MARKER, overwrite=overwrite, what="dataset", written_by=written_by) as tmp:
         (tmp / "manifest.csv").write_text(buffer.getvalue())
         (tmp / "annotations.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (tmp / DATASET_MARKER).write_text("written by probmcl-med data from-annotations\n")
     return out_dir

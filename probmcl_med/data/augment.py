@@ -1,4 +1,8 @@
-"""Training augmentation policies, built with albumentations on (H, W, 3) uint8 arrays and seeded through MONAI.
+"""Training augmentation policies, built with albumentations on (H, W, 3) arrays and seeded through MONAI.
+
+Pixels are uint8 (8-bit images) or float32 in [0, 1] (deep images, which keep their precision: the operations that
+albumentations or PIL define on 8-bit levels have float versions here, :class:`Sharpness`, :class:`Equalize`,
+:class:`AutoContrast`; posterize and JPEG artefacts quantise by their nature).
 
 A policy is named by ``dataset.augment.policy``:
 
@@ -50,7 +54,7 @@ class Sharpness(A.ImageOnlyTransform):
     """PIL's ``ImageEnhance.Sharpness``: ``smooth + factor * (image - smooth)`` with PIL's 3x3 smoothing kernel.
 
     ``factor`` 1 is the identity, above 1 sharpens, below 1 blurs (RandAugment's sharpness operation). The border
-    pixels are kept, as PIL keeps them.
+    pixels are kept, as PIL keeps them. uint8 is rounded and clipped to 0-255; float32 (deep images) clipped to [0, 1].
     """
 
     KERNEL = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13.0
@@ -64,6 +68,8 @@ class Sharpness(A.ImageOnlyTransform):
         smooth = cv2.filter2D(image, -1, self.KERNEL, borderType=cv2.BORDER_REPLICATE)
         smooth[0, :], smooth[-1, :], smooth[:, 0], smooth[:, -1] = image[0, :], image[-1, :], image[:, 0], image[:, -1]
         out = smooth + self.factor * (image - smooth)
+        if img.dtype != np.uint8:
+            return np.clip(out, 0.0, 1.0).astype(img.dtype)
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
@@ -75,21 +81,45 @@ class Equalize(A.ImageOnlyTransform):
 
     With ``h`` the channel's histogram and ``step = (N - h[last non-empty bin]) // 255``, value ``i`` maps to
     ``(cumsum(h)[i - 1] + step // 2) // step``; a channel with ``step == 0`` is left as it is. (albumentations'
-    own ``Equalize`` differs from PIL by several grey levels.)
+    own ``Equalize`` differs from PIL by several grey levels.) Float32 pixels in [0, 1] (deep images) are binned into
+    the same 256 levels (``rint(255 x)``) and mapped through the same table, to ``table / 255``.
     """
 
     def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        levels = img if img.dtype == np.uint8 else np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
         out = np.empty_like(img)
         for c in range(img.shape[-1]):
-            channel = img[..., c]
+            channel = levels[..., c]
             hist = np.bincount(channel.ravel(), minlength=256)
             step = (hist.sum() - hist[np.flatnonzero(hist)[-1]]) // 255
             if step == 0:
-                out[..., c] = channel
+                out[..., c] = img[..., c]
                 continue
-            lut = (np.concatenate([[0], np.cumsum(hist)[:-1]]) + step // 2) // step
-            out[..., c] = np.clip(lut, 0, 255).astype(np.uint8)[channel]
+            lut = np.clip((np.concatenate([[0], np.cumsum(hist)[:-1]]) + step // 2) // step, 0, 255)
+            out[..., c] = lut.astype(np.uint8)[channel] if img.dtype == np.uint8 else lut[channel] / 255.0
         return out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ()
+
+
+class AutoContrast(A.ImageOnlyTransform):
+    """PIL's ``ImageOps.autocontrast`` (no cutoff): each channel's minimum-maximum stretched to the full range.
+
+    uint8 goes through albumentations' ``AutoContrast(method="pil")``; float32 (deep images) is stretched exactly,
+    ``(x - min) / (max - min)`` per channel (a constant channel is left as it is), without 8-bit levels.
+    """
+
+    def __init__(self, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.pil = A.AutoContrast(method="pil", p=1.0)
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        if img.dtype == np.uint8:
+            return self.pil.apply(img, **params)
+        lo, hi = img.min(axis=(0, 1), keepdims=True), img.max(axis=(0, 1), keepdims=True)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        return np.where(hi > lo, (img - lo) / span, img).astype(img.dtype)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ()
@@ -133,7 +163,7 @@ def randaugment_ops(magnitude: int) -> list[A.BasicTransform]:
         _signed(lambda v: Sharpness(1.0 + v), enhance),
         A.Posterize(num_bits=(bits, bits), p=1.0),
         A.Solarize(threshold_range=(1.0 - m, 1.0 - m), p=1.0),
-        A.AutoContrast(method="pil", p=1.0),
+        AutoContrast(p=1.0),
         Equalize(p=1.0),
     ]
 
@@ -203,8 +233,24 @@ def seed_pipeline(transform: A.BasicTransform | A.BaseCompose, seed: int) -> Non
     transform.set_random_state(np.random.default_rng(int(seed)), random.Random(int(seed)))
 
 
+def set_random_state(
+    randomizable: Randomizable, seed: int | None = None, state: np.random.RandomState | None = None
+) -> None:
+    """MONAI's ``Randomizable.set_random_state``, but an integer ``seed`` reseeds the object's own ``RandomState`` in
+    place: the same stream as the new ``RandomState(seed % MAX_SEED)`` MONAI builds (numpy's legacy seeding either
+    way), without numpy's constructor, which cost about 100 times the reseed here and, once per sample for the
+    per-sample seeds of the resumable sampler, most of the augmentation pipeline's time."""
+    own = randomizable.__dict__.get("R")
+    if seed is not None and state is None and isinstance(own, np.random.RandomState) and isinstance(seed, int):
+        own.seed(seed % MAX_SEED)
+    else:
+        Randomizable.set_random_state(randomizable, seed=seed, state=state)
+
+
 class AugmentImaged(Randomizable, MapTransform):
-    """An albumentations pipeline on a (3, H, W) uint8 tensor, seeded through MONAI's ``self.R``.
+    """An albumentations pipeline on (H, W, 3) pixels (uint8, or float32 in [0, 1]), seeded through MONAI's ``self.R``.
+
+    A (3, H, W) tensor is accepted too (and returned as one).
 
     Args:
         pipeline: the ``albumentations.Compose`` (see :func:`build_policy`).
@@ -216,6 +262,10 @@ class AugmentImaged(Randomizable, MapTransform):
         self.pipeline = pipeline
         self._seed = 0
 
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> AugmentImaged:
+        set_random_state(self, seed, state)
+        return self
+
     def randomize(self, data: Any = None) -> None:
         self._seed = int(self.R.randint(MAX_SEED, dtype="uint32"))
 
@@ -224,7 +274,10 @@ class AugmentImaged(Randomizable, MapTransform):
         for key in self.key_iterator(d):
             self.randomize()
             seed_pipeline(self.pipeline, self._seed)
-            pixels = np.ascontiguousarray(d[key].permute(1, 2, 0).numpy())
-            out = self.pipeline(image=pixels)["image"]
-            d[key] = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+            pixels = d[key]
+            if isinstance(pixels, torch.Tensor):  # a (3, H, W) tensor (pipelines built before the pixels stayed HWC)
+                out = self.pipeline(image=np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))["image"]
+                d[key] = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+            else:
+                d[key] = self.pipeline(image=np.ascontiguousarray(pixels))["image"]
         return d

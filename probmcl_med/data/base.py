@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from probmcl_med.data.imageio import missing_path_hint
 from probmcl_med.errors import DataError
 
 logger = logging.getLogger("probmcl_med.data")
@@ -75,6 +76,28 @@ def grouped_split(
     names = sorted(set(groups))
     chosen = {names[i] for i in seeded_split(len(names), split, seed, valid_fraction, test_fraction)}
     return np.array([i for i, g in enumerate(groups) if g in chosen], dtype=np.int64)
+
+
+LABEL_SEPARATOR = "|"
+"""Between class names in a labels cell: the csv dataset's ``labels`` column and predict's ``labels.csv``."""
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a class name that round-trips through the project's files, or None when it can.
+
+    Class names are written as CSV headers (``predictions.csv``), joined with :data:`LABEL_SEPARATOR` in
+    ``labels.csv`` cells and read back with surrounding spaces stripped, so a name must not be empty, hold the
+    separator or a line break, or start or end with a space.
+    """
+    if not name.strip():
+        return "is empty"
+    if LABEL_SEPARATOR in name:
+        return f"holds '{LABEL_SEPARATOR}', the separator between class names in labels.csv files"
+    if "\n" in name or "\r" in name:
+        return "holds a line break"
+    if name != name.strip():
+        return "starts or ends with a space"
+    return None
 
 
 def image_path_of(image: Any) -> str | None:
@@ -139,6 +162,7 @@ class MultiLabelDataset(Dataset):
         self.mean = tuple(float(m) for m in mean) if mean is not None else None
         self.std = tuple(float(s) for s in std) if std is not None else None
         self.transform = transform
+        self.prepared: Any = None  # pixels kept in memory (probmcl_med.data.cache.PreparedImages), or None
         self.skip_bad = skip_bad
         self.num_skipped = 0
         self.skipped: list[str] = []  # messages of the samples skipped in this process
@@ -149,6 +173,13 @@ class MultiLabelDataset(Dataset):
             )
         if len(set(self.class_names)) != len(self.class_names):
             raise DataError(f"{self.source}: duplicate class names in {self.class_names}")
+        for class_name in self.class_names:
+            problem = class_name_problem(class_name)
+            if problem is not None:
+                raise DataError(
+                    f"{self.source}: class name {class_name!r} {problem}, so predicted labels could not be read "
+                    "back; rename the class"
+                )
         num_classes = len(self.class_names)
         for item in items:
             label = np.asarray(item["label"], dtype=np.float32).reshape(-1)
@@ -179,7 +210,8 @@ class MultiLabelDataset(Dataset):
             return items
         first_index, first_path = missing[0]
         more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
-        message = f"{self.where(items[first_index])}: file {first_path} does not exist{more}"
+        hint = missing_path_hint(first_path)
+        message = f"{self.where(items[first_index])}: file {first_path} does not exist{more}{hint}"
         if not self.skip_bad:
             raise DataError(f"{message}; fix the paths or set dataset.skip_bad=true to skip missing files")
         for index, path in missing:
@@ -207,6 +239,8 @@ class MultiLabelDataset(Dataset):
         item = dict(self.items[index])
         if self.transform is None:
             return item
+        if self.prepared is not None:  # decoded and resized once (probmcl_med.data.cache), if for this transform
+            item = self.prepared.substitute(index, item, getattr(self.transform, "key", None))
         try:
             return self.transform(item)
         except Exception as exc:

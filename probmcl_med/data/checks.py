@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from probmcl_med.data.base import MultiLabelDataset, image_path_of
+from probmcl_med.data.base import MultiLabelDataset, image_path_of, logger
 from probmcl_med.data.imageio import read_any
 from probmcl_med.errors import DataError
 
@@ -43,6 +43,37 @@ def label_statistics(labels: np.ndarray, class_names: list[str], top_pairs: int 
         "top_pairs": pairs,
         "classes_without_positives": [c for c, p in zip(class_names, positives, strict=True) if p == 0],
     }
+
+
+MISSING_CLASS_CONSEQUENCE = {
+    "train": "the model cannot learn {them} and will never predict {them}; put images of {them} in the train split "
+    "(with a group column another dataset.options.seed moves whole groups) or leave {them} out of the classes",
+    "valid": "{their} recall and AP cannot be measured there and {their} threshold cannot be tuned; put images of "
+    "{them} in the valid split",
+    "test": "{their} recall and AP cannot be measured on the test split",
+}
+"""What a class without a positive image means, per split (``{them}``/``{their}``: the class or the classes)."""
+
+
+def missing_classes_message(classes: list[str], split: str) -> str:
+    """One line: which classes have no positive image in ``split`` and what that means (``split``: train, valid,
+    test; another name reads as the test split)."""
+    one = len(classes) == 1
+    what = MISSING_CLASS_CONSEQUENCE.get(split, MISSING_CLASS_CONSEQUENCE["test"])
+    what = what.format(them="it" if one else "them", their="its" if one else "their")
+    names = ", ".join(repr(c) for c in classes)
+    return (
+        f"class{'' if one else 'es'} {names} {'has' if one else 'have'} no positive image in the {split} split: {what}"
+    )
+
+
+def warn_classes_without_positives(dataset: MultiLabelDataset, split: str) -> list[str]:
+    """Log one warning line (``probmcl_med.data``) naming the classes of ``dataset`` without a positive image in
+    ``split``; returns them."""
+    missing = [c for c, p in zip(dataset.class_names, dataset.labels.sum(axis=0), strict=True) if p == 0]
+    if missing:
+        logger.warning("%s: %s", dataset.source, missing_classes_message(missing, split))
+    return missing
 
 
 def group_counts(dataset: MultiLabelDataset) -> dict[str, int] | None:

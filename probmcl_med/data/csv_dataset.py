@@ -16,9 +16,11 @@ Layout (``root`` is the folder; every option below goes under ``dataset.options`
 - Both styles in one file: the 0/1 columns win (header order) when they agree with the ``labels`` column on every
   row (said once); the first row where they differ is an error.
 - Every row has the header's number of cells. Text is UTF-8 (a BOM is fine) unless ``encoding`` is set.
-- Image paths must resolve inside root (or images_dir) unless ``allow_outside_root`` is true.
-- ``intensity``: ``dtype`` (default) scales 16-bit and float images by their type's range, ``minmax`` by each
-  image's own range (for 12-bit data stored in 16 bits); see ``imageio.read_image``.
+- Image paths must resolve inside root (or images_dir), symbolic links followed, unless ``allow_outside_root`` is
+  true.
+- ``intensity``: ``dtype`` (default) maps 16-bit, 12-bit and float images onto [0, 1] by the range the file states
+  (else their type's), ``minmax`` by each image's own range; deep images stay float32 to the network input (see
+  ``imageio.read_pixels``).
 - Split: a ``split`` column (``split_column``; train/valid/test, val accepted); without one, a seeded random split
   with ``valid_fraction`` = ``test_fraction`` = 0.1 and ``seed`` = 0 (``base.seeded_split``).
 - Groups: ``group_column`` (a patient or slide id): the automatic split keeps each group whole in one split (the
@@ -39,12 +41,19 @@ from typing import Any
 
 import numpy as np
 
-from probmcl_med.data.base import MultiLabelDataset, grouped_split, logger, normalize_split, seeded_split
+from probmcl_med.data.base import (
+    LABEL_SEPARATOR,
+    MultiLabelDataset,
+    class_name_problem,
+    grouped_split,
+    logger,
+    normalize_split,
+    seeded_split,
+)
 from probmcl_med.data.imageio import INTENSITY_MODES
 from probmcl_med.errors import DataError, EmptySplit
 
 IMAGE_COLUMN_CANDIDATES = ("image", "path", "filename", "file", "image_path", "patch names", "patch_name")
-LABEL_SEPARATOR = "|"
 
 
 def read_table(path: str | Path, encoding: str | None = None) -> tuple[list[str], list[dict[str, str]]]:
@@ -67,11 +76,11 @@ def read_table(path: str | Path, encoding: str | None = None) -> tuple[list[str]
     text = decode_text(path, path.read_bytes(), encoding)
     if not text.strip():
         raise DataError(f"{path}: the CSV file is empty; it needs a header row and one row per image")
-    try:
-        dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t")
+    try:  # only the separator is guessed: quoting stays the standard one (a quote inside a quoted cell doubled)
+        delimiter = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t").delimiter
     except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+        delimiter = ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = [h.strip() for h in next(reader)]
     for column in header:
         if header.count(column) > 1:
@@ -250,6 +259,8 @@ def _labels_from_flags(
                 f"{', '.join(header)}"
             )
         class_columns = list(classes)
+    for column in class_columns:
+        check_class_column(column, header, path)
     if not class_columns:
         raise DataError(
             f"{path}: no label columns: add a 'labels' column of |-separated names or one 0/1 column per class; "
@@ -260,6 +271,25 @@ def _labels_from_flags(
         for j, column in enumerate(class_columns):
             labels[i, j] = parse_binary(r.get(column, ""), path, i, column)
     return class_columns, labels
+
+
+def check_class_column(column: str, header: Sequence[str], path: Path) -> None:
+    """A 0/1 column's header is its class name: refuse one that would not read back from predict's labels.csv
+    (:func:`~probmcl_med.data.base.class_name_problem`), naming the column and what to do."""
+    problem = class_name_problem(column)
+    if problem is None:
+        return
+    if not column.strip():
+        position = list(header).index(column) + 1
+        raise DataError(
+            f"{path}: column {position} of the header has no name; name the class, or remove the empty column (a "
+            "trailing separator makes one)"
+        )
+    better = "_".join(column.replace(LABEL_SEPARATOR, " ").split())
+    raise DataError(
+        f"{path}: class column {column!r} {problem}, so predicted labels could not be read back; rename the column, "
+        f"e.g. to {better!r}"
+    )
 
 
 def read_groups(
@@ -306,10 +336,20 @@ def resolve_image_path(value: str, base: Path) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
-def is_inside(path: str, folder: Path) -> bool:
-    """Whether ``path`` lies inside ``folder`` once ``..`` is resolved lexically (symbolic links are not followed:
-    a link inside the folder that points elsewhere is the user's own choice)."""
-    return Path(os.path.normpath(path)).is_relative_to(Path(os.path.normpath(folder)))
+def how_it_leaves(path: str, folder: Path, real_folder: Path) -> str | None:
+    """None when ``path`` lies inside ``folder`` with ``..`` resolved and then every symbolic link followed (the file
+    that will be read); else how it leaves, for the message.
+
+    Args:
+        path: the image path (absolute, or relative to the working folder).
+        folder: the dataset folder as given; ``real_folder``: the same with its own links resolved.
+    """
+    if not Path(os.path.normpath(path)).is_relative_to(Path(os.path.normpath(folder))):
+        return "points outside"
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(real_folder):
+        return f"is, or lies in, a symbolic link that leads to {real}, outside"
+    return None
 
 
 def find_csv(root: Path, csv_name: str | None) -> Path:
@@ -381,16 +421,18 @@ def load_csv_dataset(
     )
     chosen = split_rows(rows, split, table, split_col, groups, seed, valid_fraction, test_fraction)
     base = folder / images_dir if images_dir else folder
+    real_base = base.resolve()
     items: list[dict[str, Any]] = []
     for i in chosen:
         value = rows[i][image_col]
         if not value:
             raise DataError(f"{table}, row {i} (line {i + 2}), column '{image_col}': empty image path")
         image = resolve_image_path(value, base)
-        if not allow_outside_root and not is_inside(image, base):
+        leaves = None if allow_outside_root else how_it_leaves(image, base, real_base)
+        if leaves is not None:
             raise DataError(
-                f"{table}, row {i} (line {i + 2}), column '{image_col}': image path {value!r} points outside the "
-                f"dataset folder {base}; give a path inside it, or set dataset.options.allow_outside_root=true"
+                f"{table}, row {i} (line {i + 2}), column '{image_col}': image path {value!r} {leaves} the dataset "
+                f"folder {base}; give a path inside it, or set dataset.options.allow_outside_root=true"
             )
         item = {"image": image, "label": labels[i], "row": i}
         if intensity != "dtype":

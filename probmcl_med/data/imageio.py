@@ -1,7 +1,8 @@
 """Reading pixels: image files through PIL and whole-slide regions through OpenSlide, with one-line errors.
 
-Every reader returns an RGB ``uint8`` array of shape (H, W, 3); deeper images (16-bit, 12-bit stored in 16, float)
-are scaled to it, never clipped (:func:`read_image`). A missing, truncated or corrupt file raises
+Every reader returns RGB pixels of shape (H, W, 3): ``uint8`` for 8-bit files and slides; float32 in [0, 1] for
+deeper images (16-bit, 12-bit stored in 16, float), scaled by the range the file states, never clipped and never
+quantised to 8 bits (:func:`read_pixels`); :func:`read_image` gives the 8-bit version for display. A missing, truncated or corrupt file raises
 :class:`~probmcl_med.errors.DataError` naming the file; the dataset adds the CSV row (see ``base.MultiLabelDataset``).
 
 Slides are opened once per process and kept in a small cache keyed by the process id, so a DataLoader worker that
@@ -12,6 +13,7 @@ fork-safe) and a slide is not re-opened for every patch.
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -37,26 +39,44 @@ def image_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def missing_path_hint(path: str | Path) -> str:
+    """What to do about a path that does not exist, when its text says more: ``""`` or ``"; ..."``.
+
+    A path with backslashes (``images\\a.png``, ``C:\\data\\a.png``) was written on Windows: elsewhere a
+    backslash is part of the file's name, not a separator.
+    """
+    text = str(path)
+    if "\\" not in text:
+        return ""
+    fixed = text.replace("\\", "/")
+    return (
+        f"; it looks like a Windows path (backslashes): write it with / instead, e.g. {fixed!r}, which works on "
+        "every system"
+    )
+
+
 INTENSITY_MODES = ("dtype", "minmax")
-"""How pixels deeper than 8 bits become the pipeline's 8 bits: by the range of the image's dtype, or per image."""
+"""How pixels deeper than 8 bits map onto [0, 1]: by the range the file states (else its type's), or per image."""
 
 _PASS_THROUGH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 """Pillow modes whose array keeps the file's full precision (converting them to RGB would clip at 255)."""
 
 
-def read_image(path: str | Path, intensity: str = "dtype") -> np.ndarray:
-    """Decode an image file to 8-bit RGB, scaling deeper pixels instead of clipping them.
+def read_pixels(path: str | Path, intensity: str = "dtype") -> np.ndarray:
+    """Decode an image file to RGB pixels at the file's own precision: 8-bit files as uint8, deeper ones as float32.
 
     Args:
         path: PNG, JPEG, TIFF, BMP, ... anything PIL decodes. Grey, palette and RGBA images are converted to RGB
             (alpha is dropped). 16-bit PNGs (grey or RGB) are decoded at full depth with imagecodecs; TIFFs of more
             than 8 bits or of float samples with tifffile.
-        intensity: ``dtype``: the range of the pixel type maps onto 0-255 (uint16: 0-65535; signed integers: their
-            whole range; float: 0-1, values outside are an error); ``minmax``: each image's own minimum and maximum
-            map onto 0-255 (for data that does not use its type's range, e.g. 12-bit images stored in 16 bits).
+        intensity: ``dtype``: the range the file states maps onto [0, 1] (:func:`stated_range`: a PNG's ``sBIT``
+            chunk, a TIFF's ``BitsPerSample`` or ``SMaxSampleValue`` / ``MaxSampleValue``), else its type's
+            (uint16: 0-65535; signed integers: their whole range; float: 0-1, values outside are an error);
+            ``minmax``: each image's own minimum and maximum map onto [0, 1].
 
     Returns:
-        (H, W, 3) uint8 array: ``rint((x - lo) * 255 / (hi - lo))`` with [lo, hi] the range chosen by ``intensity``.
+        (H, W, 3): uint8 for an 8-bit file read with ``dtype``; else float32 ``(x - lo) / (hi - lo)`` in [0, 1],
+        never clipped, never quantised (a 0-4095 gradient keeps its 4,096 levels).
 
     Raises:
         DataError: the file does not exist, is truncated or not an image, or its values do not fit ``intensity``.
@@ -65,9 +85,9 @@ def read_image(path: str | Path, intensity: str = "dtype") -> np.ndarray:
     if intensity not in INTENSITY_MODES:
         raise DataError(f"intensity {intensity!r} for image {path}: use dtype or minmax")
     if not path.is_file():
-        raise DataError(f"image {path} does not exist")
+        raise DataError(f"image {path} does not exist{missing_path_hint(path)}")
     try:
-        pixels = _decode(path)
+        pixels, top = _decode(path)
     except Image.DecompressionBombError as exc:
         raise DataError(
             f"image {path} is too large to decode as one image ({exc}); read whole slides through the slides dataset"
@@ -77,37 +97,93 @@ def read_image(path: str | Path, intensity: str = "dtype") -> np.ndarray:
     except Exception as exc:  # every decoder's own error type (PIL, tifffile, imagecodecs): the file is bad
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"image {path} is truncated or corrupt ({detail}); replace it") from None
-    return to_rgb8(pixels, path, intensity)
+    return to_rgb(pixels, path, intensity, top)
 
 
-def _decode(path: Path) -> np.ndarray:
-    """The file's pixels at full depth: (H, W) or (H, W, C) of the file's own dtype (8-bit RGB for most files)."""
+def read_image(path: str | Path, intensity: str = "dtype") -> np.ndarray:
+    """:func:`read_pixels` as 8-bit RGB (for display: overlays, thumbnails, stain fitting): deeper pixels are scaled
+    to 0-255 and rounded, ``rint(255 (x - lo) / (hi - lo))``."""
+    return to_uint8(read_pixels(path, intensity))
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 as it is; float in [0, 1] -> ``rint(255 x)`` as uint8."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    return np.rint(np.clip(pixels.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def unit_range(pixels: np.ndarray) -> np.ndarray:
+    """Pixels on the [0, 1] scale as float64: uint8 divided by 255, float kept."""
+    values = pixels.astype(np.float64)
+    return values / 255.0 if pixels.dtype == np.uint8 else values
+
+
+def _decode(path: Path) -> tuple[np.ndarray, float | None]:
+    """The file's pixels at full depth ((H, W) or (H, W, C) of the file's own dtype; 8-bit RGB for most files) and the
+    largest value the file states its samples can take (:func:`stated_range`), or None."""
     if path.suffix.lower() in (".tif", ".tiff"):
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             if page.dtype != np.uint8:
                 pixels = page.asarray()
-                return np.moveaxis(pixels, 0, -1) if page.axes.startswith("S") else pixels
+                pixels = np.moveaxis(pixels, 0, -1) if page.axes.startswith("S") else pixels
+                return pixels, _tiff_top(page, pixels.dtype)
     with Image.open(path) as img:
         img.load()  # decodes fully: a truncated file fails here, not later in a worker
-        if img.format == "PNG" and _png_bit_depth(path) == 16:  # Pillow reads 16-bit colour PNGs as 8-bit
-            return imagecodecs.png_decode(path.read_bytes())
+        if img.format == "PNG":
+            depth, significant = png_bits(path)
+            top = float(2**significant - 1) if significant is not None and significant < depth else None
+            if depth == 16:  # Pillow reads 16-bit colour PNGs as 8-bit
+                return imagecodecs.png_decode(path.read_bytes()), top
         if img.mode in _PASS_THROUGH_MODES:
-            return np.asarray(img)
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+            return np.asarray(img), None
+        return np.asarray(img.convert("RGB"), dtype=np.uint8), None
 
 
-def _png_bit_depth(path: Path) -> int:
-    """The bit depth stored in a PNG's IHDR chunk (byte 24 of the file)."""
+def png_bits(path: Path) -> tuple[int, int | None]:
+    """A PNG's bit depth (IHDR) and its significant bits (the largest entry of the ``sBIT`` chunk; None without one).
+
+    Only the chunks before the image data are read (the PNG specification puts ``sBIT`` there).
+    """
     with path.open("rb") as handle:
-        header = handle.read(25)
-    return header[24] if len(header) == 25 else 8
+        data = handle.read(8)
+        depth, significant = 8, None
+        while True:
+            head = handle.read(8)
+            if len(head) < 8:
+                return depth, significant
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IDAT" or length > 1 << 24:
+                return depth, significant
+            data = handle.read(length + 4)[:length]
+            if kind == b"IHDR" and len(data) >= 9:
+                depth = data[8]
+            elif kind == b"sBIT" and data:
+                significant = max(data)
 
 
-def to_rgb8(pixels: np.ndarray, path: str | Path, intensity: str = "dtype") -> np.ndarray:
-    """(H, W), (H, W, 1-4) pixels of any numeric dtype -> (H, W, 3) uint8 (see :func:`read_image` for ``intensity``).
+def _tiff_top(page: Any, dtype: np.dtype) -> float | None:
+    """The largest sample value a TIFF page states: ``SMaxSampleValue`` (341) or ``MaxSampleValue`` (281), else
+    ``2**BitsPerSample - 1`` when BitsPerSample is below its integer type's width (12-bit data); else None."""
+    if not np.issubdtype(dtype, np.integer):
+        return None
+    for code in (341, 281):
+        tag = page.tags.get(code)
+        if tag is not None:
+            value = np.max(np.asarray(tag.value, dtype=np.float64))
+            if 0 < value < np.iinfo(dtype).max:
+                return float(value)
+    bits = page.bitspersample
+    return float(2**bits - 1) if 0 < bits < np.iinfo(dtype).bits else None
 
-    Grey is repeated to three channels; a second (grey + alpha) or fourth (RGBA) channel is dropped.
+
+def to_rgb(pixels: np.ndarray, path: str | Path, intensity: str = "dtype", top: float | None = None) -> np.ndarray:
+    """(H, W), (H, W, 1-4) pixels of any numeric dtype -> (H, W, 3): uint8 kept (``dtype``), else float32 in [0, 1].
+
+    Grey is repeated to three channels; a second (grey + alpha) or fourth (RGBA) channel is dropped. ``top``: the
+    largest value the file states (:func:`read_pixels`); used when no pixel exceeds it (a file that shifted its
+    12-bit samples into the high bits, as the PNG specification asks, exceeds 4095 and is read by its type's range).
     """
     if pixels.ndim == 3 and pixels.shape[2] in (1, 2):
         pixels = pixels[..., 0]
@@ -116,29 +192,34 @@ def to_rgb8(pixels: np.ndarray, path: str | Path, intensity: str = "dtype") -> n
     if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)):
         raise DataError(f"image {path} has shape {pixels.shape}; expected a grey, RGB or RGBA image")
     if pixels.dtype == np.uint8 and intensity == "dtype":
-        scaled = pixels
+        scaled: np.ndarray = pixels
     else:
         values = pixels.astype(np.float64)
         if not np.isfinite(values).all():
             raise DataError(f"image {path} holds values that are not finite (NaN or infinity); fix or drop the file")
-        if intensity == "minmax":
-            lo, hi = float(values.min()), float(values.max())
-        elif pixels.dtype == np.bool_:
-            lo, hi = 0.0, 1.0
-        elif np.issubdtype(pixels.dtype, np.integer):
-            info = np.iinfo(pixels.dtype)
-            lo, hi = float(info.min), float(info.max)
-        else:
-            lo, hi = 0.0, 1.0
-            if values.min() < -1e-6 or values.max() > 1 + 1e-6:
-                raise DataError(
-                    f"image {path} holds {pixels.dtype} values in [{values.min():g}, {values.max():g}], not in "
-                    "[0, 1]; set dataset.options.intensity=minmax to scale each image by its own range"
-                )
+        lo, hi = _range(pixels, values, path, intensity, top)
         span = hi - lo
-        scaled = np.rint(np.clip((values - lo) * 255.0 / span, 0, 255)) if span > 0 else np.zeros_like(values)
-        scaled = scaled.astype(np.uint8)
+        scaled = ((values - lo) / span if span > 0 else np.zeros_like(values)).astype(np.float32)
     return np.repeat(scaled[..., None], 3, axis=2) if scaled.ndim == 2 else scaled
+
+
+def _range(pixels: np.ndarray, values: np.ndarray, path: str | Path, intensity: str, top: float | None) -> tuple:
+    """[lo, hi] of :func:`to_rgb`, by ``intensity``."""
+    if intensity == "minmax":
+        return float(values.min()), float(values.max())
+    if pixels.dtype == np.bool_:
+        return 0.0, 1.0
+    if np.issubdtype(pixels.dtype, np.integer):
+        info = np.iinfo(pixels.dtype)
+        if top is not None and info.min == 0 and values.max() <= top:
+            return 0.0, top
+        return float(info.min), float(info.max)
+    if values.min() < -1e-6 or values.max() > 1 + 1e-6:
+        raise DataError(
+            f"image {path} holds {pixels.dtype} values in [{values.min():g}, {values.max():g}], not in "
+            "[0, 1]; set dataset.options.intensity=minmax to scale each image by its own range"
+        )
+    return 0.0, 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -325,23 +406,28 @@ def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     """
     alpha = rgba[..., 3]
     if alpha.min() == 255:
-        return rgba[..., :3]  # a view: the (H, W, C) -> (C, H, W) copy in ToTensorImaged is the only copy
+        return rgba[..., :3]  # a view: the (H, W, C) -> (C, H, W) copy in NormalizeImaged is the only copy
     a = alpha[..., None].astype(np.float32) / 255.0
     rgb = rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 def read_any(image: Any, intensity: str = "dtype") -> np.ndarray:
-    """Pixels of a dataset item's ``image``: a path, a slide-location dict, or an (H, W, 3) uint8 array already.
+    """Pixels of a dataset item's ``image``: a path, a slide-location dict, or an array already.
 
-    ``intensity`` applies to image files (:func:`read_image`); slides are 8-bit RGB.
+    Returns (H, W, 3) uint8, or float32 in [0, 1] for deep images (``intensity`` applies to image files,
+    :func:`read_pixels`); slides are 8-bit RGB. An array is taken as it is when it is (H, W) or (H, W, 3) uint8 or
+    float32 (grey repeated to RGB).
     """
     if isinstance(image, dict):
         return read_slide_region(image)
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise DataError(f"in-memory image of shape {image.shape} and dtype {image.dtype}: expected (H, W, 3) uint8")
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype not in (np.uint8, np.float32):
+            raise DataError(
+                f"in-memory image of shape {image.shape} and dtype {image.dtype}: expected (H, W, 3) uint8, or "
+                "float32 in [0, 1]"
+            )
         return image
-    return read_image(image, intensity)
+    return read_pixels(image, intensity)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from probmcl_med.data.imageio import read_any
+from probmcl_med.data.imageio import read_any, unit_range
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -101,7 +101,7 @@ def compute_mean_std(dataset: Any, max_images: int = 500, seed: int = 0) -> tupl
     counts, means, variances = [], [], []
     for index in order:
         item = dataset.items[int(index)]
-        pixels = read_any(item["image"], item.get("intensity", "dtype")).reshape(-1, 3).astype(np.float64) / 255.0
+        pixels = unit_range(read_any(item["image"], item.get("intensity", "dtype"))).reshape(-1, 3)
         counts.append(pixels.shape[0])
         means.append(pixels.mean(axis=0))
         variances.append(pixels.var(axis=0))

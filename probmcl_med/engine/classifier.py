@@ -124,7 +124,7 @@ class ClassifierStage:
         classifier = Classifier(inputs.encoder_fwd, head, normalize_features=self.unit_norm)
         train_source, val_source, cached = self.sources(run, classifier, frozen)
         per_rank = run.per_rank_batch(k.batch_size, len(train_source), "classifier")
-        workers = 0 if cached else run.config.workers
+        workers = 0 if cached else run.workers
         loader, sampler = run.loader(train_source, per_rank, shuffle=True, drop_last=False, workers=workers)
         groups = [{"params": list(head.parameters()), "lr": k.lr}]
         if not frozen:
@@ -167,7 +167,7 @@ class ClassifierStage:
             preprocessing=Preprocessing(run.config.dataset.image_size, *inputs.mean_std, inputs.stain),
             batch_size=self.head.batch_size,
             device=run.ctx.device,
-            workers=run.config.workers,
+            workers=run.workers,
             autocast=run.amp.autocast,
             progress=ConsoleBar(run.session.console),
             precision="float32" if run.amp.name == "off" else run.amp.name,

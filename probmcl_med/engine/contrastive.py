@@ -156,7 +156,7 @@ class ContrastiveStage:
         c, inputs = self.config, run.inputs
         dataset = inputs.view(inputs.train_ds, inputs.two_views())
         per_rank = run.per_rank_batch(c.batch_size, len(dataset), "contrastive", minimum=2)
-        loader, sampler = run.loader(dataset, per_rank, shuffle=True, drop_last=True, workers=run.config.workers)
+        loader, sampler = run.loader(dataset, per_rank, shuffle=True, drop_last=True, workers=run.workers)
         mdn = build_mdn(c, int(inputs.encoder.num_features), inputs.num_classes).to(run.ctx.device)
         if run.resume is not None:
             mdn.load_state_dict(run.resume.state["models"]["mdn"])

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from probmcl_med.config import RunBase
+from probmcl_med.data.checks import warn_classes_without_positives
 from probmcl_med.data.datasets import build_dataset
 from probmcl_med.data.mpp import input_mpp
 from probmcl_med.data.normalization import Normalization, resolve_normalization
@@ -83,6 +84,13 @@ class RunInputs:
         stain = fit_reference(d.stain_normalize, method=d.stain_method).to_dict() if d.stain_normalize else None
         mpp = input_mpp(d.name, d.options, d.image_size, d.mpp)
         return cls(config, encoder, encoder_fwd, train_ds, val_ds, class_names, normalization, stain, mpp)
+
+    def warn_classes_without_positives(self) -> None:
+        """One warning line per split (train, valid) naming its classes without a positive image
+        (:func:`probmcl_med.data.checks.warn_classes_without_positives`)."""
+        warn_classes_without_positives(self.train_ds, "train")
+        if self.val_ds is not None:
+            warn_classes_without_positives(self.val_ds, "valid")
 
     @property
     def num_classes(self) -> int:

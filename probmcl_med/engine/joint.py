@@ -126,7 +126,7 @@ class JointStage:
         encoder = inputs.encoder
         dataset = inputs.view(inputs.train_ds, inputs.two_views())
         per_rank = run.per_rank_batch(c.batch_size, len(dataset), "contrastive", minimum=2)
-        loader, sampler = run.loader(dataset, per_rank, shuffle=True, drop_last=True, workers=run.config.workers)
+        loader, sampler = run.loader(dataset, per_rank, shuffle=True, drop_last=True, workers=run.workers)
         mdn = build_mdn(c, int(encoder.num_features), inputs.num_classes).to(device)
         head = LinearHead(int(encoder.num_features), inputs.num_classes).to(device)
         if run.resume is not None:

@@ -125,6 +125,8 @@ def train(
         with session:
             seed_everything(config.seed, config.deterministic)
             inputs = RunInputs.build(config, ctx.device)
+            if ctx.is_main:  # one line per split naming its classes without a positive image
+                inputs.warn_classes_without_positives()
             chosen = stages[first : last + 1]
             check_stage_needs(config, chosen, inputs.encoder)
             objective = any(s.trains_objective for s in chosen)
@@ -133,6 +135,7 @@ def train(
             if found is not None:
                 check_resume_config(config, found.state, stages, extend, str(found.path))
             amp = amp_settings(ctx.device, config.amp)
+            session.prepare_loading(inputs)  # after every refusal
             session.plan_writing(inputs, components, amp.name, found, names[first : last + 1])
             carried = Carried() if found is None else restore(inputs, found.state, ctx.device)
             for index in range(first, last + 1):

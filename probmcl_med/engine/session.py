@@ -22,6 +22,7 @@ import torch
 from rich.console import Console
 
 from probmcl_med.config import RunConfig, save_config
+from probmcl_med.data.cache import describe_loading, keep_in_memory
 from probmcl_med.engine.checkpoint import CheckpointManager, check_compatible, check_same_mode
 from probmcl_med.engine.distributed import DistContext
 from probmcl_med.engine.handlers import MetricsLog
@@ -30,6 +31,7 @@ from probmcl_med.engine.preflight import Component
 from probmcl_med.errors import CheckpointError
 from probmcl_med.fileio import atomic_write_text
 from probmcl_med.runlock import RunLock
+from probmcl_med.threads import choose_workers, configure_threads
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Session:
         self.records: dict[str, list[dict[str, Any]]] = {}
         self._pending: tuple[RunInputs, list[Component], str, Resume | None, tuple[str, ...]] | None = None
         self.wrote = False
+        # where the training data load and torch's threads (prepare_loading chooses them); recorded in run.json
+        self.loading: dict[str, Any] = {"in_memory": None, "workers": config.workers, "threads": None}
 
     def log(self, message: str) -> None:
         if self.console is not None:
@@ -131,6 +135,19 @@ class Session:
             self.log(f"resuming from {found.path}")
         return found
 
+    # ------------------------------------------------------------------------------------------------ the loading
+    def prepare_loading(self, inputs: RunInputs) -> None:
+        """Keep the training and validation images in memory, decoded and resized once, when they fit
+        (``dataset.cache_gb``, :mod:`probmcl_med.data.cache`), then choose the loader workers and torch's threads
+        from that (:func:`probmcl_med.threads.choose_workers`). Called once the run is known to go ahead (decoding a
+        whole training set takes a while)."""
+        c = self.config
+        kept = keep_in_memory([inputs.train_ds, inputs.val_ds], inputs.eval_transform(), c.dataset.cache_gb)
+        explicit = "workers" in c.model_fields_set
+        workers = choose_workers(c.workers, explicit, kept is not None, self.ctx.device.type)
+        self.loading = {"in_memory": kept, "workers": workers, "threads": configure_threads(c.threads, workers)}
+        self.log(describe_loading(self.loading))
+
     # ------------------------------------------------------------------------------------------------ the run files
     def plan_writing(
         self,
@@ -177,6 +194,7 @@ class Session:
                 "classes": inputs.num_classes,
             },
             "components": [c.record() for c in components],
+            "loading": self.loading,
             "world_size": self.ctx.world_size,
             "device": str(self.ctx.device),
             "amp": amp,

@@ -73,6 +73,11 @@ class StageRun:
     def name(self) -> str:
         return self.names[self.index]
 
+    @property
+    def workers(self) -> int:
+        """The training loader's worker processes, chosen from the data (:meth:`Session.prepare_loading`)."""
+        return int(self.session.loading["workers"])
+
     # ------------------------------------------------------------------------------------------------------ data
     def per_rank_batch(self, batch_size: int, dataset_len: int, key: str, minimum: int = 1) -> int:
         """This rank's share of the global ``batch_size`` (``key`` names the config section it came from).

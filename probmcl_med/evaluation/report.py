@@ -21,12 +21,13 @@ Grad-CAM (:mod:`.gallery`, when the images are at hand).
     gallery/*.png           the confident mistakes, [image | Grad-CAM] per thumbnail (only with a gallery)
     report.md               the report, images by relative path
     report.html             the same report, self-contained: the images embedded as base64 data URIs
-    .probmcl-med-report     a marker: this folder may be replaced by the next report written to the same path
+    .probmcl-med-report     the manifest: every file and folder this report wrote (JSON)
 
 The folder is written whole or not at all: it is built under a temporary sibling name and renamed into place
 (:func:`probmcl_med.fileio.atomic_directory`), so a failure (a plot that raises, a full disk) leaves the previous
-report, or nothing, never a half-written folder. An existing folder is replaced only if it is empty or is a report
-(has the marker): pointing ``--report`` at a folder of other files is an error, not a deletion.
+report, or nothing, never a half-written folder. An existing folder is replaced whole only if it holds nothing but
+what its manifest lists; a folder holding other files (a user's notes) is an error, or with ``--overwrite`` keeps
+them and replaces only the report's own files.
 """
 
 from __future__ import annotations
@@ -307,6 +308,7 @@ def write_report(
     precision_floor: float = PRECISION_FLOOR,
     training_log: Sequence[dict[str, Any]] | None = None,
     gallery: Mistakes | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write the report folder (see the module docstring) atomically, replacing an earlier report at ``out_dir``.
 
@@ -326,17 +328,20 @@ def write_report(
         training_log: the records of the run's ``metrics.jsonl`` (training curves), or None.
         gallery: the confident mistakes with their thumbnails (:func:`.gallery.build_gallery`), or None (the report
             says why there is none).
+        overwrite: write into a folder holding files this package did not write (only the report's own files are
+            replaced; see :func:`probmcl_med.fileio.atomic_directory`).
 
     Returns:
         ``out_dir`` as a Path.
 
     Raises:
-        DataError: ``out_dir`` is a file or a non-empty folder that is not a report, or a floor is not a fraction.
+        DataError: ``out_dir`` is a file, or (without ``overwrite``) a folder holding files that are not a report's,
+            or a floor is not a fraction.
     """
     out_dir = Path(out_dir)
     check_recall_floor(recall_floor)
     check_recall_floor(precision_floor)
-    check_replaceable_folder(out_dir, MARKER, "report", "--report")
+    check_replaceable_folder(out_dir, MARKER, "report", "--report", overwrite)
     s, t = as_numpy(scores), as_numpy(targets)
     names = [str(n) for n in class_names]
     meta = dict(meta or {})
@@ -363,7 +368,10 @@ def write_report(
         "findings": said.to_dict(),
     }
     blocks = _blocks(metrics, meta, recall_floor, precision_floor, images, gallery, names)
-    with atomic_directory(out_dir) as tmp:
+    written_by = "probmcl_med.evaluation.write_report"
+    with atomic_directory(
+        out_dir, MARKER, overwrite=overwrite, what="report", option="--report", written_by=written_by
+    ) as tmp:
         (tmp / "metrics.json").write_text(
             json.dumps(document, indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8"
         )
@@ -378,7 +386,6 @@ def write_report(
                     (tmp / thumb.filename).write_bytes(thumb.data)
         (tmp / "report.md").write_text(to_markdown(TITLE, blocks), encoding="utf-8")
         (tmp / "report.html").write_text(to_html(TITLE, blocks, _CSS), encoding="utf-8")
-        (tmp / MARKER).write_text("written by probmcl_med.evaluation.write_report\n", encoding="utf-8")
     return out_dir
 
 

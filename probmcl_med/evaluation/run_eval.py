@@ -372,6 +372,7 @@ def write_checkpoint_report(
     recall_floor: float = 0.8,
     precision_floor: float = 0.5,
     gallery: int = DEFAULT_PER_KIND,
+    overwrite: bool = False,
 ) -> Path:
     """The report folder of an :func:`evaluate_checkpoint` result: its metrics, the training curves from the run's
     ``metrics.jsonl`` and, with ``gallery`` > 0, the most confident mistakes per class with their Grad-CAM
@@ -394,4 +395,5 @@ def write_checkpoint_report(
         precision_floor=precision_floor,
         training_log=read_training_log(result.meta["checkpoint"]),
         gallery=examples,
+        overwrite=overwrite,
     )

@@ -252,6 +252,7 @@ def explain_image(
     threshold: float | None = None,
     device: Any = "auto",
     checkpoint: Any = "checkpoint",
+    overwrite: bool = False,
 ) -> list[Explanation]:
     """Write a Grad-CAM overlay PNG (the image's own size) per class into ``out_dir``, whole or not at all.
 
@@ -264,12 +265,14 @@ def explain_image(
         threshold: decision threshold for every class; None uses the checkpoint's tuned ones, else 0.5.
         device: auto, cpu, cuda:N.
         checkpoint: named in error messages.
+        overwrite: write into a folder holding files this package did not write (only its own files replaced).
 
     Raises:
-        DataError: unknown class name (with close matches), unreadable image, an output folder that is not ours.
+        DataError: unknown class name (with close matches), unreadable image, an output folder holding files of
+            anyone else (without ``overwrite``).
     """
     out_dir = Path(out_dir)
-    check_output_folder(out_dir)
+    check_output_folder(out_dir, overwrite)
     wanted = resolve_class_names(classes, bundle.class_names, checkpoint) if classes else None
     image_path = Path(image_path)
     pixels = read_image(image_path)
@@ -286,7 +289,8 @@ def explain_image(
     results = []
     taken: set[str] = set()
     stem = safe_filename(image_path.stem)
-    with atomic_directory(out_dir) as tmp:
+    written_by = "probmcl_med.inference.explain.explain_image"
+    with atomic_directory(out_dir, OUTPUT_MARKER, overwrite=overwrite, written_by=written_by) as tmp:
         for k, heat in zip(wanted, maps, strict=True):
             name = bundle.class_names[k]
             filename = f"{stem}_{safe_filename(name, taken)}.png"
@@ -306,5 +310,4 @@ def explain_image(
             "explained": [{"class": r.name, "probability": r.probability, "file": r.path.name} for r in results],
         }
         (tmp / "explain.json").write_text(json.dumps(document, indent=2) + "\n")
-        (tmp / OUTPUT_MARKER).write_text("written by probmcl_med.inference.explain.explain_image\n")
     return results

@@ -9,7 +9,9 @@ Everything a deployment needs to prepare inputs and read outputs is written besi
 (:func:`export_metadata`): input size, mean/std, class names, decision thresholds, the microns per pixel the model
 was trained at (read slide patches at it), the Macenko stain reference (normalise patches with it first), the encoder.
 
-:func:`export_model` writes both files atomically, then runs the exported model (onnxruntime on CPU, or
+:func:`export_model` writes both files atomically (``FILE.json`` records the model file's SHA-256, so a later export
+to the same path knows it replaces its own file; any other existing file is replaced only with ``overwrite``), then
+runs the exported model (onnxruntime on CPU, or
 ``torch.jit.load``) and the PyTorch model on the same seeded batch and reports the largest absolute difference.
 """
 
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 from probmcl_med.errors import UserError
-from probmcl_med.fileio import atomic_write_bytes, atomic_write_text
+from probmcl_med.fileio import atomic_write_bytes, atomic_write_text, file_sha256
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
@@ -177,8 +179,31 @@ def run_exported(path: str | Path, fmt: str, batch: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(batch)).numpy()
 
 
+def check_export_target(out: Path, overwrite: bool = False) -> None:
+    """Refuse to replace an existing ``out`` or ``out.json`` that is not an earlier export (``out.json`` names ``out``
+    and records its SHA-256), unless ``overwrite``.
+
+    Raises:
+        ExportError: naming the file and the two ways out.
+    """
+    meta = out.with_name(out.name + ".json")
+    present = [p for p in (out, meta) if p.exists() or p.is_symlink()]
+    if not present or overwrite:
+        return
+    try:
+        recorded = json.loads(meta.read_text(encoding="utf-8"))
+        ours = recorded["file"] == out.name and recorded["sha256"] == file_sha256(out)
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if not ours:
+        raise ExportError(
+            f"{present[0]} exists and is not an earlier probmcl-med export; pass --overwrite to replace it, or give "
+            "another --out"
+        )
+
+
 def export_model(
-    bundle: Any, out: str | Path, fmt: str = "onnx", check_batch: int = 4, seed: int = 0
+    bundle: Any, out: str | Path, fmt: str = "onnx", check_batch: int = 4, seed: int = 0, overwrite: bool = False
 ) -> dict[str, Any]:
     """Write the bundle's encoder + head to ``out`` (and ``out.json``), then compare it with PyTorch.
 
@@ -188,6 +213,7 @@ def export_model(
         fmt: ``onnx`` or ``torchscript``.
         check_batch: images in the comparison batch (standard normal, seeded: the normalised-input scale).
         seed: seed of the comparison batch.
+        overwrite: replace existing files at ``out`` / ``out.json`` that an earlier export did not write.
 
     Returns:
         ``{"file", "metadata", "format", "max_abs_difference", "batch"}``.
@@ -200,6 +226,7 @@ def export_model(
     out = Path(out)
     if out.is_dir():
         raise ExportError(f"--out {out} is a folder; give a file name, e.g. {out / ('model.' + fmt[:4])}")
+    check_export_target(out, overwrite)
     bundle.to("cpu")
     model = ProbabilityModel(bundle.classifier()).eval()
     size = int(bundle.image_size)
@@ -214,7 +241,7 @@ def export_model(
         raise ExportError(f"exporting encoder {bundle.encoder_name} to {fmt} failed ({text})") from None
     atomic_write_bytes(out, data)
     meta_path = out.with_name(out.name + ".json")
-    metadata = export_metadata(bundle, fmt, out.name)
+    metadata = {**export_metadata(bundle, fmt, out.name), "sha256": file_sha256(out)}
     atomic_write_text(meta_path, json.dumps(metadata, indent=2) + "\n")
     batch = torch.randn(check_batch, 3, size, size, generator=generator)
     with torch.inference_mode():

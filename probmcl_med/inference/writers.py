@@ -1,7 +1,8 @@
 """Writing predictions: a folder of CSVs (and, for a slide, a heat map per class), whole or not at all.
 
-Every folder written here holds :data:`OUTPUT_MARKER`, so the next run to the same path may replace it; anything
-else at that path is refused (:func:`check_output_folder`).
+Every folder written here holds :data:`OUTPUT_MARKER`, the manifest of what it wrote, so the next run to the same
+path may replace it; a folder holding anything else is refused without ``--overwrite`` (:func:`check_output_folder`,
+:mod:`probmcl_med.fileio`).
 """
 
 from __future__ import annotations
@@ -108,9 +109,10 @@ def _num(x: float) -> str:
     return f"{x:.8g}"
 
 
-def check_output_folder(out_dir: Path) -> None:
-    """Refuse to replace anything but an earlier prediction folder (or an empty folder) at ``out_dir``."""
-    check_replaceable_folder(out_dir, OUTPUT_MARKER, "output", "--out")
+def check_output_folder(out_dir: Path, overwrite: bool = False) -> None:
+    """Refuse a folder at ``out_dir`` holding files that are not an earlier output's, unless ``overwrite``
+    (:func:`probmcl_med.fileio.check_replaceable_folder`)."""
+    check_replaceable_folder(out_dir, OUTPUT_MARKER, "output", "--out", overwrite)
 
 
 def write_predictions(
@@ -118,6 +120,7 @@ def write_predictions(
     predictions: Predictions,
     meta: dict[str, Any] | None = None,
     extra_files: Callable[[Path], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a prediction folder, whole or not at all (built under a temporary name, then renamed).
 
@@ -131,11 +134,13 @@ def write_predictions(
     ``meta.json`` (checkpoint, thresholds, classes, date, the slide grid, the inputs ``--skip-bad`` skipped, ...).
     ``extra_files(tmp_dir)`` adds more.
 
+    ``overwrite``: write into a folder holding files this package did not write (only its own files replaced).
+
     Raises:
-        DataError: ``out_dir`` is a file or a non-empty folder that is not an earlier prediction.
+        DataError: ``out_dir`` is a file, or (without ``overwrite``) a folder holding files of anyone else.
     """
     out_dir = Path(out_dir)
-    check_output_folder(out_dir)
+    check_output_folder(out_dir, overwrite)
     p = predictions
     id_cols = list(p.ids[0]) if p.ids else (["image"] if p.kind == "images" else list(SLIDE_ID_COLUMNS))
     id_rows = [[row[c] for c in id_cols] for row in p.ids]
@@ -151,7 +156,8 @@ def write_predictions(
         **({"skipped": p.skipped} if p.skipped else {}),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    with atomic_directory(out_dir) as tmp:
+    written_by = "probmcl_med.inference.writers.write_predictions"
+    with atomic_directory(out_dir, OUTPUT_MARKER, overwrite=overwrite, written_by=written_by) as tmp:
         if p.kind == "images":
             (tmp / "predictions.csv").write_text(
                 _csv_text(id_cols + p.class_names, [a + b for a, b in zip(id_rows, prob_rows, strict=True)])
@@ -185,5 +191,4 @@ def write_predictions(
         if extra_files is not None:
             extra_files(tmp)
         (tmp / "meta.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
-        (tmp / OUTPUT_MARKER).write_text("written by probmcl_med.inference.writers.write_predictions\n")
     return out_dir
