@@ -172,6 +172,7 @@ REACHED_BY: dict[str, object] = {
     "probmcl_med/engine/schedule.py": [("train",)],
     "probmcl_med/engine/training.py": [("train",)],
     "probmcl_med/engine/run.py": [("train",)],
+    "probmcl_med/engine/inputs.py": [("train",)],
     "probmcl_med/sweep/runner.py": [("sweep",)],
     "probmcl_med/sweep/grid.py": [("sweep",)],
     "probmcl_med/sweep/results.py": [("sweep",)],

@@ -19,16 +19,14 @@ from probmcl_med.models.encoders import get_encoder
 from probmcl_med.models.presets import PRESETS
 
 FROZEN = [
-    "mode=two-stage",
+    "mode=probe",
     "dataset.name=demo",
     "dataset.image_size=32",
     "dataset.options={n_train: 16, n_valid: 8, n_test: 8}",
-    "contrastive.epochs=0",
     "classifier.epochs=2",
     "classifier.batch_size=8",
     "classifier.encoder_lr=0",
     "classifier.augment=false",
-    "classifier.cache_features=true",
     "workers=0",
     "amp=false",
 ]

@@ -133,7 +133,7 @@ TWO = ["mode=two-stage", "encoder.name=test_resnet", "dataset.name=demo", "datas
        "dataset.options={n_train: 16, n_valid: 8, n_test: 8}", "dataset.augment.num_ops=1", "contrastive.epochs=2",
        "contrastive.batch_size=8", "contrastive.mdn_hidden=[16, 8]", "classifier.epochs=1", "classifier.batch_size=8",
        "classifier.augment=false", "checkpoint.every_n_iterations=1", "checkpoint.keep_last=20", "workers=0",
-       "amp=false"]  # fmt: skip
+       "amp=false", "lr_schedule=constant"]  # fmt: skip
 
 
 def test_a_stage_that_has_not_begun_takes_the_new_value_and_records_it(tmp_path: Path, capsys) -> None:

@@ -176,5 +176,8 @@ def test_a_set_no_grid_point_reads_is_an_error_and_epochs_applies_per_mode(tmp_p
     with pytest.raises(ConfigError, match=r"--set contrastive.tau=0.1: no grid point's mode \(asl, probe\) reads it"):
         sweep.run_sweep(None, points, 1, tmp_path / "out", ["contrastive.tau=0.1"], plots=False)
     assert not (tmp_path / "out").exists()  # refused before the sweep folder was made
-    with pytest.raises(ConfigError, match=r"grid point mode=two-stage: --epochs 1: mode two-stage trains two stages"):
+    with pytest.raises(
+        ConfigError,
+        match=r"grid point mode=two-stage: --epochs 1: mode two-stage trains 2 stages of at least 1 pass each",
+    ):
         sweep.run_sweep(None, sweep.grid_points(sweep.parse_grid(["mode=asl,two-stage"])), 1, tmp_path, epochs=1)

