@@ -35,6 +35,7 @@ def _moments(m: GaussianMixture) -> tuple[torch.Tensor, torch.Tensor]:
 @SIMILARITIES.register("moment_kl")
 def moment_kl_similarity(a: GaussianMixture, b: GaussianMixture) -> torch.Tensor:
     """Moment-matched Gaussians compared by exp(-symmetric KL per dimension): a cheap example plugin."""
+    a.require_diagonal_means("moment_kl")  # its moments assume component means mu_k 1
     ma, va = _moments(a)
     mb, vb = _moments(b)
     va_, vb_ = va[:, None], vb[None, :]

@@ -11,8 +11,9 @@ a plugin that passes them here passes them there. Use them in a test next to you
 Each function raises :class:`~probmcl_med.errors.ContractError` (a one-line message) and returns the value it
 checked. The contracts (plugins/README.md, the registries' docstrings):
 
-- similarity ``f(a, b) -> (len(a), len(b))``: finite, within [0, 1] up to rounding (:data:`TOLERANCE`),
-  differentiable in the mixtures (finite gradients, not all zero);
+- similarity ``f(a, b) -> (len(a), len(b))``: finite, within [0, 1] up to rounding (:data:`TOLERANCE`), 1 for
+  identical mixtures and symmetric (``f(a, b) = f(b, a)^T``) to :data:`PROPERTY_TOLERANCE`, differentiable in the
+  mixtures (finite gradients, not all zero); a ``log_form`` it exposes must be the log of its values;
 - overlap ``f(ya (B, C), yb (M, C)) -> (B, M)``: finite, within [0, 1] (a row without labels included);
 - likelihood ``f(mixture, z (B, n), labels (B, C)) -> scalar``: a finite 0-d tensor, with finite gradients;
 - encoder (a module, or a factory of one): ``forward((B, 3, S, S)) -> (B, num_features)`` finite, unit-norm rows,
@@ -39,7 +40,12 @@ from probmcl_med.errors import ContractError
 TOLERANCE = 1e-4
 """How far outside [0, 1] a value may be and still count as rounding."""
 
+PROPERTY_TOLERANCE = 1e-3
+"""How far a similarity of identical mixtures may be from 1, and ``f(a, b)`` from ``f(b, a)^T``, and still count as
+rounding (float32 mixture math in a few hundred dimensions)."""
+
 __all__ = [
+    "PROPERTY_TOLERANCE",
     "TOLERANCE",
     "ContractError",
     "check_dataset",
@@ -100,12 +106,15 @@ def random_mixture(
     directions: bool = False,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    mean_dim: int = 1,
 ) -> tuple[GaussianMixture, list[Tensor]]:
     """A batch of mixtures like the MDN's (weights by softmax, variances >= 1) and its leaf tensors (which get
-    gradients). With ``directions``, component means along shared unit directions (docs/math.md s.2b)."""
+    gradients). With ``directions``, component means along shared unit directions (docs/math.md s.2b); with
+    ``mean_dim`` d > 1, ``(B, C, d)`` block means (s.2c)."""
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(batch, components, generator=g, dtype=dtype).requires_grad_(True)
-    means = (0.3 * torch.randn(batch, components, generator=g, dtype=dtype)).requires_grad_(True)
+    shape = (batch, components) if mean_dim == 1 else (batch, components, mean_dim)
+    means = (0.3 * torch.randn(*shape, generator=g, dtype=dtype)).requires_grad_(True)
     variances = (1.0 + 2.0 * torch.rand(batch, components, generator=g, dtype=dtype)).requires_grad_(True)
     units = None
     if directions:
@@ -124,8 +133,10 @@ def check_similarity(
     dim: int = 16,
     directions: bool = False,
     seed: int = 0,
+    mean_dim: int = 1,
 ) -> Tensor:
-    """Run a similarity on 4 x 3 pairs of mixtures: shape (4, 3), finite, in [0, 1], differentiable.
+    """Run a similarity on 4 x 3 pairs of mixtures: shape (4, 3), finite, in [0, 1], differentiable; then on
+    identical mixtures (1, the same object and a copy) and both ways round (symmetric).
 
     Args:
         fn: the similarity ``(a, b) -> (len(a), len(b))``.
@@ -133,13 +144,14 @@ def check_similarity(
         components, dim: the mixtures' C and n (the run's classes and feature width).
         directions: mixtures with learned mean directions (``contrastive.component_means: learned_directions``).
         seed: the inputs' seed.
+        mean_dim: numbers per component mean (``contrastive.mean_dim``).
 
     Raises:
         ContractError: what is wrong, in one line.
     """
     what = _name(fn, name, "similarity", source)
-    a, params_a = random_mixture(4, components, dim, directions=directions, seed=seed)
-    b, params_b = random_mixture(3, components, dim, directions=directions, seed=seed + 1)
+    a, params_a = random_mixture(4, components, dim, directions=directions, seed=seed, mean_dim=mean_dim)
+    b, params_b = random_mixture(3, components, dim, directions=directions, seed=seed + 1, mean_dim=mean_dim)
     value = _tensor(what, _call(what, fn, a, b))
     _shape(what, value, (4, 3), "one value per pair: (len(a), len(b))")
     _finite(what, value)
@@ -155,7 +167,38 @@ def check_similarity(
         raise ContractError(f"{what} is not differentiable: the gradient with respect to the mixtures is zero")
     for g in grads:
         _finite(what, g, "gradients")
+    _check_similarity_properties(what, fn, a, b, value.detach())
     return value.detach()
+
+
+def _check_similarity_properties(what: str, fn: Callable[..., Tensor], a: Any, b: Any, value: Tensor) -> None:
+    """Sim(p, p) = 1 (the mixture itself and a copy of it), Sim(a, b) = Sim(b, a)^T, and an exposed ``log_form``
+    equal to the log of the values: the contrastive loss assumes all three (a positive pair of identical views is
+    the best possible pair, and pairs are scored the same whichever is the anchor)."""
+    with torch.no_grad():
+        a = a.detach()
+        for label, other in (("itself", a), ("a copy of itself", a.to(torch.float32)._map(torch.clone))):
+            same = _tensor(what, _call(what, fn, a, other)).detach().diagonal()
+            worst = float((same - 1).abs().max())
+            if not worst <= PROPERTY_TOLERANCE:
+                raise ContractError(
+                    f"{what} is not 1 for a mixture compared with {label} (off by up to {worst:.3g}): a similarity of "
+                    "identical mixtures must be 1"
+                )
+        swapped = _tensor(what, _call(what, fn, b.detach(), a)).detach()
+        _shape(what, swapped, (len(b), len(a)), "one value per pair: (len(b), len(a))")
+        gap = float((swapped.T - value).abs().max())
+        if not gap <= PROPERTY_TOLERANCE:
+            raise ContractError(
+                f"{what} is not symmetric: f(a, b) and f(b, a) differ by up to {gap:.3g}; the loss scores a pair the "
+                "same whichever mixture is the anchor"
+            )
+        log_form = getattr(fn, "log_form", None)
+        if log_form is not None:
+            logged = _tensor(f"{what}'s log_form", _call(f"{what}'s log_form", log_form, a, b.detach())).detach()
+            off = float((logged.exp() - value).abs().max())
+            if not off <= PROPERTY_TOLERANCE:
+                raise ContractError(f"{what}'s log_form is not the log of its values (exp differs by up to {off:.3g})")
 
 
 def check_overlap(
@@ -193,6 +236,7 @@ def check_likelihood(
     dim: int = 16,
     directions: bool = False,
     seed: int = 0,
+    mean_dim: int = 1,
 ) -> Tensor:
     """Run a likelihood on 6 mixtures, unit-norm points and labels (some shared, one empty): a finite scalar with
     finite gradients.
@@ -201,7 +245,7 @@ def check_likelihood(
         ContractError: what is wrong, in one line.
     """
     what = _name(fn, name, "likelihood", source)
-    mixture, params = random_mixture(6, components, dim, directions=directions, seed=seed)
+    mixture, params = random_mixture(6, components, dim, directions=directions, seed=seed, mean_dim=mean_dim)
     g = torch.Generator().manual_seed(seed + 1)
     z = torch.nn.functional.normalize(torch.randn(6, dim, generator=g), dim=1).requires_grad_(True)
     labels = (torch.rand(6, components, generator=g) < 0.5).float()

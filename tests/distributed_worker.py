@@ -28,7 +28,7 @@ def main(out_path: str) -> None:
     per_rank = GLOBAL_VIEWS // ctx.world_size
     shard = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
     h, mixture = ddp(x[shard])
-    out = objective(distributed=True)(mixture, h, y[shard])
+    out = objective(distributed=True, model=model)(mixture, h, y[shard])
     out.total.backward()
     terms = torch.stack([out.total.detach(), out.nll.detach(), out.pcl.detach()])
     terms = all_reduce_sum(terms, ctx) / ctx.world_size

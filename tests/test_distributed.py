@@ -32,7 +32,11 @@ def torchrun(nproc: int, *args: str, timeout: int = 300) -> subprocess.Completed
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_two_process_loss_and_gradients_equal_single_process(tmp_path):
+@pytest.mark.parametrize("case", ["paper", "issue25"])
+def test_two_process_loss_and_gradients_equal_single_process(tmp_path, monkeypatch, case):
+    """``issue25``: block means packed for the gather, the log form, and a learned temperature that lives in the
+    MDN and is used in the loss (DDP must average its gradient like any other weight's)."""
+    monkeypatch.setenv("DDP_CASE", case)
     out = tmp_path / "ddp.pt"
     done = torchrun(2, str(HERE / "distributed_worker.py"), str(out))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -41,8 +45,10 @@ def test_two_process_loss_and_gradients_equal_single_process(tmp_path):
     model = build_model()
     x, y = global_batch()
     h, mixture = model(x)
-    single = objective(distributed=False)(mixture, h, y)
+    single = objective(distributed=False, model=model)(mixture, h, y)
     single.total.backward()
+    if case == "issue25":
+        assert mixture.means.ndim == 3 and "mdn.logit_scale.theta" in ddp["grads"]
 
     torch.testing.assert_close(ddp["total"], single.total.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ddp["nll"], single.nll.detach(), rtol=1e-5, atol=1e-6)

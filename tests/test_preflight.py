@@ -80,6 +80,51 @@ def test_a_similarity_breaking_its_contract_is_named(similarity, message: str) -
     assert str(info.value).startswith("similarity 'mine' from plugins/mine.py ") and "\n" not in str(info.value)
 
 
+def _asymmetric_sigmoid(a, b):
+    """In [0, 1], finite, differentiable: the checks before issue 24 passed it. Not 1 on identical mixtures, and
+    f(a, b) != f(b, a)^T."""
+    return torch.sigmoid(a.means.mean(1)[:, None] - 2 * b.means.mean(1)[None, :])
+
+
+def _half_on_itself(a, b):
+    """Symmetric, in [0, 1], differentiable, but 0.5 x the Bhattacharyya bound: identical mixtures score 0.5."""
+    return 0.5 * _bhattacharyya(a, b)
+
+
+class _WrongLogForm:
+    """A similarity whose log_form is not the log of its values (it forgot the 0.5 of its own value)."""
+
+    def __call__(self, a, b):
+        return 0.5 * _bhattacharyya(a, b) + 0.5
+
+    def log_form(self, a, b):
+        return _bhattacharyya(a, b).log()
+
+
+@pytest.mark.parametrize(
+    ("similarity", "message"),
+    [
+        (_asymmetric_sigmoid, "is not 1 for a mixture compared with itself"),
+        (_half_on_itself, r"is not 1 for a mixture compared with itself \(off by up to 0\.5\)"),
+        (lambda a, b: _bhattacharyya(a, b) ** (1 + 0.1 * torch.arange(len(b))), "is not symmetric"),
+        (_WrongLogForm(), "log_form is not the log of its values"),
+    ],
+    ids=["asymmetric-sigmoid", "half-on-itself", "asymmetric", "wrong-log-form"],
+)
+def test_identity_symmetry_and_log_form_are_checked(similarity, message: str) -> None:
+    """Issue 24 item 10: a similarity that is not 1 for identical mixtures, or not symmetric, passed the check."""
+    with pytest.raises(ContractError, match=message) as info:
+        testing.check_similarity(similarity, name="mine", source="plugins/mine.py")
+    assert "\n" not in str(info.value)
+
+
+def test_block_mean_geometry_is_checked_as_the_run_uses_it() -> None:
+    testing.check_similarity(SIMILARITIES.get("bhattacharyya"), name="bhattacharyya", mean_dim=3)
+    testing.check_likelihood(LIKELIHOODS.get("responsibility"), name="responsibility", mean_dim=3)
+    with pytest.raises(ContractError, match="raised ValueError: the correlation similarity assumes one number"):
+        testing.check_similarity(SIMILARITIES.get("correlation"), name="correlation", mean_dim=3)
+
+
 def test_rounding_is_not_a_breach() -> None:
     testing.check_similarity(lambda a, b: (_bhattacharyya(a, b) * (1 + 5e-5)).clamp_max(1 + 5e-5))
 

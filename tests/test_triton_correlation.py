@@ -109,6 +109,13 @@ def test_float32_accurate_at_large_dim(triton_results: dict[str, Result], case: 
     assert (got - ref).abs().max().item() < 5e-6
 
 
+@pytest.mark.parametrize("case", cases("sharp-"))
+def test_log_form_of_sharp_components_equals_dense_reference(triton_results: dict[str, Result], case: Case) -> None:
+    """Issue 25's log form (``contrastive.similarity_form: log``) and a variance floor below 1 on the fused kernel."""
+    assert_matches(triton_results[case.name], case, "dense", (1e-10, 1e-10), 1e-8)
+    assert triton_results[case.name][0].min() < -0.3  # informative: far from a similarity of 1
+
+
 def test_every_fast_case_ran(triton_results: dict[str, Result]) -> None:
     assert set(triton_results) == {name for name, c in CASES.items() if not c.slow}
 

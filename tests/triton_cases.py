@@ -174,6 +174,11 @@ CASES = {
             Case(f"accuracy-n4096-var{lo}-{hi}", "similarity", 5, 5, 4, 4096, f32, "symmetric", inputs=f"var={lo}:{hi}", seed=11)
             for lo, hi in ((1.0, 1.05), (9000.0, 10000.0), (1.0, 1e4))
         ),
+        # issue 25: the log form with sharp components (variances 0.01-0.05, below the paper's floor of 1), float64
+        *(
+            Case(f"sharp-log-f64-{shape}", "log_similarity", 6, 5, 4, dim, f64, shape, inputs="var=0.01:0.05", seed=14)
+            for shape, dim in (("symmetric", 8), ("rectangle", 64))
+        ),
         # the paper's C with a batch spanning 3 x 3 tiles of 16 rows: 6 programs of 5 chunks x 80 components
         Case("paper-C80-2N48-f32", "log_similarity", 48, 48, 80, 2048, f32, "symmetric", blocks=None, seed=12, slow=True),
         # one DDP rank's 20 views against 48 at C = 80: 2 x 3 tiles

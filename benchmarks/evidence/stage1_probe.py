@@ -17,8 +17,12 @@ evaluation transform:
 - ``probe_mAP``: test mAP of a linear head trained on the frozen unit-norm training features (BCE, full-batch LBFGS,
   the same for every epoch): what a frozen-encoder stage 2 can get out of the features;
 - ``pi_std``, ``var_mean``, ``sim_pos``, ``sim_neg``, ``pcl``: the MDN's mixture weights' spread over test images,
-  its mean variance, the mean correlation similarity of positive pairs (Jaccard >= alpha) and of the others, and the
-  contrastive loss on a test batch;
+  its mean variance, the mean similarity (the run's, value form) of positive pairs (Jaccard >= alpha) and of the
+  others, and the contrastive loss on a test batch;
+- ``tau``, ``logit_gap``: the temperature the run's loss divides by (learned or configured) and the gap its loss
+  sees, ``(mean S over positive pairs - mean S over negative pairs) / tau`` with ``S`` the similarity in the run's
+  form (value or log; issue 25); ``cos_pos``, ``cos_neg``, ``cos_logit_gap``: the same for the cosine of the
+  features h, the cosine control's similarity (``supcon`` runs: its logit gap is this one, at its tau);
 - ``grad``: on one batch of two augmented views, the norm of the stage-1 gradient with respect to the encoder's raw
   pooled feature r (before the L2 norm), split by path: ``nll_z`` (the NLL through its argument z = r / |r|, the
   mixture held fixed), ``nll_mdn`` (the NLL through the MDN's parameters, z held fixed), ``pcl`` (lambda times the
@@ -90,6 +94,13 @@ def linear_probe(train_h: torch.Tensor, train_y: torch.Tensor, test_h: torch.Ten
         return torch.sigmoid(head(test_h.double())).numpy()
 
 
+def pair_gap(values: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, tau: float) -> float | None:
+    """``(mean of values over positive pairs - mean over negative pairs) / tau``: the logit gap a loss sees."""
+    if not (positive.any() and negative.any()):
+        return None
+    return float((values[positive].double().mean() - values[negative].double().mean()) / tau)
+
+
 def gradient_paths(encoder, mdn, objective, likelihood, images: torch.Tensor, labels: torch.Tensor) -> dict:
     """Norms of the stage-1 gradient w.r.t. the raw pooled feature r, split by path (see the module docstring)."""
     encoder.train()
@@ -101,11 +112,16 @@ def gradient_paths(encoder, mdn, objective, likelihood, images: torch.Tensor, la
     def unit() -> torch.Tensor:  # a fresh graph from r for each path
         return F.normalize(r, dim=1)
 
+    def grad(value: torch.Tensor) -> torch.Tensor:  # zero when the term does not depend on r by this path
+        if not value.requires_grad:
+            return torch.zeros_like(r)
+        (g,) = torch.autograd.grad(value, r, allow_unused=True)
+        return torch.zeros_like(r) if g is None else g
+
     frozen_mixture = mdn(unit().detach()).detach()
-    (g_z,) = torch.autograd.grad(likelihood(frozen_mixture, unit(), labels), r)
-    (g_mdn,) = torch.autograd.grad(likelihood(mdn(unit()), unit().detach(), labels), r)
-    pcl = objective.lam * objective.contrastive(mdn(unit()), labels)
-    (g_pcl,) = torch.autograd.grad(pcl, r) if pcl.requires_grad else (torch.zeros_like(r),)
+    g_z = grad(likelihood(frozen_mixture, unit(), labels))
+    g_mdn = grad(likelihood(mdn(unit()), unit().detach(), labels))  # supcon ignores the mixture: 0
+    g_pcl = grad(objective.lam * objective.contrastive(mdn(unit()), labels))
     out = {"nll_z": float(g_z.norm()), "nll_mdn": float(g_mdn.norm()), "pcl": float(g_pcl.norm())}
     with torch.no_grad():
         hd = unit().double()
@@ -120,12 +136,12 @@ def gradient_paths(encoder, mdn, objective, likelihood, images: torch.Tensor, la
 
 def probe_run(run_dir: Path) -> dict:
     from probmcl_med.config import load_config
-    from probmcl_med.core.mdn import MixtureDensityNetwork
+    from probmcl_med.core.losses import similarity_in_form
     from probmcl_med.core.metrics import multilabel_metrics
     from probmcl_med.core.overlaps import jaccard as jaccard_overlap
     from probmcl_med.data.datasets import build_dataset
     from probmcl_med.data.transforms import TwoViews, build_eval_transform, build_train_transform
-    from probmcl_med.engine.contrastive import build_objective, stack_views
+    from probmcl_med.engine.contrastive import build_mdn, build_objective, stack_views
     from probmcl_med.engine.run import seed_everything
     from probmcl_med.models.encoders import get_encoder
     from probmcl_med.plugins import load_plugins
@@ -149,18 +165,15 @@ def probe_run(run_dir: Path) -> dict:
     views, view_labels = stack_views(torch.stack([b["image"] for b in batch]), torch.stack([b["label"] for b in batch]))
     class_names = list(train_ds.class_names)
     likelihood = LIKELIHOODS.get(c.likelihood)
-    objective = build_objective(cfg.contrastive)
     similarity = SIMILARITIES.get(c.similarity)
+    in_form = similarity_in_form(similarity, c.similarity_form)
+    supcon_tau = float(os.environ.get("SUPCON_TAU", "0.2"))
 
     seed_everything(cfg.seed, False)
     encoder = get_encoder(e.name, pretrained=e.pretrained, weights=e.weights, **dict(e.options))
     torch.manual_seed(cfg.seed)
-    spec = {
-        "hidden": tuple(c.mdn_hidden),
-        "input_norm": "batch" if c.mdn_input == "standardized" else "none",
-        "mean_directions": c.component_means == "learned_directions",
-    }
-    mdn = MixtureDensityNetwork(encoder.num_features, len(class_names), **spec)
+    mdn = build_mdn(c, encoder.num_features, len(class_names))
+    objective = build_objective(cfg.contrastive, mdn=mdn)
     states = [(0, None)]
     for path in sorted((run_dir / "checkpoints").glob("ckpt-s0-contrastive-e*.pt")):
         states.append((int(path.name.split("-e")[1][:4]), path))
@@ -182,10 +195,15 @@ def probe_run(run_dir: Path) -> dict:
         with torch.no_grad():
             mixture = mdn(test_h[:256])
             sim = similarity(mixture, mixture)
+            formed = in_form(mixture, mixture)
+            cos = test_h[:256] @ test_h[:256].T
             overlap = jaccard_overlap(test_y[:256], test_y[:256])
             off = ~torch.eye(len(sim), dtype=torch.bool)
             positive = (overlap >= c.alpha) & off
+            negative = off & ~positive
             pcl = objective.contrastive(mixture, test_y[:256])
+            tau = float(objective.contrastive.current_tau())
+
         row = {
             "epoch": epoch,
             "erank": effective_rank(train_h.double().numpy()),
@@ -199,7 +217,12 @@ def probe_run(run_dir: Path) -> dict:
             "pi_std": float(mixture.weights.std(0).mean()),
             "var_mean": float(mixture.variances.mean()),
             "sim_pos": float(sim[positive].mean()) if positive.any() else None,
-            "sim_neg": float(sim[off & ~positive].mean()) if (off & ~positive).any() else None,
+            "sim_neg": float(sim[negative].mean()) if negative.any() else None,
+            "tau": tau,
+            "logit_gap": pair_gap(formed, positive, negative, tau),
+            "cos_pos": float(cos[positive].mean()) if positive.any() else None,
+            "cos_neg": float(cos[negative].mean()) if negative.any() else None,
+            "cos_logit_gap": pair_gap(cos, positive, negative, supcon_tau),
             "pcl": float(pcl),
             "grad": gradient_paths(encoder, mdn, objective, likelihood, views, view_labels),
         }

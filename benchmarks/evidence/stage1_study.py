@@ -49,6 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import defaults_study as base  # noqa: E402
+import issue25  # noqa: E402
 
 ARMS = [
     "none",
@@ -87,13 +88,7 @@ def arm_sets(arm: str, init: str, epochs: int, warm_from: Path | None) -> list[s
         f"checkpoint.keep_last={epochs + base.FROZEN_HEAD_EPOCHS + 2}",
         *base.AUGMENTS["ra9"],
     ]
-    fine_tune = [
-        "classifier.loss=bce",
-        f"classifier.encoder_lr={lr}",
-        f"classifier.lr={base.UNIT_NORM_HEAD_LR}",
-        "classifier.augment=true",
-        f"classifier.epochs={epochs}",
-    ]
+    fine_tune = fine_tune_recipe(init, epochs)
     std = ["contrastive.mdn_input=standardized"]
     bhattacharyya = ["contrastive.similarity=bhattacharyya"]
     table = {
@@ -116,7 +111,57 @@ def arm_sets(arm: str, init: str, epochs: int, warm_from: Path | None) -> list[s
             *fine_tune,
         ],
     }
-    return table[arm]
+    if arm in table:
+        return table[arm]
+    return issue25.candidate_sets(arm, stage1, FROZEN_HEAD)
+
+
+def fine_tune_recipe(init: str, epochs: int) -> list[str]:
+    """The fine-tuning stage of the ``_ft`` arms: the whole network, BCE, the stage-1 views, ``epochs`` passes."""
+    lr = base.INITS[init]["lr"]
+    return [
+        "classifier.loss=bce",
+        f"classifier.encoder_lr={lr}",
+        f"classifier.lr={base.UNIT_NORM_HEAD_LR}",
+        "classifier.augment=true",
+        f"classifier.epochs={epochs}",
+    ]
+
+
+def issue25_job(dataset: str, init: str, arm: str, seed: int, ctx: dict) -> dict:
+    """One run of issue 25's study (``phase`` issue25): a frozen-head arm, or ``X+ft`` from X's frozen run."""
+    size = [f"dataset.image_size={issue25.IMAGE_SIZE}"]
+    if arm.endswith("+ft"):
+        frozen = ctx["out"] / "issue25" / dataset / init / f"{issue25.frozen_of(arm)}__seed{seed}"
+        recipe = fine_tune_recipe(init, ctx["epochs"])
+        sets = issue25.fine_tune_sets(arm, frozen, recipe, base.AUGMENTS["ra9"])
+    else:
+        sets = arm_sets(arm, init, ctx["epochs"], None)
+    job = base.make_job("issue25", dataset, init, arm, seed, ctx, [*sets, *size])
+    job["image_size"] = issue25.IMAGE_SIZE
+    return job
+
+
+def issue25_batches(phase: str, ctx: dict) -> list[list[dict]]:
+    """Issue 25's runs in order, as batches that may run in parallel (a fine-tuning batch after its frozen runs)."""
+    if phase == "screen":
+        dataset, init = issue25.SCREEN_BLOCK
+        return [[issue25_job(dataset, init, arm, 0, ctx) for arm in issue25.SCREEN_ARMS]]
+    decision = issue25.screen_decision(ctx["out"])
+    if decision is None:
+        print("confirm: the screen has not finished; run --phase screen first", flush=True)
+        return []
+    advanced = decision["advanced"]
+    batches = []
+    for dataset, init in issue25.BLOCKS:
+        if dataset not in ctx["datasets"] or init not in ctx["inits"]:
+            continue
+        for seed in range(ctx["seeds"]):
+            frozen = [*issue25.REFERENCES, *advanced]
+            tuned = ["none+ft", *(f"{a}+ft" for a in advanced), "paper+ft", "supcon+ft"]
+            batches.append([issue25_job(dataset, init, arm, seed, ctx) for arm in frozen])
+            batches.append([issue25_job(dataset, init, arm, seed, ctx) for arm in tuned])
+    return batches
 
 
 def jobs(seed: int, ctx: dict) -> list[dict]:
@@ -136,7 +181,8 @@ def jobs(seed: int, ctx: dict) -> list[dict]:
 def probe(job: dict, log_dir: Path) -> None:
     """stage1_probe.py on a finished run with a stage 1 (once)."""
     run_dir = Path(job["run_dir"])
-    if job["arm"] == "none" or not (run_dir / "result.json").is_file() or (run_dir / "stage1_probe.json").is_file():
+    no_stage1 = job["arm"] == "none" or job["arm"].endswith("+ft")
+    if no_stage1 or not (run_dir / "result.json").is_file() or (run_dir / "stage1_probe.json").is_file():
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PROBMCL_MED_PLUGINS": str(HERE / "plugins")}
     with (log_dir / f"{job['name']}.probe.log").open("a") as handle:
@@ -203,19 +249,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--datasets", default="realhisto")
+    parser.add_argument("--datasets", default=None, help="default: realhisto (stage1), both datasets (issue25)")
     parser.add_argument("--inits", default=",".join(base.INITS))
     parser.add_argument("--arms", default=",".join(ARMS), help="a comma-separated subset of the arms (default: all)")
-    parser.add_argument("--out", default="runs/evidence_stage1")
+    parser.add_argument("--out", default=None, help="default: runs/evidence_stage1 (issue25: runs/evidence_issue25)")
     parser.add_argument("--defaults-out", default="runs/evidence_defaults", help="defaults_study.py's --out (warm)")
-    parser.add_argument("--results", default=str(HERE / "results_stage1"))
+    parser.add_argument("--results", default=None, help="default: results_stage1/ (issue25: results_issue25/)")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--study", choices=["stage1", "issue25"], default="stage1", help="issue25: issue25.py")
+    parser.add_argument("--phase", choices=["all", "screen", "confirm", "probe"], default="all", help="issue25 only")
+    parser.add_argument("--gpu-commands", action="store_true", help="issue25: the paper-scale commands of the best arm")
     args = parser.parse_args(argv)
-    out, results = Path(args.out), Path(args.results)
+    if args.study == "issue25":
+        return main_issue25(args)
+    out = Path(args.out or "runs/evidence_stage1")
+    results = Path(args.results or HERE / "results_stage1")
     if args.report:
         print(report(out, results))
         return 0
-    datasets = args.datasets.split(",")
+    datasets = (args.datasets or "realhisto").split(",")
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         parser.error(f"--arms: unknown {', '.join(sorted(unknown))}; the arms are {', '.join(ARMS)}")
@@ -238,6 +290,59 @@ def main(argv: list[str] | None = None) -> int:
             list(pool.map(lambda job: (base.run_job(job, out / "logs"), probe(job, out / "logs")), batch))
             report(out, results)
     print(report(out, results))
+    return 0
+
+
+def main_issue25(args: argparse.Namespace) -> int:
+    """``--study issue25``: screen (each run probed per epoch right after it), confirm, ``--phase probe`` (the
+    seed-0 runs not probed yet), report."""
+    import issue25_report
+
+    out = Path(args.out or "runs/evidence_issue25")
+    results = Path(args.results or HERE / "results_issue25")
+    if args.report:
+        print(issue25_report.report(out, results))
+        return 0
+    if args.gpu_commands:
+        screen = issue25.screen_decision(out, save=False)
+        best = screen["advanced"][0] if screen else "log"
+        print(f"# best arm: {best} ({'the screen' if screen else 'the screen has not finished: an example'})")
+        print("\n".join(issue25.gpu_commands(best)))
+        return 0
+    datasets = (args.datasets or ",".join(sorted({d for d, _ in issue25.BLOCKS}))).split(",")
+    ctx = {
+        "out": out,
+        "sizes": dict(base.SIZES),
+        "epochs": base.EPOCHS,
+        "datasets": datasets,
+        "inits": args.inits.split(","),
+        "seeds": min(args.seeds, issue25.SEEDS),
+        "weights": base.weights_file(),
+        "folders": {d: base.dataset_folder(d, Path(args.defaults_out) / "data", dict(base.SIZES)) for d in datasets},
+    }
+    os.environ["PROBMCL_MED_PLUGINS"] = str(HERE / "plugins")
+    logs = out / "logs"
+
+    def train_and_probe(job: dict) -> None:
+        issue25.run_timed(job, logs)
+        probe(job, logs)
+
+    phases = ["screen", "confirm"] if args.phase == "all" else [args.phase]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for phase in phases:
+            if phase == "probe":
+                runs = [j for p in ("screen", "confirm") for b in issue25_batches(p, ctx) for j in b if j["seed"] == 0]
+                list(pool.map(lambda job: probe(job, logs), runs))
+                continue
+            for batch in issue25_batches(phase, ctx):
+                first = batch[0]
+                print(f"{time.strftime('%H:%M:%S')} {phase}: {first['dataset']}/{first['init']} seed {first['seed']}, "
+                      f"{len(batch)} runs", flush=True)  # fmt: skip
+                list(
+                    pool.map(train_and_probe if phase == "screen" else lambda job: issue25.run_timed(job, logs), batch)
+                )
+                issue25_report.report(out, results)
+    print(issue25_report.report(out, results))
     return 0
 
 

@@ -209,6 +209,42 @@ class ObjectiveConfig(Section):
         "barely vary between samples at the start and every similarity is ~1 (PCL without gradient); sqrt(H) gives "
         "the first layer unit-scale inputs (benchmarks/evidence)",
     )
+    similarity_form: Literal["value", "log"] = Field(
+        "value",
+        description="what Eq. 3 divides by tau: the similarity (the paper, in [0, 1]) or its log (exact in the log "
+        "domain, in (-inf, 0]: a wider contrast between pairs; docs/math.md s.7b)",
+    )
+    tau_learnable: bool = Field(
+        False,
+        description="learn the temperature from tau, bounded in [tau_min, tau_max] (a logit scale, docs/math.md s.7c)",
+    )
+    tau_min: float = Field(0.01, gt=0, description="tau_learnable: the lowest temperature (CLIP's bound)")
+    tau_max: float = Field(1.0, gt=0, description="tau_learnable: the highest temperature")
+    tau_gain: float = Field(
+        1.0,
+        gt=0,
+        description="tau_learnable: how many times faster than the network's weights the temperature's parameter "
+        "moves (Adam moves each parameter by about lr per step; 100 at lr 1e-3 lets it cross its range in ~100 "
+        "steps)",
+    )
+    variance_floor: float = Field(
+        1.0, gt=0, description="smallest component variance (the paper: 1); var = floor + scale (ELU(a) + 1)"
+    )
+    variance_scale: float = Field(
+        1.0, gt=0, description="factor on the learned part of the variance (the paper: 1; 0.1 with floor 0.1: sharper)"
+    )
+    covariance: Literal["isotropic", "shared", "fixed"] = Field(
+        "isotropic",
+        description="isotropic: var_k I per component (the paper); shared: one variance per sample for all its "
+        "components; fixed: floor + scale for every component (no learned spread); docs/math.md s.2d",
+    )
+    mean_dim: int = Field(
+        1,
+        ge=1,
+        le=MAX_WIDTH,
+        description="numbers per component mean: 1 (the paper, mu_k 1) or d block means, constant on d blocks of "
+        "coordinates (docs/math.md s.2c; needs similarity: bhattacharyya)",
+    )
 
     @field_validator("overlap")
     @classmethod
@@ -226,11 +262,30 @@ class ObjectiveConfig(Section):
         return _registered(LIKELIHOODS, v)
 
     @model_validator(mode="after")
-    def _directions_need_a_similarity_that_supports_them(self) -> ObjectiveConfig:
+    def _options_fit_together(self) -> ObjectiveConfig:
         if self.component_means == "learned_directions" and self.similarity == "correlation":
             raise ValueError(
                 "component_means: learned_directions needs a similarity that supports mean directions; the "
                 "correlation kernel assumes the diagonal: set contrastive.similarity=bhattacharyya"
+            )
+        if self.mean_dim > 1 and self.similarity == "correlation":
+            raise ValueError(
+                f"mean_dim: {self.mean_dim} needs a similarity that supports block means; the correlation kernel "
+                "assumes one number per mean: set contrastive.similarity=bhattacharyya"
+            )
+        if self.mean_dim > 1 and self.component_means == "learned_directions":
+            raise ValueError("mean_dim > 1 and component_means: learned_directions do not combine: choose one")
+        fields = type(self).model_fields
+        loose = [k for k in ("tau_min", "tau_max", "tau_gain") if getattr(self, k) != fields[k].default]
+        if loose and not self.tau_learnable:
+            raise ValueError(
+                f"{', '.join(loose)} changed but tau_learnable is false: these keys bound a learned temperature; set "
+                "contrastive.tau_learnable=true or remove them"
+            )
+        if self.tau_learnable and not self.tau_min < self.tau < self.tau_max:
+            raise ValueError(
+                f"tau_learnable needs tau_min < tau < tau_max, got {self.tau_min}, {self.tau}, {self.tau_max}: the "
+                "temperature starts at tau inside its bounds"
             )
         return self
 

@@ -19,9 +19,9 @@ from probmcl_med.registry import LIKELIHOODS
 def component_log_densities(mixture: GaussianMixture, z: Tensor) -> Tensor:
     """``log pi_k + log N(z; m_k, var_k I_n)`` for every sample and component, ``(B, C)`` (docs/math.md s.2).
 
-    ``m_k = mu_k 1`` (the paper), or ``mu_k sqrt(n) u_k`` when the mixture has learned mean directions (s.2b).
-    ``||z - m_k||^2`` is formed as ``ortho_k + (along_k - sqrt(n) mu_k)^2`` (:meth:`GaussianMixture.mean_offsets`; for
-    the diagonal ``||z - zbar 1||^2 + n (zbar - mu)^2``), which has no cancellation even for ``|mu| = 1e3``.
+    ``m_k = mu_k 1`` (the paper), ``mu_k sqrt(n) u_k`` when the mixture has learned mean directions (s.2b), or block
+    means (s.2c). ``||z - m_k||^2`` is formed as two non-negative parts (:meth:`GaussianMixture.squared_distances`;
+    for the diagonal ``||z - zbar 1||^2 + n (zbar - mu)^2``), which has no cancellation even for ``|mu| = 1e3``.
 
     Raises:
         ValueError: when ``z`` is not ``(len(mixture), mixture.dim)``.
@@ -32,8 +32,7 @@ def component_log_densities(mixture: GaussianMixture, z: Tensor) -> Tensor:
     dtype = compute_dtype(z, mixture.weights, mixture.means, mixture.variances)
     z = z.to(dtype)
     var = mixture.variances.to(dtype)
-    ortho, along = mixture.mean_offsets(z, dtype)
-    sq_dist = ortho + (along - math.sqrt(n) * mixture.means.to(dtype)).square()
+    sq_dist = mixture.squared_distances(z, dtype)
     log_normal = -0.5 * n * torch.log(2 * math.pi * var) - 0.5 * sq_dist / var
     return mixture.log_weights.to(dtype) + log_normal
 

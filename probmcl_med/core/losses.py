@@ -29,6 +29,29 @@ terms (console, ``metrics.jsonl``, TensorBoard)."""
 SimilarityFn = Callable[[GaussianMixture, GaussianMixture], Tensor]
 OverlapFn = Callable[[Tensor, Tensor], Tensor]
 
+SIMILARITY_FORMS = ("value", "log")
+"""What the loss divides by ``tau`` (docs/math.md s.7b): the similarity itself (the paper, in [0, 1]) or its log
+(in (-inf, 0]; exact in the log domain for the built-in similarities, which expose it as ``fn.log_form``)."""
+
+
+def similarity_in_form(fn: SimilarityFn, form: str) -> SimilarityFn:
+    """``fn`` itself (``value``) or its log form: ``fn.log_form`` when the similarity has one (exact), else
+    ``log(max(fn, tiny))`` (a plugin without one; its zeros become ``log(tiny)``, about -87 in float32)."""
+    if form not in SIMILARITY_FORMS:
+        raise ConfigError(f"contrastive similarity_form must be one of {', '.join(SIMILARITY_FORMS)}, got {form!r}")
+    if form == "value":
+        return fn
+    exact = getattr(fn, "log_form", None)
+    if exact is not None:
+        return exact
+
+    def logged(a: GaussianMixture, b: GaussianMixture) -> Tensor:
+        value = fn(a, b)
+        return value.clamp_min(torch.finfo(value.dtype).tiny).log()
+
+    logged.__name__ = f"log_{getattr(fn, '__name__', 'similarity')}"
+    return logged
+
 
 def _resolve(registry: Registry, value: str | Callable[..., Any], key: str) -> Callable[..., Any]:
     """A registered name or a callable; an unknown name raises :class:`ConfigError` naming ``key``."""
@@ -42,7 +65,7 @@ def _resolve(registry: Registry, value: str | Callable[..., Any], key: str) -> C
 
 # ---------------------------------------------------------------------------------------------------- contrastive
 def contrastive_anchor_losses(
-    sim: Tensor, overlap: Tensor, self_index: Tensor, alpha: float, tau: float
+    sim: Tensor, overlap: Tensor, self_index: Tensor, alpha: float, tau: float | Tensor
 ) -> tuple[Tensor, Tensor]:
     """Per-anchor terms ``l_i`` of Eq. 3 as fixed in docs/math.md section 7.
 
@@ -54,7 +77,7 @@ def contrastive_anchor_losses(
         sim: ``(b, G)`` similarities of ``b`` anchors against ``G`` candidates (the anchors among them).
         overlap: ``(b, G)`` label overlaps ``D``.
         self_index: ``(b,)`` column of each anchor itself.
-        alpha: overlap threshold for positives; tau: temperature.
+        alpha: overlap threshold for positives; tau: temperature (a float, or a 0-d tensor when it is learned).
 
     Returns:
         ``(l, valid)``: ``(b,)`` losses (0 for anchors without positives) and the ``(b,)`` mask ``|A(i)| > 0``.
@@ -113,15 +136,27 @@ def _gather_likelihood_inputs(
 ) -> tuple[GaussianMixture, Tensor, Tensor]:
     """Every rank's mixtures and points (gathered with gradients) and labels (without): the global batch."""
     local = mixtures.upcast()
-    c = local.num_components
     z = z.to(local.weights.dtype)
-    packed = torch.cat([local.log_weights, local.means, local.variances, z], dim=1)
+    packed = torch.cat([*_packed(local), z], dim=1)
     counts = _batch_sizes(len(local), packed.device)
     gathered = _GatherWithGrad.apply(packed, counts)
-    logw, means, variances, z_all = gathered.split([c, c, c, z.shape[1]], dim=1)
+    everyone = _unpacked(gathered[:, : -z.shape[1]], local)
     with torch.no_grad():
         labels_all = _GatherWithGrad.apply(labels.to(device=packed.device, dtype=compute_dtype(labels)), counts)
-    return GaussianMixture(logw.exp(), means, variances, local.dim, logw, local.directions), z_all, labels_all
+    return everyone, gathered[:, -z.shape[1] :], labels_all
+
+
+def _packed(m: GaussianMixture) -> list[Tensor]:
+    """``[log pi (B, C), means (B, C d), variances (B, C)]``: a mixture's parameters as rows for a gather."""
+    return [m.log_weights, m.means.reshape(len(m), -1), m.variances]
+
+
+def _unpacked(rows: Tensor, like: GaussianMixture) -> GaussianMixture:
+    """The mixtures of gathered :func:`_packed` rows, shaped like ``like`` (dimension, mean shape, directions)."""
+    c, d = like.num_components, like.mean_dim
+    logw, means, variances = rows.split([c, c * d, c], dim=1)
+    means = means.reshape(-1, *like.means.shape[1:])
+    return GaussianMixture(logw.exp(), means, variances, like.dim, logw, like.directions)
 
 
 @dataclass(frozen=True)
@@ -168,6 +203,9 @@ class ProbContrastiveLoss(nn.Module):
         alpha: overlap threshold ``alpha`` in [0, 1] (paper: 0.6 MS-COCO, 0.5 ADP).
         tau: temperature > 0 (paper: 0.2).
         gather: contrast against the batch of all processes (see above).
+        form: ``value`` (the paper: ``Sim / tau``) or ``log`` (``log Sim / tau``, docs/math.md s.7b).
+        temperature: a learned :class:`~probmcl_med.core.logit_scale.LogitScale` (``1 / tau``, docs/math.md s.7c)
+            that replaces ``tau``; it is a parameter of the network that owns it (the MDN), not of this loss.
     """
 
     def __init__(
@@ -177,6 +215,8 @@ class ProbContrastiveLoss(nn.Module):
         alpha: float = 0.5,
         tau: float = 0.2,
         gather: bool = False,
+        form: str = "value",
+        temperature: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(alpha) <= 1.0:
@@ -186,11 +226,23 @@ class ProbContrastiveLoss(nn.Module):
         self.similarity: SimilarityFn = _resolve(SIMILARITIES, similarity, "similarity")
         self.overlap: OverlapFn = _resolve(OVERLAPS, overlap, "overlap")
         self.alpha, self.tau, self.gather = float(alpha), float(tau), bool(gather)
+        self.form = form
+        self.contrast: SimilarityFn = similarity_in_form(self.similarity, form)
+        self.__dict__["temperature"] = temperature  # not a submodule: its owner saves and optimises it
         self.last_stats: ContrastiveStats | None = None
+
+    def current_tau(self) -> float | Tensor:
+        """The temperature the loss divides by: ``tau``, or ``1 / s`` of the learned logit scale (a 0-d tensor)."""
+        temperature = self.__dict__["temperature"]
+        return self.tau if temperature is None else 1.0 / temperature()
 
     def extra_repr(self) -> str:
         name = getattr(self.similarity, "__name__", "?"), getattr(self.overlap, "__name__", "?")
-        return f"similarity={name[0]}, overlap={name[1]}, alpha={self.alpha}, tau={self.tau}, gather={self.gather}"
+        learned = ", tau learned" if self.__dict__["temperature"] is not None else ""
+        return (
+            f"similarity={name[0]}, form={self.form}, overlap={name[1]}, alpha={self.alpha}, tau={self.tau}{learned}, "
+            f"gather={self.gather}"
+        )
 
     def forward(self, mixtures: GaussianMixture, labels: Tensor) -> Tensor:
         """``L_PCL`` for a batch of ``2N`` views (``(2N,)`` mixtures, ``(2N, C)`` labels); see the class docstring."""
@@ -208,10 +260,10 @@ class ProbContrastiveLoss(nn.Module):
         return loss, stats
 
     def _local(self, mixtures: GaussianMixture, labels: Tensor) -> tuple[Tensor, ContrastiveStats]:
-        sim = self.similarity(mixtures, mixtures)
+        sim = self.contrast(mixtures, mixtures)
         overlap = self.overlap(labels, labels).to(sim.device)
         index = torch.arange(len(mixtures), device=sim.device)
-        losses, valid = contrastive_anchor_losses(sim, overlap, index, self.alpha, self.tau)
+        losses, valid = contrastive_anchor_losses(sim, overlap, index, self.alpha, self.current_tau())
         n_valid = int(valid.sum())
         stats = ContrastiveStats(n_valid, len(mixtures), n_valid)
         if n_valid == 0:
@@ -221,21 +273,19 @@ class ProbContrastiveLoss(nn.Module):
     def _gathered(self, mixtures: GaussianMixture, labels: Tensor) -> tuple[Tensor, ContrastiveStats]:
         world, rank = dist.get_world_size(), dist.get_rank()
         local = mixtures.upcast()
-        c = local.num_components
-        packed = torch.cat([local.log_weights, local.means, local.variances], dim=1)
+        packed = torch.cat(_packed(local), dim=1)
         counts = _batch_sizes(len(local), packed.device)
         offset = sum(counts[:rank])
         gathered = _GatherWithGrad.apply(packed, counts)
-        logw, means, variances = gathered.split(c, dim=1)
-        everyone = GaussianMixture(logw.exp(), means, variances, local.dim, logw, local.directions)
+        everyone = _unpacked(gathered, local)
         labels = labels.to(device=packed.device, dtype=compute_dtype(labels))
         with torch.no_grad():
             all_labels = _GatherWithGrad.apply(labels, counts)
 
-        sim = self.similarity(local, everyone)
+        sim = self.contrast(local, everyone)
         overlap = self.overlap(labels, all_labels).to(sim.device)
         index = torch.arange(len(local), device=sim.device) + offset
-        losses, valid = contrastive_anchor_losses(sim, overlap, index, self.alpha, self.tau)
+        losses, valid = contrastive_anchor_losses(sim, overlap, index, self.alpha, self.current_tau())
         n_valid = torch.tensor([int(valid.sum())], device=packed.device)
         n_global = n_valid.clone()
         dist.all_reduce(n_global, op=dist.ReduceOp.SUM)
@@ -324,9 +374,11 @@ class ProbMCLObjective(nn.Module):
 
 __all__ = [
     "LOSS_TERMS",
+    "SIMILARITY_FORMS",
     "ContrastiveStats",
     "ObjectiveOutput",
     "ProbContrastiveLoss",
     "ProbMCLObjective",
     "contrastive_anchor_losses",
+    "similarity_in_form",
 ]

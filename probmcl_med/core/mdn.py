@@ -13,7 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from probmcl_med.core.logit_scale import LogitScale
 from probmcl_med.core.mixture import GaussianMixture
+
+COVARIANCES = ("isotropic", "shared", "fixed")
+"""Covariance choices (docs/math.md s.2d): ``isotropic`` (the paper: ``var_ik I``, one variance per component and
+sample), ``shared`` (one variance per sample for all its components), ``fixed`` (one constant for every component and
+sample: the mixture carries no learned spread)."""
 
 
 class MixtureDensityNetwork(nn.Module):
@@ -24,6 +30,13 @@ class MixtureDensityNetwork(nn.Module):
     * ``pi = softmax(a_pi)`` (the mixture also keeps ``log_softmax(a_pi)`` exactly),
     * ``mu = a_mu`` (component k's mean vector is ``mu_k * 1``),
     * ``var = ELU(a_var) + 2 >= 1``: the paper's "modified ELU ... minimum value of one" (ELU > -1).
+
+    Deviations, each off by default (docs/math.md s.2c-2d): ``var = variance_floor + variance_scale * (ELU(a_var) +
+    1)`` (floor and scale 1: the paper; both 0.1: components ten times sharper), ``covariance`` ``shared`` (``a_var``
+    averaged over the components) or ``fixed`` (``var = variance_floor + variance_scale``, the paper's value at
+    ``a_var = 0``), ``mean_dim`` ``d > 1`` (block means: ``a_mu`` has ``C d`` outputs, the output layer ``(2 + d) C``),
+    and ``temperature`` (a :class:`~probmcl_med.core.logit_scale.LogitScale` kept here so that the optimiser, the
+    checkpoints and DDP treat it as one of the network's parameters; the contrastive loss reads it).
 
     Initialisation of the output layer (paper Section 3.1: "uniformly initialized for mixture coefficients and mean
     vector weights, while covariance weights were set constant"):
@@ -55,6 +68,11 @@ class MixtureDensityNetwork(nn.Module):
         mean_directions: learn one unit direction ``u_k`` in ``R^n`` per component (shared by every sample) along
             which component k's mean lies, ``mu_k sqrt(n) u_k`` (docs/math.md s.2b, a deviation); initialised at the
             diagonal ``1 / sqrt(n)``, i.e. at the paper's model.
+        variance_floor, variance_scale: ``var = floor + scale * (ELU(a_var) + 1)``, both > 0 (1 and 1: the paper).
+        covariance: one of :data:`COVARIANCES`.
+        mean_dim: ``d``, numbers per component mean (1: the paper; ``d > 1``: block means, docs/math.md s.2c).
+        temperature: ``None``, or the :class:`~probmcl_med.core.logit_scale.LogitScale` arguments (``tau``,
+            ``tau_min``, ``tau_max``, ``gain``) of a learned temperature, held in :attr:`logit_scale`.
     """
 
     def __init__(
@@ -66,10 +84,21 @@ class MixtureDensityNetwork(nn.Module):
         var_weight_init: float | None = None,
         input_norm: str = "none",
         mean_directions: bool = False,
+        variance_floor: float = 1.0,
+        variance_scale: float = 1.0,
+        covariance: str = "isotropic",
+        mean_dim: int = 1,
+        temperature: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if input_norm not in ("none", "batch"):
             raise ValueError(f"input_norm must be 'none' or 'batch', got {input_norm!r}")
+        if covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {', '.join(COVARIANCES)}, got {covariance!r}")
+        if not (variance_floor > 0 and variance_scale > 0):
+            raise ValueError(f"variance_floor and variance_scale must be > 0, got {variance_floor}, {variance_scale}")
+        if mean_dim < 1 or (mean_dim > 1 and mean_directions):
+            raise ValueError(f"mean_dim must be >= 1 and 1 with mean_directions, got {mean_dim}")
         if in_features < 1 or num_classes < 1 or not hidden or min(hidden) < 1:
             raise ValueError(
                 f"MixtureDensityNetwork needs positive sizes, got in_features={in_features}, "
@@ -88,7 +117,12 @@ class MixtureDensityNetwork(nn.Module):
             layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
             width = h
         self.hidden = nn.Sequential(*layers)
-        self.out = nn.Linear(width, 3 * num_classes)
+        self.mean_dim = int(mean_dim)
+        if self.mean_dim > self.latent_dim:
+            raise ValueError(f"mean_dim {mean_dim} exceeds the latent dimension {self.latent_dim}")
+        self.variance_floor, self.variance_scale = float(variance_floor), float(variance_scale)
+        self.covariance = covariance
+        self.out = nn.Linear(width, (2 + self.mean_dim) * num_classes)
         self.var_weight_init = 1.0 / width if var_weight_init is None else float(var_weight_init)
         self.mean_directions = bool(mean_directions)
         self.directions = (
@@ -96,6 +130,7 @@ class MixtureDensityNetwork(nn.Module):
             if self.mean_directions
             else None
         )
+        self.logit_scale = LogitScale(**temperature) if temperature is not None else None
         self.reset_output()
 
     @property
@@ -109,6 +144,11 @@ class MixtureDensityNetwork(nn.Module):
             "var_weight_init": self.var_weight_init,
             "input_norm": self.input_norm,
             "mean_directions": self.mean_directions,
+            "variance_floor": self.variance_floor,
+            "variance_scale": self.variance_scale,
+            "covariance": self.covariance,
+            "mean_dim": self.mean_dim,
+            "temperature": None if self.logit_scale is None else self.logit_scale.spec,
         }
 
     @classmethod
@@ -123,6 +163,11 @@ class MixtureDensityNetwork(nn.Module):
             var_weight_init=spec.get("var_weight_init"),
             input_norm=str(spec.get("input_norm", "none")),
             mean_directions=bool(spec.get("mean_directions", False)),
+            variance_floor=float(spec.get("variance_floor", 1.0)),
+            variance_scale=float(spec.get("variance_scale", 1.0)),
+            covariance=str(spec.get("covariance", "isotropic")),
+            mean_dim=int(spec.get("mean_dim", 1)),
+            temperature=spec.get("temperature"),
         )
         if state_dict is not None:
             mdn.load_state_dict(state_dict, strict=True)
@@ -132,9 +177,10 @@ class MixtureDensityNetwork(nn.Module):
         """Re-initialise the output layer as described in the class docstring."""
         c, fan_in = self.num_classes, self.out.in_features
         bound = 1.0 / math.sqrt(fan_in)
+        var_rows = (1 + self.mean_dim) * c
         with torch.no_grad():
-            nn.init.uniform_(self.out.weight[: 2 * c], -bound, bound)
-            self.out.weight[2 * c :].fill_(self.var_weight_init)
+            nn.init.uniform_(self.out.weight[:var_rows], -bound, bound)
+            self.out.weight[var_rows:].fill_(self.var_weight_init)
             self.out.bias.zero_()
 
     def forward(self, h: Tensor) -> GaussianMixture:
@@ -144,16 +190,29 @@ class MixtureDensityNetwork(nn.Module):
             h: ``(B, H)`` encoder features (L2-normalised in ProbMCL), any floating dtype.
 
         Returns:
-            A :class:`GaussianMixture` with float32 ``(B, C)`` weights, means, variances and ``dim = latent_dim``.
+            A :class:`GaussianMixture` with float32 ``(B, C)`` weights, means (``(B, C, d)`` for ``mean_dim`` d > 1),
+            variances and ``dim = latent_dim``.
         """
         if h.ndim != 2 or h.shape[1] != self.in_features:
             raise ValueError(f"MixtureDensityNetwork expects (B, {self.in_features}) features, got {tuple(h.shape)}")
         with torch.autocast(device_type=h.device.type, enabled=False):
             params = self.out(self.hidden(h.float())).float()
-        a_pi, a_mu, a_var = params.split(self.num_classes, dim=1)
+        c, d = self.num_classes, self.mean_dim
+        a_pi, a_mu, a_var = params.split([c, c * d, c], dim=1)
         log_pi = F.log_softmax(a_pi, dim=1)
+        means = a_mu if d == 1 else a_mu.reshape(-1, c, d)
         directions = None if self.directions is None else F.normalize(self.directions.float(), dim=1)
-        return GaussianMixture(log_pi.exp(), a_mu, F.elu(a_var) + 2.0, self.latent_dim, log_pi, directions)
+        return GaussianMixture(log_pi.exp(), means, self._variances(a_var), self.latent_dim, log_pi, directions)
+
+    def _variances(self, a_var: Tensor) -> Tensor:
+        """``(B, C)`` variances from the pre-activations (see the class docstring; >= ``variance_floor``)."""
+        if self.covariance == "fixed":
+            return a_var.new_full(a_var.shape, self.variance_floor + self.variance_scale)
+        if self.covariance == "shared":
+            a_var = a_var.mean(dim=1, keepdim=True).expand_as(a_var)
+        if self.variance_floor == self.variance_scale == 1.0:
+            return F.elu(a_var) + 2.0  # the paper's expression, bit for bit as before the options existed
+        return self.variance_floor + self.variance_scale * (F.elu(a_var) + 1.0)
 
 
 __all__ = ["MixtureDensityNetwork"]

@@ -34,13 +34,26 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def block_sizes(n: int, d: int, device: torch.device | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Sizes ``n_j`` of the ``d`` contiguous coordinate blocks of block means (docs/math.md s.2c), ``(d,)``.
+
+    The first ``n mod d`` blocks hold ``n // d + 1`` coordinates, the others ``n // d``; they sum to ``n``.
+    """
+    if not 1 <= d <= n:
+        raise ValueError(f"block means need 1 <= d <= n, got d = {d}, n = {n}")
+    base, extra = divmod(n, d)
+    return torch.tensor([base + (j < extra) for j in range(d)], device=device, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class GaussianMixture:
     """A batch of ``B`` isotropic ``C``-component Gaussian mixtures in ``R^dim``.
 
     Attributes:
         weights: ``(B, C)`` mixture weights ``pi_ik``, non-negative, each row sums to 1.
-        means: ``(B, C)`` component means ``mu_ik``; the mean vector of component k is ``mu_ik * 1`` in ``R^n``.
+        means: ``(B, C)`` component means ``mu_ik``; the mean vector of component k is ``mu_ik * 1`` in ``R^n``. Or
+            ``(B, C, d)`` block means (docs/math.md s.2c): the mean vector is ``mu_ikj`` on the coordinates of block
+            ``j`` (:func:`block_sizes`), ``1 <= d <= n``.
         variances: ``(B, C)`` component variances ``var_ik > 0`` (the MDN guarantees ``var >= 1``); the covariance
             of component k is ``var_ik * I_n``.
         dim: ``n``, the dimension of the space the mixture lives in.
@@ -71,6 +84,11 @@ class GaussianMixture:
     def num_components(self) -> int:
         """``C``, the number of components (one per class in ProbMCL)."""
         return int(self.weights.shape[1])
+
+    @property
+    def mean_dim(self) -> int:
+        """``d``, the numbers per component mean: 1 for ``(B, C)`` means (the paper), else ``means.shape[2]``."""
+        return 1 if self.means.ndim == 2 else int(self.means.shape[2])
 
     @property
     def log_weights(self) -> Tensor:
@@ -166,13 +184,36 @@ class GaussianMixture:
         return GaussianMixture(*self._fields(self), directions)
 
     def require_diagonal_means(self, what: str) -> None:
-        """Raise ValueError naming ``what`` when the component means are not on the diagonal (``directions`` set)."""
+        """Raise ValueError naming ``what`` unless every component mean is ``mu_k 1`` (no ``directions``, ``d = 1``)."""
         if self.directions is not None:
             raise ValueError(
                 f"{what} assumes component means on the diagonal (mu 1); these mixtures have learned mean directions "
                 "(contrastive.component_means: learned_directions): use a similarity that supports them "
                 "(bhattacharyya)"
             )
+        if self.means.ndim == 3:
+            raise ValueError(
+                f"{what} assumes one number per component mean (mu 1); these mixtures have {self.mean_dim} "
+                "(contrastive.mean_dim): use a similarity that supports block means (bhattacharyya)"
+            )
+
+    def squared_distances(self, z: Tensor, dtype: torch.dtype) -> Tensor:
+        """``||z_i - m_ik||^2`` for every sample and component, ``(B, C)``, formed without cancellation.
+
+        As ``ortho + along`` with two non-negative parts: for the diagonal (docs/math.md s.2)
+        ``||z - zbar 1||^2 + n (zbar - mu_k)^2``; for learned directions (s.2b) ``(|z|^2 - a_k^2) + (a_k - sqrt(n)
+        mu_k)^2``, ``a_k = u_k . z``; for block means (s.2c) ``sum_j ||z_j - zbar_j 1||^2 + sum_j n_j (zbar_j -
+        mu_kj)^2``, ``z_j`` the coordinates of block j.
+        """
+        if self.means.ndim == 2:
+            ortho, along = self.mean_offsets(z, dtype)
+            return ortho + (along - (self.dim**0.5) * self.means.to(dtype)).square()
+        sizes = block_sizes(self.dim, self.mean_dim, z.device, dtype)
+        blocks = z.split([int(s) for s in sizes.tolist()], dim=1)
+        zbar = torch.stack([b.mean(dim=1) for b in blocks], dim=1)  # (B, d)
+        ortho = sum((b - b.mean(dim=1, keepdim=True)).square().sum(dim=1) for b in blocks)
+        along = (sizes * (zbar[:, None, :] - self.means.to(dtype)).square()).sum(dim=2)
+        return ortho[:, None] + along
 
     def mean_offsets(self, z: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Each point's offset from each component's mean direction, split along and across it (docs/math.md s.2b).
@@ -207,7 +248,15 @@ class GaussianMixture:
         w, m, v = self.weights, self.means, self.variances
         if w.ndim != 2:
             raise ValueError(f"GaussianMixture.weights must be (B, C), got shape {tuple(w.shape)}")
-        for name, t in (("means", m), ("variances", v)) + ((("logw", self.logw),) if self.logw is not None else ()):
+        if m.ndim == 3 and (m.shape[:2] != w.shape or not 1 <= m.shape[2] <= self.dim):
+            raise ValueError(
+                f"GaussianMixture.means (B, C, d) must match weights {tuple(w.shape)} with 1 <= d <= dim = {self.dim}, "
+                f"got shape {tuple(m.shape)}"
+            )
+        if m.ndim == 3 and self.directions is not None:
+            raise ValueError("GaussianMixture: block means (B, C, d) and learned mean directions do not combine")
+        shaped = (("variances", v),) if m.ndim == 3 else (("means", m), ("variances", v))
+        for name, t in shaped + ((("logw", self.logw),) if self.logw is not None else ()):
             if t.shape != w.shape:
                 raise ValueError(f"GaussianMixture.{name} has shape {tuple(t.shape)}, weights {tuple(w.shape)}")
         if not isinstance(self.dim, int) or self.dim < 1:

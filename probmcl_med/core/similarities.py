@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from probmcl_med.core.bhattacharyya import bhattacharyya_similarity, log_bhattacharyya_similarity
+from probmcl_med.core.component_pairs import check_pair, log_variance_ratio
 from probmcl_med.core.correlation_grads import fold_symmetric_grad, side_grads
 from probmcl_med.core.mixture import GaussianMixture, compute_dtype
 from probmcl_med.registry import SIMILARITIES
@@ -62,15 +64,6 @@ def default_block_size(num_components: int, tile_elements: int | None = None, de
 
 
 # ---------------------------------------------------------------------------------------------------- shared pieces
-def log_variance_ratio(sd_a: Tensor, sd_b: Tensor) -> Tensor:
-    """``log((s + t) / (2 sqrt(s t)))`` for standard deviations ``sqrt(s), sqrt(t)`` (broadcasting), >= 0.
-
-    Computed as ``log1p((sd_a - sd_b)^2 / (2 sd_a sd_b))``: exact to relative precision when ``s ~ t``.
-    """
-    diff = sd_a - sd_b
-    return torch.log1p(diff * diff / (2 * sd_a * sd_b))
-
-
 def _row_terms(m: GaussianMixture, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row inputs of the correlation kernel: shifted log-weights ``w``, means, variances, all ``(B, C)``.
 
@@ -311,7 +304,7 @@ def log_correlation_similarity(
 ) -> Tensor:
     """``log Sim(p_i, q_j)`` of the correlation coefficient, ``(len(a), len(b))``, <= 0; see
     :func:`correlation_similarity`."""
-    _check_pair(a, b)
+    check_pair(a, b)
     a.require_diagonal_means("the correlation similarity")
     use_triton = resolve_backend(backend, a.device) == "triton"
     dtype = compute_dtype(a.weights, a.means, a.variances, b.weights, b.means, b.variances)
@@ -363,48 +356,9 @@ def correlation_similarity(
     return log_correlation_similarity(a, b, block_size, backend).exp()
 
 
-def bhattacharyya_similarity(a: GaussianMixture, b: GaussianMixture) -> Tensor:
-    """Matched-component lower bound of the Bhattacharyya coefficient (docs/math.md section 5).
-
-    ``BC(p, q) = integral sqrt(p q) >= sum_k sqrt(pi_k rho_k) BC(N(mu_k 1, var_k I), N(nu_k 1, s_k I))``, pointwise
-    by Cauchy-Schwarz (``sqrt(sum_k x_k)(sum_k y_k) >= sum_k sqrt(x_k y_k)``); component k belongs to class k in both
-    mixtures, so matching k with k is the natural pairing. With
-    ``log BC(N_k, M_k) = -n (mu_k - nu_k)^2 / (4 (var_k + s_k)) - (n/2) log((var_k + s_k) / (2 sqrt(var_k s_k)))``.
-    This is a LOWER bound: it equals the coefficient for single-component mixtures and when ``p == q`` (then 1),
-    and is below it otherwise. With learned mean directions (docs/math.md s.2b) component k of both mixtures lies
-    along the same unit ``u_k``, the squared distance of the matched means is still ``n (mu_k - nu_k)^2`` and the
-    formula holds unchanged. (The all-pairs sum is an upper bound that can exceed 1; it is not offered.)
-    Cost O(B M C), memory a few ``(B, M, C)`` tensors.
-
-    Returns:
-        ``(len(a), len(b))`` values in [0, 1], float32 (float64 for float64 inputs).
-    """
-    _check_pair(a, b)
-    dtype = compute_dtype(a.weights, a.means, a.variances, b.weights, b.means, b.variances)
-    n = a.dim
-    la, lb = a.log_weights.to(dtype), b.log_weights.to(dtype)
-    va, vb = a.variances.to(dtype), b.variances.to(dtype)
-    d = a.means.to(dtype)[:, None, :] - b.means.to(dtype)[None, :, :]
-    terms = (
-        0.5 * (la[:, None, :] + lb[None, :, :])
-        - (n / 4) * d.square() / (va[:, None, :] + vb[None, :, :])
-        - (n / 2) * log_variance_ratio(va.sqrt()[:, None, :], vb.sqrt()[None, :, :])
-    )
-    return torch.logsumexp(terms, dim=2).clamp(max=0.0).exp()
-
-
-def _check_pair(a: GaussianMixture, b: GaussianMixture) -> None:
-    if a.dim != b.dim:
-        raise ValueError(f"cannot compare mixtures in R^{a.dim} and R^{b.dim}")
-    if a.num_components != b.num_components:
-        raise ValueError(f"cannot compare mixtures with {a.num_components} and {b.num_components} components")
-    same = a.directions is b.directions or (
-        a.directions is not None and b.directions is not None and torch.equal(a.directions, b.directions)
-    )
-    if not same:
-        raise ValueError("cannot compare mixtures whose component mean directions differ")
-
-
+# the exact log forms (``contrastive.similarity_form: log``, docs/math.md s.7b); a plugin may set its own
+correlation_similarity.log_form = log_correlation_similarity  # type: ignore[attr-defined]
+bhattacharyya_similarity.log_form = log_bhattacharyya_similarity  # type: ignore[attr-defined]
 SIMILARITIES.register("correlation", correlation_similarity)
 SIMILARITIES.register("bhattacharyya", bhattacharyya_similarity)
 
@@ -415,6 +369,7 @@ __all__ = [
     "bhattacharyya_similarity",
     "correlation_similarity",
     "default_block_size",
+    "log_bhattacharyya_similarity",
     "log_correlation_similarity",
     "log_variance_ratio",
     "resolve_backend",

@@ -50,14 +50,23 @@ class ContrastiveModel(nn.Module):
 
 
 def build_mdn(c: ObjectiveConfig, in_features: int, num_classes: int) -> MixtureDensityNetwork:
-    """The mixture density network of the ``contrastive`` section (z = h(x): it lives in the encoder's space); with
-    ``mdn_input_gain`` its first layer's initial weights scaled (h is unit-norm, see the config field)."""
+    """The mixture density network of the ``contrastive`` section (z = h(x): it lives in the encoder's space): the
+    component options (variance floor and scale, covariance, mean dimension) and, with ``tau_learnable``, the learned
+    temperature it holds; with ``mdn_input_gain`` its first layer's initial weights scaled (h is unit-norm, see the
+    config field)."""
     spec = {
         "in_features": in_features,
         "num_classes": num_classes,
         "hidden": [int(h) for h in c.mdn_hidden],
         "input_norm": "batch" if c.mdn_input == "standardized" else "none",
         "mean_directions": c.component_means == "learned_directions",
+        "variance_floor": c.variance_floor,
+        "variance_scale": c.variance_scale,
+        "covariance": c.covariance,
+        "mean_dim": c.mean_dim,
+        "temperature": (
+            {"tau": c.tau, "tau_min": c.tau_min, "tau_max": c.tau_max, "gain": c.tau_gain} if c.tau_learnable else None
+        ),
     }
     mdn = MixtureDensityNetwork.from_spec(spec)
     if c.mdn_input_gain != 1.0:
@@ -76,16 +85,25 @@ def stack_views(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return views, torch.cat([labels, labels], dim=0)
 
 
-def build_objective(c: ObjectiveConfig, distributed: bool = False) -> nn.Module:
-    """``ProbMCLObjective`` of the ``contrastive`` section: NLL (likelihood) + lambda * PCL (similarity, overlap,
-    alpha, tau).
+def build_objective(c: ObjectiveConfig, distributed: bool = False, mdn: nn.Module | None = None) -> nn.Module:
+    """``ProbMCLObjective`` of the ``contrastive`` section: NLL (likelihood) + lambda * PCL (similarity and its
+    form, overlap, alpha, tau; the learned temperature of ``mdn`` when ``tau_learnable``).
 
     With ``distributed`` the contrastive term gathers every rank's mixtures with gradients; each rank's returned
     value is then scaled so that DDP's gradient averaging gives the single-process gradient of the global batch
     (see ``probmcl_med.core.losses.ProbContrastiveLoss``).
     """
+    temperature = getattr(mdn, "logit_scale", None)
+    if c.tau_learnable and temperature is None:
+        raise ValueError("contrastive.tau_learnable: the objective needs the MDN that holds the learned temperature")
     contrastive = ProbContrastiveLoss(
-        similarity=c.similarity, overlap=c.overlap, alpha=c.alpha, tau=c.tau, gather=distributed
+        similarity=c.similarity,
+        overlap=c.overlap,
+        alpha=c.alpha,
+        tau=c.tau,
+        gather=distributed,
+        form=c.similarity_form,
+        temperature=temperature,
     )
     return ProbMCLObjective(lam=c.lambda_, likelihood=c.likelihood, contrastive=contrastive, nll_weight=c.nll_weight)
 
@@ -148,7 +166,7 @@ class ContrastiveStage:
             ContrastiveStep(run.amp, run.ctx.world_size),
             network=run.wrap(ContrastiveModel(inputs.encoder_fwd, mdn)),
             optimizer=optimizer,
-            loss_function=build_objective(c, distributed=run.ctx.distributed),
+            loss_function=build_objective(c, distributed=run.ctx.distributed, mdn=mdn),
             loader=loader,
             sampler=sampler,
             per_rank=per_rank,

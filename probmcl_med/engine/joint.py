@@ -146,7 +146,7 @@ class JointStage:
             best=run.resume.state.get("best") if run.resume is not None else None,
             is_main=run.ctx.is_main,
         )
-        objective = build_objective(c, distributed=run.ctx.distributed)
+        objective = build_objective(c, distributed=run.ctx.distributed, mdn=mdn)
         run.train(
             JointStep(run.amp, run.ctx.world_size),
             network=run.wrap(JointModel(inputs.encoder_fwd, mdn, head)),

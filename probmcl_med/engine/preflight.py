@@ -150,6 +150,7 @@ def _check(component: Component, config: RunConfig, encoder: Any, dataset: Any, 
         "components": num_classes,
         "dim": int(encoder.num_features),
         "directions": config.contrastive.component_means == "learned_directions",
+        "mean_dim": config.contrastive.mean_dim,
     }
     if kind == "similarity":
         testing.check_similarity(SIMILARITIES.get(name), name=name, source=source, **shape)
