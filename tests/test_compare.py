@@ -144,7 +144,9 @@ def test_compare_refuses_mismatched_inputs(tmp_path: Path, capsys: pytest.Captur
     precious.mkdir()
     (precious / "notes.txt").write_text("keep")
     assert main(["compare", "--scores", str(sa), "--scores", str(sa), "--targets", str(t), "--out", str(precious)]) == 1
-    assert "not a probmcl-med comparison" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds files probmcl-med did not write there (notes.txt)" in err and "comparison folder" in err
+    assert sorted(p.name for p in precious.iterdir()) == ["notes.txt"]
     assert (precious / "notes.txt").read_text() == "keep"
 
 

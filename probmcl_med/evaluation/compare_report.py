@@ -2,7 +2,7 @@
 per compared model (``delta_ap_<n>.png``: each class's AP difference with its 95 % interval).
 
 Written whole or not at all, like the report (:func:`probmcl_med.fileio.atomic_directory`); an existing folder is
-replaced only when it is empty or an earlier comparison (it holds :data:`MARKER`).
+replaced only when it is empty or holds nothing but an earlier comparison (the files its manifest :data:`MARKER` lists).
 """
 
 from __future__ import annotations
@@ -168,18 +168,17 @@ def write_comparison(out_dir: str | Path, comparison: Comparison) -> Path:
     at all.
 
     Raises:
-        DataError: ``out_dir`` is a file or a folder of other files (not an earlier comparison).
+        DataError: ``out_dir`` is a file or a folder holding files an earlier comparison did not write.
     """
     out_dir = Path(out_dir)
     check_replaceable_folder(out_dir, MARKER, "comparison", "--out")
     figures = {f"delta_ap_{i}.png": forest_plot(d) for i, d in enumerate(comparison.deltas, start=1)}
     blocks = comparison_blocks(comparison, figures)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, MARKER, what="comparison", option="--out", written_by="probmcl-med compare") as tmp:
         document = json.dumps(comparison.to_dict(), indent=2, allow_nan=False) + "\n"
         (tmp / "compare.json").write_text(document, encoding="utf-8")
         for name, data in figures.items():
             (tmp / name).write_bytes(data)
         (tmp / "compare.md").write_text(to_markdown(TITLE, blocks), encoding="utf-8")
         (tmp / "compare.html").write_text(to_html(TITLE, blocks, CSS), encoding="utf-8")
-        (tmp / MARKER).write_text("written by probmcl_med.evaluation.compare_report\n", encoding="utf-8")
     return out_dir
