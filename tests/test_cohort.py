@@ -252,3 +252,29 @@ def test_the_page_lists_tied_classes_by_mean_probability_as_the_top_class_is_cho
            "called_necrosis": 1.0, "mean_p_necrosis": 0.8, "called_mucosa": 1.0, "mean_p_mucosa": 0.7}  # fmt: skip
     listed = top_classes(row, ["tumour", "stroma", "necrosis", "mucosa"]).split("<br>")
     assert listed == ["necrosis 100%", "mucosa 100%", "tumour 100%"]
+
+
+def test_the_cohort_table_flags_a_slide_far_from_the_training_images(cohort, tmp_path):
+    """Statistics whose threshold lies below every distance (-1) flag every patch: the slide's ood_share is 1 and the
+    slide is flagged, in cohort.csv and on the page; a slide without patches (blank) leaves both columns empty."""
+    import dataclasses
+    import shutil
+
+    from probmcl_med.bundle import add_ood_statistics
+    from probmcl_med.core.ood import fit_statistics
+
+    run = tmp_path / "run"
+    shutil.copytree(cohort["run"], run)
+    width = int(cohort["head"].in_features)
+    rng = np.random.default_rng(0)
+    stats = fit_statistics(rng.normal(size=(50, width)), rng.normal(size=(20, width)), "valid")
+    add_ood_statistics(run, dataclasses.replace(stats, threshold=-1.0))
+    out = tmp_path / "out"
+    slides = [str(cohort["slides"] / name) for name in ("a.tif", "blank.tif")]
+    code = cli(["predict", *slides, "-c", str(run), "-o", str(out), "--device", "cpu"])
+    SLIDES.clear()
+    assert code == 0
+    rows = {r["id"]: r for r in read_rows(out / "cohort.csv")}
+    assert float(rows["a"]["ood_share"]) == 1.0 and rows["a"]["out_of_distribution"] == "yes"
+    assert rows["blank"]["ood_share"] == "" and rows["blank"]["out_of_distribution"] == ""
+    assert "far from the training images: 100 % of patches" in (out / "cohort.html").read_text(encoding="utf-8")

@@ -100,12 +100,14 @@ def slide_summary(predictions: Predictions, slide: CohortSlide, slide_mpp: float
 
     Returns:
         ``{"status", "mpp", "level", "tissue_mm2", "patches", "called": {class: share}, "mean_probability":
-        {class: mean}, "top_class"}``: ``mpp`` the microns per pixel of the patches as read (None when the slide's
+        {class: mean}, "top_class", "ood"}``: ``mpp`` the microns per pixel of the patches as read (None when the slide's
         resolution is unknown), ``tissue_mm2`` the thumbnail's tissue mask's area (pixels times the level-0 area
         of a thumbnail pixel times the level-0 mpp squared: the plan's, else ``slide_mpp``, else the declared one
         when plausible; None without one), ``called`` the share of the slide's tissue patches
         in which the class reaches its threshold, ``mean_probability`` its mean probability over them (both None
-        without patches), ``top_class`` the class called in the most patches (ties: the higher mean probability).
+        without patches), ``top_class`` the class called in the most patches (ties: the higher mean probability),
+        ``ood`` the out-of-distribution summary of the patches (:meth:`~probmcl_med.core.ood.OodAssessment.summary`;
+        None when the model keeps no statistics or the slide has no patches).
     """
     grid = (predictions.slide or {})["grid"]
     plan = grid.mpp_plan
@@ -134,6 +136,7 @@ def slide_summary(predictions: Predictions, slide: CohortSlide, slide_mpp: float
         "called": {c: None if v is None else float(v) for c, v in zip(names, called, strict=True)},
         "mean_probability": {c: None if v is None else float(v) for c, v in zip(names, mean, strict=True)},
         "top_class": top,
+        "ood": predictions.ood_summary if n else None,
     }
 
 

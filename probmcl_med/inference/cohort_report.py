@@ -5,7 +5,9 @@ in an earlier run and those predicted by other ranks are summarised the same way
 
 ``cohort.csv`` columns: ``id``, ``path``, ``status`` (``predicted``, ``no tissue`` or ``failed``), ``mpp`` (microns
 per pixel of the patches as read; empty when the slide's resolution is unknown), ``level`` (the pyramid level read),
-``tissue_mm2`` (the area of the tissue mask), ``patches`` (tissue patches predicted), per class ``called_<class>``
+``tissue_mm2`` (the area of the tissue mask), ``patches`` (tissue patches predicted), ``ood_share`` (the share of
+those patches far from the training images, 0-1) and ``out_of_distribution`` (``yes`` when that share reaches the
+slide rule of :mod:`probmcl_med.core.ood`; both empty when the model keeps no statistics), per class ``called_<class>``
 (the share of the slide's tissue patches in which the class reaches its threshold, 0-1) and ``mean_p_<class>`` (its
 mean probability over them), ``thresholds`` (where the thresholds came from), ``seconds`` (the time the slide took
 when it was predicted, writing included), ``note`` (why a slide failed; "no tissue found"), then the manifest's
@@ -49,7 +51,7 @@ def cohort_rows(
     extra: list[str] = []
     for slide in slides:
         extra += [c for c in slide.extra if c not in extra]
-    header = ["id", "path", "status", "mpp", "level", "tissue_mm2", "patches"]
+    header = ["id", "path", "status", "mpp", "level", "tissue_mm2", "patches", "ood_share", "out_of_distribution"]
     header += [f"called_{c}" for c in class_names] + [f"mean_p_{c}" for c in class_names]
     header += ["thresholds", "seconds", "note", *extra]
     rows = []
@@ -73,6 +75,9 @@ def cohort_rows(
             seconds=record.get("seconds"),
             note="no tissue found" if summary["status"] == NO_TISSUE else "",
         )
+        ood = summary.get("ood")
+        if ood is not None:
+            row.update(ood_share=ood["share"], out_of_distribution="yes" if ood["slide_out_of_distribution"] else "no")
         for c in class_names:
             row[f"called_{c}"] = summary["called"].get(c)
             row[f"mean_p_{c}"] = summary["mean_probability"].get(c)
@@ -150,6 +155,7 @@ def cohort_html(
         "</tr>",
     ]
     known = {"id", "path", "status", "mpp", "level", "tissue_mm2", "patches", "thresholds", "seconds", "note"}
+    known |= {"ood_share", "out_of_distribution"}
     extra_columns = [h for h in header if h not in known and not h.startswith(("called_", "mean_p_"))]
     for row in rows:
         record = row.get("_record")
@@ -165,6 +171,8 @@ def cohort_html(
                 heat += f"<span class='small'>{html.escape(top)}</span>"
         status = html.escape(row["status"]) + (f"<br><span class='small'>{html.escape(row['note'])}</span>"
                                                if row.get("note") else "")  # fmt: skip
+        if row.get("out_of_distribution") == "yes":
+            status += f"<br><span class='small'>far from the training images: {100 * row['ood_share']:.0f} % of patches</span>"
         mpp = "" if row.get("mpp") is None else f"{row['mpp']:.3g} ({row.get('level')})"
         area = "" if row.get("tissue_mm2") is None else f"{row['tissue_mm2']:.2f}"
         seconds = "" if row.get("seconds") is None else f"{row['seconds']:.1f}"
