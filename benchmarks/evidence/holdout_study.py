@@ -6,6 +6,8 @@
     python benchmarks/evidence/holdout_study.py --report             # every table, from whatever has finished
     python benchmarks/evidence/holdout_study.py --report --deciding-only   # the deciding sets' tables alone
     python benchmarks/evidence/holdout_study.py --quick              # smoke test: 1 seed, 1 epoch, small data
+    python benchmarks/evidence/holdout_study.py --train-images 4000 --seeds 1 --datasets realhisto \
+        --out runs/evidence_budget                                  # supplementary: 4x the iterations (below)
 
 The protocol, written before the first run, is in benchmarks/evidence/README.md ("Issue 20: a hold-out protocol").
 Deciding sets: demo (32 px), realmosaic (64 px), realhisto (64 px), the builders of the defaults study. Confirmation
@@ -24,6 +26,10 @@ Seeds outermost (every arm of every set at seed 0 before any at seed 1). Each ru
 ``result.json`` last (valid and test metrics at threshold 0.5) and ``scores.npz`` (the valid and test logits and
 labels: paired bootstrap, calibration); the parent adds ``cost.json`` (the subprocess's CPU seconds, from wait4, and
 its wall seconds). Tables: ``--results`` (default benchmarks/evidence/results_holdout/).
+
+Supplementary, not part of the decision: ``--train-images N`` draws N training images instead of 1000 (valid and
+test unchanged), so 8 epochs take N / 64 iterations each; the issue's outside sets had 4,000 training images, where a
+OneCycle plain loop beat a constant rate. It asks how the schedules' ranking moves with the number of iterations.
 """
 
 from __future__ import annotations
@@ -175,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/evidence_holdout")
     parser.add_argument("--results", default=str(HERE / "results_holdout"))
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 1 epoch, 100/50/50 images")
+    parser.add_argument("--train-images", type=int, default=SIZES["train"], help="training images per set")
     parser.add_argument("--report", action="store_true", help="only write the tables from finished runs")
     parser.add_argument("--decide", action="store_true", help="only apply the decision rule to the deciding sets")
     parser.add_argument("--deciding-only", action="store_true", help="with --report: the deciding sets' tables alone")
@@ -189,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result["test"]))
         return 0
     out, results = Path(args.out), Path(args.results)
-    sizes, epochs, seeds = dict(SIZES), EPOCHS, args.seeds
+    sizes, epochs, seeds = {**SIZES, "train": args.train_images}, EPOCHS, args.seeds
     if args.quick:
         sizes, epochs, seeds = {"train": 100, "valid": 50, "test": 50}, 1, 1
         out, results = out / "quick", out / "quick" / "results"
