@@ -47,9 +47,10 @@ class RunBase(Section):
 
     mode: str = Field("asl", description="the training mode (asl, two-stage, probe, joint)")
     lr_schedule: Literal["warmup-cosine", "onecycle", "cosine", "constant"] = Field(
-        "warmup-cosine",
-        description="learning rate over each stage, stepped per iteration: warmup-cosine (linear warm-up from 0 over "
-        "5 % of the steps, then cosine to 0), onecycle (OneCycleLR, 20 % warm-up, the ASL training script's), cosine "
+        "onecycle",
+        description="learning rate over each stage, stepped per iteration: onecycle (the default: OneCycleLR, 20 % "
+        "warm-up, the ASL training script's; chosen by the issue-20 hold-out study, README 'Which mode, loss and "
+        "augmentation'), warmup-cosine (linear warm-up from 0 over 5 % of the steps, then cosine to 0), cosine "
         "(cosine annealing from the lr to 0, no warm-up), constant",
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of every random stream (torch takes up to 2**63 - 1)")
