@@ -14,6 +14,12 @@ import numpy as np
 from holdout_study import CONFIRMING, DECIDING, PLAIN_ARMS, PROJECT_ARMS, SCHEDULES
 
 BOOTSTRAP = 2000
+SHIPPED = "onecycle"
+"""The schema's default after the study. The protocol's rule picked ``constant`` on the deciding sets (no schedule
+passed; constant had the smallest shortfall); it failed both confirmation sets, where ``onecycle`` was the best of
+the three candidates. The issue asks for a decaying schedule by default "or whatever the protocol shows is better on
+the confirmation sets", so the project ships ``onecycle``: a departure from the rule the protocol fixed, stated as one
+in the tables, benchmarks/evidence/README.md and the README."""
 ECE_BAR = 20.0
 """The issue's bar: no class's ECE at the default operating point above 20 %."""
 
@@ -29,8 +35,21 @@ def load_runs(out: Path, datasets: dict[str, int]) -> list[dict]:
             cost = json.loads(cost_file.read_text()) if cost_file.is_file() else {}
             record = {"dataset": dataset, "arm": arm, "seed": int(seed), **json.loads(path.read_text()), **cost}
             record["scores"] = str(path.parent / "scores.npz")
+            ran = record.get("lr_schedule")
+            if arm.startswith("sched-") and ran != arm.removeprefix("sched-"):
+                raise ValueError(f"{path}: the run's lr_schedule is {ran!r}, not its arm's; move it to its own arm")
+            if arm == "default" and not (out / dataset / f"sched-{ran}__seed{seed}" / "result.json").is_file():
+                record["arm"] = f"sched-{ran}"  # the config-free run is its schedule's candidate where none ran
             rows.append(record)
     return rows
+
+
+def identical_defaults(rows: list[dict]) -> str:
+    """How many config-free ``default`` runs equal, metric for metric, the ``sched-`` run of the schedule they ran."""
+    pairs = [(r, s) for r in rows if r["arm"] == "default" for s in rows
+             if s["arm"] == f"sched-{r['lr_schedule']}" and (s["dataset"], s["seed"]) == (r["dataset"], r["seed"])]  # fmt: skip
+    same = sum(r["test"] == s["test"] and r["valid"] == s["valid"] for r, s in pairs)
+    return f"{same} of {len(pairs)}"
 
 
 def test_maps(rows: list[dict], dataset: str, arm: str) -> dict[int, float]:
@@ -45,8 +64,8 @@ def mean_sd(values: list[float]) -> str:
 
 
 def schedule_arm(schedule: str) -> str:
-    """The arm that ran a candidate schedule: ``default`` for the snapshot's default (the first candidate)."""
-    return "default" if schedule == SCHEDULES[0] else f"sched-{schedule}"
+    """The arm that ran a candidate schedule (``lr_schedule`` set on the command line)."""
+    return f"sched-{schedule}"
 
 
 def best_plain(rows: list[dict], dataset: str) -> tuple[str, list[float]] | None:
@@ -178,21 +197,27 @@ def report(out: Path, results: Path, deciding_only: bool = False) -> str:
         decide(out, results),
         "\n## Summary: test mAP, mean ± std over seeds\n",
     ]
-    arms = [*PLAIN_ARMS, *PROJECT_ARMS]
-    lines.append(
-        "| set | role | " + " | ".join(arms) + " | default within 1 std of best plain | default - plain-onecycle |"
-    )
+    arms = [a for a in (*PLAIN_ARMS, *PROJECT_ARMS) if a != "default" and any(r["arm"] == a for r in rows)]
+    shipped = schedule_arm(SHIPPED)
+    lines.append("| set | role | " + " | ".join(arms) + " | each schedule within 1 std of the best plain loop | "
+                 f"shipped default ({SHIPPED}) - plain-onecycle (the issue's bar: >= -1.5) |")  # fmt: skip
     lines.append("|---|---|" + "---:|" * len(arms) + "---|---:|")
     for dataset in chosen:
         cells = [
             f"{mean_sd(list(test_maps(rows, dataset, a).values()))} ({len(test_maps(rows, dataset, a))})" for a in arms
         ]
-        check = passes(rows, dataset, "default")
-        ok = "-" if check is None else ("yes" if check[0] else f"NO ({check[1]:.1f} short)")
-        d, o = test_maps(rows, dataset, "default"), test_maps(rows, dataset, "plain-onecycle")
+        verdicts = []
+        for schedule in SCHEDULES:
+            check = passes(rows, dataset, schedule_arm(schedule))
+            verdicts.append(f"{schedule} " + ("-" if check is None else "yes" if check[0] else "NO"))
+        d, o = test_maps(rows, dataset, shipped), test_maps(rows, dataset, "plain-onecycle")
         gap = f"{np.mean(list(d.values())) - np.mean(list(o.values())):+.1f}" if d and o else "-"
         role = "deciding" if dataset in DECIDING else "confirmation"
-        lines.append(f"| {dataset} | {role} | " + " | ".join(cells) + f" | {ok} | {gap} |")
+        lines.append(f"| {dataset} | {role} | " + " | ".join(cells) + f" | {', '.join(verdicts)} | {gap} |")
+    lines.append(f"\nThe config-free `default` runs (nothing set; on the confirmation sets they are the `constant` "
+                 f"candidate's runs) equal the `sched-` run of their schedule metric for metric in "
+                 f"{identical_defaults(rows)} pairs (same seed). Shipped default: `lr_schedule: {SHIPPED}` "
+                 f"(holdout_report.SHIPPED: why).")  # fmt: skip
     for dataset in chosen:
         block = [r for r in rows if r["dataset"] == dataset]
         if not block:
@@ -227,4 +252,34 @@ def report(out: Path, results: Path, deciding_only: bool = False) -> str:
                  f"{ECE_BAR:.0f} %.")  # fmt: skip
     text = "\n".join(lines) + "\n"
     (results / ("tables_deciding.md" if deciding_only else "tables.md")).write_text(text)
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------- budget
+def budget_report(out: Path, versus: Path, results: Path, dataset: str = "realhisto", seed: int = 0) -> str:
+    """The supplementary table: each arm's test mAP at seed ``seed`` with ``--train-images N`` (``out``) beside the
+    same arm and seed at 1000 training images (``versus``, the study's folder), and its difference from
+    ``plain-onecycle`` at each size; results/tables_budget.md."""
+    big = {r["arm"]: r for r in load_runs(out, {dataset: 0}) if r["seed"] == seed}
+    small = {r["arm"]: r for r in load_runs(versus, {dataset: 0}) if r["seed"] == seed}
+    lines = [f"{dataset}, seed {seed}: test mAP (difference from plain-onecycle at the same size); worst-class ECE "
+             "at 0.5, raw; CPU s. Supplementary: one seed, outside the decision.\n",
+             "| arm | 1000 train images | N train images | worst ECE (N) | CPU s (N) |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for arm in [a for a in (*PLAIN_ARMS, *(schedule_arm(x) for x in SCHEDULES)) if a in big]:
+        cells = []
+        for runs in (small, big):
+            if arm in runs and "plain-onecycle" in runs:
+                m, ref = runs[arm]["test"]["mAP"], runs["plain-onecycle"]["test"]["mAP"]
+                cells.append(f"{m:.1f} ({m - ref:+.1f})")
+            else:
+                cells.append("-")
+        ece = calibration_cells(big[arm])["raw_worst"]
+        lines.append(
+            f"| {arm} | {cells[0]} | {cells[1]} | {ece:.1f} | {big[arm].get('cpu_seconds', float('nan')):.0f} |"
+        )
+    meta = json.loads(next((out / "data").glob(f"{dataset}-*/meta.json")).read_text())
+    lines.append(f"\nN = {meta['splits']['train']['images']} (the data folder's meta.json); 8 epochs, batch 64.")
+    text = "\n".join(lines) + "\n"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "tables_budget.md").write_text(text)
     return text
