@@ -7,7 +7,8 @@
     python benchmarks/evidence/holdout_study.py --report --deciding-only   # the deciding sets' tables alone
     python benchmarks/evidence/holdout_study.py --quick              # smoke test: 1 seed, 1 epoch, small data
     python benchmarks/evidence/holdout_study.py --train-images 4000 --seeds 1 --datasets realhisto \
-        --out runs/evidence_budget                                  # supplementary: 4x the iterations (below)
+        --arms plain-onecycle,sched-onecycle,sched-constant --out runs/evidence_budget   # supplementary (below)
+    python benchmarks/evidence/holdout_study.py --report-budget runs/evidence_holdout --out runs/evidence_budget
 
 The protocol, written before the first run, is in benchmarks/evidence/README.md ("Issue 20: a hold-out protocol").
 Deciding sets: demo (32 px), realmosaic (64 px), realhisto (64 px), the builders of the defaults study. Confirmation
