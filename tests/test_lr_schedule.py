@@ -99,6 +99,18 @@ def test_onecycle_warms_up_for_a_fifth_then_anneals_far_below_the_peak() -> None
     assert seen[0] == pytest.approx(1e-3 / 25) and seen[-1] < 1e-4
 
 
+@pytest.mark.parametrize("steps", range(1, 41))
+def test_onecycle_runs_at_any_length(steps: int) -> None:
+    """A stage of any length gets a usable OneCycle: torch's own divides by zero when its warm-up ends at step 0
+    (5 steps at pct_start 0.2: a 1-epoch run of 160 images in batches of 32)."""
+    seen = [row[0] for row in trajectory("onecycle", [1e-3], steps)]
+    assert all(math.isfinite(lr) and 0 < lr <= 1e-3 * (1 + 1e-12) for lr in seen)
+    if steps >= 2:
+        assert seen[0] == pytest.approx(1e-3 / 25)  # OneCycle's start: max_lr / div_factor
+    if steps >= 4:
+        assert seen[-1] < 1e-4  # annealed far below the peak by the last step
+
+
 def test_the_configured_schedule_reaches_training(tmp_path) -> None:
     from test_train import tiny_config
 

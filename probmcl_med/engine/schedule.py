@@ -41,7 +41,8 @@ def lr_scheduler(kind: str, optimizer: torch.optim.Optimizer, max_lrs: list[floa
     - ``warmup-cosine``: a linear warm-up from 0 over the first 5 % of the steps (:data:`WARMUP_FRACTION`), then a
       cosine decay to 0 (:func:`warmup_cosine_factor`; a ``LambdaLR``, so it checkpoints and resumes exactly);
     - ``onecycle``: ``OneCycleLR`` peaking at ``max_lrs`` after 20 % of the steps (``pct_start`` of the ASL training
-      script; it also cycles Adam's beta1 between 0.85 and 0.95);
+      script; it also cycles Adam's beta1 between 0.85 and 0.95); stages of fewer than 8 steps warm up over 1.5 steps
+      (at most 75 %), since torch's phases collapse when the warm-up ends at step 0;
     - ``cosine``: ``max_lr * (1 + cos(pi t / T)) / 2`` from the first step, no warm-up;
     - ``constant``: ``max_lrs`` throughout.
     """
@@ -50,9 +51,10 @@ def lr_scheduler(kind: str, optimizer: torch.optim.Optimizer, max_lrs: list[floa
         warmup = min(round(WARMUP_FRACTION * steps), steps - 1)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: warmup_cosine_factor(t, steps, warmup))
     if kind == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=max_lrs, total_steps=steps, pct_start=ONE_CYCLE_PCT_START
-        )
+        # torch's warm-up phase ends at step pct_start * T - 1; at exactly 0 (T = 5 for 0.2) its interpolation
+        # divides by zero, so short stages warm up over at least 1.5 steps (T >= 8 keep the 20 %).
+        pct_start = min(0.75, max(ONE_CYCLE_PCT_START, 1.5 / steps))
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lrs, total_steps=steps, pct_start=pct_start)
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=0.0)
     if kind == "constant":
