@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -45,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from child_run import run_logged
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -219,7 +218,6 @@ def run_job(job: dict, log_dir: Path) -> None:
     if (run_dir / "result.json").is_file():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
     if job["arm"] == "plain":
         cmd = [sys.executable, str(HERE / "plain_loop.py"), job["data"], "--encoder", job["encoder"]]
         cmd += ["--image-size", str(job["image_size"]), "--epochs", str(job["epochs"]), "--lr", str(job["lr"])]
@@ -229,12 +227,9 @@ def run_job(job: dict, log_dir: Path) -> None:
     else:
         cmd = [sys.executable, __file__, "--job", json.dumps(job)]
     log = log_dir / f"{job['name']}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with log.open("a") as handle:
-        code = subprocess.call(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    code, _, wall = run_logged(cmd, log)
     status = "done" if code == 0 else f"FAILED (exit {code}, see {log})"
-    print(f"{time.strftime('%H:%M:%S')} {job['name']}: {status} in {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"{time.strftime('%H:%M:%S')} {job['name']}: {status} in {wall:.0f} s", flush=True)
 
 
 def make_job(phase: str, dataset: str, init: str, arm: str, seed: int, ctx: dict, sets: list[str]) -> dict:

@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -51,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from child_run import run_logged
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -131,7 +130,6 @@ def run_job(job: dict, log_dir: Path) -> None:
     if (run_dir / "result.json").is_file():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
     if job["arm"].startswith("plain-"):
         cmd = [sys.executable, str(HERE / "plain_loop.py"), job["data"], "--encoder", "resnet18"]
         cmd += ["--image-size", str(job["image_size"]), "--epochs", str(job["epochs"]), "--lr", str(LR)]
@@ -140,17 +138,9 @@ def run_job(job: dict, log_dir: Path) -> None:
     else:
         cmd = [sys.executable, __file__, "--job", json.dumps(job)]
     log = log_dir / f"{job['name']}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with log.open("a") as handle:
-        process = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    code = process.returncode
+    code, cpu, wall = run_logged(cmd, log)
     if code == 0:
-        cost = {"cpu_seconds": usage.ru_utime + usage.ru_stime, "wall_seconds": wall}
-        (run_dir / "cost.json").write_text(json.dumps(cost) + "\n")
+        (run_dir / "cost.json").write_text(json.dumps({"cpu_seconds": cpu, "wall_seconds": wall}) + "\n")
     state = "done" if code == 0 else f"FAILED (exit {code}, see {log})"
     print(f"{time.strftime('%H:%M:%S')} {job['name']}: {state} in {wall:.0f} s", flush=True)
 

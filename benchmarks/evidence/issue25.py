@@ -16,13 +16,12 @@ that process, summed over resumed attempts) go to ``cpu.json`` beside it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from child_run import run_logged
 
 HERE = Path(__file__).resolve().parent
 
@@ -129,29 +128,17 @@ def run_timed(job: dict, log_dir: Path) -> None:
     if (run_dir / "result.json").is_file():
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
     log = log_dir / f"{job['name']}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with log.open("a") as handle:
-        child = subprocess.Popen(
-            [sys.executable, str(HERE / "defaults_study.py"), "--job", json.dumps(job)],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
+    code, cpu, wall = run_logged([sys.executable, str(HERE / "defaults_study.py"), "--job", json.dumps(job)], log)
     cpu_file = run_dir / "cpu.json"
     before = json.loads(cpu_file.read_text()) if cpu_file.is_file() else {"cpu_seconds": 0.0, "wall_seconds": 0.0}
     record = {
-        "cpu_seconds": before["cpu_seconds"] + usage.ru_utime + usage.ru_stime,
+        "cpu_seconds": before["cpu_seconds"] + cpu,
         "wall_seconds": before["wall_seconds"] + wall,
         "attempts": before.get("attempts", 0) + 1,
     }
     cpu_file.with_suffix(".tmp").write_text(json.dumps(record) + "\n")
     cpu_file.with_suffix(".tmp").replace(cpu_file)
-    code = os.waitstatus_to_exitcode(status)
     state = "done" if code == 0 else f"FAILED (exit {code}, see {log})"
     print(
         f"{time.strftime('%H:%M:%S')} {job['name']}: {state}, {wall:.0f} s wall, {record['cpu_seconds']:.0f} s CPU",
