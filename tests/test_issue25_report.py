@@ -92,6 +92,28 @@ def test_the_rule_on_a_complete_block_uses_the_paired_t_test(tmp_path: Path) -> 
     assert verdict["works"] is bool(frozen_p < 0.05 and ft_p < 0.05)
 
 
+def test_the_gradient_table_reads_each_arms_contrastive_path(tmp_path: Path) -> None:
+    """The control's contrastive gradient is its ``nll_z`` path (it sits in the likelihood slot); a mixture arm's is
+    the ``pcl`` path; both shown x 1000 per epoch, beside the effective rank."""
+    out = tmp_path / "study"
+    dataset, init = issue25.SCREEN_BLOCK
+    grads = {"paper": {"nll_z": 0.0003, "nll_mdn": 0.002, "pcl": 0.0025}, "supcon": {"nll_z": 0.0099, "pcl": 0.0}}
+    for arm, grad in grads.items():
+        _finish(out, dataset, init, arm, 0, 80.0)
+        epochs = [{"epoch": e, "grad": grad, "erank": 160.0 + e} for e in range(2)]
+        probe = out / "issue25" / dataset / init / f"{arm}__seed0" / "stage1_probe.json"
+        probe.write_text(json.dumps({"epochs": epochs}))
+
+    text = issue25_report.report(out, tmp_path / "results")
+
+    gradient = text.split("contrastive gradient on the pooled feature r")[1].split("\n\n")[1]
+    header, _, *body = gradient.splitlines()
+    assert header.split(" | ")[1:3] == ["paper", "supcon |"]
+    assert body[1] == "| 1 | 2.50 | 9.90 |"
+    rank = text.split("effective rank of the training features")[1].split("\n\n")[1].splitlines()
+    assert rank[3] == "| 1 | 161 | 161 |"
+
+
 @pytest.fixture
 def supcon_likelihood():
     """The cosine control's likelihood name (benchmarks/evidence/plugins/supcon_features.py), registered for the

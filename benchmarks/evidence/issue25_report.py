@@ -82,6 +82,38 @@ def status_lines(out: Path, rows: list[dict], screen: dict | None) -> list[str]:
     return lines
 
 
+def _contrast_gradient(arm: str, row: dict) -> float | None:
+    """The norm (x 1000) of the contrastive term's gradient on the encoder's pooled feature r, one batch of 64 view
+    pairs (stage1_probe.py ``grad``): the mixture arms' PCL path through the MDN; the control's loss (it sits in the
+    likelihood slot, lambda = 0, so its gradient is the ``nll_z`` path)."""
+    grad = row.get("grad") or {}
+    value = grad.get("nll_z") if arm == "supcon" else grad.get("pcl")
+    return None if value is None else 1000.0 * value
+
+
+PER_EPOCH_TABLES = (
+    (
+        "the logit gap its loss sees, (mean S+ - mean S-) / tau (supcon: the cosine's)",
+        2,
+        lambda arm, row: row.get("cos_logit_gap") if arm == "supcon" else row.get("logit_gap"),
+    ),
+    ("a linear probe's test mAP on the frozen features", 1, lambda arm, row: row.get("probe_mAP")),
+    ("the cosine gap of the features / 0.2, whatever the loss", 2, lambda arm, row: row.get("cos_logit_gap")),
+    (
+        "the norm x 1000 of the contrastive gradient on the pooled feature r (64 view pairs; mixture arms: the PCL "
+        "term through the MDN; supcon: its loss)",
+        2,
+        _contrast_gradient,
+    ),
+    (
+        "the effective rank of the training features (of 512; Roy & Vetterli 2007)",
+        0,
+        lambda arm, row: row.get("erank"),
+    ),
+)
+"""The per-epoch probe tables of the screen: (title, decimals, value of an arm's probe row)."""
+
+
 def screen_tables(out: Path, rows: list[dict], probes: dict[str, list[dict]]) -> list[str]:
     dataset, init = issue25.SCREEN_BLOCK
     lines = [
@@ -112,11 +144,7 @@ def screen_tables(out: Path, rows: list[dict], probes: dict[str, list[dict]]) ->
         for a in issue25.SCREEN_ARMS
         if f"{dataset}/{init}/{a}__seed0" in probes
     }
-    for key, title in (
-        ("gap", "the logit gap its loss sees, (mean S+ - mean S-) / tau (supcon: the cosine's)"),
-        ("probe_mAP", "a linear probe's test mAP on the frozen features"),
-        ("cos_logit_gap", "the cosine gap of the features / 0.2, whatever the loss"),
-    ):
+    for title, digits, value in PER_EPOCH_TABLES:
         if not runs:
             break
         lines += [
@@ -125,15 +153,7 @@ def screen_tables(out: Path, rows: list[dict], probes: dict[str, list[dict]]) ->
             "|---:|" + "---:|" * len(runs),
         ]
         for i in range(max(len(v) for v in runs.values())):
-            cells = []
-            for arm, epochs in runs.items():
-                row = epochs[i] if i < len(epochs) else {}
-                value = (
-                    (row.get("cos_logit_gap") if arm == "supcon" else row.get("logit_gap"))
-                    if key == "gap"
-                    else row.get(key)
-                )
-                cells.append(_fmt(value, 1 if key == "probe_mAP" else 2))
+            cells = [_fmt(value(arm, epochs[i]) if i < len(epochs) else None, digits) for arm, epochs in runs.items()]
             lines.append(f"| {i} | " + " | ".join(cells) + " |")
     return lines
 
