@@ -34,6 +34,22 @@ def test_auto_threads_reads_torchrun_local_world_size(monkeypatch: pytest.Monkey
     assert threads.auto_threads(1, cores=8) == 7
 
 
+@pytest.mark.parametrize("value, expected", [("1", 1), ("3", 3), ("2,1", 2), ("", None), ("0", None), ("x", None)])
+def test_omp_num_threads_caps_the_cores_counted(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: int | None
+) -> None:
+    """A study's child or a scheduler's job started with OMP_NUM_THREADS=1 gets one intra-op thread from the auto
+    setting (the issue-25 study ran each child at 2 on 2 shared cores); unset, empty or invalid: the affinity alone."""
+    import os
+
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    affinity = len(os.sched_getaffinity(0))
+    assert threads.thread_cap() == expected
+    assert threads.available_cores() == (min(affinity, expected) if expected else affinity)
+    if expected == 1:
+        assert threads.configure_threads(0, workers=0) == 1 and torch.get_num_threads() == 1
+
+
 def test_configure_threads_explicit_or_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(threads, "available_cores", lambda: 6)
     assert threads.configure_threads(1, workers=4) == 1 and torch.get_num_threads() == 1

@@ -62,7 +62,8 @@ class RunBase(Section):
         ge=0,
         le=1024,
         description="CPU intra-op threads of each training process (torch.set_num_threads); 0 or null: the cores "
-        "left after the DataLoader workers, at least 1 (probmcl_med.threads)",
+        "left after the DataLoader workers, at least 1, OMP_NUM_THREADS capping the cores where set "
+        "(probmcl_med.threads)",
     )
     amp: bool = Field(True, description="mixed precision on GPU (bf16 where supported, else fp16 + GradScaler)")
     compile: bool = Field(False, description="torch.compile the encoder")
