@@ -66,3 +66,44 @@ def test_without_a_complete_block_nothing_is_decided(tmp_path: Path) -> None:
     text = (results / "uncertainty.md").read_text()
     assert "realhisto, scratch: not run (2 of 3 seeds of `paper` finished)" in text
     assert "does not help" not in text
+
+
+def test_the_study_reads_real_two_stage_runs(tmp_path: Path) -> None:
+    """Three tiny two-stage runs (seeds 0-2) in the study's layout: ``predictions`` gives the evaluation path's
+    probabilities and the MDN run by hand on the encoder's unit-norm features, and ``main`` writes the block."""
+    import torch
+    import torch.nn.functional as F
+
+    from probmcl_med.bundle import load_model_bundle
+    from probmcl_med.config import load_config
+    from probmcl_med.engine import train
+    from probmcl_med.evaluation.run_eval import build_split_dataset, score_split
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train import TINY
+
+    out = tmp_path / "study"
+    for seed in range(3):
+        run = out / "issue25" / "realhisto" / "scratch" / f"paper__seed{seed}"
+        train(load_config(overrides=[*TINY, f"seed={seed}", f"output_dir={run}"]))
+        (run / "result.json").write_text("{}")
+    run = out / "issue25" / "realhisto" / "scratch" / "paper__seed1"
+
+    got = uncertainty_study.predictions(run)
+
+    scored = score_split(load_model_bundle(run), "test", checkpoint=run, device="cpu", workers=0)
+    np.testing.assert_allclose(got["probs"], scored.scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got["targets"], scored.targets)
+    bundle = load_model_bundle(run)
+    dataset = build_split_dataset(bundle, "test", checkpoint=run)
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    with torch.no_grad():
+        mixture = bundle.mdn(F.normalize(bundle.encoder(images).float(), dim=1))
+    np.testing.assert_allclose(got["pi"], mixture.weights.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["var"], mixture.variances.numpy(), rtol=1e-5, atol=1e-6)
+
+    assert uncertainty_study.main(["--out", str(out), "--results", str(tmp_path / "results")]) == 0
+    report = json.loads((tmp_path / "results" / "uncertainty.json").read_text())
+    assert list(report["blocks"]) == ["realhisto/scratch"] and report["mdn_helps"] in (True, False)
+    rows = report["blocks"]["realhisto/scratch"]["rows"]
+    assert {r["seed"] for r in rows} == {0, 1, 2} and all(r["n"] == len(dataset) for r in rows)

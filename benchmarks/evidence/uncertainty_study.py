@@ -42,7 +42,9 @@ def predictions(run_dir: Path) -> dict[str, np.ndarray]:
     torch.set_num_threads(1)
     bundle = load_model_bundle(run_dir)
     dataset = build_split_dataset(bundle, "test", checkpoint=run_dir)
-    out = run_bundle(bundle, make_loader(dataset, 64, 0, torch.device("cpu")), torch.device("cpu"), uncertainty=True)
+    out = run_bundle(
+        bundle, make_loader(dataset, 64, workers=0, device=torch.device("cpu")), torch.device("cpu"), uncertainty=True
+    )
     return {"probs": out.probs, "targets": out.targets, "pi": out.pi, "var": out.var, "classes": bundle.class_names}
 
 
