@@ -22,7 +22,10 @@ EXAMPLE = (
     "under torchrun the slides are shared among the processes)"
 )
 
-UNCERTAINTY_HELP = "Per class the MDN's pi_k and var_k (uncertainty.csv): exploratory, not calibrated."
+UNCERTAINTY_HELP = (
+    "Per class the MDN's pi_k and var_k (uncertainty.csv), not calibrated. Measured (README, issue 25): var_k does "
+    "not tell which predictions are wrong; the classifier's own confidence does better."
+)
 
 
 TABLE_LIMIT = 20
@@ -163,7 +166,7 @@ def predict_command(
     from probmcl_med.devices import resolve_device
     from probmcl_med.inference.cohort_inputs import is_cohort
     from probmcl_med.inference.inputs import input_kind, list_images
-    from probmcl_med.inference.loop import require_mdn
+    from probmcl_med.inference.loop import UNCERTAINTY_EVIDENCE, require_mdn
     from probmcl_med.inference.predict import describe_thresholds, predict_images, predict_slide
     from probmcl_med.inference.writers import check_output_folder, write_predictions
 
@@ -202,6 +205,9 @@ def predict_command(
     )
     if uncertainty:
         require_mdn(bundle, path)
+        Console().print(
+            f"uncertainty: var_k was {UNCERTAINTY_EVIDENCE}.", highlight=False, soft_wrap=True, markup=False
+        )
     options = {
         "threshold": threshold,
         "batch_size": batch_size,

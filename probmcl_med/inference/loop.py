@@ -8,10 +8,10 @@ this loop's step), so all of them see the same numbers.
 Uncertainty (``mdn=``): when the bundle keeps the stage-1 mixture density network, each input also gets, per class
 k, the mixture weight ``pi_k`` and the variance ``var_k`` that the MDN assigns to the class's component for the
 encoder's unit-norm features h(x) (paper Eq. 1, docs/math.md s.1-2). What it is: the spread the contrastive
-stage gave that component; ``var_k >= 1`` by construction, and larger values mean the MDN places the sample's class-k
-component less sharply. What it is not: a calibrated probability, or a validated predictor of classification
-errors: the MDN is trained only by the stage-1 objective (NLL + PCL) and nothing in this project measures how well
-``var_k`` ranks mistakes. Treat it as an exploratory signal.
+stage gave that component; ``var_k >= 1`` with the paper's variance (``contrastive.variance_floor`` 1), and larger
+values mean the MDN places the sample's class-k component less sharply. What it is not: a calibrated probability,
+or a predictor of classification errors: the MDN is trained only by the stage-1 objective (NLL + PCL), and issue
+25's study measured it against the classifier's own confidence (:data:`UNCERTAINTY_EVIDENCE`).
 """
 
 from __future__ import annotations
@@ -67,6 +67,18 @@ class BatchOutputs:
     var: np.ndarray | None = None
     ood_distance: np.ndarray | None = None
     logits: np.ndarray | None = None
+
+
+UNCERTAINTY_EVIDENCE = (
+    "measured, and it does not tell which predictions are wrong: on the test splits of issue 25's study (the paper's "
+    "two-stage model, 3 seeds; realhisto and realmosaic from scratch; benchmarks/evidence/results_issue25/"
+    "uncertainty.md) var_k ranked the wrong predictions at AUROC 0.48 (chance 0.5) and the mixture's entropy at "
+    "0.51-0.59, against 0.73-0.78 for the classifier's own |p - 0.5| and 0.66-0.74 for the spread of a 3-seed "
+    "ensemble; of the 80 % of decisions var_k trusted most, 19.5-20.4 % were wrong, against 13.3-14.7 % with "
+    "|p - 0.5|. To defer uncertain calls, use the probability's distance from the threshold or an ensemble"
+)
+"""What ``predict --uncertainty`` says of ``var_k`` (its help, its terminal line, ``meta.json``): issue 25 item 4,
+protocol in benchmarks/evidence/README.md ("Item 4"), numbers from ``uncertainty_study.py``."""
 
 
 def mdn_uncertainty(mdn: nn.Module, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,7 @@ from typing import Any
 from probmcl_med.fileio import atomic_directory, check_replaceable_folder
 from probmcl_med.inference.geojson import geojson_text, patch_features
 from probmcl_med.inference.heatmaps import write_heatmaps
+from probmcl_med.inference.loop import UNCERTAINTY_EVIDENCE
 from probmcl_med.inference.predict import Predictions
 
 SLIDE_ID_COLUMNS = ("x", "y", "level", "size", "tissue_fraction")
@@ -127,8 +128,8 @@ def write_predictions(
             ]
             (tmp / "uncertainty.csv").write_text(_csv_text(header, rows))
             document["uncertainty"] = (
-                "pi_k and var_k of the stage-1 MDN's class-k component for the encoder features: an exploratory "
-                "epistemic signal, not a calibrated probability, not validated as an error predictor"
+                "pi_k and var_k of the stage-1 MDN's class-k component for the encoder features, not a calibrated "
+                f"probability; {UNCERTAINTY_EVIDENCE}"
             )
         if p.ood is not None:
             header = [*id_cols, "ood_distance", "ood_percentile", "out_of_distribution"]
