@@ -114,6 +114,34 @@ def test_the_gradient_table_reads_each_arms_contrastive_path(tmp_path: Path) -> 
     assert rank[3] == "| 1 | 161 | 161 |"
 
 
+def test_the_extension_puts_the_arms_the_screen_left_to_the_same_rule(tmp_path: Path) -> None:
+    """``--phase extend``: an arm the screen did not advance, once it has 3 seeds frozen and fine-tuned on the screen's
+    block, is listed there (marked) and decided by the same paired rule; one left at its screen run is not."""
+    out = tmp_path / "study"
+    dataset, init = issue25.SCREEN_BLOCK
+    advanced = ["sharp", "log"]
+    extension = issue25.extension_arms(advanced)
+    assert "tau05" in extension and "paper_bc" in extension
+    assert not set(extension) & {*issue25.REFERENCES, *advanced}
+    tau05, supcon = [83.0, 84.0, 85.5], [82.0, 82.5, 83.0]
+    tau05_ft, none_ft = [88.0, 87.0, 89.0], [87.5, 87.2, 88.0]
+    for seed in range(issue25.SEEDS):
+        for arm, values in (("tau05", tau05), ("supcon", supcon), ("tau05+ft", tau05_ft), ("none+ft", none_ft)):
+            _finish(out, dataset, init, arm, seed, values[seed])
+    _finish(out, dataset, init, "mean8", 0, 80.0)  # the screen's run only
+    rows, _ = issue25_report.load(out)
+
+    verdict = issue25_report.decision(rows, advanced)
+
+    assert verdict["tau05"]["extension"] and verdict["tau05"]["complete_blocks"] == [f"{dataset}/{init}"]
+    assert verdict["tau05"]["frozen_vs_supcon"]["p"] == pytest.approx(stats.ttest_rel(tau05, supcon).pvalue)
+    assert verdict["tau05"]["ft_vs_none_ft"]["p"] == pytest.approx(stats.ttest_rel(tau05_ft, none_ft).pvalue)
+    assert "mean8" not in verdict and not verdict["paper"]["extension"]
+    lines, _ = issue25_report.block_tables(rows, advanced)
+    assert any(line.startswith("| tau05 (extension) | 84.2") for line in lines)
+    assert not any(line.startswith("| mean8") for line in lines)
+
+
 @pytest.fixture
 def supcon_likelihood():
     """The cosine control's likelihood name (benchmarks/evidence/plugins/supcon_features.py), registered for the
@@ -144,7 +172,7 @@ def test_every_run_of_the_protocol_has_a_config_the_schema_accepts(tmp_path: Pat
         "weights": str(tmp_path / "weights.pt"),
         "folders": {d: tmp_path / d for d, _ in issue25.BLOCKS},
     }
-    tuned = [*issue25.FT_REFERENCES, *(f"{a}+ft" for a in issue25.CANDIDATES)]
+    tuned = [*issue25.FT_REFERENCES, "paper_bc+ft", *(f"{a}+ft" for a in issue25.CANDIDATES)]
     for dataset, init in issue25.BLOCKS:
         for arm in [*issue25.SCREEN_ARMS, *tuned]:
             job = stage1_study.issue25_job(dataset, init, arm, 1, ctx)

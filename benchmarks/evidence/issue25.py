@@ -61,6 +61,13 @@ FT_REFERENCES = ["none+ft", "paper+ft", "supcon+ft"]
 """Fine-tuning from the initial encoder (``none+ft``, the rule's reference) and from the references' stage 1."""
 
 
+def extension_arms(advanced: list[str]) -> list[str]:
+    """The arms the screen ran but did not advance (``paper_bc`` and the other candidates): ``--phase extend`` runs
+    them with 3 seeds, frozen head and fine-tuned, on the screen's block, so that every arm has 3 seeds there. Added
+    after the confirmation (issue 25 asks 3 seeds per arm); not part of the staged design fixed before it."""
+    return [a for a in SCREEN_ARMS if a not in REFERENCES and a not in advanced]
+
+
 def candidate_sets(arm: str, stage1: list[str], frozen: list[str]) -> list[str] | None:
     """A screen arm's ``--set`` overrides (None: not an issue-25 candidate)."""
     if arm not in CANDIDATES:

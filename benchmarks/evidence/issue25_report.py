@@ -158,9 +158,22 @@ def screen_tables(out: Path, rows: list[dict], probes: dict[str, list[dict]]) ->
     return lines
 
 
+def extended_arms(rows: list[dict], advanced: list[str], dataset: str, init: str) -> list[str]:
+    """The arms of ``--phase extend`` (issue25.extension_arms) with a run in the block beyond the screen's seed-0
+    frozen one: listed in its table and put to the rule, marked as the extension."""
+    return [
+        a
+        for a in issue25.extension_arms(advanced)
+        if any(
+            (r["dataset"], r["init"]) == (dataset, init) and (r["arm"] == f"{a}+ft" or (r["arm"] == a and r["seed"]))
+            for r in rows
+        )
+    ]
+
+
 def block_tables(rows: list[dict], advanced: list[str]) -> tuple[list[str], dict]:
-    """One table per block: the arms the protocol runs there (references, then the advanced candidates), each
-    frozen and fine-tuned, ``not run`` where no seed has finished."""
+    """One table per block: the arms the protocol runs there (references, then the advanced candidates, then those
+    of the extension), each frozen and fine-tuned, ``not run`` where no seed has finished."""
     lines, comparisons = [], {}
     for dataset, init in issue25.BLOCKS:
         block = [r for r in rows if (r["dataset"], r["init"]) == (dataset, init)]
@@ -175,7 +188,7 @@ def block_tables(rows: list[dict], advanced: list[str]) -> tuple[list[str], dict
             "| arm | frozen head | Δ vs supcon (frozen) | fine-tuned (arm+ft) | Δ vs none+ft | CPU s per run (frozen / ft) |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        for arm in [*issue25.REFERENCES, *advanced]:
+        for arm in [*issue25.REFERENCES, *advanced, *extended_arms(rows, advanced, dataset, init)]:
             frozen, tuned = _metric(rows, dataset, init, arm), _metric(rows, dataset, init, f"{arm}+ft")
             vs_control, vs_none = issue25.paired(frozen, control), issue25.paired(tuned, none_ft)
             comparisons[f"{dataset}/{init}/{arm}"] = {
@@ -190,8 +203,9 @@ def block_tables(rows: list[dict], advanced: list[str]) -> tuple[list[str], dict
             ]
             frozen_text = f"{base.mean_sd(list(frozen.values()))} ({len(frozen)})" if frozen else "not run"
             tuned_text = f"{base.mean_sd(list(tuned.values()))} ({len(tuned)})" if tuned else "not run"
+            label = f"{arm} (extension)" if arm in issue25.extension_arms(advanced) else arm
             lines.append(
-                f"| {arm} | {frozen_text} | {'' if arm == 'supcon' else _cmp(vs_control)} | {tuned_text} | "
+                f"| {label} | {frozen_text} | {'' if arm == 'supcon' else _cmp(vs_control)} | {tuned_text} | "
                 f"{'' if arm == 'none' else _cmp(vs_none)} | {_fmt(cpu[0], 0)} / {_fmt(cpu[1], 0)} |"
             )
     return lines, comparisons
@@ -201,7 +215,8 @@ def decision(rows: list[dict], advanced: list[str]) -> dict:
     """The rule over every block where the arm and its references have 3 seeds: pooled pairs (block, seed).
     ``works`` is None (not decided) for an arm without a complete block: the rule has nothing to test there."""
     out = {}
-    for arm in ["paper", *advanced]:
+    extension = [a for a in issue25.extension_arms(advanced) if any(r["arm"] == f"{a}+ft" for r in rows)]
+    for arm in ["paper", *advanced, *extension]:
         frozen, control, tuned, none_ft = {}, {}, {}, {}
         blocks = []
         for dataset, init in issue25.BLOCKS:
@@ -217,6 +232,7 @@ def decision(rows: list[dict], advanced: list[str]) -> dict:
             "frozen_vs_supcon": vs_control,
             "ft_vs_none_ft": vs_none,
             "works": issue25.works(vs_control, vs_none) if blocks else None,
+            "extension": arm in extension,
         }
     return out
 
@@ -251,6 +267,7 @@ def report(out: Path, results: Path) -> str:
         lines.append(
             f"- `{arm}`: blocks {d['complete_blocks'] or 'none complete'}; frozen vs supcon {_cmp(d['frozen_vs_supcon'])}; "
             f"ft vs none+ft {_cmp(d['ft_vs_none_ft'])}: {verdict_text(d['works'])}"
+            + (" (extension: run after the confirmation, on the screen's block)" if d["extension"] else "")
         )
     if not advanced:
         lines.append("- the candidates: not decided (none has advanced from the screen)")

@@ -153,6 +153,13 @@ def issue25_batches(phase: str, ctx: dict) -> list[list[dict]]:
         return []
     advanced = decision["advanced"]
     batches = []
+    if phase == "extend":
+        dataset, init = issue25.SCREEN_BLOCK
+        extra = issue25.extension_arms(advanced)
+        for seed in range(ctx["seeds"]):
+            batches.append([issue25_job(dataset, init, arm, seed, ctx) for arm in extra])
+            batches.append([issue25_job(dataset, init, f"{arm}+ft", seed, ctx) for arm in extra])
+        return batches
     for dataset, init in issue25.BLOCKS:
         if dataset not in ctx["datasets"] or init not in ctx["inits"]:
             continue
@@ -257,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=None, help="default: results_stage1/ (issue25: results_issue25/)")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--study", choices=["stage1", "issue25"], default="stage1", help="issue25: issue25.py")
-    parser.add_argument("--phase", choices=["all", "screen", "confirm", "probe"], default="all", help="issue25 only")
+    parser.add_argument(
+        "--phase",
+        choices=["all", "screen", "confirm", "probe", "extend"],
+        default="all",
+        help="issue25 only; extend: the arms the screen did not advance, 3 seeds frozen and fine-tuned on its block",
+    )
     parser.add_argument("--gpu-commands", action="store_true", help="issue25: the paper-scale commands of the best arm")
     args = parser.parse_args(argv)
     if args.study == "issue25":
