@@ -71,11 +71,12 @@ class BatchOutputs:
 
 UNCERTAINTY_EVIDENCE = (
     "measured, and it does not tell which predictions are wrong: on the test splits of issue 25's study (the paper's "
-    "two-stage model, 3 seeds; realhisto and realmosaic from scratch; benchmarks/evidence/results_issue25/"
-    "uncertainty.md) var_k ranked the wrong predictions at AUROC 0.48 (chance 0.5) and the mixture's entropy at "
-    "0.51-0.59, against 0.73-0.78 for the classifier's own |p - 0.5| and 0.66-0.74 for the spread of a 3-seed "
-    "ensemble; of the 80 % of decisions var_k trusted most, 19.5-20.4 % were wrong, against 13.3-14.7 % with "
-    "|p - 0.5|. To defer uncertain calls, use the probability's distance from the threshold or an ensemble"
+    "two-stage model, 3 seeds; realhisto and realmosaic, from scratch and from ImageNet weights; "
+    "benchmarks/evidence/results_issue25/uncertainty.md) var_k ranked the wrong predictions at AUROC 0.45-0.48 "
+    "(chance 0.5) and the mixture's entropy at 0.51-0.59, against 0.73-0.86 for the classifier's own |p - 0.5| and "
+    "0.66-0.85 for the spread of a 3-seed ensemble; keeping the 80 % of decisions var_k trusted most left the error "
+    "where it was (12.0-20.4 % against 11.9-19.8 % over all), |p - 0.5| lowered it to 6.4-14.7 %. To defer "
+    "uncertain calls, use the probability's distance from the threshold or an ensemble"
 )
 """What ``predict --uncertainty`` says of ``var_k`` (its help, its terminal line, ``meta.json``): issue 25 item 4,
 protocol in benchmarks/evidence/README.md ("Item 4"), numbers from ``uncertainty_study.py``."""
