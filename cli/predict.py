@@ -22,10 +22,7 @@ EXAMPLE = (
     "under torchrun the slides are shared among the processes)"
 )
 
-UNCERTAINTY_HELP = (
-    "Per class the MDN's pi_k and var_k (uncertainty.csv), not calibrated. Measured (README, issue 25): var_k does "
-    "not tell which predictions are wrong; the classifier's own confidence does better."
-)
+UNCERTAINTY_HELP = "MDN pi_k, var_k per class (uncertainty.csv): not calibrated; measured not to flag errors."
 
 
 TABLE_LIMIT = 20

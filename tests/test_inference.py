@@ -322,7 +322,9 @@ def test_uncertainty_equals_the_mdn_run_by_hand(tmp_path: Path, capsys: pytest.C
     meta = json.loads((out / "meta.json").read_text())
     assert "not a calibrated probability" in meta["uncertainty"]
     # what was measured (issue 25 item 4) is said where the numbers are read, with the numbers
-    assert "does not tell which predictions are wrong" in meta["uncertainty"] and "AUROC 0.45-0.48" in meta["uncertainty"]
+    assert (
+        "does not tell which predictions are wrong" in meta["uncertainty"] and "AUROC 0.45-0.48" in meta["uncertainty"]
+    )
     assert "var_k was measured, and it does not tell which predictions are wrong" in capsys.readouterr().out
     # the probabilities are unchanged by --uncertainty
     _, prob_rows = read_csv(out / "predictions.csv")
