@@ -15,7 +15,7 @@ worker a resnet18 training step ran at 6.7 img/s with torch's default 2 threads 
 ``python benchmarks/bench_train.py --threads-sweep`` measures it here). So training, and evaluation and prediction
 on the CPU, set ``cores left after the workers`` threads, at least 1, unless the ``threads`` config key says otherwise.
 
-``OMP_NUM_THREADS``, where set to a positive count, caps the cores counted: it is how a batch scheduler, a study that
+``OMP_NUM_THREADS``, where set to a positive count, caps the threads the auto setting chooses: it is how a batch scheduler, a study that
 runs several trainings side by side, or a user limits a process's threads, and torch itself honours it. The issue-25
 study started each child with ``OMP_NUM_THREADS=1``, yet each set 2 intra-op threads: two fine-tunings side by side
 on 2 cores ran at 17 img/s each, one alone at 248 img/s.
@@ -36,26 +36,31 @@ def thread_cap() -> int | None:
 
 
 def available_cores() -> int:
-    """Cores this process may run on: its CPU affinity where the OS reports it, else the machine's count, capped by
-    :func:`thread_cap` (``OMP_NUM_THREADS``)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    cores = max(1, cores)
-    cap = thread_cap()
-    return min(cores, cap) if cap else cores
+    """Cores this process may run on (its CPU affinity where the OS reports it, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
-def auto_threads(workers: int, cores: int | None = None, local_processes: int | None = None) -> int:
-    """``max(1, cores // local_processes - workers)``: this process's share of the cores, minus its loader workers.
+def auto_threads(
+    workers: int, cores: int | None = None, local_processes: int | None = None, *, capped: bool = True
+) -> int:
+    """``max(1, cores // local_processes - workers)``: this process's share of the cores, minus its loader workers,
+    at most :func:`thread_cap` (``OMP_NUM_THREADS``) when ``capped`` (torch's threads; loader worker processes are
+    counted uncapped).
 
     Args:
         workers: DataLoader worker processes of this process.
         cores: cores available (default :func:`available_cores`).
         local_processes: training processes on this machine (default ``LOCAL_WORLD_SIZE``, set by torchrun, else 1).
+        capped: apply ``OMP_NUM_THREADS``.
     """
     cores = available_cores() if cores is None else cores
     if local_processes is None:
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, cores // max(1, local_processes) - max(0, workers))
+    share = max(1, cores // max(1, local_processes) - max(0, workers))
+    cap = thread_cap() if capped else None
+    return min(share, cap) if cap else share
 
 
 def configure_threads(threads: int | None, workers: int) -> int:

@@ -127,8 +127,10 @@ def test_workers_follow_the_data_unless_the_config_sets_them():
     assert choose_workers(3, explicit=True, in_memory=True, device_type="cpu") == 3
 
 
-def test_training_chooses_from_the_data(tmp_path):
+def test_training_chooses_from_the_data(tmp_path, monkeypatch):
     from test_inference import make_csv_dataset
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the share of the cores, uncapped (tests/test_threads.py)
 
     from probmcl_med.config import load_config, with_epochs
     from probmcl_med.engine.distributed import setup_distributed

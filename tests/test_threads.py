@@ -13,7 +13,8 @@ from probmcl_med.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)
-def restore_threads() -> Iterator[None]:
+def restore_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the rules below hold without the cap
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -35,18 +36,20 @@ def test_auto_threads_reads_torchrun_local_world_size(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("value, expected", [("1", 1), ("3", 3), ("2,1", 2), ("", None), ("0", None), ("x", None)])
-def test_omp_num_threads_caps_the_cores_counted(
+def test_omp_num_threads_caps_the_auto_threads(
     monkeypatch: pytest.MonkeyPatch, value: str, expected: int | None
 ) -> None:
     """A study's child or a scheduler's job started with OMP_NUM_THREADS=1 gets one intra-op thread from the auto
-    setting (the issue-25 study ran each child at 2 on 2 shared cores); unset, empty or invalid: the affinity alone."""
-    import os
-
+    setting (the issue-25 study ran each child at 2 on 2 shared cores); unset, empty or invalid: the share alone.
+    Loader worker processes are counted without the cap (capped=False)."""
     monkeypatch.setenv("OMP_NUM_THREADS", value)
-    affinity = len(os.sched_getaffinity(0))
     assert threads.thread_cap() == expected
-    assert threads.available_cores() == (min(affinity, expected) if expected else affinity)
+    for cores, workers in ((8, 0), (8, 2), (2, 0), (1, 0)):
+        share = max(1, cores - workers)
+        assert threads.auto_threads(workers, cores, 1) == (min(share, expected) if expected else share)
+        assert threads.auto_threads(workers, cores, 1, capped=False) == share
     if expected == 1:
+        monkeypatch.setattr(threads, "available_cores", lambda: 6)
         assert threads.configure_threads(0, workers=0) == 1 and torch.get_num_threads() == 1
 
 

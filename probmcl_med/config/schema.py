@@ -62,7 +62,7 @@ class RunBase(Section):
         ge=0,
         le=1024,
         description="CPU intra-op threads of each training process (torch.set_num_threads); 0 or null: the cores "
-        "left after the DataLoader workers, at least 1, OMP_NUM_THREADS capping the cores where set "
+        "left after the DataLoader workers, at least 1, at most OMP_NUM_THREADS where set "
         "(probmcl_med.threads)",
     )
     amp: bool = Field(True, description="mixed precision on GPU (bf16 where supported, else fp16 + GradScaler)")

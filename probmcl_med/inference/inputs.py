@@ -152,7 +152,7 @@ def default_workers(device: torch.device) -> int:
     the model far faster than one process reads and resizes patches (README, "Cohorts of slides": the arithmetic)."""
     if device.type == "cpu":
         return 0
-    return max(1, min(MAX_DEFAULT_WORKERS, auto_threads(0) - 1))
+    return max(1, min(MAX_DEFAULT_WORKERS, auto_threads(0, capped=False) - 1))
 
 
 def prediction_batches(dataset: Dataset, batch_size: int, workers: int | None, device: torch.device) -> DataLoader:
