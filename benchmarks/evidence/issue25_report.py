@@ -188,7 +188,8 @@ def block_tables(rows: list[dict], advanced: list[str]) -> tuple[list[str], dict
             "| arm | frozen head | Δ vs supcon (frozen) | fine-tuned (arm+ft) | Δ vs none+ft | CPU s per run (frozen / ft) |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        for arm in [*issue25.REFERENCES, *advanced, *extended_arms(rows, advanced, dataset, init)]:
+        extended = extended_arms(rows, advanced, dataset, init)
+        for arm in [*issue25.REFERENCES, *advanced, *extended]:
             frozen, tuned = _metric(rows, dataset, init, arm), _metric(rows, dataset, init, f"{arm}+ft")
             vs_control, vs_none = issue25.paired(frozen, control), issue25.paired(tuned, none_ft)
             comparisons[f"{dataset}/{init}/{arm}"] = {
@@ -203,7 +204,7 @@ def block_tables(rows: list[dict], advanced: list[str]) -> tuple[list[str], dict
             ]
             frozen_text = f"{base.mean_sd(list(frozen.values()))} ({len(frozen)})" if frozen else "not run"
             tuned_text = f"{base.mean_sd(list(tuned.values()))} ({len(tuned)})" if tuned else "not run"
-            label = f"{arm} (extension)" if arm in issue25.extension_arms(advanced) else arm
+            label = f"{arm} (extension)" if arm in extended else arm
             lines.append(
                 f"| {label} | {frozen_text} | {'' if arm == 'supcon' else _cmp(vs_control)} | {tuned_text} | "
                 f"{'' if arm == 'none' else _cmp(vs_none)} | {_fmt(cpu[0], 0)} / {_fmt(cpu[1], 0)} |"
@@ -215,7 +216,11 @@ def decision(rows: list[dict], advanced: list[str]) -> dict:
     """The rule over every block where the arm and its references have 3 seeds: pooled pairs (block, seed).
     ``works`` is None (not decided) for an arm without a complete block: the rule has nothing to test there."""
     out = {}
-    extension = [a for a in issue25.extension_arms(advanced) if any(r["arm"] == f"{a}+ft" for r in rows)]
+    extension = [
+        a
+        for a in issue25.extension_arms(advanced)
+        if any(a in extended_arms(rows, advanced, *b) for b in issue25.BLOCKS)
+    ]
     for arm in ["paper", *advanced, *extension]:
         frozen, control, tuned, none_ft = {}, {}, {}, {}
         blocks = []
